@@ -1,0 +1,51 @@
+//! Forward throughput up to `blocks.5.hook_mlp_out` on a random model with
+//! pythia-70m-deduped's exact shape. Run through `scripts/bench/forward.sh`, which runs the
+//! PyTorch reference on the same work in the same run and prints the ratios.
+//!
+//! Prints one JSON line per batch size: {"impl":"candle","batch":B,"seq":T,"tokens_per_s":...}.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use sae_lib::hooks::{HookPoint, Hooks};
+use sae_lib::model::gpt_neox::{Config, GptNeoX};
+use sae_lib::model::TokenBatch;
+
+fn main() -> anyhow::Result<()> {
+    let seq = 128;
+    let batches: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()?;
+    let batches = if batches.is_empty() {
+        vec![1, 32]
+    } else {
+        batches
+    };
+    let device = Device::Cpu;
+    let cfg = Config::pythia_70m_deduped();
+    let varmap = VarMap::new();
+    let model = GptNeoX::load(VarBuilder::from_varmap(&varmap, DType::F32, &device), &cfg)?;
+    let hook = HookPoint::mlp_out(5);
+    for b in batches {
+        let ids =
+            Tensor::rand(0f32, cfg.vocab_size as f32, (b, seq), &device)?.to_dtype(DType::U32)?;
+        let batch = TokenBatch::new(&ids, None)?;
+        let run = || -> anyhow::Result<()> {
+            let mut hooks = Hooks::new().capture(hook).stop_at(hook);
+            model.forward(&batch, &mut hooks)?;
+            Ok(())
+        };
+        run()?; // warm-up
+        let iters = (256 / b).max(3);
+        let start = Instant::now();
+        for _ in 0..iters {
+            run()?;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let tokens_per_s = (iters * b * seq) as f64 / secs;
+        println!("{{\"impl\":\"candle\",\"batch\":{b},\"seq\":{seq},\"tokens_per_s\":{tokens_per_s:.1}}}");
+    }
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! Activation collection: the tutorial's loop, and the batched collector that streams into an
+//! [`ActivationStore`](crate::data::store::ActivationStore).
+
+use std::path::Path;
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+
+use crate::data::store::{CollectMode, StoreMeta, StoreWriter};
+use crate::hooks::{HookPoint, Hooks};
+use crate::model::{Model, Padding, TokenBatch};
+use crate::progress::Progress;
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+
+/// The tutorial's constants, and what the batched collector adds to them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectConfig {
+    /// Where to read activations (the tutorial: `blocks.5.hook_mlp_out`).
+    pub hook: HookPoint,
+    pub mode: CollectMode,
+    /// Tokens kept per document (the tutorial's `MAX_LEN_TRUNC = 128`).
+    pub max_len: usize,
+    /// Documents per forward pass.
+    pub batch_size: usize,
+    /// Stop after this many documents (empty ones included).
+    pub max_docs: Option<usize>,
+    /// In `All` mode, leave out each document's first position (often an outlier).
+    pub exclude_first: bool,
+    pub padding: Padding,
+    /// Rows per shard (a shard is closed at the next document boundary after this).
+    pub shard_rows: usize,
+    /// Storage dtype: f32 or bf16.
+    pub dtype: DType,
+}
+
+impl Default for CollectConfig {
+    fn default() -> Self {
+        Self {
+            hook: HookPoint::mlp_out(5),
+            mode: CollectMode::Middle,
+            max_len: 128,
+            batch_size: 32,
+            max_docs: None,
+            exclude_first: false,
+            padding: Padding::Right,
+            shard_rows: 1 << 16,
+            dtype: DType::F32,
+        }
+    }
+}
+
+/// What the tutorial's loop returns.
+#[derive(Debug, Clone)]
+pub struct MiddleTokenActivations {
+    /// `(n, d_model)` f32 on the CPU: one row per non-empty document.
+    pub activations: Tensor,
+    /// The dataset index of each row's document.
+    pub doc_indices: Vec<usize>,
+    /// Empty documents skipped (the tutorial would crash on them).
+    pub skipped_empty: usize,
+}
+
+/// The tutorial's collection, faithfully: one document at a time, truncated to `max_len`
+/// tokens, keeping the activation of the middle token (`len / 2`) at `hook`. The forward stops
+/// at the hook instead of computing logits nobody uses.
+pub fn tutorial_middle_tokens(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    docs: impl IntoIterator<Item = Result<String>>,
+    hook: HookPoint,
+    max_len: usize,
+    max_docs: Option<usize>,
+) -> Result<MiddleTokenActivations> {
+    hook.check(model.n_layers())?;
+    let progress = Progress::new("collect (middle token)", max_docs.map(|n| n as u64), "docs");
+    let (mut rows, mut doc_indices, mut skipped_empty) = (Vec::new(), Vec::new(), 0);
+    for (i, doc) in docs
+        .into_iter()
+        .take(max_docs.unwrap_or(usize::MAX))
+        .enumerate()
+    {
+        let ids = tokenizer.encode(&doc?, Some(max_len))?;
+        progress.inc(1);
+        if ids.is_empty() {
+            skipped_empty += 1;
+            continue;
+        }
+        let batch =
+            TokenBatch::from_sequences(&[ids], Padding::Right, tokenizer.pad_id(), model.device())?;
+        let mut hooks = Hooks::new().capture(hook).stop_at(hook);
+        model.forward(&batch, &mut hooks)?;
+        let acts = hooks.take(hook)?.i(0)?; // (seq, d)
+        rows.push(
+            acts.i(acts.dim(0)? / 2)?
+                .to_dtype(DType::F32)?
+                .to_device(&Device::Cpu)?,
+        );
+        doc_indices.push(i);
+    }
+    progress.finish();
+    if rows.is_empty() {
+        return Err(Error::Input(format!(
+            "no activations collected: the dataset gave no non-empty documents ({skipped_empty} empty)"
+        )));
+    }
+    let activations = Tensor::stack(&rows, 0)?;
+    check_finite(&activations, hook)?;
+    Ok(MiddleTokenActivations {
+        activations,
+        doc_indices,
+        skipped_empty,
+    })
+}
+
+fn check_finite(t: &Tensor, hook: HookPoint) -> Result<()> {
+    let bad = t
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .iter()
+        .filter(|v| !v.is_finite())
+        .count();
+    if bad > 0 {
+        return Err(Error::Input(format!(
+            "{bad} activations at {hook} are NaN or infinite: the model weights may be corrupt, or \
+             half precision overflowed (try --dtype f32)"
+        )));
+    }
+    Ok(())
+}
+
+/// Names written into the store's `meta.json`.
+#[derive(Debug, Clone, Default)]
+pub struct Provenance {
+    pub model: String,
+    pub revision: Option<String>,
+    pub dataset: String,
+}
+
+/// Batched collection into an activation store in `out`: `batch_size` documents per forward,
+/// padding excluded, memory bounded by one batch plus one shard.
+pub fn collect_to_store(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    docs: impl IntoIterator<Item = Result<String>>,
+    cfg: &CollectConfig,
+    provenance: &Provenance,
+    out: &Path,
+) -> Result<StoreMeta> {
+    cfg.hook.check(model.n_layers())?;
+    let meta = StoreMeta {
+        model: provenance.model.clone(),
+        revision: provenance.revision.clone(),
+        hook: cfg.hook,
+        context_size: cfg.max_len,
+        dataset: provenance.dataset.clone(),
+        mode: cfg.mode,
+        rows: 0,
+        d: model.d_model(),
+        dtype: String::new(),
+        docs: 0,
+        skipped_empty: 0,
+        exclude_first: cfg.exclude_first,
+        shards: Vec::new(),
+    };
+    let mut writer = StoreWriter::create(out, meta, cfg.shard_rows, cfg.dtype)?;
+    let progress = Progress::new("collect", cfg.max_docs.map(|n| n as u64), "docs");
+    let mut tokens_seen = 0usize;
+    let mut pending: Vec<(u32, Vec<u32>)> = Vec::with_capacity(cfg.batch_size);
+    let mut docs = docs
+        .into_iter()
+        .take(cfg.max_docs.unwrap_or(usize::MAX))
+        .enumerate()
+        .peekable();
+    while docs.peek().is_some() {
+        pending.clear();
+        for (i, doc) in docs.by_ref() {
+            let ids = tokenizer.encode(&doc?, Some(cfg.max_len))?;
+            if ids.is_empty() {
+                writer.skip_empty();
+            } else {
+                pending.push((i as u32, ids));
+            }
+            if pending.len() == cfg.batch_size {
+                break;
+            }
+        }
+        if pending.is_empty() {
+            break;
+        }
+        let seqs: Vec<Vec<u32>> = pending.iter().map(|(_, ids)| ids.clone()).collect();
+        let batch =
+            TokenBatch::from_sequences(&seqs, cfg.padding, tokenizer.pad_id(), model.device())?;
+        let mut hooks = Hooks::new().capture(cfg.hook).stop_at(cfg.hook);
+        model.forward(&batch, &mut hooks)?;
+        let acts = hooks
+            .take(cfg.hook)?
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?; // (b, t, d)
+        let (_, t, d) = acts.dims3()?;
+        let flat = acts.flatten_all()?.to_vec1::<f32>()?;
+        for (row, ((doc_index, ids), mask)) in pending.iter().zip(batch.mask()).enumerate() {
+            // Columns of the real tokens, in order (left padding shifts them).
+            let columns: Vec<usize> = (0..t).filter(|&c| mask[c] == 1).collect();
+            let keep: Vec<usize> = match cfg.mode {
+                CollectMode::Middle => vec![columns.len() / 2],
+                CollectMode::All => (usize::from(cfg.exclude_first)..columns.len()).collect(),
+            };
+            let mut values = Vec::with_capacity(keep.len() * d);
+            for &k in &keep {
+                let start = (row * t + columns[k]) * d;
+                values.extend_from_slice(&flat[start..start + d]);
+            }
+            let positions: Vec<u32> = keep.iter().map(|&k| k as u32).collect();
+            writer.add_document(*doc_index, ids, &positions, &values)?;
+            tokens_seen += ids.len();
+        }
+        progress.inc(pending.len() as u64);
+        progress.set_message(format!(
+            "{} rows, {:.0} tokens/s",
+            writer.rows(),
+            tokens_seen as f64 / progress.elapsed().max(1e-9)
+        ));
+    }
+    progress.finish();
+    writer.finish()
+}

@@ -1,0 +1,286 @@
+//! Text datasets: a Hub dataset's parquet files (the tutorial's `NeelNanda/pile-10k`, split
+//! `train`), or local `.parquet`, `.jsonl` and `.txt` files and directories of them.
+//!
+//! Documents are streamed file by file, so a dataset larger than memory can be collected.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use polars::prelude::{ParquetReader, SerReader};
+
+use crate::hub::{HubOptions, HubRepo, RepoKind};
+use crate::{Error, Result};
+
+/// How a `.txt` file is cut into documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TxtSplit {
+    /// Paragraphs separated by one or more blank lines are documents.
+    #[default]
+    BlankLines,
+    /// Each file is one document.
+    WholeFile,
+}
+
+/// How to read a dataset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatasetOptions {
+    /// Column of a parquet file (or field of a JSON line) holding the text.
+    pub column: String,
+    /// Hub split, matched against the parquet file names (`train`).
+    pub split: String,
+    pub txt_split: TxtSplit,
+}
+
+impl Default for DatasetOptions {
+    fn default() -> Self {
+        Self {
+            column: "text".into(),
+            split: "train".into(),
+            txt_split: TxtSplit::BlankLines,
+        }
+    }
+}
+
+/// Where the documents come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatasetSource {
+    /// A Hub dataset repository, e.g. `NeelNanda/pile-10k`.
+    Hub(HubRepo),
+    /// A local file or directory.
+    Path(PathBuf),
+}
+
+impl DatasetSource {
+    /// An existing path, or one that looks like a path, is local; anything else a Hub id.
+    pub fn parse(spec: &str) -> Self {
+        let path = Path::new(spec);
+        if path.exists() || spec.starts_with(['/', '.', '~']) {
+            DatasetSource::Path(path.to_path_buf())
+        } else {
+            DatasetSource::Hub(HubRepo::parse(spec, RepoKind::Dataset))
+        }
+    }
+
+    /// A short name for metadata.
+    pub fn name(&self) -> String {
+        match self {
+            DatasetSource::Hub(r) => r.id.clone(),
+            DatasetSource::Path(p) => p.display().to_string(),
+        }
+    }
+
+    /// The files to read, in a fixed order.
+    pub fn files(&self, opts: &DatasetOptions, hub: &HubOptions) -> Result<Vec<PathBuf>> {
+        match self {
+            DatasetSource::Hub(repo) => {
+                let mut parquet: Vec<String> = repo
+                    .list_files(hub)?
+                    .into_iter()
+                    .filter(|f| f.ends_with(".parquet"))
+                    .collect();
+                parquet.sort();
+                let in_split: Vec<&String> = parquet
+                    .iter()
+                    .filter(|f| f.split(['/', '-', '.', '_']).any(|part| part == opts.split))
+                    .collect();
+                let chosen = if in_split.is_empty() {
+                    parquet.iter().collect()
+                } else {
+                    in_split
+                };
+                if chosen.is_empty() {
+                    return Err(Error::Dataset {
+                        path: repo.id.clone(),
+                        message: "the Hub repository has no parquet files".into(),
+                    });
+                }
+                chosen.into_iter().map(|f| repo.fetch(f, hub)).collect()
+            }
+            DatasetSource::Path(path) => local_files(path),
+        }
+    }
+
+    /// Streams the documents, file by file.
+    pub fn documents(&self, opts: &DatasetOptions, hub: &HubOptions) -> Result<Documents> {
+        Ok(Documents {
+            files: self.files(opts, hub)?.into_iter(),
+            current: Vec::new().into_iter(),
+            opts: opts.clone(),
+        })
+    }
+}
+
+const EXTENSIONS: [&str; 3] = ["parquet", "jsonl", "txt"];
+
+fn local_files(path: &Path) -> Result<Vec<PathBuf>> {
+    let err = |message: String| Error::Dataset {
+        path: path.display().to_string(),
+        message,
+    };
+    if path.is_file() {
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        return if EXTENSIONS.contains(&ext) {
+            Ok(vec![path.to_path_buf()])
+        } else {
+            Err(err(format!(
+                "unsupported file type `.{ext}`: use .parquet, .jsonl or .txt"
+            )))
+        };
+    }
+    if !path.is_dir() {
+        return Err(err("no such file or directory".into()));
+    }
+    let mut files = Vec::new();
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)
+            .map_err(|e| Error::io("listing", &dir, e))?
+            .flatten()
+        {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| EXTENSIONS.contains(&e))
+            {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(err(
+            "the directory holds no .parquet, .jsonl or .txt files".into()
+        ));
+    }
+    Ok(files)
+}
+
+/// Iterator over the documents of a dataset; each file is read when reached.
+pub struct Documents {
+    files: std::vec::IntoIter<PathBuf>,
+    current: std::vec::IntoIter<String>,
+    opts: DatasetOptions,
+}
+
+impl Iterator for Documents {
+    type Item = Result<String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(doc) = self.current.next() {
+                return Some(Ok(doc));
+            }
+            let file = self.files.next()?;
+            match read_file(&file, &self.opts) {
+                Ok(docs) => self.current = docs.into_iter(),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+/// All documents of one file.
+pub fn read_file(path: &Path, opts: &DatasetOptions) -> Result<Vec<String>> {
+    match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
+        "parquet" => read_parquet(path, &opts.column),
+        "jsonl" => read_jsonl(path, &opts.column),
+        _ => read_txt(path, opts.txt_split),
+    }
+}
+
+fn read_parquet(path: &Path, column: &str) -> Result<Vec<String>> {
+    let err = |message: String| Error::Dataset {
+        path: path.display().to_string(),
+        message,
+    };
+    let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    let mut reader = ParquetReader::new(file);
+    let schema = reader
+        .schema()
+        .map_err(|e| err(format!("not a readable parquet file: {e}")))?;
+    let names: Vec<String> = schema.iter_names().map(|n| n.to_string()).collect();
+    if !names.iter().any(|n| n == column) {
+        return Err(err(format!(
+            "no column `{column}`; the columns are: {} (choose one with --column)",
+            names.join(", ")
+        )));
+    }
+    let df = reader
+        .with_columns(Some(vec![column.to_string()]))
+        .finish()
+        .map_err(|e| err(format!("cannot read column `{column}`: {e}")))?;
+    let col = df.column(column).map_err(|e| err(e.to_string()))?;
+    let text = col
+        .str()
+        .map_err(|_| err(format!("column `{column}` holds {}, not text", col.dtype())))?;
+    Ok((0..text.len())
+        .map(|i| text.get(i).unwrap_or_default().to_string())
+        .collect())
+}
+
+fn read_jsonl(path: &Path, field: &str) -> Result<Vec<String>> {
+    let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    let mut docs = Vec::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| Error::io("reading", path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let err = |message: String| Error::Dataset {
+            path: format!("{}:{}", path.display(), i + 1),
+            message,
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(&line).map_err(|e| err(format!("not valid JSON: {e}")))?;
+        match &value[field] {
+            serde_json::Value::String(s) => docs.push(s.clone()),
+            serde_json::Value::Null => {
+                let keys: Vec<&String> = value
+                    .as_object()
+                    .map(|o| o.keys().collect())
+                    .unwrap_or_default();
+                return Err(err(format!(
+                    "no field `{field}`; the fields are: {} (choose one with --column)",
+                    keys.iter()
+                        .map(|k| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            other => return Err(err(format!("field `{field}` is not a string: {other}"))),
+        }
+    }
+    Ok(docs)
+}
+
+fn read_txt(path: &Path, split: TxtSplit) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
+    Ok(match split {
+        TxtSplit::WholeFile => vec![text],
+        TxtSplit::BlankLines => {
+            let mut docs = Vec::new();
+            let mut current = String::new();
+            for line in text.lines() {
+                if line.trim().is_empty() {
+                    if !current.is_empty() {
+                        docs.push(std::mem::take(&mut current));
+                    }
+                } else {
+                    if !current.is_empty() {
+                        current.push('\n');
+                    }
+                    current.push_str(line);
+                }
+            }
+            if !current.is_empty() {
+                docs.push(current);
+            }
+            docs
+        }
+    })
+}

@@ -1,0 +1,7 @@
+//! Datasets of text in, activation stores out.
+
+pub mod dataset;
+pub mod store;
+
+pub use dataset::{DatasetOptions, DatasetSource, TxtSplit};
+pub use store::{ActivationStore, CollectMode, StoreMeta};

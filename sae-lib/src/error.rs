@@ -1,0 +1,82 @@
+//! One error type for the whole library. Each variant says what went wrong *and* what to do.
+
+use std::path::PathBuf;
+
+/// Everything sae-lib can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A tensor operation failed (shape mismatch, device error, ...).
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
+    /// A file could not be read or written.
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A file that must exist is missing.
+    #[error("{what} not found at {path}: {hint}")]
+    MissingFile {
+        what: &'static str,
+        path: PathBuf,
+        hint: String,
+    },
+
+    /// A model's `config.json` could not be parsed or asks for something unsupported.
+    #[error("model config {path}: {message}")]
+    Config { path: PathBuf, message: String },
+
+    /// A weights file is corrupt, truncated or does not match the config.
+    #[error("weights {path}: {message}")]
+    Weights { path: PathBuf, message: String },
+
+    /// A hook name that does not parse or does not exist in this model.
+    #[error("{0}")]
+    Hook(String),
+
+    /// The Hugging Face Hub could not provide a file.
+    #[error("{0}")]
+    Hub(String),
+
+    /// The tokenizer could not be loaded or failed to encode.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    /// Invalid input data (empty prompt, NaN activations, wrong shapes).
+    #[error("{0}")]
+    Input(String),
+
+    /// A dataset could not be read.
+    #[error("dataset {path}: {message}")]
+    Dataset { path: String, message: String },
+
+    /// Training diverged or was misconfigured.
+    #[error("{0}")]
+    Training(String),
+
+    /// A JSON document could not be parsed or written.
+    #[error("JSON {path}: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An I/O error on `path` while doing `action` ("reading", "writing", ...).
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Files from the Hugging Face Hub through `hf-hub`, with the cache rules researchers expect:
+//! `HF_HOME` picks the cache, `HF_HUB_OFFLINE=1` never touches the network, and a file already
+//! in the cache is used without asking the Hub.
+//!
+//! hf-hub 0.5 reads `HF_HOME` and `HF_ENDPOINT` but not `HF_HUB_OFFLINE`, and its `info()` always
+//! goes online, so cache lookups (including listing a snapshot) are done here directly on the
+//! standard layout: `<cache>/<models|datasets>--<org>--<name>/{refs/<rev>, snapshots/<sha>/...}`.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use hf_hub::api::sync::ApiBuilder;
+use hf_hub::{Cache, Repo, RepoType};
+
+use crate::{Error, Result};
+
+/// Where to look for Hub files and whether the network may be used.
+#[derive(Debug, Clone)]
+pub struct HubOptions {
+    /// The hub cache folder (`$HF_HOME/hub`, default `~/.cache/huggingface/hub`).
+    pub cache_dir: PathBuf,
+    /// Hub URL (`$HF_ENDPOINT`, default `https://huggingface.co`).
+    pub endpoint: Option<String>,
+    /// Never use the network (`$HF_HUB_OFFLINE` set to 1/true/yes/on).
+    pub offline: bool,
+}
+
+impl HubOptions {
+    /// Reads `HF_HOME`, `HF_ENDPOINT` and `HF_HUB_OFFLINE`.
+    pub fn from_env() -> Self {
+        let offline = std::env::var("HF_HUB_OFFLINE")
+            .map(|v| {
+                matches!(
+                    v.trim().to_ascii_lowercase().as_str(),
+                    "1" | "true" | "yes" | "on"
+                )
+            })
+            .unwrap_or(false);
+        Self {
+            cache_dir: Cache::from_env().path().clone(),
+            endpoint: std::env::var("HF_ENDPOINT").ok(),
+            offline,
+        }
+    }
+}
+
+/// Whether a repository holds a model or a dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepoKind {
+    Model,
+    Dataset,
+}
+
+/// A Hub repository at a revision (branch, tag or commit sha).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubRepo {
+    pub id: String,
+    pub revision: String,
+    pub kind: RepoKind,
+}
+
+impl HubRepo {
+    /// Parses `org/name` or `org/name@revision` (default revision `main`).
+    pub fn parse(spec: &str, kind: RepoKind) -> Self {
+        let (id, revision) = spec.split_once('@').unwrap_or((spec, "main"));
+        Self {
+            id: id.to_string(),
+            revision: revision.to_string(),
+            kind,
+        }
+    }
+
+    fn kind_name(&self) -> &'static str {
+        match self.kind {
+            RepoKind::Model => "model",
+            RepoKind::Dataset => "dataset",
+        }
+    }
+
+    /// This repository's folder in the cache.
+    pub fn cache_folder(&self, opts: &HubOptions) -> PathBuf {
+        opts.cache_dir.join(format!(
+            "{}s--{}",
+            self.kind_name(),
+            self.id.replace('/', "--")
+        ))
+    }
+
+    /// The snapshot folder of this revision in the cache, if the revision was ever fetched.
+    pub fn cached_snapshot(&self, opts: &HubOptions) -> Option<PathBuf> {
+        let folder = self.cache_folder(opts);
+        let is_sha =
+            self.revision.len() == 40 && self.revision.bytes().all(|b| b.is_ascii_hexdigit());
+        let sha = if is_sha {
+            self.revision.clone()
+        } else {
+            std::fs::read_to_string(folder.join("refs").join(&self.revision))
+                .ok()?
+                .trim()
+                .to_string()
+        };
+        let snapshot = folder.join("snapshots").join(sha);
+        snapshot.is_dir().then_some(snapshot)
+    }
+
+    /// The cached copy of `filename`, if there is one.
+    pub fn cached(&self, filename: &str, opts: &HubOptions) -> Option<PathBuf> {
+        let path = self.cached_snapshot(opts)?.join(filename);
+        path.is_file().then_some(path)
+    }
+
+    /// `filename` from the cache, else downloaded (unless offline).
+    pub fn fetch(&self, filename: &str, opts: &HubOptions) -> Result<PathBuf> {
+        if let Some(path) = self.cached(filename, opts) {
+            return Ok(path);
+        }
+        if opts.offline {
+            return Err(self.unavailable(filename, opts, "HF_HUB_OFFLINE is set"));
+        }
+        let api = self.api(opts)?;
+        api.repo(self.hf_repo())
+            .download(filename)
+            .map_err(|e| self.unavailable(filename, opts, &e.to_string()))
+    }
+
+    /// Whether the repository has `filename`: from the cached snapshot's listing if present,
+    /// else by asking the Hub.
+    pub fn list_files(&self, opts: &HubOptions) -> Result<Vec<String>> {
+        if let Some(snapshot) = self.cached_snapshot(opts) {
+            let mut files = Vec::new();
+            walk(&snapshot, &snapshot, &mut files);
+            files.sort();
+            return Ok(files);
+        }
+        if opts.offline {
+            return Err(self.unavailable("the file list", opts, "HF_HUB_OFFLINE is set"));
+        }
+        let info = self
+            .api(opts)?
+            .repo(self.hf_repo())
+            .info()
+            .map_err(|e| self.unavailable("the file list", opts, &e.to_string()))?;
+        Ok(info.siblings.into_iter().map(|s| s.rfilename).collect())
+    }
+
+    fn hf_repo(&self) -> Repo {
+        let kind = match self.kind {
+            RepoKind::Model => RepoType::Model,
+            RepoKind::Dataset => RepoType::Dataset,
+        };
+        Repo::with_revision(self.id.clone(), kind, self.revision.clone())
+    }
+
+    fn api(&self, opts: &HubOptions) -> Result<hf_hub::api::sync::Api> {
+        let mut builder = ApiBuilder::from_cache(Cache::new(opts.cache_dir.clone()))
+            .with_progress(std::io::stderr().is_terminal());
+        if let Some(endpoint) = &opts.endpoint {
+            builder = builder.with_endpoint(endpoint.clone());
+        }
+        builder
+            .build()
+            .map_err(|e| Error::Hub(format!("cannot set up the Hugging Face Hub client: {e}")))
+    }
+
+    fn unavailable(&self, what: &str, opts: &HubOptions, why: &str) -> Error {
+        let local = match self.kind {
+            RepoKind::Model => "a local model directory (holding config.json, model.safetensors and tokenizer.json) with --model /path/to/dir",
+            RepoKind::Dataset => "local text with --dataset /path/to/file.txt|.jsonl|.parquet or a directory of them",
+        };
+        Error::Hub(format!(
+            "cannot get {what} of {} `{}` (revision {}): {why}; no cached copy in {}. \
+             If this machine cannot reach the Hugging Face Hub, pass {local}, or set HF_HOME to a \
+             cache that holds it.",
+            self.kind_name(),
+            self.id,
+            self.revision,
+            opts.cache_dir.display()
+        ))
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            walk(root, &path, out);
+        } else if let Ok(rel) = path.strip_prefix(root) {
+            out.push(rel.to_string_lossy().replace('\\', "/"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(dir: &Path, offline: bool) -> HubOptions {
+        HubOptions {
+            cache_dir: dir.to_path_buf(),
+            // A closed local port: connection refused at once, never the real Hub.
+            endpoint: Some("http://127.0.0.1:9".into()),
+            offline,
+        }
+    }
+
+    #[test]
+    fn reads_the_standard_cache_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = HubRepo::parse("EleutherAI/pythia-70m-deduped", RepoKind::Model);
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        let folder = dir.path().join("models--EleutherAI--pythia-70m-deduped");
+        std::fs::create_dir_all(folder.join("refs")).unwrap();
+        std::fs::create_dir_all(folder.join("snapshots").join(sha).join("sub")).unwrap();
+        std::fs::write(folder.join("refs/main"), sha).unwrap();
+        std::fs::write(folder.join("snapshots").join(sha).join("config.json"), "{}").unwrap();
+        std::fs::write(folder.join("snapshots").join(sha).join("sub/x.txt"), "").unwrap();
+        let o = opts(dir.path(), true);
+        let got = repo.fetch("config.json", &o).unwrap();
+        assert!(got.ends_with(format!("snapshots/{sha}/config.json")));
+        assert_eq!(
+            repo.list_files(&o).unwrap(),
+            vec!["config.json", "sub/x.txt"]
+        );
+        // A pinned sha needs no ref file.
+        let pinned = HubRepo::parse(
+            &format!("EleutherAI/pythia-70m-deduped@{sha}"),
+            RepoKind::Model,
+        );
+        assert!(pinned.fetch("config.json", &o).is_ok());
+    }
+
+    #[test]
+    fn offline_without_cache_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = HubRepo::parse("EleutherAI/pythia-70m-deduped", RepoKind::Model);
+        let msg = repo
+            .fetch("config.json", &opts(dir.path(), true))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("EleutherAI/pythia-70m-deduped") && msg.contains("HF_HUB_OFFLINE"),
+            "{msg}"
+        );
+        assert!(msg.contains("--model /path/to/dir"), "{msg}");
+    }
+
+    #[test]
+    fn unreachable_hub_is_one_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = HubRepo::parse("NeelNanda/pile-10k", RepoKind::Dataset);
+        let o = opts(dir.path(), false);
+        let msg = repo.fetch("data.parquet", &o).unwrap_err().to_string();
+        assert!(
+            msg.contains("NeelNanda/pile-10k") && msg.contains("--dataset"),
+            "{msg}"
+        );
+        let msg = repo.list_files(&o).unwrap_err().to_string();
+        assert!(msg.contains("file list"), "{msg}");
+    }
+}

@@ -1,0 +1,113 @@
+//! Atomic file writes: every output is written to a temporary file beside its destination and
+//! renamed into place, so a crash or Ctrl-C never leaves a half-written file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Result};
+
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Creates `dir` (and parents), with an error that says the folder cannot be written.
+pub fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create output folder", dir, e))?;
+    let probe = dir.join(format!(".write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .and_then(|_| std::fs::remove_file(&probe))
+        .map_err(|e| Error::io("cannot write into output folder", dir, e))
+}
+
+/// Writes through `write` into a temporary file, syncs it, then renames it to `path`.
+pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = temp_path(path);
+    let result = write(&tmp).and_then(|_| {
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io("syncing", &tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io("renaming into", path, e))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Atomically writes `bytes` to `path`.
+pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic(path, |tmp| {
+        let mut f = std::fs::File::create(tmp).map_err(|e| Error::io("creating", tmp, e))?;
+        f.write_all(bytes).map_err(|e| Error::io("writing", tmp, e))
+    })
+}
+
+/// Atomically writes `value` as pretty JSON.
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_vec_pretty(value).map_err(|e| Error::Json {
+        path: path.into(),
+        source: e,
+    })?;
+    write_bytes(path, &text)
+}
+
+/// Reads JSON from `path`.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::MissingFile {
+                what: "file",
+                path: path.into(),
+                hint: "was it written by sae-lib?".into(),
+            }
+        } else {
+            Error::io("reading", path, e)
+        }
+    })?;
+    serde_json::from_slice(&text).map_err(|e| Error::Json {
+        path: path.into(),
+        source: e,
+    })
+}
+
+/// Atomically saves named tensors as safetensors.
+pub fn save_safetensors(
+    path: &Path,
+    tensors: &std::collections::HashMap<String, candle_core::Tensor>,
+) -> Result<()> {
+    write_atomic(path, |tmp| {
+        Ok(candle_core::safetensors::save(tensors, tmp)?)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_write_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.bin");
+        let r = write_atomic(&path, |tmp| {
+            std::fs::write(tmp, b"partial").unwrap();
+            Err(Error::Input("boom".into()))
+        });
+        assert!(r.is_err());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        write_bytes(&path, b"ok").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"ok");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn unwritable_folder_is_a_clear_error() {
+        let msg = create_dir(Path::new("/proc/no-such-dir/x"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("cannot create output folder"), "{msg}");
+    }
+}

@@ -1,0 +1,430 @@
+//! GPT-NeoX (Black et al. 2022, <https://arxiv.org/abs/2204.06745>), the architecture of the
+//! Pythia suite, with TransformerLens-style hook points.
+//!
+//! Matches HF transformers' `GPTNeoXForCausalLM` in eval mode (parity-tested against it on
+//! random checkpoints). Deviations: no KV cache and no dropout (this forward is for reading
+//! activations, not generating), and it can stop at any hook point.
+//!
+//! Read bottom-up: `Config`, `Attention`, `Mlp`, `Layer`, `GptNeoX`.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use serde::Deserialize;
+
+use super::batch::TokenBatch;
+use super::rotary::{Rotary, RotaryAngles};
+use super::Activation;
+use crate::hooks::hook;
+use crate::hooks::{HookPoint, Hooks};
+use crate::{Error, Result};
+
+/// The fields of HF's `config.json` this model uses.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+pub struct Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    /// Fraction of each head's channels that get rotary embeddings.
+    #[serde(alias = "partial_rotary_factor")]
+    pub rotary_pct: f64,
+    #[serde(alias = "rope_theta")]
+    pub rotary_emb_base: f64,
+    pub layer_norm_eps: f64,
+    /// `x + attn(ln1(x)) + mlp(ln2(x))` when true, else `h = x + attn(ln1(x)); h + mlp(ln2(h))`.
+    pub use_parallel_residual: bool,
+    pub max_position_embeddings: usize,
+    pub hidden_act: String,
+    #[serde(default = "yes")]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Only `null` is supported; kept to reject checkpoints that need scaling.
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Config {
+    /// `EleutherAI/pythia-70m-deduped`, the tutorial's model.
+    pub fn pythia_70m_deduped() -> Self {
+        Self {
+            vocab_size: 50304,
+            hidden_size: 512,
+            num_hidden_layers: 6,
+            num_attention_heads: 8,
+            intermediate_size: 2048,
+            rotary_pct: 0.25,
+            rotary_emb_base: 10_000.0,
+            layer_norm_eps: 1e-5,
+            use_parallel_residual: true,
+            max_position_embeddings: 2048,
+            hidden_act: "gelu".into(),
+            attention_bias: true,
+            tie_word_embeddings: false,
+            rope_scaling: None,
+        }
+    }
+
+    /// Reads and validates a `config.json`, in either transformers 4's layout (`rotary_pct`,
+    /// `rotary_emb_base` at the top, as on the Hub) or transformers 5's (`rope_parameters`).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
+        let bad = |message: String| Error::Config {
+            path: path.into(),
+            message,
+        };
+        let mut value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        if let Some(rope) = value
+            .get("rope_parameters")
+            .cloned()
+            .filter(|v| v.is_object())
+        {
+            if let Some(kind) = rope["rope_type"].as_str().filter(|k| *k != "default") {
+                return Err(bad(format!(
+                    "rope_type `{kind}` is not supported (only `default`)"
+                )));
+            }
+            for (from, to) in [
+                ("partial_rotary_factor", "rotary_pct"),
+                ("rope_theta", "rotary_emb_base"),
+            ] {
+                if value.get(to).is_none() && !rope[from].is_null() {
+                    value[to] = rope[from].clone();
+                }
+            }
+        }
+        let cfg: Self = serde_json::from_value(value)
+            .map_err(|e| bad(format!("not a GPT-NeoX config: {e}")))?;
+        cfg.validate().map_err(bad)?;
+        Ok(cfg)
+    }
+
+    /// Rejects values this implementation does not support, saying which.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return Err(format!(
+                "hidden_size {} is not divisible by num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if !(self.rotary_pct > 0.0 && self.rotary_pct <= 1.0) || self.rotary_dim() % 2 != 0 {
+            return Err(format!(
+                "rotary_pct {} must be in (0, 1] and give an even number of rotary channels \
+                 (head_dim {})",
+                self.rotary_pct,
+                self.head_dim()
+            ));
+        }
+        if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err("rope_scaling is not supported (only plain rotary embeddings)".into());
+        }
+        if self.num_hidden_layers == 0 || self.vocab_size == 0 || self.intermediate_size == 0 {
+            return Err("num_hidden_layers, vocab_size and intermediate_size must be > 0".into());
+        }
+        self.activation().map(|_| ())
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// Channels per head that get rotary embeddings (HF: `int(head_dim * rotary_pct)`).
+    pub fn rotary_dim(&self) -> usize {
+        (self.head_dim() as f64 * self.rotary_pct) as usize
+    }
+
+    fn activation(&self) -> std::result::Result<Activation, String> {
+        Activation::from_hf_name(&self.hidden_act)
+    }
+}
+
+/// Self-attention with a fused `query_key_value` projection, laid out per head as
+/// `[q | k | v]` (GPT-NeoX's layout, unlike GPT-2's `[q... | k... | v...]`).
+#[derive(Debug, Clone)]
+struct Attention {
+    query_key_value: Linear,
+    dense: Linear,
+    num_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        let d = cfg.hidden_size;
+        Ok(Self {
+            query_key_value: candle_nn::linear_b(
+                d,
+                3 * d,
+                cfg.attention_bias,
+                vb.pp("query_key_value"),
+            )?,
+            dense: candle_nn::linear_b(d, d, cfg.attention_bias, vb.pp("dense"))?,
+            num_heads: cfg.num_attention_heads,
+            head_dim: cfg.head_dim(),
+        })
+    }
+
+    fn forward(&self, x: &Tensor, rotary: &RotaryAngles, bias: &Tensor) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let qkv = self.query_key_value.forward(x)?; // (b, t, 3d)
+        let qkv = qkv.reshape((b, t, self.num_heads, 3 * self.head_dim))?; // (b, t, heads, 3 hd)
+        let split = |i: usize| -> Result<Tensor> {
+            // (b, heads, t, hd)
+            Ok(qkv
+                .narrow(D::Minus1, i * self.head_dim, self.head_dim)?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let (q, k, v) = (
+            rotary.apply(&split(0)?)?,
+            rotary.apply(&split(1)?)?,
+            split(2)?,
+        );
+        attend(&q, &k, &v, bias, self.head_dim)?
+            .transpose(1, 2)? // (b, t, heads, hd)
+            .reshape((b, t, d))?
+            .apply(&self.dense)
+            .map_err(Into::into)
+    }
+}
+
+/// Scaled dot-product attention over `(batch, heads, seq, head_dim)` with an additive bias
+/// `(batch, 1, seq, seq)`; softmax in f32 whatever the model's dtype.
+pub(crate) fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: &Tensor,
+    head_dim: usize,
+) -> Result<Tensor> {
+    let dtype = q.dtype();
+    let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?; // (b, heads, t, t)
+    let scores = scores.to_dtype(DType::F32)?.broadcast_add(bias)?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+    Ok(probs.matmul(v)?)
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    dense_h_to_4h: Linear,
+    dense_4h_to_h: Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            dense_h_to_4h: candle_nn::linear(d, i, vb.pp("dense_h_to_4h"))?,
+            dense_4h_to_h: candle_nn::linear(i, d, vb.pp("dense_4h_to_h"))?,
+            act: cfg.activation().map_err(Error::Input)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.act.forward(&self.dense_h_to_4h.forward(x)?)?;
+        Ok(self.dense_4h_to_h.forward(&h)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    input_layernorm: LayerNorm,
+    post_attention_layernorm: LayerNorm,
+    attention: Attention,
+    mlp: Mlp,
+    use_parallel_residual: bool,
+    index: usize,
+}
+
+impl Layer {
+    fn load(vb: VarBuilder, cfg: &Config, index: usize) -> Result<Self> {
+        let ln = |name| candle_nn::layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp(name));
+        Ok(Self {
+            input_layernorm: ln("input_layernorm")?,
+            post_attention_layernorm: ln("post_attention_layernorm")?,
+            attention: Attention::load(vb.pp("attention"), cfg)?,
+            mlp: Mlp::load(vb.pp("mlp"), cfg)?,
+            use_parallel_residual: cfg.use_parallel_residual,
+            index,
+        })
+    }
+
+    /// `None` when the hooks stopped the forward inside this layer.
+    fn forward(
+        &self,
+        x: Tensor,
+        rotary: &RotaryAngles,
+        bias: &Tensor,
+        hooks: &mut Hooks,
+    ) -> Result<Option<Tensor>> {
+        let l = self.index;
+        let x = hook!(hooks, HookPoint::resid_pre(l), x);
+        let attn_out = self
+            .attention
+            .forward(&self.input_layernorm.forward(&x)?, rotary, bias)?;
+        let attn_out = hook!(hooks, HookPoint::attn_out(l), attn_out);
+        let out = if self.use_parallel_residual {
+            let mlp_out = self
+                .mlp
+                .forward(&self.post_attention_layernorm.forward(&x)?)?;
+            let mlp_out = hook!(hooks, HookPoint::mlp_out(l), mlp_out);
+            ((x + attn_out)? + mlp_out)?
+        } else {
+            let h = (x + attn_out)?;
+            let mlp_out = self
+                .mlp
+                .forward(&self.post_attention_layernorm.forward(&h)?)?;
+            let mlp_out = hook!(hooks, HookPoint::mlp_out(l), mlp_out);
+            (h + mlp_out)?
+        };
+        Ok(Some(hook!(hooks, HookPoint::resid_post(l), out)))
+    }
+}
+
+/// `GPTNeoXForCausalLM`: embeddings, blocks, final layer norm, unembedding.
+#[derive(Debug, Clone)]
+pub struct GptNeoX {
+    embed_in: Embedding,
+    layers: Vec<Layer>,
+    final_layer_norm: LayerNorm,
+    embed_out: Linear,
+    rotary: Rotary,
+    cfg: Config,
+}
+
+impl GptNeoX {
+    /// Loads from a VarBuilder over HF's tensor names (`gpt_neox.layers.0.attention...`).
+    pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        let base = vb.pp("gpt_neox");
+        let embed_in = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, base.pp("embed_in"))?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            layers.push(Layer::load(base.pp("layers").pp(i), cfg, i)?);
+        }
+        let final_layer_norm = candle_nn::layer_norm(
+            cfg.hidden_size,
+            cfg.layer_norm_eps,
+            base.pp("final_layer_norm"),
+        )?;
+        let embed_out = if cfg.tie_word_embeddings {
+            Linear::new(embed_in.embeddings().clone(), None)
+        } else {
+            candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("embed_out"))?
+        };
+        Ok(Self {
+            embed_in,
+            layers,
+            final_layer_norm,
+            embed_out,
+            rotary: Rotary::new(cfg.rotary_dim(), cfg.rotary_emb_base),
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Runs the model on `batch`, consulting `hooks` at every hook point. Returns the logits
+    /// `(batch, seq, vocab)` in f32, or `None` if the hooks stopped the forward early.
+    pub fn forward(&self, batch: &TokenBatch, hooks: &mut Hooks) -> Result<Option<Tensor>> {
+        hooks.check(self.layers.len())?;
+        let device = batch.input_ids.device();
+        let mut x = self.embed_in.forward(&batch.input_ids)?; // (b, t, d)
+        let rotary = self.rotary.angles(&batch.positions(), x.dtype(), device)?;
+        let bias = batch.attention_bias(device)?;
+        for layer in &self.layers {
+            match layer.forward(x, &rotary, &bias, hooks)? {
+                Some(next) => x = next,
+                None => return Ok(None),
+            }
+        }
+        let x = self.final_layer_norm.forward(&x)?;
+        Ok(Some(self.embed_out.forward(&x)?.to_dtype(DType::F32)?))
+    }
+
+    /// The unembedding matrix `(vocab, d_model)`, for the decoder logit lens.
+    pub fn unembed(&self) -> &Tensor {
+        self.embed_out.weight()
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embed_in.embeddings().device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.embed_in.embeddings().dtype()
+    }
+}
+
+/// Writes a randomly initialised checkpoint (`config.json` + `model.safetensors`) with `cfg`'s
+/// shape into `dir`: a stand-in for real weights in benchmarks and offline runs (for example
+/// pythia-70m-deduped's exact shape, where the weights cannot be downloaded).
+pub fn save_random_checkpoint(cfg: &Config, dir: &Path, seed: u64) -> Result<()> {
+    use rand::SeedableRng;
+    crate::io::create_dir(dir)?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let (d, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    let mut tensors = std::collections::HashMap::new();
+    let mut normal = |name: String, shape: &[usize], std: f64| -> Result<(String, Tensor)> {
+        let n = shape.iter().product();
+        let t = Tensor::from_vec(
+            crate::sae::common::normal_vec(n, &mut rng),
+            shape,
+            &Device::Cpu,
+        )?;
+        Ok((name, (t * std)?))
+    };
+    tensors.extend([
+        normal("gpt_neox.embed_in.weight".into(), &[v, d], 0.02)?,
+        normal("embed_out.weight".into(), &[v, d], 0.02)?,
+    ]);
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("gpt_neox.layers.{l}");
+        for (name, shape) in [
+            ("attention.query_key_value", [3 * d, d]),
+            ("attention.dense", [d, d]),
+            ("mlp.dense_h_to_4h", [i, d]),
+            ("mlp.dense_4h_to_h", [d, i]),
+        ] {
+            tensors.extend([
+                normal(format!("{p}.{name}.weight"), &shape, 0.02)?,
+                normal(format!("{p}.{name}.bias"), &shape[..1], 0.01)?,
+            ]);
+        }
+        for ln in ["input_layernorm", "post_attention_layernorm"] {
+            tensors.insert(
+                format!("{p}.{ln}.weight"),
+                Tensor::ones(d, DType::F32, &Device::Cpu)?,
+            );
+            tensors.insert(
+                format!("{p}.{ln}.bias"),
+                Tensor::zeros(d, DType::F32, &Device::Cpu)?,
+            );
+        }
+    }
+    tensors.insert(
+        "gpt_neox.final_layer_norm.weight".into(),
+        Tensor::ones(d, DType::F32, &Device::Cpu)?,
+    );
+    tensors.insert(
+        "gpt_neox.final_layer_norm.bias".into(),
+        Tensor::zeros(d, DType::F32, &Device::Cpu)?,
+    );
+    crate::io::save_safetensors(&dir.join("model.safetensors"), &tensors)?;
+    let mut config = serde_json::to_value(cfg).map_err(|e| Error::Json {
+        path: dir.join("config.json"),
+        source: e,
+    })?;
+    config["model_type"] = "gpt_neox".into();
+    crate::io::write_json(&dir.join("config.json"), &config)
+}

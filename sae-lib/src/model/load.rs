@@ -1,0 +1,208 @@
+//! Finding and loading a model: from the Hub by repo id (`org/name[@revision]`) or from a local
+//! directory laid out as `save_pretrained` writes it (config.json, weights, tokenizer.json).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use super::gpt_neox::{self, GptNeoX};
+use super::Model;
+use crate::hub::{HubOptions, HubRepo, RepoKind};
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+
+/// Where a model comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A Hub repository, e.g. `EleutherAI/pythia-70m-deduped`.
+    Hub(HubRepo),
+    /// A local directory.
+    Dir(PathBuf),
+}
+
+impl ModelSource {
+    /// A path that exists, or one that looks like a path (`/`, `.`, `~`), is a directory;
+    /// anything else is a Hub repo id, optionally `@revision`.
+    pub fn parse(spec: &str) -> Self {
+        let path = Path::new(spec);
+        if path.exists() || spec.starts_with(['/', '.', '~']) {
+            ModelSource::Dir(path.to_path_buf())
+        } else {
+            ModelSource::Hub(HubRepo::parse(spec, RepoKind::Model))
+        }
+    }
+
+    /// A short name for logs and metadata (the repo id or the directory).
+    pub fn name(&self) -> String {
+        match self {
+            ModelSource::Hub(r) => r.id.clone(),
+            ModelSource::Dir(d) => d.display().to_string(),
+        }
+    }
+
+    fn files(&self, hub: &HubOptions) -> Result<Vec<String>> {
+        match self {
+            ModelSource::Hub(repo) => repo.list_files(hub),
+            ModelSource::Dir(dir) => {
+                let entries = std::fs::read_dir(dir).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        Error::MissingFile {
+                            what: "model directory",
+                            path: dir.clone(),
+                            hint: "pass a directory holding config.json and model.safetensors, \
+                                   or a Hub id such as EleutherAI/pythia-70m-deduped"
+                                .into(),
+                        }
+                    } else {
+                        Error::io("listing", dir, e)
+                    }
+                })?;
+                Ok(entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect())
+            }
+        }
+    }
+
+    fn fetch(&self, file: &str, hub: &HubOptions) -> Result<PathBuf> {
+        match self {
+            ModelSource::Hub(repo) => repo.fetch(file, hub),
+            ModelSource::Dir(dir) => Ok(dir.join(file)),
+        }
+    }
+
+    fn missing(&self, what: &'static str, hint: &str) -> Error {
+        let path = match self {
+            ModelSource::Dir(d) => d.clone(),
+            ModelSource::Hub(r) => PathBuf::from(&r.id),
+        };
+        Error::MissingFile {
+            what,
+            path,
+            hint: hint.into(),
+        }
+    }
+}
+
+/// Which weight files to read, in order of preference: `model.safetensors`, the shards named by
+/// `model.safetensors.index.json`, then `pytorch_model.bin` (read by candle's pickle reader).
+fn weight_files(source: &ModelSource, files: &[String], hub: &HubOptions) -> Result<Vec<PathBuf>> {
+    let has = |name: &str| files.iter().any(|f| f == name);
+    if has("model.safetensors") {
+        return Ok(vec![source.fetch("model.safetensors", hub)?]);
+    }
+    if has("model.safetensors.index.json") {
+        let index_path = source.fetch("model.safetensors.index.json", hub)?;
+        let text = std::fs::read_to_string(&index_path)
+            .map_err(|e| Error::io("reading", &index_path, e))?;
+        let index: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json {
+            path: index_path.clone(),
+            source: e,
+        })?;
+        let mut shards: Vec<String> = index["weight_map"]
+            .as_object()
+            .map(|m| {
+                m.values()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        shards.sort();
+        shards.dedup();
+        return shards.iter().map(|s| source.fetch(s, hub)).collect();
+    }
+    if has("pytorch_model.bin") {
+        return Ok(vec![source.fetch("pytorch_model.bin", hub)?]);
+    }
+    Err(source.missing(
+        "model weights",
+        "expected model.safetensors, model.safetensors.index.json or pytorch_model.bin",
+    ))
+}
+
+/// Reads every tensor of `files`; a corrupt or truncated file is named in the error.
+fn read_tensors(files: &[PathBuf]) -> Result<HashMap<String, Tensor>> {
+    let mut all = HashMap::new();
+    for path in files {
+        let is_pickle = path
+            .extension()
+            .is_some_and(|e| e == "bin" || e == "pt" || e == "pth");
+        let tensors: candle_core::Result<HashMap<String, Tensor>> = if is_pickle {
+            candle_core::pickle::read_all(path).map(|v| v.into_iter().collect())
+        } else {
+            candle_core::safetensors::load(path, &Device::Cpu)
+        };
+        let tensors = tensors.map_err(|e| Error::Weights {
+            path: path.clone(),
+            message: format!(
+                "cannot read ({e}); the file may be truncated or corrupt: download it again"
+            ),
+        })?;
+        all.extend(tensors);
+    }
+    Ok(all)
+}
+
+fn model_type(config_path: &Path) -> Result<String> {
+    let text =
+        std::fs::read_to_string(config_path).map_err(|e| Error::io("reading", config_path, e))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config {
+        path: config_path.into(),
+        message: format!("not valid JSON: {e}"),
+    })?;
+    Ok(value["model_type"].as_str().unwrap_or("").to_string())
+}
+
+/// Loads a model from `source` onto `device` in `dtype` (f32 by default elsewhere; f16/bf16
+/// halve memory at some cost in parity).
+pub fn load_model(
+    source: &ModelSource,
+    device: &Device,
+    dtype: DType,
+    hub: &HubOptions,
+) -> Result<Model> {
+    let files = source.files(hub)?;
+    if !files.iter().any(|f| f == "config.json") {
+        return Err(source.missing(
+            "config.json",
+            "a model directory needs config.json and model.safetensors (or pytorch_model.bin), as \
+             written by transformers' save_pretrained",
+        ));
+    }
+    let config_path = source.fetch("config.json", hub)?;
+    let weights = weight_files(source, &files, hub)?;
+    let model_type = model_type(&config_path)?;
+    let wrap = |e: Error| match e {
+        Error::Candle(e) => Error::Weights {
+            path: weights[0].clone(),
+            message: format!("do not match the config: {e}"),
+        },
+        other => other,
+    };
+    match model_type.as_str() {
+        "gpt_neox" => {
+            let cfg = gpt_neox::Config::from_file(&config_path)?;
+            let vb = VarBuilder::from_tensors(read_tensors(&weights)?, dtype, device);
+            Ok(Model::GptNeoX(GptNeoX::load(vb, &cfg).map_err(wrap)?))
+        }
+        other => Err(Error::Config {
+            path: config_path,
+            message: format!("model_type `{other}` is not supported (supported: gpt_neox)"),
+        }),
+    }
+}
+
+/// Loads the model's `tokenizer.json`.
+pub fn load_tokenizer(source: &ModelSource, hub: &HubOptions) -> Result<Tokenizer> {
+    let files = source.files(hub)?;
+    if !files.iter().any(|f| f == "tokenizer.json") {
+        return Err(source.missing(
+            "tokenizer.json",
+            "put the model's tokenizer.json beside its config.json (or pass --tokenizer)",
+        ));
+    }
+    Tokenizer::from_file(&source.fetch("tokenizer.json", hub)?)
+}

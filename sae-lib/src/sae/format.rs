@@ -1,0 +1,161 @@
+//! SAELens' on-disk format, so `sae_lens.SAE.load_from_disk(dir)` loads what we save and we
+//! load what SAELens saves:
+//! - `cfg.json`: architecture, `d_in`, `d_sae`, dtype, device, `apply_b_dec_to_input`,
+//!   `normalize_activations`, and `metadata` (model, hook, context size, dataset, version);
+//! - `sae_weights.safetensors`: `W_enc` `(d_in, d_sae)`, `b_enc`, `W_dec` `(d_sae, d_in)`,
+//!   `b_dec`, plus each variant's extras;
+//! - `sparsity.safetensors`: `sparsity`, the log10 firing frequency of each feature.
+//!
+//! The trainer's input scaling is folded into the weights on save (`normalize_activations`
+//! stays "none"): with `x_s = s·x`, `W_enc ← s·W_enc`, `W_dec ← W_dec / s`, `b_dec ← b_dec / s`
+//! gives the same features on unscaled inputs and a reconstruction in the model's units.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use serde_json::{json, Value};
+
+use super::{AnySae, Architecture, ReluSae, Sae, SaeConfig, SaeMetadata, SparsityPenalty};
+use crate::{io, Error, Result};
+
+/// The SAELens version whose format this writes.
+pub const SAELENS_VERSION: &str = "6.54.12";
+
+fn architecture_name(a: Architecture) -> &'static str {
+    match a {
+        Architecture::Relu => "standard",
+    }
+}
+
+/// The `cfg.json` SAELens expects.
+pub fn cfg_json(cfg: &SaeConfig) -> Value {
+    let m = &cfg.metadata;
+    json!({
+        "architecture": architecture_name(cfg.architecture),
+        "d_in": cfg.d_in,
+        "d_sae": cfg.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": true,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {
+            "sae_lens_version": SAELENS_VERSION,
+            "sae_lens_training_version": SAELENS_VERSION,
+            "model_name": m.model_name,
+            "hook_name": m.hook_name,
+            "hook_head_index": null,
+            "context_size": m.context_size,
+            "prepend_bos": m.prepend_bos,
+            "dataset_path": m.dataset_path,
+            "model_from_pretrained_kwargs": {},
+            "trained_with": format!("sae-lib {}", env!("CARGO_PKG_VERSION")),
+        }
+    })
+}
+
+/// Saves `sae` (trained on inputs multiplied by `scale`) into `dir`, atomically file by file.
+pub fn save(sae: &AnySae, scale: f64, log10_sparsity: Option<&[f32]>, dir: &Path) -> Result<()> {
+    io::create_dir(dir)?;
+    let mut tensors = HashMap::new();
+    for (name, var) in sae.vars() {
+        let t = var
+            .as_tensor()
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?;
+        let t = match name {
+            "W_enc" => (t * scale)?,
+            "W_dec" | "b_dec" => (t / scale)?,
+            _ => t,
+        };
+        tensors.insert(name.to_string(), t);
+    }
+    io::save_safetensors(&dir.join("sae_weights.safetensors"), &tensors)?;
+    if let Some(s) = log10_sparsity {
+        let mut map = HashMap::new();
+        map.insert("sparsity".to_string(), Tensor::new(s, &Device::Cpu)?);
+        io::save_safetensors(&dir.join("sparsity.safetensors"), &map)?;
+    }
+    io::write_json(&dir.join("cfg.json"), &cfg_json(sae.config()))
+}
+
+/// Loads an SAE saved by [`save`] or by SAELens.
+pub fn load(dir: &Path, device: &Device) -> Result<AnySae> {
+    let cfg_path = dir.join("cfg.json");
+    if !cfg_path.is_file() {
+        return Err(Error::MissingFile {
+            what: "SAE config (cfg.json)",
+            path: dir.into(),
+            hint: "pass a folder written by `sae train` or by SAELens' save_model".into(),
+        });
+    }
+    let raw: Value = io::read_json(&cfg_path)?;
+    let bad = |message: String| Error::Config {
+        path: cfg_path.clone(),
+        message,
+    };
+    let arch = raw["architecture"].as_str().unwrap_or("standard");
+    let architecture = Architecture::parse(arch).map_err(|e| bad(e.to_string()))?;
+    let size = |k: &str| {
+        raw[k]
+            .as_u64()
+            .map(|v| v as usize)
+            .ok_or_else(|| bad(format!("missing `{k}`")))
+    };
+    if raw["normalize_activations"]
+        .as_str()
+        .is_some_and(|n| n != "none")
+    {
+        return Err(bad(format!(
+            "normalize_activations `{}` is not supported (only \"none\")",
+            raw["normalize_activations"]
+        )));
+    }
+    if raw["apply_b_dec_to_input"] == Value::Bool(false) {
+        return Err(bad("apply_b_dec_to_input = false is not supported".into()));
+    }
+    let meta = &raw["metadata"];
+    let text = |k: &str, default: &str| meta[k].as_str().unwrap_or(default).to_string();
+    let cfg = SaeConfig {
+        architecture,
+        d_in: size("d_in")?,
+        d_sae: size("d_sae")?,
+        metadata: SaeMetadata {
+            model_name: text("model_name", ""),
+            hook_name: text("hook_name", ""),
+            context_size: meta["context_size"].as_u64().unwrap_or(0) as usize,
+            prepend_bos: meta["prepend_bos"].as_bool().unwrap_or(false),
+            dataset_path: text("dataset_path", ""),
+        },
+    };
+    let weights_path = dir.join("sae_weights.safetensors");
+    let tensors =
+        candle_core::safetensors::load(&weights_path, device).map_err(|e| Error::Weights {
+            path: weights_path.clone(),
+            message: format!("cannot read ({e}); the file may be truncated or corrupt"),
+        })?;
+    let mut get = |name: &str, shape: &[usize]| -> Result<Tensor> {
+        let t = tensors.get(name).ok_or_else(|| Error::Weights {
+            path: weights_path.clone(),
+            message: format!("missing tensor `{name}`"),
+        })?;
+        if t.dims() != shape {
+            return Err(Error::Weights {
+                path: weights_path.clone(),
+                message: format!(
+                    "`{name}` has shape {:?}, cfg.json implies {shape:?}",
+                    t.dims()
+                ),
+            });
+        }
+        Ok(t.to_dtype(DType::F32)?)
+    };
+    Ok(match architecture {
+        Architecture::Relu => AnySae::Relu(ReluSae::from_tensors(
+            cfg,
+            &mut get,
+            SparsityPenalty::DecoderNorm,
+        )?),
+    })
+}

@@ -1,0 +1,193 @@
+//! Sparse autoencoders: one file per variant behind the [`Sae`] trait, dispatched through
+//! [`AnySae`] (an exhaustive `match` catches a forgotten variant).
+//!
+//! Every variant shares the decoder `x̂ = f W_dec + b_dec` and the SAELens tensor names
+//! (`W_enc` `(d_in, d_sae)`, `b_enc`, `W_dec` `(d_sae, d_in)`, `b_dec`), which appear only at
+//! the save/load boundary ([`format`]).
+
+pub mod common;
+pub mod format;
+pub mod relu;
+
+use candle_core::{Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+pub use relu::{ReluSae, SparsityPenalty};
+
+use crate::Result;
+
+/// Which SAE variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Architecture {
+    /// ReLU + L1 (SAELens "standard").
+    Relu,
+}
+
+impl Architecture {
+    /// Parses the CLI / config name.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "relu" | "standard" => Ok(Self::Relu),
+            other => Err(crate::Error::Input(format!(
+                "unknown SAE architecture `{other}` (supported: relu)"
+            ))),
+        }
+    }
+}
+
+/// Where the SAE's inputs come from, recorded in SAELens' `metadata`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SaeMetadata {
+    pub model_name: String,
+    pub hook_name: String,
+    pub context_size: usize,
+    pub prepend_bos: bool,
+    pub dataset_path: String,
+}
+
+impl Default for SaeMetadata {
+    fn default() -> Self {
+        Self {
+            model_name: "EleutherAI/pythia-70m-deduped".into(),
+            hook_name: "blocks.5.hook_mlp_out".into(),
+            context_size: 128,
+            prepend_bos: false,
+            dataset_path: "NeelNanda/pile-10k".into(),
+        }
+    }
+}
+
+/// Shape and provenance of an SAE.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SaeConfig {
+    pub architecture: Architecture,
+    pub d_in: usize,
+    pub d_sae: usize,
+    pub metadata: SaeMetadata,
+}
+
+/// What the trainer passes to a loss: the schedules' current values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossContext {
+    /// Sparsity coefficient after warm-up.
+    pub sparsity_coefficient: f64,
+}
+
+/// A loss and its named parts (all scalars), plus what the forward produced.
+#[derive(Debug, Clone)]
+pub struct LossOutput {
+    pub total: Tensor,
+    /// `("mse", ..)`, then each variant's own terms (`"l1"`, `"aux"`, ...).
+    pub terms: Vec<(&'static str, Tensor)>,
+    /// `(batch, d_sae)` feature activations.
+    pub feature_acts: Tensor,
+    /// `(batch, d_in)` reconstruction.
+    pub sae_out: Tensor,
+}
+
+/// A sparse autoencoder. Variants implement `encode` and their own loss terms; decode, forward
+/// and the reconstruction loss are shared.
+pub trait Sae {
+    fn config(&self) -> &SaeConfig;
+
+    /// Trainable parameters under their SAELens names.
+    fn vars(&self) -> Vec<(&'static str, Var)>;
+
+    /// Feature activations `(batch, d_sae)` of inputs `(batch, d_in)`.
+    fn encode(&self, x: &Tensor) -> Result<Tensor>;
+
+    /// The decoder `(d_sae, d_in)`.
+    fn w_dec(&self) -> &Var;
+
+    /// The decoder bias `(d_in,)`.
+    fn b_dec(&self) -> &Var;
+
+    /// Reconstruction `f W_dec + b_dec`.
+    fn decode(&self, f: &Tensor) -> Result<Tensor> {
+        Ok(f.matmul(self.w_dec().as_tensor())?
+            .broadcast_add(self.b_dec().as_tensor())?)
+    }
+
+    /// Loss terms beyond the reconstruction error.
+    fn aux_losses(
+        &self,
+        x: &Tensor,
+        f: &Tensor,
+        ctx: &LossContext,
+    ) -> Result<Vec<(&'static str, Tensor)>>;
+
+    /// Called after each optimiser step (e.g. to renormalise decoder rows).
+    fn after_step(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Reconstruction error `‖x − x̂‖²` summed over `d_in`, averaged over the batch, plus the
+    /// variant's own terms.
+    fn loss(&self, x: &Tensor, ctx: &LossContext) -> Result<LossOutput> {
+        let feature_acts = self.encode(x)?;
+        let sae_out = self.decode(&feature_acts)?;
+        let mse = (&sae_out - x)?.sqr()?.sum(1)?.mean(0)?;
+        let mut terms = vec![("mse", mse)];
+        terms.extend(self.aux_losses(x, &feature_acts, ctx)?);
+        let mut total = terms[0].1.clone();
+        for (_, t) in &terms[1..] {
+            total = (total + t)?;
+        }
+        Ok(LossOutput {
+            total,
+            terms,
+            feature_acts,
+            sae_out,
+        })
+    }
+}
+
+/// Any SAE variant.
+#[derive(Debug, Clone)]
+pub enum AnySae {
+    Relu(ReluSae),
+}
+
+macro_rules! dispatch {
+    ($self:expr, $s:ident => $body:expr) => {
+        match $self {
+            AnySae::Relu($s) => $body,
+        }
+    };
+}
+
+impl Sae for AnySae {
+    fn config(&self) -> &SaeConfig {
+        dispatch!(self, s => s.config())
+    }
+    fn vars(&self) -> Vec<(&'static str, Var)> {
+        dispatch!(self, s => s.vars())
+    }
+    fn encode(&self, x: &Tensor) -> Result<Tensor> {
+        dispatch!(self, s => s.encode(x))
+    }
+    fn w_dec(&self) -> &Var {
+        dispatch!(self, s => s.w_dec())
+    }
+    fn b_dec(&self) -> &Var {
+        dispatch!(self, s => s.b_dec())
+    }
+    fn decode(&self, f: &Tensor) -> Result<Tensor> {
+        dispatch!(self, s => s.decode(f))
+    }
+    fn aux_losses(
+        &self,
+        x: &Tensor,
+        f: &Tensor,
+        ctx: &LossContext,
+    ) -> Result<Vec<(&'static str, Tensor)>> {
+        dispatch!(self, s => s.aux_losses(x, f, ctx))
+    }
+    fn after_step(&self) -> Result<()> {
+        dispatch!(self, s => s.after_step())
+    }
+    fn loss(&self, x: &Tensor, ctx: &LossContext) -> Result<LossOutput> {
+        dispatch!(self, s => s.loss(x, ctx))
+    }
+}

@@ -1,0 +1,9 @@
+//! Training: the loop, its optimiser, its schedules and where its batches come from.
+
+pub mod optim;
+pub mod schedule;
+pub mod source;
+pub mod trainer;
+
+pub use source::ActivationSource;
+pub use trainer::{BDecInit, MetricsRow, TrainConfig, Trainer};

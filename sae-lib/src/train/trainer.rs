@@ -1,0 +1,530 @@
+//! The training loop: seeded batches, schedules, Adam with clipping, metrics, dead-feature
+//! tracking and resampling, checkpoints that resume bit-identically, and a NaN guard.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{DType, Device, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::optim::{clip_grad_norm, Adam, AdamParams};
+use super::schedule;
+use super::source::{ActivationSource, BatchPlan};
+use crate::eval::metrics;
+use crate::progress::Progress;
+use crate::sae::common::geometric_median;
+use crate::sae::{
+    format, AnySae, Architecture, LossContext, ReluSae, Sae, SaeConfig, SparsityPenalty,
+};
+use crate::{io, Error, Result};
+
+/// How `b_dec` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BDecInit {
+    /// Geometric median of a sample (robust to outliers).
+    #[default]
+    GeometricMedian,
+    Mean,
+    Zeros,
+}
+
+/// Training hyperparameters; `Default` is Anthropic's April 2024 recipe with the CLI's
+/// defaults (λ = 5, lr = 5e-5, batch 4096).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub steps: u64,
+    pub batch_size: usize,
+    pub adam: AdamParams,
+    /// Target sparsity coefficient λ.
+    pub sparsity_coefficient: f64,
+    /// Fraction of steps over which λ warms up from 0.
+    pub sparsity_warmup_frac: f64,
+    /// Fraction of steps at the end over which the learning rate decays to 0.
+    pub lr_decay_frac: f64,
+    /// Global gradient-norm clip.
+    pub grad_clip: Option<f64>,
+    pub seed: u64,
+    pub penalty: SparsityPenalty,
+    /// Scale inputs so `E‖x‖ = √d_in` (folded back into the weights when saved).
+    pub normalize_inputs: bool,
+    pub b_dec_init: BDecInit,
+    /// Rows sampled for the scale and `b_dec` initialisation.
+    pub init_sample: usize,
+    /// Steps between metric rows.
+    pub log_every: u64,
+    /// Steps between checkpoints (when an output folder is given).
+    pub checkpoint_every: Option<u64>,
+    /// A feature that has not fired in this many inputs is dead.
+    pub dead_window: u64,
+    /// Resample dead features every this many steps (Anthropic 2023); off by default.
+    pub resample_dead_every: Option<u64>,
+    /// A feature firing on more than this fraction of inputs is dense.
+    pub dense_above: f64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: 2000,
+            batch_size: 4096,
+            adam: AdamParams::default(),
+            sparsity_coefficient: 5.0,
+            sparsity_warmup_frac: 0.05,
+            lr_decay_frac: 0.2,
+            grad_clip: Some(1.0),
+            seed: 0,
+            penalty: SparsityPenalty::DecoderNorm,
+            normalize_inputs: true,
+            b_dec_init: BDecInit::GeometricMedian,
+            init_sample: 4096,
+            log_every: 50,
+            checkpoint_every: Some(500),
+            dead_window: 10_000_000,
+            resample_dead_every: None,
+            dense_above: 0.1,
+        }
+    }
+}
+
+/// One row of the metrics table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsRow {
+    pub step: u64,
+    pub tokens: u64,
+    pub loss: f64,
+    /// Mean squared reconstruction error per input, in the model's units.
+    pub mse: f64,
+    pub fvu: f64,
+    pub explained_variance: f64,
+    pub l0: f64,
+    pub l1: f64,
+    pub dead_frac: f64,
+    pub dense_frac: f64,
+    pub lr: f64,
+    pub sparsity_coefficient: f64,
+}
+
+/// What a checkpoint's `trainer.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainerState {
+    sae: SaeConfig,
+    train: TrainConfig,
+    step: u64,
+    scale: f64,
+    samples_seen: u64,
+    metrics: Vec<MetricsRow>,
+    /// The tensors of this step (`trainer_state-<step>.safetensors`).
+    state_file: String,
+}
+
+/// Trains one SAE on one activation source.
+pub struct Trainer<'a> {
+    sae: AnySae,
+    opt: Adam,
+    cfg: TrainConfig,
+    data: &'a dyn ActivationSource,
+    plan: BatchPlan,
+    device: Device,
+    step: u64,
+    /// Inputs are multiplied by this before the SAE sees them.
+    scale: f64,
+    samples_seen: u64,
+    /// Per feature: inputs since it last fired.
+    since_fired: Vec<u64>,
+    /// Per feature: firings since the start (for `sparsity.safetensors`).
+    fired_total: Vec<f32>,
+    metrics: Vec<MetricsRow>,
+}
+
+/// Builds a freshly initialised SAE of `cfg.architecture`.
+pub fn new_sae(
+    cfg: &SaeConfig,
+    train: &TrainConfig,
+    rng: &mut ChaCha8Rng,
+    device: &Device,
+) -> Result<AnySae> {
+    Ok(match cfg.architecture {
+        Architecture::Relu => AnySae::Relu(ReluSae::new(
+            cfg.clone(),
+            train.penalty,
+            rng,
+            DType::F32,
+            device,
+        )?),
+    })
+}
+
+impl<'a> Trainer<'a> {
+    /// A new run: estimates the input scale and `b_dec` from a sample, then initialises the SAE
+    /// from `cfg.seed`.
+    pub fn new(
+        sae_cfg: SaeConfig,
+        cfg: TrainConfig,
+        data: &'a dyn ActivationSource,
+        device: &Device,
+    ) -> Result<Self> {
+        if data.len() == 0 {
+            return Err(Error::Training("no activations to train on".into()));
+        }
+        if data.d() != sae_cfg.d_in {
+            return Err(Error::Training(format!(
+                "the activations have width {} but the SAE's d_in is {}",
+                data.d(),
+                sae_cfg.d_in
+            )));
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let sample_rows = &crate::data::store::permutation(data.len(), cfg.seed, u64::MAX)
+            [..cfg.init_sample.min(data.len())];
+        let sample = data.gather(sample_rows, device)?;
+        let scale = if cfg.normalize_inputs {
+            let mean_norm = sample
+                .sqr()?
+                .sum(1)?
+                .sqrt()?
+                .mean_all()?
+                .to_scalar::<f32>()? as f64;
+            if !(mean_norm.is_finite() && mean_norm > 0.0) {
+                return Err(Error::Training(format!(
+                    "cannot normalise inputs: their mean norm is {mean_norm} (all-zero or non-finite activations?)"
+                )));
+            }
+            (sae_cfg.d_in as f64).sqrt() / mean_norm
+        } else {
+            1.0
+        };
+        let sae = new_sae(&sae_cfg, &cfg, &mut rng, device)?;
+        let sample = (sample * scale)?;
+        let b_dec = match cfg.b_dec_init {
+            BDecInit::GeometricMedian => Some(geometric_median(&sample, 100)?),
+            BDecInit::Mean => Some(sample.mean(0)?),
+            BDecInit::Zeros => None,
+        };
+        if let Some(b) = b_dec {
+            sae.b_dec().set(&b.to_device(device)?)?;
+        }
+        let opt = Adam::new(sae.vars(), cfg.adam)?;
+        let d_sae = sae_cfg.d_sae;
+        Ok(Self {
+            plan: BatchPlan::new(data.len(), cfg.batch_size, cfg.seed),
+            sae,
+            opt,
+            cfg,
+            data,
+            device: device.clone(),
+            step: 0,
+            scale,
+            samples_seen: 0,
+            since_fired: vec![0; d_sae],
+            fired_total: vec![0.0; d_sae],
+            metrics: Vec::new(),
+        })
+    }
+
+    /// Continues the run checkpointed in `dir` (same data source expected).
+    pub fn resume(dir: &Path, data: &'a dyn ActivationSource, device: &Device) -> Result<Self> {
+        let state: TrainerState = io::read_json(&dir.join("trainer.json"))?;
+        let tensors_path = dir.join(&state.state_file);
+        let tensors =
+            candle_core::safetensors::load(&tensors_path, device).map_err(|e| Error::Weights {
+                path: tensors_path.clone(),
+                message: format!("cannot read checkpoint ({e})"),
+            })?;
+        let mut trainer = Self::new_from_state(&state, data, device)?;
+        for (name, var) in trainer.sae.vars() {
+            let t = tensors.get(&format!("sae.{name}")).ok_or_else(|| {
+                Error::Training(format!(
+                    "checkpoint {} lacks `sae.{name}`",
+                    tensors_path.display()
+                ))
+            })?;
+            var.set(t)?;
+        }
+        trainer.opt.load_state(&tensors, state.step)?;
+        let host = |k: &str| -> Result<Vec<f32>> {
+            let t = tensors
+                .get(k)
+                .ok_or_else(|| Error::Training(format!("checkpoint lacks `{k}`")))?;
+            Ok(t.to_dtype(DType::F64)?
+                .to_vec1::<f64>()?
+                .into_iter()
+                .map(|v| v as f32)
+                .collect())
+        };
+        trainer.since_fired = tensors
+            .get("since_fired")
+            .ok_or_else(|| Error::Training("checkpoint lacks `since_fired`".into()))?
+            .to_vec1::<f64>()?
+            .into_iter()
+            .map(|v| v as u64)
+            .collect();
+        trainer.fired_total = host("fired_total")?;
+        Ok(trainer)
+    }
+
+    fn new_from_state(
+        state: &TrainerState,
+        data: &'a dyn ActivationSource,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut rng = ChaCha8Rng::seed_from_u64(state.train.seed);
+        let sae = new_sae(&state.sae, &state.train, &mut rng, device)?;
+        let opt = Adam::new(sae.vars(), state.train.adam)?;
+        Ok(Self {
+            plan: BatchPlan::new(data.len(), state.train.batch_size, state.train.seed),
+            sae,
+            opt,
+            cfg: state.train.clone(),
+            data,
+            device: device.clone(),
+            step: state.step,
+            scale: state.scale,
+            samples_seen: state.samples_seen,
+            since_fired: vec![0; state.sae.d_sae],
+            fired_total: vec![0.0; state.sae.d_sae],
+            metrics: state.metrics.clone(),
+        })
+    }
+
+    pub fn sae(&self) -> &AnySae {
+        &self.sae
+    }
+
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// The factor inputs are scaled by during training.
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    /// Metric rows logged so far.
+    pub fn metrics(&self) -> &[MetricsRow] {
+        &self.metrics
+    }
+
+    /// Trains up to `cfg.steps` (or until `stop` is set), checkpointing into `out` when given.
+    /// A non-finite loss stops with an error; the last checkpoint is left as it was.
+    pub fn train(&mut self, out: Option<&Path>, stop: Option<&AtomicBool>) -> Result<()> {
+        if let Some(dir) = out {
+            io::create_dir(dir)?;
+        }
+        let total = self.cfg.steps;
+        let progress = Progress::new("train", Some(total), "steps");
+        progress.inc(self.step);
+        while self.step < total {
+            if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+                break;
+            }
+            let row = self.train_step()?;
+            progress.inc(1);
+            if let Some(row) = row {
+                progress.set_message(format!(
+                    "loss {:.4} L0 {:.1} FVU {:.3}",
+                    row.loss, row.l0, row.fvu
+                ));
+            }
+            if let (Some(dir), Some(every)) = (out, self.cfg.checkpoint_every) {
+                if self.step % every == 0 && self.step < total {
+                    self.save_checkpoint(dir)?;
+                }
+            }
+        }
+        progress.finish();
+        if let Some(dir) = out {
+            self.save_checkpoint(dir)?;
+        }
+        Ok(())
+    }
+
+    /// One optimiser step; returns a metrics row when this step is logged.
+    pub fn train_step(&mut self) -> Result<Option<MetricsRow>> {
+        let (step, total) = (self.step, self.cfg.steps);
+        let rows = self.plan.rows(step).to_vec();
+        let x = (self.data.gather(&rows, &self.device)? * self.scale)?;
+        let lr = schedule::learning_rate(step, total, self.cfg.adam.lr, self.cfg.lr_decay_frac);
+        let coefficient = schedule::sparsity_coefficient(
+            step,
+            total,
+            self.cfg.sparsity_coefficient,
+            self.cfg.sparsity_warmup_frac,
+        );
+        let ctx = LossContext {
+            sparsity_coefficient: coefficient,
+        };
+        let out = self.sae.loss(&x, &ctx)?;
+        let loss = out.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !loss.is_finite() {
+            return Err(Error::Training(format!(
+                "the loss became {loss} at step {step}: training stopped and the last good checkpoint \
+                 was kept. Lower the learning rate (--lr) or check the activations for NaN/inf."
+            )));
+        }
+        let mut grads = out.total.backward()?;
+        let vars = self.sae.vars();
+        if let Some(max) = self.cfg.grad_clip {
+            clip_grad_norm(&mut grads, &vars, max)?;
+        }
+        self.opt.params.lr = lr;
+        self.opt.step(&grads)?;
+        self.sae.after_step()?;
+
+        let batch = rows.len() as u64;
+        let counts = metrics::firing_counts(&out.feature_acts)?;
+        for (i, &c) in counts.iter().enumerate() {
+            self.since_fired[i] = if c > 0.0 {
+                0
+            } else {
+                self.since_fired[i] + batch
+            };
+            self.fired_total[i] += c;
+        }
+        self.samples_seen += batch;
+        self.step += 1;
+
+        if let Some(every) = self.cfg.resample_dead_every {
+            if self.step % every == 0 && self.step < total {
+                self.resample_dead(&x, &out.sae_out)?;
+            }
+        }
+        let logged = self.step % self.cfg.log_every.max(1) == 0 || self.step == total || step == 0;
+        if !logged {
+            return Ok(None);
+        }
+        let window = self.cfg.dead_window.min(self.samples_seen);
+        let dead = self.since_fired.iter().filter(|&&s| s >= window).count() as f64
+            / self.since_fired.len() as f64;
+        let dense = counts
+            .iter()
+            .filter(|&&c| c as f64 / batch as f64 > self.cfg.dense_above)
+            .count() as f64
+            / counts.len() as f64;
+        let mse_scaled = out.terms[0].1.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let fvu = metrics::fvu(&x, &out.sae_out)?;
+        let row = MetricsRow {
+            step: self.step,
+            tokens: self.samples_seen,
+            loss,
+            mse: mse_scaled / (self.scale * self.scale),
+            fvu,
+            explained_variance: 1.0 - fvu,
+            l0: metrics::l0(&out.feature_acts)?,
+            l1: metrics::l1(&out.feature_acts)?,
+            dead_frac: dead,
+            dense_frac: dense,
+            lr,
+            sparsity_coefficient: coefficient,
+        };
+        self.metrics.push(row.clone());
+        Ok(Some(row))
+    }
+
+    /// Dead features get a fresh direction: a badly reconstructed input of the current batch
+    /// (chosen with probability ∝ squared error, Anthropic 2023), at the mean live decoder norm
+    /// and 0.2× the mean live encoder norm, with zeroed bias and optimiser moments.
+    fn resample_dead(&mut self, x: &Tensor, x_hat: &Tensor) -> Result<()> {
+        let window = self.cfg.dead_window.min(self.samples_seen);
+        let dead: Vec<u32> = (0..self.since_fired.len() as u32)
+            .filter(|&i| self.since_fired[i as usize] >= window)
+            .collect();
+        if dead.is_empty() || dead.len() == self.since_fired.len() {
+            return Ok(());
+        }
+        let err = (x - x_hat)?.sqr()?.sum(1)?.to_vec1::<f32>()?;
+        let inputs = x.to_vec2::<f32>()?;
+        let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.seed ^ self.step);
+        let weights = rand::distr::weighted::WeightedIndex::new(err.iter().map(|e| e.max(1e-12)))
+            .map_err(|e| Error::Training(format!("cannot resample: {e}")))?;
+        let vars: HashMap<&str, candle_core::Var> = self.sae.vars().into_iter().collect();
+        let mut w_dec = vars["W_dec"].as_tensor().to_vec2::<f32>()?;
+        let mut w_enc = vars["W_enc"].as_tensor().t()?.to_vec2::<f32>()?; // (d_sae, d_in)
+        let mut b_enc = vars["b_enc"].as_tensor().to_vec1::<f32>()?;
+        let norm = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>().sqrt();
+        let alive: Vec<usize> = (0..w_dec.len())
+            .filter(|i| !dead.contains(&(*i as u32)))
+            .collect();
+        let dec_norm = alive.iter().map(|&i| norm(&w_dec[i])).sum::<f32>() / alive.len() as f32;
+        let enc_norm = alive.iter().map(|&i| norm(&w_enc[i])).sum::<f32>() / alive.len() as f32;
+        for &f in &dead {
+            use rand::distr::Distribution;
+            let v = &inputs[weights.sample(&mut rng)];
+            let n = norm(v).max(1e-8);
+            w_dec[f as usize] = v.iter().map(|a| a / n * dec_norm).collect();
+            w_enc[f as usize] = v.iter().map(|a| a / n * enc_norm * 0.2).collect();
+            b_enc[f as usize] = 0.0;
+            self.since_fired[f as usize] = 0;
+        }
+        let dev = &self.device;
+        let (d_sae, d_in) = (w_dec.len(), inputs[0].len());
+        vars["W_dec"].set(&Tensor::from_vec(w_dec.concat(), (d_sae, d_in), dev)?)?;
+        vars["W_enc"].set(
+            &Tensor::from_vec(w_enc.concat(), (d_sae, d_in), dev)?
+                .t()?
+                .contiguous()?,
+        )?;
+        vars["b_enc"].set(&Tensor::from_vec(b_enc, d_sae, dev)?)?;
+        self.opt.reset_rows("W_dec", 0, &dead)?;
+        self.opt.reset_rows("W_enc", 1, &dead)?;
+        self.opt.reset_rows("b_enc", 0, &dead)?;
+        Ok(())
+    }
+
+    /// Per-feature firing frequency over the whole run.
+    pub fn feature_frequencies(&self) -> Vec<f64> {
+        let n = self.samples_seen.max(1) as f64;
+        self.fired_total.iter().map(|&c| c as f64 / n).collect()
+    }
+
+    /// Writes the SAE in SAELens' format (scale folded in) plus everything needed to resume.
+    pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
+        io::create_dir(dir)?;
+        let density = metrics::log10_density(&self.fired_total, self.samples_seen as f64);
+        format::save(&self.sae, self.scale, Some(&density), dir)?;
+        let mut tensors = self.opt.state();
+        for (name, var) in self.sae.vars() {
+            tensors.insert(format!("sae.{name}"), var.as_tensor().clone());
+        }
+        let since: Vec<f64> = self.since_fired.iter().map(|&s| s as f64).collect();
+        tensors.insert(
+            "since_fired".into(),
+            Tensor::new(since.as_slice(), &Device::Cpu)?,
+        );
+        tensors.insert(
+            "fired_total".into(),
+            Tensor::new(self.fired_total.as_slice(), &Device::Cpu)?,
+        );
+        // The state goes to a file named by its step and trainer.json, written last, points at
+        // it: a kill at any moment leaves trainer.json naming a complete, consistent state.
+        let state_file = format!("trainer_state-{:09}.safetensors", self.step);
+        io::save_safetensors(&dir.join(&state_file), &tensors)?;
+        let state = TrainerState {
+            sae: self.sae.config().clone(),
+            train: self.cfg.clone(),
+            step: self.step,
+            scale: self.scale,
+            samples_seen: self.samples_seen,
+            metrics: self.metrics.clone(),
+            state_file: state_file.clone(),
+        };
+        io::write_json(&dir.join("trainer.json"), &state)?;
+        for entry in std::fs::read_dir(dir)
+            .map_err(|e| Error::io("listing", dir, e))?
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("trainer_state-") && name != state_file {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,90 @@
+//! Shared test helpers: fixture paths, loading, and tensor comparison.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use sae_lib::hub::HubOptions;
+use sae_lib::model::{load_model, Model, ModelSource};
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// `../shared/data` beside the checkout, when present (CI has it; a fresh clone does not).
+pub fn shared_data(rel: &str) -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data")
+        .join(rel);
+    if p.exists() {
+        Some(p)
+    } else {
+        println!(
+            "SKIP: {} is absent (../shared/data is only beside the CI checkout)",
+            p.display()
+        );
+        None
+    }
+}
+
+/// Hub options that can never reach the network.
+pub fn offline_hub() -> HubOptions {
+    HubOptions {
+        cache_dir: std::env::temp_dir().join("sae-lib-test-empty-cache"),
+        endpoint: Some("http://127.0.0.1:9".into()),
+        offline: true,
+    }
+}
+
+pub fn load_fixture_model(name: &str) -> Model {
+    load_model(
+        &ModelSource::Dir(fixture(name)),
+        &Device::Cpu,
+        DType::F32,
+        &offline_hub(),
+    )
+    .unwrap()
+}
+
+pub fn expected(name: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture(name).join("expected.safetensors"), &Device::Cpu)
+        .unwrap()
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Max |a - b| over the positions where `mask` (batch, seq) is 1; a and b are (batch, seq, ...).
+pub fn masked_max_abs_diff(a: &Tensor, b: &Tensor, mask: &Tensor) -> f32 {
+    let mask = mask.to_dtype(DType::F32).unwrap();
+    let mut m = mask.clone();
+    while m.rank() < a.rank() {
+        m = m.unsqueeze(m.rank()).unwrap();
+    }
+    let diff = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap();
+    diff.broadcast_mul(&m)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
