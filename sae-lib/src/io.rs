@@ -6,12 +6,18 @@ use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
 
+/// `dir/.name.tmp-<pid>.ext`: hidden, unique to this process, and keeping the extension
+/// (writers such as plotters pick the format from it).
 fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
+    let stem = path
+        .file_stem()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    let ext = path
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    path.with_file_name(format!(".{stem}.tmp-{}{ext}", std::process::id()))
 }
 
 /// Creates `dir` (and parents), with an error that says the folder cannot be written.

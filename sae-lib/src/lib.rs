@@ -32,9 +32,12 @@ pub mod hooks;
 pub mod hub;
 pub mod io;
 pub mod model;
+pub mod plot;
 pub mod progress;
 pub mod sae;
+pub mod sweep;
 pub mod tokenizer;
 pub mod train;
+pub mod walkthrough;
 
 pub use error::{Error, Result};

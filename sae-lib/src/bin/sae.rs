@@ -13,7 +13,7 @@ use sae_lib::data::{ActivationStore, CollectMode, DatasetOptions, DatasetSource,
 use sae_lib::hooks::HookPoint;
 use sae_lib::hub::HubOptions;
 use sae_lib::model::{load_model, load_tokenizer, ModelSource};
-use sae_lib::sae::{Architecture, SaeConfig, SaeMetadata, SparsityPenalty};
+use sae_lib::sae::{Architecture, Sae, SaeConfig, SaeMetadata, SparsityPenalty};
 use sae_lib::tokenizer::Tokenizer;
 use sae_lib::train::{TrainConfig, Trainer};
 
@@ -34,6 +34,142 @@ enum Command {
     Collect(CollectArgs),
     /// Train an SAE on stored activations.
     Train(TrainArgs),
+    /// Evaluate an SAE spliced into the model: CE loss recovered, KL.
+    Eval(EvalArgs),
+    /// Show one feature: top activating contexts, activation histogram, logit lens.
+    Inspect(InspectArgs),
+    /// The whole tutorial headless: collect, train, evaluate, report.
+    Walkthrough(WalkthroughArgs),
+    /// Train every SAE variant over several sparsity levels and compare them.
+    Sweep(SweepArgs),
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    /// Activation store made by `sae collect`.
+    #[arg(long)]
+    acts: PathBuf,
+    /// Comma-separated architectures.
+    #[arg(
+        long,
+        default_value = "relu,topk,batchtopk,jumprelu,gated,matryoshka",
+        value_delimiter = ','
+    )]
+    archs: Vec<String>,
+    #[arg(long, default_value_t = 4096)]
+    d_sae: usize,
+    /// k values for topk, batchtopk and matryoshka.
+    #[arg(long, default_value = "16,32,64", value_delimiter = ',')]
+    ks: Vec<usize>,
+    /// L1 coefficients for relu and gated.
+    #[arg(long, default_value = "2,5,10", value_delimiter = ',')]
+    l1: Vec<f64>,
+    /// L0 coefficients for jumprelu.
+    #[arg(long, default_value = "0.5,1,3", value_delimiter = ',')]
+    l0: Vec<f64>,
+    #[arg(long, default_value_t = 2000)]
+    steps: u64,
+    #[arg(long, default_value_t = 4096)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 5e-5)]
+    lr: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Output folder: sweep.json and pareto_fvu.png / .svg.
+    #[arg(long, default_value = "sweep")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    data: DataArgs,
+    /// SAE folder (SAELens format).
+    #[arg(long)]
+    sae: PathBuf,
+    /// Hook to splice at (default: the SAE's own hook_name).
+    #[arg(long)]
+    hook: Option<String>,
+    /// Documents to evaluate on.
+    #[arg(long, default_value_t = 100)]
+    max_docs: usize,
+    /// Skip this many documents first (e.g. the training ones).
+    #[arg(long, default_value_t = 0)]
+    skip_docs: usize,
+    #[arg(long, default_value_t = 128)]
+    max_len: usize,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Where to write the metrics.
+    #[arg(long, default_value = "metrics.json")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// SAE folder (SAELens format).
+    #[arg(long)]
+    sae: PathBuf,
+    /// Activation store the SAE was trained on.
+    #[arg(long)]
+    acts: PathBuf,
+    #[arg(long)]
+    feature: usize,
+    /// Model (for its tokenizer and the logit lens).
+    #[arg(long, default_value = "EleutherAI/pythia-70m-deduped")]
+    model: String,
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Contexts to show.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    /// Also write the contexts as HTML and the histogram as PNG with this path prefix.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct WalkthroughArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    data: DataArgs,
+    #[arg(long, default_value = "blocks.5.hook_mlp_out")]
+    hook: String,
+    #[arg(long, value_enum, default_value_t = ModeArg::Middle)]
+    mode: ModeArg,
+    #[arg(long, default_value_t = 128)]
+    max_len: usize,
+    /// Training documents (default: the whole dataset).
+    #[arg(long)]
+    max_docs: Option<usize>,
+    /// Held-out documents for the splice evaluation.
+    #[arg(long, default_value_t = 100)]
+    eval_docs: usize,
+    #[arg(long, default_value = "relu")]
+    arch: String,
+    #[arg(long, default_value_t = 4096)]
+    d_sae: usize,
+    /// Active features per input (topk, batchtopk, matryoshka).
+    #[arg(long)]
+    k: Option<usize>,
+    #[arg(long, default_value_t = 5.0)]
+    l1: f64,
+    #[arg(long, default_value_t = 5e-5)]
+    lr: f64,
+    #[arg(long, default_value_t = 2000)]
+    steps: u64,
+    #[arg(long, default_value_t = 4096)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Report folder.
+    #[arg(long, default_value = "walkthrough")]
+    out: PathBuf,
 }
 
 #[derive(Args, Clone)]
@@ -110,7 +246,10 @@ struct TrainArgs {
     arch: String,
     #[arg(long, default_value_t = 4096)]
     d_sae: usize,
-    /// Sparsity coefficient λ.
+    /// Active features per input (topk, batchtopk, matryoshka).
+    #[arg(long)]
+    k: Option<usize>,
+    /// Sparsity coefficient λ (L1 for relu and gated, L0 for jumprelu).
     #[arg(long, default_value_t = 5.0)]
     l1: f64,
     #[arg(long, default_value_t = 5e-5)]
@@ -190,6 +329,10 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Collect(args) => collect(args),
         Command::Train(args) => train(args),
+        Command::Eval(args) => eval(args),
+        Command::Inspect(args) => inspect(args),
+        Command::Walkthrough(args) => walkthrough(args),
+        Command::Sweep(args) => sweep(args),
     }
 }
 
@@ -217,6 +360,13 @@ fn dataset(args: &DataArgs) -> (DatasetSource, DatasetOptions) {
     (DatasetSource::parse(&args.dataset), opts)
 }
 
+fn mode(m: ModeArg) -> CollectMode {
+    match m {
+        ModeArg::Middle => CollectMode::Middle,
+        ModeArg::All => CollectMode::All,
+    }
+}
+
 fn collect(args: CollectArgs) -> Result<()> {
     let hook: HookPoint = args.hook.parse()?;
     let (model, tokenizer, source) = load(&args.model)?;
@@ -224,10 +374,7 @@ fn collect(args: CollectArgs) -> Result<()> {
     let docs = data.documents(&opts, &HubOptions::from_env())?;
     let cfg = CollectConfig {
         hook,
-        mode: match args.mode {
-            ModeArg::Middle => CollectMode::Middle,
-            ModeArg::All => CollectMode::All,
-        },
+        mode: mode(args.mode),
         max_len: args.max_len,
         batch_size: args.batch_size,
         max_docs: args.max_docs,
@@ -274,6 +421,8 @@ fn train(args: TrainArgs) -> Result<()> {
             architecture: Architecture::parse(&args.arch)?,
             d_in: store.d(),
             d_sae: args.d_sae,
+            k: args.k,
+            prefixes: None,
             metadata: SaeMetadata {
                 model_name: meta.model.clone(),
                 hook_name: meta.hook.to_string(),
@@ -319,5 +468,192 @@ fn train(args: TrainArgs) -> Result<()> {
             args.out.display()
         );
     }
+    Ok(())
+}
+
+fn eval(args: EvalArgs) -> Result<()> {
+    let (model, tokenizer, _) = load(&args.model)?;
+    let sae = sae_lib::sae::format::load(&args.sae, model.device())?;
+    let hook: HookPoint = match &args.hook {
+        Some(h) => h.parse()?,
+        None => sae
+            .config()
+            .metadata
+            .hook_name
+            .parse()
+            .context("the SAE's cfg.json names no usable hook_name; pass --hook")?,
+    };
+    let (data, opts) = dataset(&args.data);
+    let sequences = data
+        .documents(&opts, &HubOptions::from_env())?
+        .skip(args.skip_docs)
+        .take(args.max_docs)
+        .map(|d| tokenizer.encode(&d?, Some(args.max_len)))
+        .collect::<sae_lib::Result<Vec<_>>>()?;
+    let metrics = sae_lib::eval::splice_eval(&model, &sae, hook, &sequences, args.batch_size)?;
+    sae_lib::io::write_json(&args.out, &metrics)?;
+    println!(
+        "CE clean {:.4}, with SAE {:.4}, zero-ablated {:.4}: CE loss recovered {:.4}; KL {:.4} nats/token ({} tokens) -> {}",
+        metrics.ce_loss_without_sae,
+        metrics.ce_loss_with_sae,
+        metrics.ce_loss_with_ablation,
+        metrics.ce_loss_score,
+        metrics.kl_div_with_sae,
+        metrics.tokens,
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn inspect(args: InspectArgs) -> Result<()> {
+    use sae_lib::eval::inspect::{contexts_html, feature_activations, logit_lens, top_contexts};
+    let store = ActivationStore::open(&args.acts)?;
+    let sae = sae_lib::sae::format::load(&args.sae, &candle_core::Device::Cpu)?;
+    let hub = HubOptions::from_env();
+    let source = ModelSource::parse(&args.model);
+    let tokenizer = match &args.tokenizer {
+        Some(p) => Tokenizer::from_file(p)?,
+        None => load_tokenizer(&source, &hub)?,
+    };
+    let contexts = top_contexts(&store, &sae, &tokenizer, args.feature, args.top)?;
+    println!("feature {}: top {} contexts", args.feature, contexts.len());
+    for c in &contexts {
+        let p = c.position as usize;
+        let before = c.tokens[p.saturating_sub(12)..p].concat();
+        let after = c.tokens[p + 1..(p + 6).min(c.tokens.len())].concat();
+        println!(
+            "  {:8.3}  {}[[{}]]{}",
+            c.activation,
+            before.replace('\n', " "),
+            c.tokens[p],
+            after.replace('\n', " ")
+        );
+    }
+    // The logit lens needs the model's unembedding; skip it when the model cannot be loaded.
+    match load_model(&source, &candle_core::Device::Cpu, DType::F32, &hub) {
+        Ok(model) => {
+            let (up, down) = logit_lens(&sae, model.unembed(), &tokenizer, args.feature, 10)?;
+            println!(
+                "  promotes: {}",
+                up.iter()
+                    .map(|(t, s)| format!("{t:?} {s:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            println!(
+                "  suppresses: {}",
+                down.iter()
+                    .map(|(t, s)| format!("{t:?} {s:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        Err(e) => println!("  (no logit lens: {e})"),
+    }
+    if let Some(prefix) = &args.out {
+        let html = prefix.with_extension("html");
+        sae_lib::io::write_bytes(&html, contexts_html(args.feature, &contexts, 24).as_bytes())?;
+        let values = feature_activations(&store, &sae, args.feature)?;
+        let png = prefix.with_extension("png");
+        sae_lib::plot::Chart::ActivationHistogram {
+            feature: args.feature,
+            values,
+        }
+        .save_png(&png)?;
+        println!("wrote {} and {}", html.display(), png.display());
+    }
+    Ok(())
+}
+
+fn walkthrough(args: WalkthroughArgs) -> Result<()> {
+    use sae_lib::walkthrough::{run, WalkthroughConfig};
+    let (_, opts) = dataset(&args.data);
+    let mut train = TrainConfig {
+        steps: args.steps,
+        batch_size: args.batch_size,
+        sparsity_coefficient: args.l1,
+        seed: args.seed,
+        checkpoint_every: None,
+        ..Default::default()
+    };
+    train.adam.lr = args.lr;
+    let m = mode(args.mode);
+    let cfg = WalkthroughConfig {
+        model: args.model.model.clone(),
+        tokenizer: args.model.tokenizer.clone(),
+        dataset: args.data.dataset.clone(),
+        dataset_options: opts,
+        collect: CollectConfig {
+            hook: args.hook.parse()?,
+            mode: m,
+            max_len: args.max_len,
+            max_docs: args.max_docs,
+            // The faithful middle-token collection runs one prompt at a time, as the tutorial does.
+            batch_size: if m == CollectMode::Middle { 1 } else { 32 },
+            ..Default::default()
+        },
+        architecture: Architecture::parse(&args.arch)?,
+        d_sae: args.d_sae,
+        k: args.k,
+        train,
+        eval_docs: args.eval_docs,
+        inspect_features: 4,
+        device: sae_lib::device::parse_device(&args.model.device)?,
+        model_dtype: args.model.model_dtype.dtype(),
+        out: args.out.clone(),
+    };
+    let report = run(&cfg)?;
+    println!(
+        "FVU {:.4}, L0 {:.2}, dead {:.1}%, CE loss recovered {:.4}; report in {}/index.html",
+        report.fvu,
+        report.l0,
+        100.0 * report.dead_fraction,
+        report.splice.ce_loss_score,
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn sweep(args: SweepArgs) -> Result<()> {
+    use sae_lib::sweep::{pareto_chart, run_sweep, sweep_frame, SweepConfig};
+    let device = sae_lib::device::parse_device(&args.device)?;
+    let store = ActivationStore::open(&args.acts)?;
+    sae_lib::io::create_dir(&args.out)?;
+    let meta = store.meta();
+    let mut train = TrainConfig {
+        steps: args.steps,
+        batch_size: args.batch_size,
+        seed: args.seed,
+        checkpoint_every: None,
+        ..Default::default()
+    };
+    train.adam.lr = args.lr;
+    let cfg = SweepConfig {
+        architectures: args
+            .archs
+            .iter()
+            .map(|a| Architecture::parse(a))
+            .collect::<sae_lib::Result<_>>()?,
+        d_sae: args.d_sae,
+        ks: args.ks,
+        l1_coefficients: args.l1,
+        l0_coefficients: args.l0,
+        train,
+        metadata: SaeMetadata {
+            model_name: meta.model.clone(),
+            hook_name: meta.hook.to_string(),
+            context_size: meta.context_size,
+            prepend_bos: false,
+            dataset_path: meta.dataset.clone(),
+        },
+        ..Default::default()
+    };
+    let points = run_sweep(&store, &cfg, None, &device)?;
+    println!("{}", sweep_frame(&points)?);
+    sae_lib::io::write_json(&args.out.join("sweep.json"), &points)?;
+    let chart = pareto_chart(&points, sae_lib::plot::ParetoMetric::Fvu);
+    chart.save_png(&args.out.join("pareto_fvu.png"))?;
+    chart.save_svg(&args.out.join("pareto_fvu.svg"))?;
+    println!("wrote {}/sweep.json and pareto_fvu.png", args.out.display());
     Ok(())
 }

@@ -108,3 +108,156 @@ mod tests {
         }
     }
 }
+
+/// Per row of a contiguous f32 `(rows, n)` tensor, its `k`-th largest value `(rows, 1)`, in
+/// O(n) per row (quickselect) instead of a full sort. `x >= kth` is then a top-k mask.
+struct KthLargest(usize);
+
+impl candle_core::CustomOp1 for KthLargest {
+    fn name(&self) -> &'static str {
+        "kth-largest"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let (rows, n) = layout.shape().dims2()?;
+        let data = match (storage, layout.contiguous_offsets()) {
+            (candle_core::CpuStorage::F32(d), Some((start, end))) => &d[start..end],
+            _ => candle_core::bail!("kth-largest needs a contiguous f32 tensor"),
+        };
+        let k = self.0.clamp(1, n);
+        let out: Vec<f32> = data
+            .par_chunks(n)
+            .map(|row| {
+                let mut buf = row.to_vec();
+                let (_, kth, _) = buf.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+                *kth
+            })
+            .collect();
+        Ok((candle_core::CpuStorage::F32(out), (rows, 1).into()))
+    }
+}
+
+/// The `k`-th largest value of each row of `x` `(rows, n)`, shape `(rows, 1)`, not
+/// differentiable (it only ever feeds a comparison).
+pub fn kth_largest(x: &Tensor, k: usize) -> Result<Tensor> {
+    let x32 = x.detach().to_dtype(DType::F32)?.contiguous()?;
+    let kth = if x32.device().is_cpu() {
+        x32.apply_op1_no_bwd(&KthLargest(k))?
+    } else {
+        let n = x32.dim(1)?;
+        x32.sort_last_dim(false)?
+            .0
+            .narrow(1, k.clamp(1, n) - 1, 1)?
+    };
+    Ok(kth.to_dtype(x.dtype())?)
+}
+
+/// `relu(pre)` keeping only each row's `k` largest pre-activations (SAELens' TopK: select on
+/// the raw values, then ReLU, so a row with fewer than `k` positive values keeps fewer).
+pub fn topk_relu(pre: &Tensor, k: usize) -> Result<Tensor> {
+    let mask = pre
+        .broadcast_ge(&kth_largest(pre, k)?)?
+        .to_dtype(pre.dtype())?;
+    Ok((pre.relu()? * mask)?)
+}
+
+/// AuxK (Gao et al. 2024): the `k_aux` largest pre-activations among dead features must
+/// reconstruct the main reconstruction's residual, giving dead features a gradient.
+/// Returns `mean ‖e − ê‖²`, or zero when nothing is dead.
+pub fn auxk_loss(
+    pre: &Tensor,
+    dead: Option<&Tensor>,
+    residual: &Tensor,
+    w_dec: &Tensor,
+    k_aux: usize,
+) -> Result<Tensor> {
+    let zero = Tensor::zeros((), pre.dtype(), pre.device())?;
+    let Some(dead) = dead else { return Ok(zero) };
+    let n_dead = dead.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()? as usize;
+    if n_dead == 0 {
+        return Ok(zero);
+    }
+    // Live features pushed far below any dead one so they are never selected.
+    let offset = ((dead.ones_like()? - dead)? * -1e9)?;
+    let dead_pre = pre.broadcast_add(&offset.to_dtype(pre.dtype())?)?;
+    let f_aux = topk_relu(&dead_pre, k_aux.min(n_dead))?;
+    let e_hat = f_aux.matmul(w_dec)?;
+    Ok((residual.detach() - e_hat)?.sqr()?.sum(1)?.mean(0)?)
+}
+
+/// The encoder and decoder every variant has: `W_enc` `(d_in, d_sae)`, `b_enc` `(d_sae,)`,
+/// `W_dec` `(d_sae, d_in)`, `b_dec` `(d_in,)`.
+#[derive(Debug, Clone)]
+pub struct SaeParams {
+    pub w_enc: candle_core::Var,
+    pub b_enc: candle_core::Var,
+    pub w_dec: candle_core::Var,
+    pub b_dec: candle_core::Var,
+}
+
+impl SaeParams {
+    /// Decoder rows in random directions at norm `dec_norm`, `W_enc = W_decᵀ`, zero biases.
+    pub fn init(
+        d_in: usize,
+        d_sae: usize,
+        dec_norm: f64,
+        rng: &mut ChaCha8Rng,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        use candle_core::Var;
+        let w_dec = random_rows(d_sae, d_in, dec_norm, rng, dtype, device)?;
+        Ok(Self {
+            w_enc: Var::from_tensor(&w_dec.t()?.contiguous()?)?,
+            b_enc: Var::zeros(d_sae, dtype, device)?,
+            w_dec: Var::from_tensor(&w_dec)?,
+            b_dec: Var::zeros(d_in, dtype, device)?,
+        })
+    }
+
+    /// From saved tensors; `b_enc_name` is `b_enc` (or `b_gate` for the gated SAE).
+    pub fn load(
+        get: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>,
+        d_in: usize,
+        d_sae: usize,
+        b_enc_name: &str,
+    ) -> Result<Self> {
+        use candle_core::Var;
+        Ok(Self {
+            w_enc: Var::from_tensor(&get("W_enc", &[d_in, d_sae])?)?,
+            b_enc: Var::from_tensor(&get(b_enc_name, &[d_sae])?)?,
+            w_dec: Var::from_tensor(&get("W_dec", &[d_sae, d_in])?)?,
+            b_dec: Var::from_tensor(&get("b_dec", &[d_in])?)?,
+        })
+    }
+
+    /// `(x − b_dec) W_enc + b_enc`.
+    pub fn pre_acts(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.broadcast_sub(self.b_dec.as_tensor())?
+            .matmul(self.w_enc.as_tensor())?
+            .broadcast_add(self.b_enc.as_tensor())?)
+    }
+
+    /// Under SAELens' names.
+    pub fn vars(&self) -> Vec<(&'static str, candle_core::Var)> {
+        vec![
+            ("W_enc", self.w_enc.clone()),
+            ("b_enc", self.b_enc.clone()),
+            ("W_dec", self.w_dec.clone()),
+            ("b_dec", self.b_dec.clone()),
+        ]
+    }
+
+    /// Rescales decoder rows to unit norm (for penalties that a growing decoder would cheat).
+    pub fn normalize_decoder(&self) -> Result<()> {
+        let w = self.w_dec.as_tensor();
+        self.w_dec
+            .set(&w.broadcast_div(&row_norms(w)?.unsqueeze(1)?)?)?;
+        Ok(())
+    }
+}

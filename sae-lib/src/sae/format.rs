@@ -16,22 +16,30 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
-use super::{AnySae, Architecture, ReluSae, Sae, SaeConfig, SaeMetadata, SparsityPenalty};
+use super::{
+    AnySae, Architecture, GatedSae, JumpReluSae, ReluSae, Sae, SaeConfig, SaeMetadata,
+    SparsityPenalty, TopKSae,
+};
 use crate::{io, Error, Result};
 
 /// The SAELens version whose format this writes.
 pub const SAELENS_VERSION: &str = "6.54.12";
 
+/// SAELens' inference architecture for each variant: BatchTopK and Matryoshka become JumpReLU
+/// with their learned threshold, as SAELens saves BatchTopK.
 fn architecture_name(a: Architecture) -> &'static str {
     match a {
         Architecture::Relu => "standard",
+        Architecture::TopK => "topk",
+        Architecture::BatchTopK | Architecture::JumpRelu | Architecture::Matryoshka => "jumprelu",
+        Architecture::Gated => "gated",
     }
 }
 
 /// The `cfg.json` SAELens expects.
 pub fn cfg_json(cfg: &SaeConfig) -> Value {
     let m = &cfg.metadata;
-    json!({
+    let mut v = json!({
         "architecture": architecture_name(cfg.architecture),
         "d_in": cfg.d_in,
         "d_sae": cfg.d_sae,
@@ -51,8 +59,14 @@ pub fn cfg_json(cfg: &SaeConfig) -> Value {
             "dataset_path": m.dataset_path,
             "model_from_pretrained_kwargs": {},
             "trained_with": format!("sae-lib {}", env!("CARGO_PKG_VERSION")),
+            "training_architecture": cfg.architecture.name(),
         }
-    })
+    });
+    if cfg.architecture == Architecture::TopK {
+        v["k"] = json!(cfg.k);
+        v["rescale_acts_by_decoder_norm"] = json!(false);
+    }
+    v
 }
 
 /// Saves `sae` (trained on inputs multiplied by `scale`) into `dir`, atomically file by file.
@@ -78,6 +92,14 @@ pub fn save(sae: &AnySae, scale: f64, log10_sparsity: Option<&[f32]>, dir: &Path
         io::save_safetensors(&dir.join("sparsity.safetensors"), &map)?;
     }
     io::write_json(&dir.join("cfg.json"), &cfg_json(sae.config()))
+}
+
+fn expected_tensors(a: Architecture) -> usize {
+    match a {
+        Architecture::Relu | Architecture::TopK => 4,
+        Architecture::JumpRelu | Architecture::BatchTopK | Architecture::Matryoshka => 5,
+        Architecture::Gated => 6,
+    }
 }
 
 /// Loads an SAE saved by [`save`] or by SAELens.
@@ -117,10 +139,15 @@ pub fn load(dir: &Path, device: &Device) -> Result<AnySae> {
     }
     let meta = &raw["metadata"];
     let text = |k: &str, default: &str| meta[k].as_str().unwrap_or(default).to_string();
+    // SAELens' TopK option to scale pre-activations by decoder norms (and divide them out
+    // again before decoding) is the same SAE with the norms folded into the weights.
+    let rescale = raw["rescale_acts_by_decoder_norm"] == Value::Bool(true);
     let cfg = SaeConfig {
         architecture,
         d_in: size("d_in")?,
         d_sae: size("d_sae")?,
+        k: raw["k"].as_u64().map(|k| k as usize),
+        prefixes: None,
         metadata: SaeMetadata {
             model_name: text("model_name", ""),
             hook_name: text("hook_name", ""),
@@ -130,11 +157,28 @@ pub fn load(dir: &Path, device: &Device) -> Result<AnySae> {
         },
     };
     let weights_path = dir.join("sae_weights.safetensors");
-    let tensors =
+    let mut tensors =
         candle_core::safetensors::load(&weights_path, device).map_err(|e| Error::Weights {
             path: weights_path.clone(),
             message: format!("cannot read ({e}); the file may be truncated or corrupt"),
         })?;
+    if rescale {
+        if let (Some(w_enc), Some(b_enc), Some(w_dec)) = (
+            tensors.get("W_enc"),
+            tensors.get("b_enc"),
+            tensors.get("W_dec"),
+        ) {
+            let norms = super::common::row_norms(w_dec)?;
+            let folded = [
+                ("W_enc", w_enc.broadcast_mul(&norms.unsqueeze(0)?)?),
+                ("b_enc", (b_enc * &norms)?),
+                ("W_dec", w_dec.broadcast_div(&norms.unsqueeze(1)?)?),
+            ];
+            for (name, t) in folded {
+                tensors.insert(name.to_string(), t);
+            }
+        }
+    }
     let mut get = |name: &str, shape: &[usize]| -> Result<Tensor> {
         let t = tensors.get(name).ok_or_else(|| Error::Weights {
             path: weights_path.clone(),
@@ -151,11 +195,31 @@ pub fn load(dir: &Path, device: &Device) -> Result<AnySae> {
         }
         Ok(t.to_dtype(DType::F32)?)
     };
+    if tensors.len() != expected_tensors(architecture) {
+        let mut names: Vec<&String> = tensors.keys().collect();
+        names.sort();
+        return Err(Error::Weights {
+            path: weights_path.clone(),
+            message: format!("unexpected tensors for a `{arch}` SAE: {names:?}"),
+        });
+    }
     Ok(match architecture {
         Architecture::Relu => AnySae::Relu(ReluSae::from_tensors(
             cfg,
             &mut get,
             SparsityPenalty::DecoderNorm,
         )?),
+        Architecture::TopK => AnySae::TopK(TopKSae::from_tensors(cfg, &mut get)?),
+        Architecture::Gated => AnySae::Gated(GatedSae::from_tensors(cfg, &mut get)?),
+        // Saved BatchTopK and Matryoshka SAEs are JumpReLUs at inference.
+        Architecture::JumpRelu | Architecture::BatchTopK | Architecture::Matryoshka => {
+            AnySae::JumpRelu(JumpReluSae::from_tensors(
+                SaeConfig {
+                    architecture: Architecture::JumpRelu,
+                    ..cfg
+                },
+                &mut get,
+            )?)
+        }
     })
 }

@@ -5,14 +5,24 @@
 //! (`W_enc` `(d_in, d_sae)`, `b_enc`, `W_dec` `(d_sae, d_in)`, `b_dec`), which appear only at
 //! the save/load boundary ([`format`]).
 
+pub mod batch_topk;
 pub mod common;
 pub mod format;
+pub mod gated;
+pub mod jumprelu;
+pub mod matryoshka;
 pub mod relu;
+pub mod topk;
 
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+pub use batch_topk::BatchTopKSae;
+pub use gated::GatedSae;
+pub use jumprelu::JumpReluSae;
+pub use matryoshka::MatryoshkaSae;
 pub use relu::{ReluSae, SparsityPenalty};
+pub use topk::TopKSae;
 
 use crate::Result;
 
@@ -22,17 +32,59 @@ use crate::Result;
 pub enum Architecture {
     /// ReLU + L1 (SAELens "standard").
     Relu,
+    /// Per-input top-k (SAELens "topk").
+    TopK,
+    /// Batch-level top-k (saved as SAELens "jumprelu").
+    BatchTopK,
+    /// Learned per-feature thresholds with an L0 penalty (SAELens "jumprelu").
+    JumpRelu,
+    /// Separate gate and magnitude paths (SAELens "gated").
+    Gated,
+    /// Nested-prefix BatchTopK (saved as SAELens "jumprelu").
+    Matryoshka,
 }
 
 impl Architecture {
-    /// Parses the CLI / config name.
+    /// Every variant, for sweeps and property tests.
+    pub const ALL: [Architecture; 6] = [
+        Self::Relu,
+        Self::TopK,
+        Self::BatchTopK,
+        Self::JumpRelu,
+        Self::Gated,
+        Self::Matryoshka,
+    ];
+
+    /// Parses the CLI / config name (ours or SAELens').
     pub fn parse(name: &str) -> Result<Self> {
         match name {
             "relu" | "standard" => Ok(Self::Relu),
+            "topk" => Ok(Self::TopK),
+            "batchtopk" | "batch_topk" => Ok(Self::BatchTopK),
+            "jumprelu" => Ok(Self::JumpRelu),
+            "gated" => Ok(Self::Gated),
+            "matryoshka" => Ok(Self::Matryoshka),
             other => Err(crate::Error::Input(format!(
-                "unknown SAE architecture `{other}` (supported: relu)"
+                "unknown SAE architecture `{other}` (supported: relu, topk, batchtopk, jumprelu, gated, matryoshka)"
             ))),
         }
+    }
+
+    /// The CLI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Relu => "relu",
+            Self::TopK => "topk",
+            Self::BatchTopK => "batchtopk",
+            Self::JumpRelu => "jumprelu",
+            Self::Gated => "gated",
+            Self::Matryoshka => "matryoshka",
+        }
+    }
+
+    /// Whether sparsity is set by `k` rather than a penalty coefficient.
+    pub fn uses_k(self) -> bool {
+        matches!(self, Self::TopK | Self::BatchTopK | Self::Matryoshka)
     }
 }
 
@@ -64,14 +116,41 @@ pub struct SaeConfig {
     pub architecture: Architecture,
     pub d_in: usize,
     pub d_sae: usize,
+    /// Active features per input for TopK-style variants.
+    #[serde(default)]
+    pub k: Option<usize>,
+    /// Matryoshka's nested dictionary sizes (default: d_sae/16, /8, /4, /2, d_sae).
+    #[serde(default)]
+    pub prefixes: Option<Vec<usize>>,
     pub metadata: SaeMetadata,
 }
 
+impl SaeConfig {
+    /// A config with no `k` and default prefixes.
+    pub fn new(
+        architecture: Architecture,
+        d_in: usize,
+        d_sae: usize,
+        metadata: SaeMetadata,
+    ) -> Self {
+        Self {
+            architecture,
+            d_in,
+            d_sae,
+            k: None,
+            prefixes: None,
+            metadata,
+        }
+    }
+}
+
 /// What the trainer passes to a loss: the schedules' current values.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct LossContext {
     /// Sparsity coefficient after warm-up.
     pub sparsity_coefficient: f64,
+    /// `(d_sae,)` 1 for dead features (for AuxK), when any are tracked.
+    pub dead: Option<Tensor>,
 }
 
 /// A loss and its named parts (all scalars), plus what the forward produced.
@@ -114,6 +193,7 @@ pub trait Sae {
         &self,
         x: &Tensor,
         f: &Tensor,
+        x_hat: &Tensor,
         ctx: &LossContext,
     ) -> Result<Vec<(&'static str, Tensor)>>;
 
@@ -129,7 +209,7 @@ pub trait Sae {
         let sae_out = self.decode(&feature_acts)?;
         let mse = (&sae_out - x)?.sqr()?.sum(1)?.mean(0)?;
         let mut terms = vec![("mse", mse)];
-        terms.extend(self.aux_losses(x, &feature_acts, ctx)?);
+        terms.extend(self.aux_losses(x, &feature_acts, &sae_out, ctx)?);
         let mut total = terms[0].1.clone();
         for (_, t) in &terms[1..] {
             total = (total + t)?;
@@ -147,12 +227,22 @@ pub trait Sae {
 #[derive(Debug, Clone)]
 pub enum AnySae {
     Relu(ReluSae),
+    TopK(TopKSae),
+    BatchTopK(BatchTopKSae),
+    JumpRelu(JumpReluSae),
+    Gated(GatedSae),
+    Matryoshka(MatryoshkaSae),
 }
 
 macro_rules! dispatch {
     ($self:expr, $s:ident => $body:expr) => {
         match $self {
             AnySae::Relu($s) => $body,
+            AnySae::TopK($s) => $body,
+            AnySae::BatchTopK($s) => $body,
+            AnySae::JumpRelu($s) => $body,
+            AnySae::Gated($s) => $body,
+            AnySae::Matryoshka($s) => $body,
         }
     };
 }
@@ -180,9 +270,10 @@ impl Sae for AnySae {
         &self,
         x: &Tensor,
         f: &Tensor,
+        x_hat: &Tensor,
         ctx: &LossContext,
     ) -> Result<Vec<(&'static str, Tensor)>> {
-        dispatch!(self, s => s.aux_losses(x, f, ctx))
+        dispatch!(self, s => s.aux_losses(x, f, x_hat, ctx))
     }
     fn after_step(&self) -> Result<()> {
         dispatch!(self, s => s.after_step())

@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::common::{random_rows, row_norms};
+use super::common::{row_norms, SaeParams};
 use super::{LossContext, Sae, SaeConfig};
 use crate::Result;
 
@@ -33,16 +33,13 @@ pub enum SparsityPenalty {
 #[derive(Debug, Clone)]
 pub struct ReluSae {
     cfg: SaeConfig,
-    w_enc: Var,
-    b_enc: Var,
-    w_dec: Var,
-    b_dec: Var,
+    params: SaeParams,
     penalty: SparsityPenalty,
 }
 
 impl ReluSae {
-    /// A freshly initialised SAE: decoder rows in random directions (norm 0.1 for the
-    /// decoder-norm penalty, 1 for the unit-decoder one), `W_enc = W_decᵀ`, zero biases.
+    /// A freshly initialised SAE: decoder rows at norm 0.1 for the decoder-norm penalty, 1 for
+    /// the unit-decoder one.
     pub fn new(
         cfg: SaeConfig,
         penalty: SparsityPenalty,
@@ -54,13 +51,10 @@ impl ReluSae {
             SparsityPenalty::DecoderNorm => 0.1,
             SparsityPenalty::L1UnitDecoder => 1.0,
         };
-        let w_dec = random_rows(cfg.d_sae, cfg.d_in, norm, rng, dtype, device)?;
+        let params = SaeParams::init(cfg.d_in, cfg.d_sae, norm, rng, dtype, device)?;
         Ok(Self {
-            w_enc: Var::from_tensor(&w_dec.t()?.contiguous()?)?,
-            b_enc: Var::zeros(cfg.d_sae, dtype, device)?,
-            w_dec: Var::from_tensor(&w_dec)?,
-            b_dec: Var::zeros(cfg.d_in, dtype, device)?,
             cfg,
+            params,
             penalty,
         })
     }
@@ -71,26 +65,16 @@ impl ReluSae {
         get: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>,
         penalty: SparsityPenalty,
     ) -> Result<Self> {
-        let (d_in, d_sae) = (cfg.d_in, cfg.d_sae);
+        let params = SaeParams::load(get, cfg.d_in, cfg.d_sae, "b_enc")?;
         Ok(Self {
-            w_enc: Var::from_tensor(&get("W_enc", &[d_in, d_sae])?)?,
-            b_enc: Var::from_tensor(&get("b_enc", &[d_sae])?)?,
-            w_dec: Var::from_tensor(&get("W_dec", &[d_sae, d_in])?)?,
-            b_dec: Var::from_tensor(&get("b_dec", &[d_in])?)?,
             cfg,
+            params,
             penalty,
         })
     }
 
     pub fn penalty(&self) -> SparsityPenalty {
         self.penalty
-    }
-
-    /// Pre-activations `(x − b_dec) W_enc + b_enc`.
-    pub fn pre_acts(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.broadcast_sub(self.b_dec.as_tensor())?
-            .matmul(self.w_enc.as_tensor())?
-            .broadcast_add(self.b_enc.as_tensor())?)
     }
 }
 
@@ -100,36 +84,32 @@ impl Sae for ReluSae {
     }
 
     fn vars(&self) -> Vec<(&'static str, Var)> {
-        vec![
-            ("W_enc", self.w_enc.clone()),
-            ("b_enc", self.b_enc.clone()),
-            ("W_dec", self.w_dec.clone()),
-            ("b_dec", self.b_dec.clone()),
-        ]
+        self.params.vars()
     }
 
     fn encode(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.pre_acts(x)?.relu()?)
+        Ok(self.params.pre_acts(x)?.relu()?)
     }
 
     fn w_dec(&self) -> &Var {
-        &self.w_dec
+        &self.params.w_dec
     }
 
     fn b_dec(&self) -> &Var {
-        &self.b_dec
+        &self.params.b_dec
     }
 
     fn aux_losses(
         &self,
         _x: &Tensor,
         f: &Tensor,
+        _x_hat: &Tensor,
         ctx: &LossContext,
     ) -> Result<Vec<(&'static str, Tensor)>> {
         // f ≥ 0, so Σ|f_i| = Σ f_i; weight by decoder norms as one matmul: (b, d_sae) · (d_sae, 1).
         let l1 = match self.penalty {
             SparsityPenalty::DecoderNorm => f
-                .matmul(&row_norms(self.w_dec.as_tensor())?.unsqueeze(1)?)?
+                .matmul(&row_norms(self.params.w_dec.as_tensor())?.unsqueeze(1)?)?
                 .mean_all()?,
             SparsityPenalty::L1UnitDecoder => f.sum(1)?.mean(0)?,
         };
@@ -138,9 +118,7 @@ impl Sae for ReluSae {
 
     fn after_step(&self) -> Result<()> {
         if self.penalty == SparsityPenalty::L1UnitDecoder {
-            let w = self.w_dec.as_tensor();
-            self.w_dec
-                .set(&w.broadcast_div(&row_norms(w)?.unsqueeze(1)?)?)?;
+            self.params.normalize_decoder()?;
         }
         Ok(())
     }

@@ -17,7 +17,8 @@ use crate::eval::metrics;
 use crate::progress::Progress;
 use crate::sae::common::geometric_median;
 use crate::sae::{
-    format, AnySae, Architecture, LossContext, ReluSae, Sae, SaeConfig, SparsityPenalty,
+    format, AnySae, Architecture, BatchTopKSae, GatedSae, JumpReluSae, LossContext, MatryoshkaSae,
+    ReluSae, Sae, SaeConfig, SparsityPenalty, TopKSae,
 };
 use crate::{io, Error, Result};
 
@@ -147,14 +148,14 @@ pub fn new_sae(
     rng: &mut ChaCha8Rng,
     device: &Device,
 ) -> Result<AnySae> {
+    let (c, dt) = (cfg.clone(), DType::F32);
     Ok(match cfg.architecture {
-        Architecture::Relu => AnySae::Relu(ReluSae::new(
-            cfg.clone(),
-            train.penalty,
-            rng,
-            DType::F32,
-            device,
-        )?),
+        Architecture::Relu => AnySae::Relu(ReluSae::new(c, train.penalty, rng, dt, device)?),
+        Architecture::TopK => AnySae::TopK(TopKSae::new(c, rng, dt, device)?),
+        Architecture::BatchTopK => AnySae::BatchTopK(BatchTopKSae::new(c, rng, dt, device)?),
+        Architecture::JumpRelu => AnySae::JumpRelu(JumpReluSae::new(c, rng, dt, device)?),
+        Architecture::Gated => AnySae::Gated(GatedSae::new(c, rng, dt, device)?),
+        Architecture::Matryoshka => AnySae::Matryoshka(MatryoshkaSae::new(c, rng, dt, device)?),
     })
 }
 
@@ -358,8 +359,16 @@ impl<'a> Trainer<'a> {
             self.cfg.sparsity_coefficient,
             self.cfg.sparsity_warmup_frac,
         );
+        let window = self.cfg.dead_window.min(self.samples_seen.max(1));
+        let dead: Vec<f32> = self
+            .since_fired
+            .iter()
+            .map(|&s| f32::from(self.samples_seen > 0 && s >= window))
+            .collect();
+        let dead = Tensor::from_vec(dead, self.since_fired.len(), &self.device)?;
         let ctx = LossContext {
             sparsity_coefficient: coefficient,
+            dead: Some(dead),
         };
         let out = self.sae.loss(&x, &ctx)?;
         let loss = out.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;

@@ -1,7 +1,10 @@
 //! Integration tests, one binary (each extra test binary costs a link of candle and polars).
 
+mod cli;
 mod collect;
 mod common;
+mod eval;
 mod model;
 mod sae;
 mod tokenizer;
+mod variants;

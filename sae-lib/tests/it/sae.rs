@@ -69,19 +69,18 @@ pub fn max_cosines(features: &Tensor, w_dec: &Tensor) -> Vec<f32> {
 }
 
 fn sae_cfg(arch: Architecture, d_in: usize, d_sae: usize) -> SaeConfig {
-    SaeConfig {
-        architecture: arch,
-        d_in,
-        d_sae,
-        metadata: SaeMetadata::default(),
-    }
+    SaeConfig::new(arch, d_in, d_sae, SaeMetadata::default())
 }
 
 /// Trains on the synthetic dictionary and asserts the ground-truth bar: ≥ 90% of true features
 /// recovered at cosine ≥ 0.9, L0 within 2× of the truth. Returns (recovered fraction, mean max cosine, L0).
-pub fn ground_truth(arch: Architecture, cfg: TrainConfig) -> (f64, f64, f64) {
+pub fn ground_truth(arch: Architecture, k: Option<usize>, cfg: TrainConfig) -> (f64, f64, f64) {
     let syn = synthetic(512, 128, 5.0, 60_000, 1);
-    let mut trainer = Trainer::new(sae_cfg(arch, 128, 1024), cfg, &syn.data, &Device::Cpu).unwrap();
+    let sae = SaeConfig {
+        k,
+        ..sae_cfg(arch, 128, 1024)
+    };
+    let mut trainer = Trainer::new(sae, cfg, &syn.data, &Device::Cpu).unwrap();
     trainer.train(None, None).unwrap();
     let sae = trainer.sae();
     let cos = max_cosines(&syn.features, sae.w_dec().as_tensor());
@@ -111,6 +110,7 @@ pub fn ground_truth(arch: Architecture, cfg: TrainConfig) -> (f64, f64, f64) {
 fn relu_sae_recovers_a_known_sparse_dictionary() {
     ground_truth(
         Architecture::Relu,
+        None,
         TrainConfig {
             steps: 2000,
             batch_size: 1024,
@@ -205,6 +205,7 @@ fn relu_loss_gradients_match_finite_differences_in_f64() {
             &x,
             &LossContext {
                 sparsity_coefficient: 0.7,
+                dead: None,
             },
         );
     }

@@ -1,0 +1,52 @@
+//! SAE training throughput: d_in 512, d_sae 4096, batch 4096, Anthropic's April 2024 loss with
+//! Adam and gradient clipping, on random activations. Run through `scripts/bench/train.sh`,
+//! which times the same loss and optimiser in PyTorch in the same run.
+//!
+//! Usage: bench_train [ARCH] [STEPS]   (ARCH: relu)
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use sae_lib::sae::{Architecture, SaeConfig, SaeMetadata};
+use sae_lib::train::{TrainConfig, Trainer};
+
+fn main() -> anyhow::Result<()> {
+    let arch = std::env::args().nth(1).unwrap_or_else(|| "relu".into());
+    let steps: u64 = std::env::args()
+        .nth(2)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(20);
+    let (d_in, d_sae, batch) = (512, 4096, 4096);
+    let data = Tensor::randn(0f32, 1.0, (4 * batch, d_in), &Device::Cpu)?;
+    let cfg = SaeConfig {
+        k: Some(32),
+        ..SaeConfig::new(
+            Architecture::parse(&arch)?,
+            d_in,
+            d_sae,
+            SaeMetadata::default(),
+        )
+    };
+    let train = TrainConfig {
+        steps: steps + 2,
+        batch_size: batch,
+        log_every: 1_000_000,
+        checkpoint_every: None,
+        ..Default::default()
+    };
+    let mut trainer = Trainer::new(cfg, train, &data, &Device::Cpu)?;
+    for _ in 0..2 {
+        trainer.train_step()?; // warm-up
+    }
+    let start = Instant::now();
+    for _ in 0..steps {
+        trainer.train_step()?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{{\"impl\":\"candle\",\"work\":\"train\",\"variant\":\"{arch}\",\"d_in\":{d_in},\"d_sae\":{d_sae},\"batch\":{batch},\"samples_per_s\":{:.1}}}",
+        (steps as usize * batch) as f64 / secs
+    );
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! The model with the SAE spliced in: next-token cross-entropy with the hook's activation
+//! replaced by the SAE's reconstruction, by zeros and by its mean, and the KL divergence of
+//! each from the clean model. Names follow SAELens' `evals.py` so numbers compare directly.
+
+use candle_core::{DType, Device, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+use crate::hooks::{HookPoint, Hooks};
+use crate::model::{Model, Padding, TokenBatch};
+use crate::progress::Progress;
+use crate::sae::Sae;
+use crate::{Error, Result};
+
+/// Splice metrics, averaged over every predicted token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpliceMetrics {
+    pub hook: HookPoint,
+    /// Tokens whose next token was predicted.
+    pub tokens: usize,
+    pub ce_loss_without_sae: f64,
+    pub ce_loss_with_sae: f64,
+    /// Activation replaced by zeros.
+    pub ce_loss_with_ablation: f64,
+    /// Activation replaced by its mean over the evaluated tokens.
+    pub ce_loss_with_mean_ablation: f64,
+    /// CE loss recovered: `(CE_zero − CE_sae) / (CE_zero − CE_clean)`; 1 is perfect.
+    pub ce_loss_score: f64,
+    /// Mean per-token KL(clean ‖ spliced), in nats.
+    pub kl_div_with_sae: f64,
+    pub kl_div_with_ablation: f64,
+    /// `(KL_zero − KL_sae) / KL_zero`.
+    pub kl_div_score: f64,
+}
+
+/// Per-token next-token CE `(b, t-1)` and the mask of positions where both the token and the
+/// next one are real.
+fn next_token_ce(logits: &Tensor, batch: &TokenBatch) -> Result<(Tensor, Tensor)> {
+    let (b, t) = batch.dims();
+    let log_probs =
+        candle_nn::ops::log_softmax(&logits.narrow(1, 0, t - 1)?, D::Minus1)?.contiguous()?;
+    let targets = batch
+        .input_ids
+        .narrow(1, 1, t - 1)?
+        .contiguous()?
+        .unsqueeze(2)?;
+    let ce = log_probs.gather(&targets, 2)?.squeeze(2)?.neg()?;
+    let mask: Vec<f32> = batch
+        .mask()
+        .iter()
+        .flat_map(|row| (0..t - 1).map(move |i| f32::from(row[i] == 1 && row[i + 1] == 1)))
+        .collect();
+    Ok((ce, Tensor::from_vec(mask, (b, t - 1), logits.device())?))
+}
+
+/// Per-token KL(p ‖ q) `(b, t-1)` from two logit tensors.
+fn kl(clean: &Tensor, other: &Tensor) -> Result<Tensor> {
+    let t = clean.dim(1)?;
+    let lp = candle_nn::ops::log_softmax(&clean.narrow(1, 0, t - 1)?, D::Minus1)?;
+    let lq = candle_nn::ops::log_softmax(&other.narrow(1, 0, t - 1)?, D::Minus1)?;
+    Ok((lp.exp()? * (&lp - lq)?)?.sum(D::Minus1)?)
+}
+
+fn masked_sum(x: &Tensor, mask: &Tensor) -> Result<f64> {
+    Ok((x * mask)?
+        .to_dtype(DType::F64)?
+        .sum_all()?
+        .to_scalar::<f64>()?)
+}
+
+/// The SAE's reconstruction of `x` `(b, t, d)`, keeping the shape.
+pub fn reconstruct(sae: &dyn Sae, x: &Tensor) -> Result<Tensor> {
+    let (b, t, d) = x.dims3()?;
+    let flat = x.reshape((b * t, d))?.to_dtype(DType::F32)?;
+    Ok(sae
+        .decode(&sae.encode(&flat)?)?
+        .reshape((b, t, d))?
+        .to_dtype(x.dtype())?)
+}
+
+/// Evaluates `sae` spliced into `model` at `hook` over token sequences, `batch_size` at a time.
+pub fn splice_eval(
+    model: &Model,
+    sae: &dyn Sae,
+    hook: HookPoint,
+    sequences: &[Vec<u32>],
+    batch_size: usize,
+) -> Result<SpliceMetrics> {
+    hook.check(model.n_layers())?;
+    if sae.config().d_in != model.d_model() {
+        return Err(Error::Input(format!(
+            "the SAE's d_in is {} but {hook} has width {}: this SAE was trained on another model or hook",
+            sae.config().d_in,
+            model.d_model()
+        )));
+    }
+    let seqs: Vec<Vec<u32>> = sequences.iter().filter(|s| s.len() >= 2).cloned().collect();
+    if seqs.is_empty() {
+        return Err(Error::Input(
+            "splice evaluation needs at least one sequence of 2 or more tokens".into(),
+        ));
+    }
+    let device = model.device();
+    let batches: Vec<TokenBatch> = seqs
+        .chunks(batch_size.max(1))
+        .map(|c| TokenBatch::from_sequences(c, Padding::Right, 0, device))
+        .collect::<Result<_>>()?;
+    // Pass 1: the hook's mean activation over all real tokens, for mean ablation.
+    let (mut sum, mut count) = (
+        Tensor::zeros(model.d_model(), DType::F64, &Device::Cpu)?,
+        0usize,
+    );
+    for batch in &batches {
+        let mut hooks = Hooks::new().capture(hook).stop_at(hook);
+        model.forward(batch, &mut hooks)?;
+        let acts = hooks
+            .take(hook)?
+            .to_dtype(DType::F64)?
+            .to_device(&Device::Cpu)?;
+        let mask: Vec<f64> = batch.mask().iter().flatten().map(|&m| m as f64).collect();
+        let (b, t) = batch.dims();
+        let mask = Tensor::from_vec(mask, (b, t, 1), &Device::Cpu)?;
+        sum = (sum + acts.broadcast_mul(&mask)?.sum((0, 1))?)?;
+        count += batch.mask().iter().flatten().filter(|&&m| m == 1).count();
+    }
+    let mean = (sum / count as f64)?
+        .to_dtype(model.dtype())?
+        .to_device(device)?;
+
+    let progress = Progress::new("splice eval", Some(batches.len() as u64), "batches");
+    let (mut tokens, mut ce) = (0f64, [0f64; 4]);
+    let mut kls = [0f64; 2];
+    for batch in &batches {
+        let run = |hooks: &mut Hooks| -> Result<Tensor> {
+            model
+                .forward(batch, hooks)?
+                .ok_or_else(|| Error::Input("the forward stopped early".into()))
+        };
+        let clean = run(&mut Hooks::new())?;
+        let spliced = run(&mut Hooks::new().write(hook, |x| reconstruct(sae, x)))?;
+        let zero = run(&mut Hooks::new().write(hook, |x| Ok(x.zeros_like()?)))?;
+        let mean_abl =
+            run(&mut Hooks::new()
+                .write(hook, |x| Ok(mean.broadcast_as(x.shape())?.contiguous()?)))?;
+        let mut mask = None;
+        for (i, logits) in [&clean, &spliced, &zero, &mean_abl].into_iter().enumerate() {
+            let (loss, m) = next_token_ce(logits, batch)?;
+            ce[i] += masked_sum(&loss, &m)?;
+            mask = Some(m);
+        }
+        let mask = mask.expect("four runs");
+        kls[0] += masked_sum(&kl(&clean, &spliced)?, &mask)?;
+        kls[1] += masked_sum(&kl(&clean, &zero)?, &mask)?;
+        tokens += mask.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+        progress.inc(1);
+    }
+    progress.finish();
+    let [clean, with_sae, zero, mean_ablated] = ce.map(|c| c / tokens);
+    let [kl_sae, kl_zero] = kls.map(|k| k / tokens);
+    Ok(SpliceMetrics {
+        hook,
+        tokens: tokens as usize,
+        ce_loss_without_sae: clean,
+        ce_loss_with_sae: with_sae,
+        ce_loss_with_ablation: zero,
+        ce_loss_with_mean_ablation: mean_ablated,
+        ce_loss_score: (zero - with_sae) / (zero - clean),
+        kl_div_with_sae: kl_sae,
+        kl_div_with_ablation: kl_zero,
+        kl_div_score: (kl_zero - kl_sae) / kl_zero,
+    })
+}

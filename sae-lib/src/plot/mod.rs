@@ -1,0 +1,125 @@
+//! Charts with plotters, one function per chart over plain data and any drawing area, so the
+//! same code draws SVG for notebooks (inline through evcxr) and PNG for reports.
+//! Every chart has a title, axis labels and units.
+
+mod charts;
+
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+pub use charts::*;
+
+use crate::{io, Error, Result};
+
+/// A chart and its data.
+#[derive(Debug, Clone)]
+pub enum Chart {
+    /// Loss, MSE, L0 and FVU against training step.
+    TrainingCurves(Vec<crate::train::MetricsRow>),
+    /// Histogram of log10 feature firing frequency; never-firing features counted apart.
+    FeatureDensity(Vec<f32>),
+    /// Histogram of the number of active features per input.
+    L0Histogram(Vec<f32>),
+    /// L0 against a quality metric, one labelled point per run.
+    Pareto {
+        points: Vec<ParetoPoint>,
+        metric: ParetoMetric,
+    },
+    /// x against x̂ for a sample of activation values.
+    Reconstruction { x: Vec<f32>, x_hat: Vec<f32> },
+    /// Histogram of one feature's non-zero activations.
+    ActivationHistogram { feature: usize, values: Vec<f32> },
+}
+
+/// Registers the embedded DejaVu Sans for bitmap text (no system fonts needed).
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            dejavu::sans::regular(),
+        );
+    });
+}
+
+pub(crate) fn plot_err<E: std::error::Error + Send + Sync>(e: DrawingAreaErrorKind<E>) -> Error {
+    Error::Input(format!("drawing a chart failed: {e}"))
+}
+
+impl Chart {
+    /// Default size in pixels.
+    pub fn size(&self) -> (u32, u32) {
+        match self {
+            Chart::TrainingCurves(_) => (960, 640),
+            _ => (720, 480),
+        }
+    }
+
+    /// Draws onto any plotters area.
+    pub fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        register_font();
+        area.fill(&WHITE).map_err(plot_err)?;
+        match self {
+            Chart::TrainingCurves(rows) => draw_training_curves(area, rows),
+            Chart::FeatureDensity(log10) => draw_feature_density(area, log10),
+            Chart::L0Histogram(l0) => draw_l0_histogram(area, l0),
+            Chart::Pareto { points, metric } => draw_pareto(area, points, *metric),
+            Chart::Reconstruction { x, x_hat } => draw_reconstruction(area, x, x_hat),
+            Chart::ActivationHistogram { feature, values } => {
+                draw_activation_histogram(area, *feature, values)
+            }
+        }?;
+        area.present().map_err(plot_err)
+    }
+
+    /// The chart as an SVG document.
+    pub fn to_svg(&self) -> Result<String> {
+        let mut svg = String::new();
+        {
+            let area = SVGBackend::with_string(&mut svg, self.size()).into_drawing_area();
+            self.draw(&area)?;
+        }
+        Ok(svg)
+    }
+
+    /// Writes an SVG file, atomically.
+    pub fn save_svg(&self, path: &Path) -> Result<()> {
+        io::write_bytes(path, self.to_svg()?.as_bytes())
+    }
+
+    /// Writes a PNG file, atomically.
+    pub fn save_png(&self, path: &Path) -> Result<()> {
+        io::write_atomic(path, |tmp| {
+            let area = BitMapBackend::new(tmp, self.size()).into_drawing_area();
+            self.draw(&area)
+        })
+    }
+
+    /// Shown inline by evcxr (the Rust Jupyter kernel) when a cell evaluates to a chart.
+    pub fn evcxr_display(&self) {
+        match self.to_svg() {
+            Ok(svg) => println!("EVCXR_BEGIN_CONTENT image/svg+xml\n{svg}\nEVCXR_END_CONTENT"),
+            Err(e) => println!("{e}"),
+        }
+    }
+}
+
+/// HTML shown inline by evcxr.
+#[derive(Debug, Clone)]
+pub struct Html(pub String);
+
+impl Html {
+    pub fn evcxr_display(&self) {
+        println!(
+            "EVCXR_BEGIN_CONTENT text/html\n{}\nEVCXR_END_CONTENT",
+            self.0
+        );
+    }
+}

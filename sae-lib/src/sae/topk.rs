@@ -1,0 +1,120 @@
+//! TopK SAE (Gao et al. 2024, "Scaling and evaluating sparse autoencoders",
+//! <https://arxiv.org/abs/2406.04093>): keep each input's `k` largest pre-activations, so L0
+//! is set directly and no sparsity penalty is needed. AuxK (α = 1/32) gives dead features a
+//! gradient. Decoder rows are kept at unit norm (renormalised after each step; the paper
+//! projects gradients instead). Saved as SAELens "topk" with `k`.
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand_chacha::ChaCha8Rng;
+
+use super::common::{auxk_loss, topk_relu, SaeParams};
+use super::{LossContext, LossOutput, Sae, SaeConfig};
+use crate::{Error, Result};
+
+/// AuxK's weight in the loss (the paper's α).
+pub const AUX_COEFFICIENT: f64 = 1.0 / 32.0;
+
+/// A TopK SAE.
+#[derive(Debug, Clone)]
+pub struct TopKSae {
+    cfg: SaeConfig,
+    params: SaeParams,
+    k: usize,
+}
+
+/// The `k` an SAE config must carry for TopK-style variants.
+pub fn required_k(cfg: &SaeConfig) -> Result<usize> {
+    match cfg.k {
+        Some(k) if k > 0 && k <= cfg.d_sae => Ok(k),
+        _ => Err(Error::Input(format!(
+            "{:?} SAEs need k in 1..={} (got {:?})",
+            cfg.architecture, cfg.d_sae, cfg.k
+        ))),
+    }
+}
+
+/// The shared TopK-style loss: reconstruction, plus AuxK on the dead features.
+pub(crate) fn topk_style_loss(
+    params: &SaeParams,
+    x: &Tensor,
+    pre: &Tensor,
+    f: Tensor,
+    d_in: usize,
+    ctx: &LossContext,
+) -> Result<LossOutput> {
+    let sae_out = f
+        .matmul(params.w_dec.as_tensor())?
+        .broadcast_add(params.b_dec.as_tensor())?;
+    let mse = (&sae_out - x)?.sqr()?.sum(1)?.mean(0)?;
+    let aux = (auxk_loss(
+        pre,
+        ctx.dead.as_ref(),
+        &(x - &sae_out)?,
+        params.w_dec.as_tensor(),
+        d_in / 2,
+    )? * AUX_COEFFICIENT)?;
+    let total = (&mse + &aux)?;
+    Ok(LossOutput {
+        total,
+        terms: vec![("mse", mse), ("auxk", aux)],
+        feature_acts: f,
+        sae_out,
+    })
+}
+
+impl TopKSae {
+    pub fn new(
+        cfg: SaeConfig,
+        rng: &mut ChaCha8Rng,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let k = required_k(&cfg)?;
+        let params = SaeParams::init(cfg.d_in, cfg.d_sae, 1.0, rng, dtype, device)?;
+        Ok(Self { cfg, params, k })
+    }
+
+    pub fn from_tensors(
+        cfg: SaeConfig,
+        get: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>,
+    ) -> Result<Self> {
+        let k = required_k(&cfg)?;
+        let params = SaeParams::load(get, cfg.d_in, cfg.d_sae, "b_enc")?;
+        Ok(Self { cfg, params, k })
+    }
+}
+
+impl Sae for TopKSae {
+    fn config(&self) -> &SaeConfig {
+        &self.cfg
+    }
+    fn vars(&self) -> Vec<(&'static str, Var)> {
+        self.params.vars()
+    }
+    fn encode(&self, x: &Tensor) -> Result<Tensor> {
+        topk_relu(&self.params.pre_acts(x)?, self.k)
+    }
+    fn w_dec(&self) -> &Var {
+        &self.params.w_dec
+    }
+    fn b_dec(&self) -> &Var {
+        &self.params.b_dec
+    }
+    fn aux_losses(
+        &self,
+        _x: &Tensor,
+        _f: &Tensor,
+        _x_hat: &Tensor,
+        _ctx: &LossContext,
+    ) -> Result<Vec<(&'static str, Tensor)>> {
+        Ok(vec![])
+    }
+    fn loss(&self, x: &Tensor, ctx: &LossContext) -> Result<LossOutput> {
+        let pre = self.params.pre_acts(x)?;
+        let f = topk_relu(&pre, self.k)?;
+        topk_style_loss(&self.params, x, &pre, f, self.cfg.d_in, ctx)
+    }
+    fn after_step(&self) -> Result<()> {
+        self.params.normalize_decoder()
+    }
+}

@@ -1,0 +1,434 @@
+//! The `sae` binary end to end: the walkthrough's report, one clear error (never a panic) for
+//! every bad input, and training that survives Ctrl-C and `kill -9`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use crate::eval::assert_valid_png;
+
+fn sae(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sae"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env(
+            "HF_HOME",
+            std::env::temp_dir().join("sae-lib-test-empty-hf-home"),
+        )
+        .env_remove("SAE_PROGRESS")
+        .output()
+        .unwrap()
+}
+
+fn text_fixture(dir: &Path) -> PathBuf {
+    let path = dir.join("text.txt");
+    let paragraphs: Vec<String> = (0..80)
+        .map(|i| format!("Paragraph {i}: the quick brown fox jumps over {} lazy dogs, then rests by river number {}.", i % 7, i * 3))
+        .collect();
+    std::fs::write(&path, paragraphs.join("\n\n")).unwrap();
+    path
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn walkthrough_writes_the_whole_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = text_fixture(dir.path());
+    let out = dir.path().join("report");
+    let model = fixture("gpt_neox_parallel");
+    let o = sae(&[
+        "walkthrough",
+        "--model",
+        s(&model),
+        "--dataset",
+        s(&text),
+        "--hook",
+        "blocks.1.hook_mlp_out",
+        "--mode",
+        "all",
+        "--max-len",
+        "64",
+        "--max-docs",
+        "60",
+        "--eval-docs",
+        "10",
+        "--d-sae",
+        "64",
+        "--steps",
+        "60",
+        "--batch-size",
+        "256",
+        "--lr",
+        "1e-3",
+        "--device",
+        "cpu",
+        "--out",
+        s(&out),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "walkthrough failed: {stderr}");
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    for key in ["fvu", "l0", "dead_fraction", "explained_variance"] {
+        assert!(metrics[key].as_f64().unwrap().is_finite(), "{key}");
+    }
+    let splice = &metrics["splice"];
+    assert!(splice["ce_loss_score"].as_f64().unwrap().is_finite());
+    assert!(splice["tokens"].as_u64().unwrap() > 100);
+    assert!(metrics["rows"].as_u64().unwrap() > 1000);
+    let charts = metrics["charts"].as_array().unwrap();
+    assert!(charts.len() >= 5);
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    for c in charts {
+        let c = c.as_str().unwrap();
+        assert_valid_png(&std::fs::read(out.join(c)).unwrap(), None);
+        assert!(html.contains(c), "index.html does not show {c}");
+    }
+    assert!(html.contains("top activating contexts") || html.contains("Top activating contexts"));
+    for f in sae_lib::walkthrough::report_files(&out) {
+        assert!(f.is_file(), "missing {}", f.display());
+    }
+    // The report's SAE loads back in SAELens' layout.
+    sae_lib::sae::format::load(&out.join("sae"), &candle_core::Device::Cpu).unwrap();
+}
+
+/// Copies the fixture model into `dir` with `edit` applied.
+fn broken_model(dir: &Path, edit: impl FnOnce(&Path)) -> PathBuf {
+    let m = dir.join(format!("model-{}", std::fs::read_dir(dir).unwrap().count()));
+    std::fs::create_dir_all(&m).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture("gpt_neox_parallel").join(f), m.join(f)).unwrap();
+    }
+    edit(&m);
+    m
+}
+
+#[test]
+fn every_bad_input_gets_one_clear_error_and_a_nonzero_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text = text_fixture(d);
+    let empty = d.join("empty.txt");
+    std::fs::write(&empty, "\n\n   \n").unwrap();
+    let jsonl = d.join("docs.jsonl");
+    std::fs::write(&jsonl, "{\"body\": \"hello\"}\n").unwrap();
+    let good = fixture("gpt_neox_parallel");
+    let no_config = broken_model(d, |m| std::fs::remove_file(m.join("config.json")).unwrap());
+    let truncated = broken_model(d, |m| {
+        let b = std::fs::read(m.join("model.safetensors")).unwrap();
+        std::fs::write(m.join("model.safetensors"), &b[..b.len() / 3]).unwrap();
+    });
+    let bad_config = broken_model(d, |m| {
+        let c = std::fs::read_to_string(m.join("config.json"))
+            .unwrap()
+            .replace("\"gelu\"", "\"swiglu-ish\"");
+        std::fs::write(m.join("config.json"), c).unwrap();
+    });
+    let nan_model = broken_model(d, |m| {
+        let p = m.join("model.safetensors");
+        let mut ts = candle_core::safetensors::load(&p, &candle_core::Device::Cpu).unwrap();
+        let w = &ts["gpt_neox.embed_in.weight"];
+        ts.insert("gpt_neox.embed_in.weight".into(), (w * f64::NAN).unwrap());
+        candle_core::safetensors::save(&ts, &p).unwrap();
+    });
+    // An 8-wide SAE, for a 32-wide model.
+    let small_sae = d.join("small-sae");
+    std::fs::create_dir_all(&small_sae).unwrap();
+    std::fs::copy(
+        fixture("saelens/standard/cfg.json"),
+        small_sae.join("cfg.json"),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixture("saelens/standard/sae_weights.safetensors"),
+        small_sae.join("sae_weights.safetensors"),
+    )
+    .unwrap();
+    let out = d.join("out");
+    let collect = |model: &Path, dataset: &Path, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "collect",
+            "--model",
+            s(model),
+            "--dataset",
+            s(dataset),
+            "--device",
+            "cpu",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        a.extend(extra.iter().map(|x| x.to_string()));
+        // Defaults for what the case does not set itself.
+        for (flag, value) in [("--hook", "blocks.1.hook_mlp_out"), ("--out", s(&out))] {
+            if !extra.contains(&flag) {
+                a.extend([flag.to_string(), value.to_string()]);
+            }
+        }
+        a
+    };
+    let cases: Vec<(&str, Vec<String>, &str)> = vec![
+        (
+            "missing model files",
+            collect(&no_config, &text, &[]),
+            "config.json not found",
+        ),
+        (
+            "missing model directory",
+            collect(&d.join("nope"), &text, &[]),
+            "model directory not found",
+        ),
+        (
+            "truncated safetensors",
+            collect(&truncated, &text, &[]),
+            "truncated or corrupt",
+        ),
+        (
+            "unsupported config value",
+            collect(&bad_config, &text, &[]),
+            "hidden_act `swiglu-ish` is not supported",
+        ),
+        (
+            "hook that does not exist",
+            collect(&good, &text, &["--hook", "blocks.3.hook_mlp_out"]),
+            "blocks.0 to blocks.2",
+        ),
+        (
+            "malformed hook name",
+            collect(&good, &text, &["--hook", "layers.1.mlp"]),
+            "is not a hook name",
+        ),
+        (
+            "empty dataset",
+            collect(&good, &empty, &[]),
+            "dataset is empty",
+        ),
+        (
+            "missing dataset column",
+            collect(&good, &jsonl, &[]),
+            "no field `text`",
+        ),
+        (
+            "NaN activations",
+            collect(&nan_model, &text, &[]),
+            "non-finite",
+        ),
+        (
+            "unreachable Hub, nothing cached",
+            collect(Path::new("EleutherAI/pythia-70m-deduped"), &text, &[]),
+            "HF_HUB_OFFLINE",
+        ),
+        (
+            "unwritable output folder",
+            collect(&good, &text, &["--out", "/proc/sae-lib-cannot-write/x"]),
+            "cannot create output folder",
+        ),
+        (
+            "SAE whose d_in does not match the hook",
+            [
+                "eval",
+                "--model",
+                s(&good),
+                "--dataset",
+                s(&text),
+                "--sae",
+                s(&small_sae),
+                "--hook",
+                "blocks.1.hook_mlp_out",
+                "--device",
+                "cpu",
+                "--out",
+                s(&d.join("m.json")),
+            ]
+            .iter()
+            .map(|x| x.to_string())
+            .collect(),
+            "d_in is 8",
+        ),
+        (
+            "missing activation store",
+            vec![
+                "train".into(),
+                "--acts".into(),
+                s(&d.join("none")).into(),
+                "--out".into(),
+                s(&out).into(),
+            ],
+            "activation store (meta.json) not found",
+        ),
+    ];
+    for (name, args, expected) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = sae(&args);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{name}: exit {:?}, stderr: {stderr}",
+            o.status.code()
+        );
+        assert!(
+            stderr.contains(expected),
+            "{name}: expected {expected:?} in: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{name} panicked: {stderr}");
+        assert_eq!(
+            stderr.lines().filter(|l| l.starts_with("error:")).count(),
+            1,
+            "{name}: {stderr}"
+        );
+    }
+    // No partial output anywhere.
+    for entry in walk(d) {
+        let name = entry.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            !name.contains(".tmp-"),
+            "left a temporary file: {}",
+            entry.display()
+        );
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A small activation store from the fixture model.
+fn make_store(dir: &Path) -> PathBuf {
+    let text = text_fixture(dir);
+    let acts = dir.join("acts");
+    let o = sae(&[
+        "collect",
+        "--model",
+        s(&fixture("gpt_neox_parallel")),
+        "--dataset",
+        s(&text),
+        "--hook",
+        "blocks.1.hook_mlp_out",
+        "--mode",
+        "all",
+        "--max-len",
+        "64",
+        "--device",
+        "cpu",
+        "--out",
+        s(&acts),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    acts
+}
+
+fn train_args<'a>(acts: &'a Path, out: &'a Path, steps: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--acts",
+        s(acts),
+        "--d-sae",
+        "256",
+        "--steps",
+        steps,
+        "--batch-size",
+        "512",
+        "--lr",
+        "1e-3",
+        "--seed",
+        "3",
+        "--checkpoint-every",
+        "7",
+        "--log-every",
+        "5",
+        "--device",
+        "cpu",
+        "--out",
+        s(out),
+    ]
+}
+
+fn checkpoint_step(out: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(out.join("trainer.json")).ok()?;
+    serde_json::from_str::<serde_json::Value>(&text).ok()?["step"].as_u64()
+}
+
+#[test]
+fn kill_9_then_resume_ends_with_the_uninterrupted_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let acts = make_store(dir.path());
+    let steps = "400";
+    let whole = dir.path().join("whole");
+    let o = sae(&train_args(&acts, &whole, steps));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let killed = dir.path().join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sae"))
+        .args(train_args(&acts, &killed, steps))
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while checkpoint_step(&killed).unwrap_or(0) < 14 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "training finished before it could be killed"
+        );
+        assert!(start.elapsed() < Duration::from_secs(120));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let at = checkpoint_step(&killed).unwrap();
+    assert!(at < 400, "killed after the end");
+    let mut args = train_args(&acts, &killed, steps);
+    args.push("--resume");
+    let o = sae(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in ["sae_weights.safetensors", "sparsity.safetensors"] {
+        assert!(
+            std::fs::read(whole.join(f)).unwrap() == std::fs::read(killed.join(f)).unwrap(),
+            "{f} differs after kill -9 at step {at} and --resume"
+        );
+    }
+}
+
+#[test]
+fn ctrl_c_saves_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let acts = make_store(dir.path());
+    let out = dir.path().join("run");
+    let child = Command::new(env!("CARGO_BIN_EXE_sae"))
+        .args(train_args(&acts, &out, "100000"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while checkpoint_step(&out).is_none() {
+        assert!(start.elapsed() < Duration::from_secs(120));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("interrupted at step") && stderr.contains("--resume"),
+        "{stderr}"
+    );
+    let step = checkpoint_step(&out).unwrap();
+    assert!(step > 0 && step < 100000);
+    sae_lib::sae::format::load(&out, &candle_core::Device::Cpu).unwrap();
+}

@@ -1,0 +1,231 @@
+//! Splice evaluation against transformers' numbers, and every chart as SVG and PNG.
+
+use candle_core::{DType, Device, Tensor};
+use sae_lib::eval::splice_eval;
+use sae_lib::hooks::HookPoint;
+use sae_lib::plot::{Chart, ParetoMetric, ParetoPoint};
+use sae_lib::sae::{AnySae, Architecture, ReluSae, SaeConfig, SaeMetadata, SparsityPenalty};
+use sae_lib::train::MetricsRow;
+
+use crate::common::*;
+
+/// A ReLU SAE with `W_enc = [I, −I]`, `W_dec = [I; −I]`: relu(x) − relu(−x) = x exactly.
+fn identity_sae(d: usize) -> AnySae {
+    let eye = Tensor::eye(d, DType::F32, &Device::Cpu).unwrap();
+    let w_enc = Tensor::cat(&[&eye, &eye.neg().unwrap()], 1).unwrap();
+    let w_dec = w_enc.t().unwrap().contiguous().unwrap();
+    sae_from(d, 2 * d, w_enc, w_dec)
+}
+
+fn zero_sae(d: usize) -> AnySae {
+    let w = Tensor::zeros((d, 4), DType::F32, &Device::Cpu).unwrap();
+    sae_from(d, 4, w.clone(), w.t().unwrap().contiguous().unwrap())
+}
+
+fn sae_from(d_in: usize, d_sae: usize, w_enc: Tensor, w_dec: Tensor) -> AnySae {
+    let cfg = SaeConfig::new(Architecture::Relu, d_in, d_sae, SaeMetadata::default());
+    let mut get = |name: &str, shape: &[usize]| -> sae_lib::Result<Tensor> {
+        Ok(match name {
+            "W_enc" => w_enc.clone(),
+            "W_dec" => w_dec.clone(),
+            _ => Tensor::zeros(shape, DType::F32, &Device::Cpu)?,
+        })
+    };
+    AnySae::Relu(ReluSae::from_tensors(cfg, &mut get, SparsityPenalty::DecoderNorm).unwrap())
+}
+
+fn fixture_sequences(name: &str) -> Vec<Vec<u32>> {
+    let exp = expected(name);
+    exp["single.input_ids"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_vec2::<u32>()
+        .unwrap()
+}
+
+#[test]
+fn identity_sae_recovers_everything_and_zero_sae_nothing() {
+    let model = load_fixture_model("gpt_neox_parallel");
+    let seqs: Vec<Vec<u32>> = vec![(1..20).collect(), (30..41).collect(), vec![5, 6, 7]];
+    let hook = HookPoint::mlp_out(1);
+    let m = splice_eval(&model, &identity_sae(32), hook, &seqs, 2).unwrap();
+    assert!((m.ce_loss_score - 1.0).abs() < 1e-5, "{m:?}");
+    assert!(
+        m.kl_div_with_sae.abs() < 1e-6 && (m.kl_div_score - 1.0).abs() < 1e-5,
+        "{m:?}"
+    );
+    assert_eq!(m.tokens, 18 + 10 + 2);
+    let m = splice_eval(&model, &zero_sae(32), hook, &seqs, 2).unwrap();
+    assert!(
+        m.ce_loss_score.abs() < 1e-9 && m.kl_div_score.abs() < 1e-9,
+        "{m:?}"
+    );
+    assert!(m.kl_div_with_sae > 0.0);
+}
+
+#[test]
+fn ce_and_kl_match_the_same_splice_in_transformers() {
+    for name in ["gpt_neox_parallel", "gpt_neox_sequential"] {
+        let model = load_fixture_model(name);
+        let exp = expected(name);
+        let scalar = |k: &str| exp[k].to_scalar::<f32>().unwrap() as f64;
+        let m = splice_eval(
+            &model,
+            &zero_sae(32),
+            HookPoint::mlp_out(1),
+            &fixture_sequences(name),
+            1,
+        )
+        .unwrap();
+        assert!(
+            (m.ce_loss_without_sae - scalar("single.ce_loss")).abs() < 1e-4,
+            "{name}: {m:?}"
+        );
+        assert!(
+            (m.ce_loss_with_sae - scalar("zero_mlp1.ce_loss")).abs() < 1e-4,
+            "{name}: {m:?}"
+        );
+        assert!(
+            (m.kl_div_with_sae - scalar("zero_mlp1.kl")).abs() < 1e-4,
+            "{name}: {m:?}"
+        );
+    }
+}
+
+#[test]
+fn an_sae_of_the_wrong_width_is_refused() {
+    let model = load_fixture_model("gpt_neox_parallel");
+    let err = splice_eval(
+        &model,
+        &zero_sae(8),
+        HookPoint::mlp_out(1),
+        &[vec![1, 2, 3]],
+        1,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("d_in is 8") && err.contains("width 32"),
+        "{err}"
+    );
+}
+
+/// PNG signature, an IHDR of the chart's size, and an IEND chunk at the end.
+pub fn assert_valid_png(bytes: &[u8], size: Option<(u32, u32)>) {
+    assert!(
+        bytes.len() > 1000,
+        "suspiciously small PNG ({} bytes)",
+        bytes.len()
+    );
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(&bytes[12..16], b"IHDR");
+    if let Some((w, h)) = size {
+        assert_eq!(u32::from_be_bytes(bytes[16..20].try_into().unwrap()), w);
+        assert_eq!(u32::from_be_bytes(bytes[20..24].try_into().unwrap()), h);
+    }
+    assert_eq!(&bytes[bytes.len() - 8..bytes.len() - 4], b"IEND");
+}
+
+fn sample_charts() -> Vec<(&'static str, Chart)> {
+    let rows: Vec<MetricsRow> = (1..=20)
+        .map(|s| MetricsRow {
+            step: s * 10,
+            tokens: s * 40960,
+            loss: 10.0 / s as f64,
+            mse: 5.0 / s as f64,
+            fvu: 0.5 / s as f64,
+            explained_variance: 1.0 - 0.5 / s as f64,
+            l0: 100.0 / s as f64,
+            l1: 3.0,
+            dead_frac: 0.0,
+            dense_frac: 0.0,
+            lr: 5e-5,
+            sparsity_coefficient: 5.0,
+        })
+        .collect();
+    let pareto = (0..3)
+        .flat_map(|i| {
+            (1..4).map(move |j| ParetoPoint {
+                series: format!("arch{i}"),
+                l0: 10.0 * j as f64,
+                value: 0.3 / (j + i) as f64,
+            })
+        })
+        .collect();
+    vec![
+        (
+            "Feature density",
+            Chart::FeatureDensity(
+                (0..500)
+                    .map(|i| {
+                        if i % 50 == 0 {
+                            -10.0
+                        } else {
+                            -4.0 + (i % 37) as f32 / 10.0
+                        }
+                    })
+                    .collect(),
+            ),
+        ),
+        ("SAE training curves", Chart::TrainingCurves(rows)),
+        (
+            "L0 per input",
+            Chart::L0Histogram((0..300).map(|i| (i % 40) as f32).collect()),
+        ),
+        (
+            "L0 against FVU",
+            Chart::Pareto {
+                points: pareto,
+                metric: ParetoMetric::Fvu,
+            },
+        ),
+        (
+            "Reconstruction",
+            Chart::Reconstruction {
+                x: (0..200).map(|i| (i as f32 * 0.1).sin()).collect(),
+                x_hat: (0..200).map(|i| (i as f32 * 0.1).sin() * 0.9).collect(),
+            },
+        ),
+        (
+            "Feature 3",
+            Chart::ActivationHistogram {
+                feature: 3,
+                values: (0..300)
+                    .map(|i| if i % 3 == 0 { (i % 17) as f32 } else { 0.0 })
+                    .collect(),
+            },
+        ),
+    ]
+}
+
+#[test]
+fn every_chart_writes_well_formed_svg_and_png() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, (title, chart)) in sample_charts().into_iter().enumerate() {
+        let svg = chart.to_svg().unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+            "chart {i}"
+        );
+        assert!(svg.contains(title), "chart {i} lacks its title {title:?}");
+        let path = dir.path().join(format!("chart{i}.png"));
+        chart.save_png(&path).unwrap();
+        assert_valid_png(&std::fs::read(&path).unwrap(), Some(chart.size()));
+        chart
+            .save_svg(&dir.path().join(format!("chart{i}.svg")))
+            .unwrap();
+    }
+    // Atomic writes leave no temporary files behind.
+    assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with('.')));
+    if let Ok(keep) = std::env::var("SAE_KEEP_CHARTS") {
+        for (i, (_, chart)) in sample_charts().into_iter().enumerate() {
+            chart
+                .save_png(&std::path::Path::new(&keep).join(format!("chart{i}.png")))
+                .unwrap();
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! Part 2: every SAE variant against the synthetic ground truth, the SAELens format (both
+//! directions), JumpReLU's pseudo-derivatives, and the sweep.
+
+use candle_core::{Device, IndexOp, Tensor, Var};
+use sae_lib::sae::jumprelu::{jumprelu_ste, step_l0_ste};
+use sae_lib::sae::{format, Architecture, Sae, SaeConfig, SaeMetadata};
+use sae_lib::sweep::{pareto_chart, run_sweep, sweep_frame, SweepConfig};
+use sae_lib::train::optim::AdamParams;
+use sae_lib::train::{TrainConfig, Trainer};
+
+use crate::common::*;
+use crate::sae::{ground_truth, synthetic};
+
+fn cfg(arch: Architecture, d_in: usize, d_sae: usize, k: Option<usize>) -> SaeConfig {
+    SaeConfig {
+        k,
+        ..SaeConfig::new(arch, d_in, d_sae, SaeMetadata::default())
+    }
+}
+
+fn gt_train(coefficient: f64, lr: f64) -> TrainConfig {
+    TrainConfig {
+        steps: 2000,
+        batch_size: 1024,
+        sparsity_coefficient: coefficient,
+        adam: AdamParams {
+            lr,
+            ..Default::default()
+        },
+        log_every: 500,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn topk_recovers_a_known_sparse_dictionary() {
+    ground_truth(Architecture::TopK, Some(5), gt_train(0.0, 2e-3));
+}
+
+#[test]
+fn batch_topk_recovers_a_known_sparse_dictionary() {
+    ground_truth(Architecture::BatchTopK, Some(5), gt_train(0.0, 2e-3));
+}
+
+#[test]
+fn matryoshka_recovers_a_known_sparse_dictionary() {
+    ground_truth(Architecture::Matryoshka, Some(5), gt_train(0.0, 2e-3));
+}
+
+#[test]
+fn jumprelu_recovers_a_known_sparse_dictionary() {
+    ground_truth(Architecture::JumpRelu, None, gt_train(0.5, 2e-3));
+}
+
+#[test]
+fn gated_recovers_a_known_sparse_dictionary() {
+    ground_truth(Architecture::Gated, None, gt_train(3.0, 2e-3));
+}
+
+#[test]
+fn saelens_saved_saes_load_and_encode_as_saelens_does() {
+    for arch in [
+        "standard",
+        "topk",
+        "topk_rescale",
+        "jumprelu",
+        "gated",
+        "batchtopk",
+    ] {
+        let dir = fixture(&format!("saelens/{arch}"));
+        let sae = format::load(&dir, &Device::Cpu).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        let exp =
+            candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
+        let f = sae.encode(&exp["x"]).unwrap();
+        assert!(
+            max_abs_diff(&f, &exp["feature_acts"]) < 1e-5,
+            "{arch}: feature_acts differ"
+        );
+        assert!(
+            max_abs_diff(&sae.decode(&f).unwrap(), &exp["sae_out"]) < 1e-5,
+            "{arch}: sae_out differs"
+        );
+    }
+}
+
+#[test]
+fn every_variant_round_trips_through_the_saelens_format() {
+    let syn = synthetic(64, 16, 3.0, 2000, 9);
+    for arch in Architecture::ALL {
+        let k = arch.uses_k().then_some(4);
+        let train = TrainConfig {
+            steps: 25,
+            batch_size: 256,
+            sparsity_coefficient: 1.0,
+            log_every: 5,
+            ..Default::default()
+        };
+        let mut trainer =
+            Trainer::new(cfg(arch, 16, 48, k), train, &syn.data, &Device::Cpu).unwrap();
+        trainer.train(None, None).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        trainer.save_checkpoint(dir.path()).unwrap();
+        let loaded = format::load(dir.path(), &Device::Cpu).unwrap();
+        let x = syn.data.i(0..200).unwrap();
+        let trained = trainer
+            .sae()
+            .encode(&(&x * trainer.scale()).unwrap())
+            .unwrap();
+        let reloaded = loaded.encode(&x).unwrap();
+        assert!(
+            max_abs_diff(&trained, &reloaded) < 1e-4,
+            "{arch:?}: encodings differ after save/load"
+        );
+        assert!(
+            sae_lib::eval::metrics::l0(&reloaded).unwrap() > 0.0,
+            "{arch:?}: nothing fires"
+        );
+        let cfg_json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join("cfg.json")).unwrap())
+                .unwrap();
+        let expected = match arch {
+            Architecture::Relu => "standard",
+            Architecture::TopK => "topk",
+            Architecture::Gated => "gated",
+            _ => "jumprelu",
+        };
+        assert_eq!(cfg_json["architecture"], expected, "{arch:?}");
+        if arch == Architecture::TopK {
+            assert_eq!(cfg_json["k"], 4);
+        }
+    }
+}
+
+#[test]
+fn jumprelu_pseudo_derivatives_follow_their_formulas() {
+    let dev = Device::Cpu;
+    let eps = 0.1;
+    // Pre-activations around θ = 0.5: inside and outside the kernel's window |pre − θ| ≤ ε/2.
+    let pre = Var::new(&[[0.47f64, 0.52, 0.9, 0.1, 0.549]], &dev).unwrap();
+    let theta = Var::new(&[0.5f64, 0.5, 0.5, 0.5, 0.5], &dev).unwrap();
+    let f = jumprelu_ste(pre.as_tensor(), theta.as_tensor(), eps).unwrap();
+    // Values: pre · H(pre − θ).
+    assert_eq!(
+        f.to_vec2::<f64>().unwrap(),
+        vec![vec![0.0, 0.52, 0.9, 0.0, 0.549]]
+    );
+    let grads = f.sum_all().unwrap().backward().unwrap();
+    let d_theta = grads
+        .get(theta.as_tensor())
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let d_pre = grads
+        .get(pre.as_tensor())
+        .unwrap()
+        .to_vec2::<f64>()
+        .unwrap();
+    // ∂f/∂θ = −(θ/ε) K((pre − θ)/ε) with K the unit rectangle.
+    let k = |p: f64| {
+        if ((p - 0.5) / eps).abs() <= 0.5 {
+            1.0
+        } else {
+            0.0
+        }
+    };
+    for (i, p) in [0.47, 0.52, 0.9, 0.1, 0.549].into_iter().enumerate() {
+        assert!(
+            (d_theta[i] - (-(0.5 / eps) * k(p))).abs() < 1e-9,
+            "∂f/∂θ[{i}] = {}",
+            d_theta[i]
+        );
+        assert_eq!(d_pre[0][i], if p > 0.5 { 1.0 } else { 0.0 }, "∂f/∂pre[{i}]");
+    }
+    // L0: value Σ H, ∂/∂θ = −(1/ε) K, no gradient to pre.
+    let l0 = step_l0_ste(pre.as_tensor(), theta.as_tensor(), eps).unwrap();
+    assert_eq!(l0.to_vec1::<f64>().unwrap(), vec![3.0]);
+    let grads = l0.sum_all().unwrap().backward().unwrap();
+    let d_theta = grads
+        .get(theta.as_tensor())
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    for (i, p) in [0.47, 0.52, 0.9, 0.1, 0.549].into_iter().enumerate() {
+        assert!(
+            (d_theta[i] - (-(1.0 / eps) * k(p))).abs() < 1e-9,
+            "∂L0/∂θ[{i}] = {}",
+            d_theta[i]
+        );
+    }
+    assert!(grads.get(pre.as_tensor()).map_or(true, |g| g
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+        == 0.0));
+}
+
+#[test]
+fn a_larger_l0_coefficient_gives_a_lower_l0() {
+    let syn = synthetic(128, 32, 4.0, 20_000, 11);
+    let l0_at = |coefficient: f64| {
+        let train = TrainConfig {
+            steps: 600,
+            batch_size: 512,
+            sparsity_coefficient: coefficient,
+            adam: AdamParams {
+                lr: 2e-3,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut trainer = Trainer::new(
+            cfg(Architecture::JumpRelu, 32, 256, None),
+            train,
+            &syn.data,
+            &Device::Cpu,
+        )
+        .unwrap();
+        trainer.train(None, None).unwrap();
+        let f = trainer
+            .sae()
+            .encode(&(&syn.data * trainer.scale()).unwrap())
+            .unwrap();
+        sae_lib::eval::metrics::l0(&f).unwrap()
+    };
+    let (low, high) = (l0_at(0.05), l0_at(1.0));
+    println!("JumpReLU L0: {low:.2} at λ=0.05, {high:.2} at λ=1");
+    assert!(
+        high < 0.8 * low,
+        "L0 {high} at the larger coefficient vs {low}"
+    );
+}
+
+#[test]
+fn a_sweep_gives_a_table_and_a_pareto_chart() {
+    let syn = synthetic(64, 16, 3.0, 4000, 12);
+    let cfg = SweepConfig {
+        d_sae: 64,
+        ks: vec![2, 6],
+        l1_coefficients: vec![0.5, 4.0],
+        l0_coefficients: vec![0.1, 1.0],
+        train: TrainConfig {
+            steps: 60,
+            batch_size: 256,
+            adam: AdamParams {
+                lr: 2e-3,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        eval_rows: 1000,
+        ..Default::default()
+    };
+    let points = run_sweep(&syn.data, &cfg, None, &Device::Cpu).unwrap();
+    assert_eq!(points.len(), 6 * 2);
+    let df = sweep_frame(&points).unwrap();
+    assert_eq!(df.shape(), (12, 6));
+    for arch in Architecture::ALL {
+        let p: Vec<_> = points
+            .iter()
+            .filter(|p| p.architecture == arch.name())
+            .collect();
+        assert_eq!(p.len(), 2);
+        assert!(p.iter().all(|p| p.fvu.is_finite() && p.l0 >= 0.0));
+    }
+    // More k, more active features.
+    let topk: Vec<f64> = points
+        .iter()
+        .filter(|p| p.architecture == "topk")
+        .map(|p| p.l0)
+        .collect();
+    assert!(topk[0] <= 2.0 + 1e-9 && topk[1] > topk[0]);
+    let svg = pareto_chart(&points, sae_lib::plot::ParetoMetric::Fvu)
+        .to_svg()
+        .unwrap();
+    assert!(svg.contains("L0 against FVU") && svg.contains("matryoshka"));
+    let _ = Tensor::zeros(1, candle_core::DType::F32, &Device::Cpu);
+}
