@@ -41,3 +41,16 @@ pub mod train;
 pub mod walkthrough;
 
 pub use error::{Error, Result};
+
+/// Asks glibc's allocator to keep freed memory instead of returning every large block to the
+/// OS. Tensors are large and short-lived: by default each one is a fresh `mmap`, and the page
+/// faults of touching it again cost more than a third of a CPU forward pass (BENCHMARKS.md).
+/// Process-wide; the `sae` binary calls it first thing. A no-op off glibc.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator thresholds; called before any threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}

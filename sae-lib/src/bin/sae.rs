@@ -316,6 +316,7 @@ enum PenaltyArg {
 }
 
 fn main() -> ExitCode {
+    sae_lib::keep_freed_memory();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
