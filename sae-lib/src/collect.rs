@@ -12,6 +12,9 @@ use crate::progress::Progress;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
+/// Batches per pool of documents sorted by length (bounds the extra memory to a few batches).
+const POOL_BATCHES: usize = 8;
+
 /// The tutorial's constants, and what the batched collector adds to them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CollectConfig {
@@ -165,56 +168,64 @@ pub fn collect_to_store(
     let mut writer = StoreWriter::create(out, meta, cfg.shard_rows, cfg.dtype)?;
     let progress = Progress::new("collect", cfg.max_docs.map(|n| n as u64), "docs");
     let mut tokens_seen = 0usize;
-    let mut pending: Vec<(u32, Vec<u32>)> = Vec::with_capacity(cfg.batch_size);
+    // Documents are read in pools of several batches and batched by length within a pool, so
+    // short documents are not padded to long ones; rows are still written in document order.
+    let pool_size = cfg.batch_size.max(1) * POOL_BATCHES;
+    let mut pool: Vec<(u32, Vec<u32>)> = Vec::with_capacity(pool_size);
     let mut docs = docs
         .into_iter()
         .take(cfg.max_docs.unwrap_or(usize::MAX))
         .enumerate()
         .peekable();
     while docs.peek().is_some() {
-        pending.clear();
+        pool.clear();
         for (i, doc) in docs.by_ref() {
             let ids = tokenizer.encode(&doc?, Some(cfg.max_len))?;
             if ids.is_empty() {
                 writer.skip_empty();
             } else {
-                pending.push((i as u32, ids));
+                pool.push((i as u32, ids));
             }
-            if pending.len() == cfg.batch_size {
+            if pool.len() == pool_size {
                 break;
             }
         }
-        if pending.is_empty() {
-            break;
-        }
-        let seqs: Vec<Vec<u32>> = pending.iter().map(|(_, ids)| ids.clone()).collect();
-        let batch =
-            TokenBatch::from_sequences(&seqs, cfg.padding, tokenizer.pad_id(), model.device())?;
-        let mut hooks = Hooks::new().capture(cfg.hook).stop_at(cfg.hook);
-        model.forward(&batch, &mut hooks)?;
-        let acts = hooks
-            .take(cfg.hook)?
-            .to_dtype(DType::F32)?
-            .to_device(&Device::Cpu)?; // (b, t, d)
-        let (_, t, d) = acts.dims3()?;
-        let flat = acts.flatten_all()?.to_vec1::<f32>()?;
-        for (row, ((doc_index, ids), mask)) in pending.iter().zip(batch.mask()).enumerate() {
-            // Columns of the real tokens, in order (left padding shifts them).
-            let columns: Vec<usize> = (0..t).filter(|&c| mask[c] == 1).collect();
-            let keep: Vec<usize> = match cfg.mode {
-                CollectMode::Middle => vec![columns.len() / 2],
-                CollectMode::All => (usize::from(cfg.exclude_first)..columns.len()).collect(),
-            };
-            let mut values = Vec::with_capacity(keep.len() * d);
-            for &k in &keep {
-                let start = (row * t + columns[k]) * d;
-                values.extend_from_slice(&flat[start..start + d]);
+        let mut by_length: Vec<usize> = (0..pool.len()).collect();
+        by_length.sort_by_key(|&i| pool[i].1.len());
+        let mut rows: Vec<Option<(Vec<u32>, Vec<f32>)>> = vec![None; pool.len()];
+        for chunk in by_length.chunks(cfg.batch_size.max(1)) {
+            let seqs: Vec<Vec<u32>> = chunk.iter().map(|&i| pool[i].1.clone()).collect();
+            let batch =
+                TokenBatch::from_sequences(&seqs, cfg.padding, tokenizer.pad_id(), model.device())?;
+            let mut hooks = Hooks::new().capture(cfg.hook).stop_at(cfg.hook);
+            model.forward(&batch, &mut hooks)?;
+            let acts = hooks
+                .take(cfg.hook)?
+                .to_dtype(DType::F32)?
+                .to_device(&Device::Cpu)?; // (b, t, d)
+            let (_, t, d) = acts.dims3()?;
+            let flat = acts.flatten_all()?.to_vec1::<f32>()?;
+            for (row, (&i, mask)) in chunk.iter().zip(batch.mask()).enumerate() {
+                // Columns of the real tokens, in order (left padding shifts them).
+                let columns: Vec<usize> = (0..t).filter(|&c| mask[c] == 1).collect();
+                let keep: Vec<usize> = match cfg.mode {
+                    CollectMode::Middle => vec![columns.len() / 2],
+                    CollectMode::All => (usize::from(cfg.exclude_first)..columns.len()).collect(),
+                };
+                let mut values = Vec::with_capacity(keep.len() * d);
+                for &k in &keep {
+                    let start = (row * t + columns[k]) * d;
+                    values.extend_from_slice(&flat[start..start + d]);
+                }
+                rows[i] = Some((keep.iter().map(|&k| k as u32).collect(), values));
             }
-            let positions: Vec<u32> = keep.iter().map(|&k| k as u32).collect();
+        }
+        for ((doc_index, ids), row) in pool.iter().zip(rows) {
+            let (positions, values) = row.expect("every pooled document was run");
             writer.add_document(*doc_index, ids, &positions, &values)?;
             tokens_seen += ids.len();
         }
-        progress.inc(pending.len() as u64);
+        progress.inc(pool.len() as u64);
         progress.set_message(format!(
             "{} rows, {:.0} tokens/s",
             writer.rows(),
