@@ -75,6 +75,7 @@ fn draw_histogram<DB: DrawingBackend>(
         .configure_mesh()
         .x_desc(x_desc)
         .y_desc("count")
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .label_style((FONT, 14))
         .draw()
         .map_err(plot_err)?;
@@ -127,6 +128,7 @@ pub fn draw_training_curves<DB: DrawingBackend>(
             .configure_mesh()
             .x_desc("training step")
             .y_desc(unit)
+            .x_label_formatter(&|v| format!("{v:.0}"))
             .label_style((FONT, 12))
             .draw()
             .map_err(plot_err)?;
