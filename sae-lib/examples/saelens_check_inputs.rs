@@ -16,10 +16,15 @@ fn main() -> anyhow::Result<()> {
     let n: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(64);
     let sae = format::load(dir.as_ref(), &Device::Cpu)?;
     let d_in = sae.config().d_in;
-    let x = Tensor::randn(0f32, 1.0, (n, d_in), &Device::Cpu)?.broadcast_add(sae.b_dec().as_tensor())?;
+    let x = Tensor::randn(0f32, 1.0, (n, d_in), &Device::Cpu)?
+        .broadcast_add(sae.b_dec().as_tensor())?;
     let feature_acts = sae.encode(&x)?;
     let sae_out = sae.decode(&feature_acts)?;
-    let tensors = HashMap::from([("x".to_string(), x), ("feature_acts".to_string(), feature_acts), ("sae_out".to_string(), sae_out)]);
+    let tensors = HashMap::from([
+        ("x".to_string(), x),
+        ("feature_acts".to_string(), feature_acts),
+        ("sae_out".to_string(), sae_out),
+    ]);
     candle_core::safetensors::save(&tensors, out)?;
     println!("wrote {out}");
     Ok(())

@@ -150,23 +150,8 @@ struct WalkthroughArgs {
     /// Held-out documents for the splice evaluation.
     #[arg(long, default_value_t = 100)]
     eval_docs: usize,
-    #[arg(long, default_value = "relu")]
-    arch: String,
-    #[arg(long, default_value_t = 4096)]
-    d_sae: usize,
-    /// Active features per input (topk, batchtopk, matryoshka).
-    #[arg(long)]
-    k: Option<usize>,
-    #[arg(long, default_value_t = 5.0)]
-    l1: f64,
-    #[arg(long, default_value_t = 5e-5)]
-    lr: f64,
-    #[arg(long, default_value_t = 2000)]
-    steps: u64,
-    #[arg(long, default_value_t = 4096)]
-    batch_size: usize,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    sae: SaeArgs,
     /// Report folder.
     #[arg(long, default_value = "walkthrough")]
     out: PathBuf,
@@ -242,6 +227,29 @@ struct TrainArgs {
     /// Activation store made by `sae collect`.
     #[arg(long)]
     acts: PathBuf,
+    #[command(flatten)]
+    sae: SaeArgs,
+    #[arg(long, default_value_t = 50)]
+    log_every: u64,
+    #[arg(long, default_value_t = 500)]
+    checkpoint_every: u64,
+    /// Resample dead features every N steps.
+    #[arg(long)]
+    resample_dead_every: Option<u64>,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Output folder (SAELens format plus the training state).
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue the run checkpointed in --out.
+    #[arg(long)]
+    resume: bool,
+}
+
+/// The SAE and its training, shared by `train` and `walkthrough`.
+#[derive(Args)]
+struct SaeArgs {
+    /// relu, topk, batchtopk, jumprelu, gated or matryoshka.
     #[arg(long, default_value = "relu")]
     arch: String,
     #[arg(long, default_value_t = 4096)]
@@ -263,21 +271,24 @@ struct TrainArgs {
     /// decoder-norm (Anthropic, April 2024) or l1-unit-decoder (tutorial-style).
     #[arg(long, value_enum, default_value_t = PenaltyArg::DecoderNorm)]
     penalty: PenaltyArg,
-    #[arg(long, default_value_t = 50)]
-    log_every: u64,
-    #[arg(long, default_value_t = 500)]
-    checkpoint_every: u64,
-    /// Resample dead features every N steps.
-    #[arg(long)]
-    resample_dead_every: Option<u64>,
-    #[arg(long, default_value = "auto")]
-    device: String,
-    /// Output folder (SAELens format plus the training state).
-    #[arg(long)]
-    out: PathBuf,
-    /// Continue the run checkpointed in --out.
-    #[arg(long)]
-    resume: bool,
+}
+
+impl SaeArgs {
+    fn train_config(&self) -> TrainConfig {
+        let mut cfg = TrainConfig {
+            steps: self.steps,
+            batch_size: self.batch_size,
+            sparsity_coefficient: self.l1,
+            seed: self.seed,
+            penalty: match self.penalty {
+                PenaltyArg::DecoderNorm => SparsityPenalty::DecoderNorm,
+                PenaltyArg::L1UnitDecoder => SparsityPenalty::L1UnitDecoder,
+            },
+            ..Default::default()
+        };
+        cfg.adam.lr = self.lr;
+        cfg
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -419,10 +430,10 @@ fn train(args: TrainArgs) -> Result<()> {
     } else {
         let meta = store.meta();
         let sae_cfg = SaeConfig {
-            architecture: Architecture::parse(&args.arch)?,
+            architecture: Architecture::parse(&args.sae.arch)?,
             d_in: store.d(),
-            d_sae: args.d_sae,
-            k: args.k,
+            d_sae: args.sae.d_sae,
+            k: args.sae.k,
             prefixes: None,
             metadata: SaeMetadata {
                 model_name: meta.model.clone(),
@@ -432,21 +443,12 @@ fn train(args: TrainArgs) -> Result<()> {
                 dataset_path: meta.dataset.clone(),
             },
         };
-        let mut cfg = TrainConfig {
-            steps: args.steps,
-            batch_size: args.batch_size,
-            sparsity_coefficient: args.l1,
-            seed: args.seed,
-            penalty: match args.penalty {
-                PenaltyArg::DecoderNorm => SparsityPenalty::DecoderNorm,
-                PenaltyArg::L1UnitDecoder => SparsityPenalty::L1UnitDecoder,
-            },
+        let cfg = TrainConfig {
             log_every: args.log_every,
             checkpoint_every: Some(args.checkpoint_every),
             resample_dead_every: args.resample_dead_every,
-            ..Default::default()
+            ..args.sae.train_config()
         };
-        cfg.adam.lr = args.lr;
         Trainer::new(sae_cfg, cfg, &store, &device)?
     };
     trainer.train(Some(&args.out), Some(&stop))?;
@@ -569,15 +571,10 @@ fn inspect(args: InspectArgs) -> Result<()> {
 fn walkthrough(args: WalkthroughArgs) -> Result<()> {
     use sae_lib::walkthrough::{run, WalkthroughConfig};
     let (_, opts) = dataset(&args.data);
-    let mut train = TrainConfig {
-        steps: args.steps,
-        batch_size: args.batch_size,
-        sparsity_coefficient: args.l1,
-        seed: args.seed,
+    let train = TrainConfig {
         checkpoint_every: None,
-        ..Default::default()
+        ..args.sae.train_config()
     };
-    train.adam.lr = args.lr;
     let m = mode(args.mode);
     let cfg = WalkthroughConfig {
         model: args.model.model.clone(),
@@ -593,9 +590,9 @@ fn walkthrough(args: WalkthroughArgs) -> Result<()> {
             batch_size: if m == CollectMode::Middle { 1 } else { 32 },
             ..Default::default()
         },
-        architecture: Architecture::parse(&args.arch)?,
-        d_sae: args.d_sae,
-        k: args.k,
+        architecture: Architecture::parse(&args.sae.arch)?,
+        d_sae: args.sae.d_sae,
+        k: args.sae.k,
         train,
         eval_docs: args.eval_docs,
         inspect_features: 4,

@@ -72,6 +72,9 @@ impl Sae for GatedSae {
     fn config(&self) -> &SaeConfig {
         &self.cfg
     }
+    fn params(&self) -> &SaeParams {
+        &self.params
+    }
     fn vars(&self) -> Vec<(&'static str, Var)> {
         vec![
             ("W_enc", self.params.w_enc.clone()),
@@ -85,21 +88,6 @@ impl Sae for GatedSae {
     fn encode(&self, x: &Tensor) -> Result<Tensor> {
         let (gate, mag) = self.paths(x)?;
         Ok((gate.gt(0f64)?.to_dtype(mag.dtype())? * mag.relu()?)?)
-    }
-    fn w_dec(&self) -> &Var {
-        &self.params.w_dec
-    }
-    fn b_dec(&self) -> &Var {
-        &self.params.b_dec
-    }
-    fn aux_losses(
-        &self,
-        _x: &Tensor,
-        _f: &Tensor,
-        _x_hat: &Tensor,
-        _ctx: &LossContext,
-    ) -> Result<Vec<(&'static str, Tensor)>> {
-        Ok(vec![])
     }
     fn loss(&self, x: &Tensor, ctx: &LossContext) -> Result<LossOutput> {
         let (gate, mag) = self.paths(x)?;

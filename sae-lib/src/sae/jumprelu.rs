@@ -96,6 +96,9 @@ impl Sae for JumpReluSae {
     fn config(&self) -> &SaeConfig {
         &self.cfg
     }
+    fn params(&self) -> &SaeParams {
+        &self.params
+    }
     fn vars(&self) -> Vec<(&'static str, Var)> {
         let mut v = self.params.vars();
         v.push(("threshold", self.threshold.clone()));
@@ -107,21 +110,6 @@ impl Sae for JumpReluSae {
             .broadcast_gt(self.threshold.as_tensor())?
             .to_dtype(pre.dtype())?;
         Ok((pre.relu()? * h)?)
-    }
-    fn w_dec(&self) -> &Var {
-        &self.params.w_dec
-    }
-    fn b_dec(&self) -> &Var {
-        &self.params.b_dec
-    }
-    fn aux_losses(
-        &self,
-        _x: &Tensor,
-        _f: &Tensor,
-        _x_hat: &Tensor,
-        _ctx: &LossContext,
-    ) -> Result<Vec<(&'static str, Tensor)>> {
-        Ok(vec![])
     }
     fn loss(&self, x: &Tensor, ctx: &LossContext) -> Result<LossOutput> {
         let pre = self.params.pre_acts(x)?;

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand_chacha::ChaCha8Rng;
 
 use super::batch_topk::BatchTopKSae;
-use super::common::auxk_loss;
+use super::common::{auxk_loss, SaeParams};
 use super::topk::AUX_COEFFICIENT;
 use super::{LossContext, LossOutput, Sae, SaeConfig};
 use crate::Result;
@@ -58,26 +58,14 @@ impl Sae for MatryoshkaSae {
     fn config(&self) -> &SaeConfig {
         self.inner.config()
     }
+    fn params(&self) -> &SaeParams {
+        self.inner.params()
+    }
     fn vars(&self) -> Vec<(&'static str, Var)> {
         self.inner.vars()
     }
     fn encode(&self, x: &Tensor) -> Result<Tensor> {
         self.inner.encode(x)
-    }
-    fn w_dec(&self) -> &Var {
-        self.inner.w_dec()
-    }
-    fn b_dec(&self) -> &Var {
-        self.inner.b_dec()
-    }
-    fn aux_losses(
-        &self,
-        _x: &Tensor,
-        _f: &Tensor,
-        _x_hat: &Tensor,
-        _ctx: &LossContext,
-    ) -> Result<Vec<(&'static str, Tensor)>> {
-        Ok(vec![])
     }
     fn loss(&self, x: &Tensor, ctx: &LossContext) -> Result<LossOutput> {
         let (f, pre) = self.inner.batch_topk(x)?;

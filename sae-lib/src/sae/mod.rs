@@ -15,6 +15,8 @@ pub mod relu;
 pub mod topk;
 
 use candle_core::{Tensor, Var};
+
+pub use common::SaeParams;
 use serde::{Deserialize, Serialize};
 
 pub use batch_topk::BatchTopKSae;
@@ -170,17 +172,26 @@ pub struct LossOutput {
 pub trait Sae {
     fn config(&self) -> &SaeConfig;
 
-    /// Trainable parameters under their SAELens names.
-    fn vars(&self) -> Vec<(&'static str, Var)>;
+    /// The encoder and decoder parameters every variant has.
+    fn params(&self) -> &SaeParams;
+
+    /// Trainable parameters under their SAELens names (variants with more add theirs).
+    fn vars(&self) -> Vec<(&'static str, Var)> {
+        self.params().vars()
+    }
 
     /// Feature activations `(batch, d_sae)` of inputs `(batch, d_in)`.
     fn encode(&self, x: &Tensor) -> Result<Tensor>;
 
     /// The decoder `(d_sae, d_in)`.
-    fn w_dec(&self) -> &Var;
+    fn w_dec(&self) -> &Var {
+        &self.params().w_dec
+    }
 
     /// The decoder bias `(d_in,)`.
-    fn b_dec(&self) -> &Var;
+    fn b_dec(&self) -> &Var {
+        &self.params().b_dec
+    }
 
     /// Reconstruction `f W_dec + b_dec`.
     fn decode(&self, f: &Tensor) -> Result<Tensor> {
@@ -188,14 +199,16 @@ pub trait Sae {
             .broadcast_add(self.b_dec().as_tensor())?)
     }
 
-    /// Loss terms beyond the reconstruction error.
+    /// Loss terms beyond the reconstruction error (none by default).
     fn aux_losses(
         &self,
-        x: &Tensor,
-        f: &Tensor,
-        x_hat: &Tensor,
-        ctx: &LossContext,
-    ) -> Result<Vec<(&'static str, Tensor)>>;
+        _x: &Tensor,
+        _f: &Tensor,
+        _x_hat: &Tensor,
+        _ctx: &LossContext,
+    ) -> Result<Vec<(&'static str, Tensor)>> {
+        Ok(vec![])
+    }
 
     /// Called after each optimiser step (e.g. to renormalise decoder rows).
     fn after_step(&self) -> Result<()> {
@@ -257,11 +270,8 @@ impl Sae for AnySae {
     fn encode(&self, x: &Tensor) -> Result<Tensor> {
         dispatch!(self, s => s.encode(x))
     }
-    fn w_dec(&self) -> &Var {
-        dispatch!(self, s => s.w_dec())
-    }
-    fn b_dec(&self) -> &Var {
-        dispatch!(self, s => s.b_dec())
+    fn params(&self) -> &SaeParams {
+        dispatch!(self, s => s.params())
     }
     fn decode(&self, f: &Tensor) -> Result<Tensor> {
         dispatch!(self, s => s.decode(f))

@@ -10,7 +10,7 @@
 //!   decoder rows renormalised to unit norm after every step (otherwise the L1 term is
 //!   cheated by shrinking `f` and growing `W_dec`).
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -82,21 +82,12 @@ impl Sae for ReluSae {
     fn config(&self) -> &SaeConfig {
         &self.cfg
     }
-
-    fn vars(&self) -> Vec<(&'static str, Var)> {
-        self.params.vars()
+    fn params(&self) -> &SaeParams {
+        &self.params
     }
 
     fn encode(&self, x: &Tensor) -> Result<Tensor> {
         Ok(self.params.pre_acts(x)?.relu()?)
-    }
-
-    fn w_dec(&self) -> &Var {
-        &self.params.w_dec
-    }
-
-    fn b_dec(&self) -> &Var {
-        &self.params.b_dec
     }
 
     fn aux_losses(

@@ -4,7 +4,7 @@
 //! gradient. Decoder rows are kept at unit norm (renormalised after each step; the paper
 //! projects gradients instead). Saved as SAELens "topk" with `k`.
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use rand_chacha::ChaCha8Rng;
 
 use super::common::{auxk_loss, topk_relu, SaeParams};
@@ -88,26 +88,11 @@ impl Sae for TopKSae {
     fn config(&self) -> &SaeConfig {
         &self.cfg
     }
-    fn vars(&self) -> Vec<(&'static str, Var)> {
-        self.params.vars()
+    fn params(&self) -> &SaeParams {
+        &self.params
     }
     fn encode(&self, x: &Tensor) -> Result<Tensor> {
         topk_relu(&self.params.pre_acts(x)?, self.k)
-    }
-    fn w_dec(&self) -> &Var {
-        &self.params.w_dec
-    }
-    fn b_dec(&self) -> &Var {
-        &self.params.b_dec
-    }
-    fn aux_losses(
-        &self,
-        _x: &Tensor,
-        _f: &Tensor,
-        _x_hat: &Tensor,
-        _ctx: &LossContext,
-    ) -> Result<Vec<(&'static str, Tensor)>> {
-        Ok(vec![])
     }
     fn loss(&self, x: &Tensor, ctx: &LossContext) -> Result<LossOutput> {
         let pre = self.params.pre_acts(x)?;
