@@ -2,7 +2,7 @@
 //! Adam and gradient clipping, on random activations. Run through `scripts/bench/train.sh`,
 //! which times the same loss and optimiser in PyTorch in the same run.
 //!
-//! Usage: bench_train [ARCH] [STEPS]   (ARCH: relu)
+//! Usage: bench_train [ARCH] [STEPS] [D_SAE]   (ARCH: relu, topk, ...; TopK-style use k = 32)
 
 use std::time::Instant;
 
@@ -18,7 +18,12 @@ fn main() -> anyhow::Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(20);
-    let (d_in, d_sae, batch) = (512, 4096, 4096);
+    let d_sae: usize = std::env::args()
+        .nth(3)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(4096);
+    let (d_in, batch) = (512, 4096);
     let data = Tensor::randn(0f32, 1.0, (4 * batch, d_in), &Device::Cpu)?;
     let cfg = SaeConfig {
         k: Some(32),

@@ -261,3 +261,84 @@ impl SaeParams {
         Ok(())
     }
 }
+
+/// Per row of a contiguous f32 `(rows, n)` tensor, the indices of its `k` largest values
+/// `(rows, k)` u32 (in no particular order), by quickselect.
+struct TopKIndices(usize);
+
+impl candle_core::CustomOp1 for TopKIndices {
+    fn name(&self) -> &'static str {
+        "topk-indices"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let (rows, n) = layout.shape().dims2()?;
+        let data = match (storage, layout.contiguous_offsets()) {
+            (candle_core::CpuStorage::F32(d), Some((start, end))) => &d[start..end],
+            _ => candle_core::bail!("topk-indices needs a contiguous f32 tensor"),
+        };
+        let k = self.0.clamp(1, n);
+        let out: Vec<u32> = data
+            .par_chunks(n)
+            .flat_map_iter(|row| {
+                let mut idx: Vec<u32> = (0..n as u32).collect();
+                idx.select_nth_unstable_by(k - 1, |&a, &b| {
+                    row[b as usize].total_cmp(&row[a as usize])
+                });
+                idx.truncate(k);
+                idx
+            })
+            .collect();
+        Ok((candle_core::CpuStorage::U32(out), (rows, k).into()))
+    }
+}
+
+/// Indices `(rows, k)` of each row's `k` largest values (not differentiable).
+pub fn topk_indices(x: &Tensor, k: usize) -> Result<Tensor> {
+    let x32 = x.detach().to_dtype(DType::F32)?.contiguous()?;
+    if x32.device().is_cpu() {
+        Ok(x32.apply_op1_no_bwd(&TopKIndices(k))?)
+    } else {
+        let n = x32.dim(1)?;
+        Ok(x32
+            .arg_sort_last_dim(false)?
+            .narrow(1, 0, k.clamp(1, n))?
+            .contiguous()?)
+    }
+}
+
+/// Sparse decoding for TopK-style SAEs: `x̂ = Σ_j v_j W_dec[i_j] + b_dec` over each input's `k`
+/// selected features only, never forming the `(batch, d_sae)` product with the decoder.
+/// `values` and `indices` are `(batch, k)`; differentiable in `values` and `W_dec`.
+pub fn sparse_decode(
+    values: &Tensor,
+    indices: &Tensor,
+    w_dec: &Tensor,
+    b_dec: &Tensor,
+) -> Result<Tensor> {
+    let (b, k) = values.dims2()?;
+    let d_in = w_dec.dim(1)?;
+    let rows = w_dec
+        .index_select(&indices.flatten_all()?, 0)?
+        .reshape((b, k, d_in))?;
+    // (b, 1, k) @ (b, k, d_in) -> (b, 1, d_in)
+    let x_hat = values.unsqueeze(1)?.matmul(&rows)?.squeeze(1)?;
+    Ok(x_hat.broadcast_add(b_dec)?)
+}
+
+/// Dense `(batch, n)` feature activations from sparse `(batch, k)` values at `indices`.
+pub fn densify(values: &Tensor, indices: &Tensor, n: usize) -> Result<Tensor> {
+    let (b, _) = values.dims2()?;
+    Ok(
+        Tensor::zeros((b, n), values.dtype(), values.device())?.scatter_add(
+            indices,
+            &values.detach(),
+            1,
+        )?,
+    )
+}

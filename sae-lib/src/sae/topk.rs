@@ -7,7 +7,7 @@
 use candle_core::{DType, Device, Tensor};
 use rand_chacha::ChaCha8Rng;
 
-use super::common::{auxk_loss, topk_relu, SaeParams};
+use super::common::{auxk_loss, densify, sparse_decode, topk_indices, topk_relu, SaeParams};
 use super::{LossContext, LossOutput, Sae, SaeConfig};
 use crate::{Error, Result};
 
@@ -34,17 +34,16 @@ pub fn required_k(cfg: &SaeConfig) -> Result<usize> {
 }
 
 /// The shared TopK-style loss: reconstruction, plus AuxK on the dead features.
+/// `sae_out` is `f`'s reconstruction, computed densely or sparsely by the caller.
 pub(crate) fn topk_style_loss(
     params: &SaeParams,
     x: &Tensor,
     pre: &Tensor,
     f: Tensor,
+    sae_out: Tensor,
     d_in: usize,
     ctx: &LossContext,
 ) -> Result<LossOutput> {
-    let sae_out = f
-        .matmul(params.w_dec.as_tensor())?
-        .broadcast_add(params.b_dec.as_tensor())?;
     let mse = (&sae_out - x)?.sqr()?.sum(1)?.mean(0)?;
     let aux = (auxk_loss(
         pre,
@@ -94,10 +93,20 @@ impl Sae for TopKSae {
     fn encode(&self, x: &Tensor) -> Result<Tensor> {
         topk_relu(&self.params.pre_acts(x)?, self.k)
     }
+    /// Decodes sparsely: only the `k` selected decoder rows per input, in the forward and in
+    /// the backward pass (see BENCHMARKS.md for what that buys over a dense decoder).
     fn loss(&self, x: &Tensor, ctx: &LossContext) -> Result<LossOutput> {
         let pre = self.params.pre_acts(x)?;
-        let f = topk_relu(&pre, self.k)?;
-        topk_style_loss(&self.params, x, &pre, f, self.cfg.d_in, ctx)
+        let indices = topk_indices(&pre, self.k)?;
+        let values = pre.gather(&indices, 1)?.relu()?; // (b, k): select, then ReLU, as SAELens
+        let sae_out = sparse_decode(
+            &values,
+            &indices,
+            self.params.w_dec.as_tensor(),
+            self.params.b_dec.as_tensor(),
+        )?;
+        let f = densify(&values, &indices, self.cfg.d_sae)?;
+        topk_style_loss(&self.params, x, &pre, f, sae_out, self.cfg.d_in, ctx)
     }
     fn after_step(&self) -> Result<()> {
         self.params.normalize_decoder()

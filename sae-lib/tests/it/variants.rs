@@ -278,3 +278,47 @@ fn a_sweep_gives_a_table_and_a_pareto_chart() {
     assert!(svg.contains("L0 against FVU") && svg.contains("matryoshka"));
     let _ = Tensor::zeros(1, candle_core::DType::F32, &Device::Cpu);
 }
+
+#[test]
+fn sparse_decoding_equals_dense_decoding_with_the_same_gradients() {
+    use sae_lib::sae::common::{densify, sparse_decode, topk_indices};
+    let dev = Device::Cpu;
+    let pre = Tensor::randn(0f32, 1.0, (6, 40), &dev).unwrap();
+    let w_dec = Var::from_tensor(&Tensor::randn(0f32, 1.0, (40, 8), &dev).unwrap()).unwrap();
+    let b_dec = Tensor::randn(0f32, 1.0, 8, &dev).unwrap();
+    let indices = topk_indices(&pre, 5).unwrap();
+    let values = pre.gather(&indices, 1).unwrap().relu().unwrap();
+    // Exactly the top 5 per row.
+    let dense = densify(&values, &indices, 40).unwrap();
+    let reference = sae_lib::sae::common::topk_relu(&pre, 5).unwrap();
+    assert_eq!(
+        dense.to_vec2::<f32>().unwrap(),
+        reference.to_vec2::<f32>().unwrap()
+    );
+    let sparse_out = sparse_decode(&values, &indices, w_dec.as_tensor(), &b_dec).unwrap();
+    let dense_out = reference
+        .matmul(w_dec.as_tensor())
+        .unwrap()
+        .broadcast_add(&b_dec)
+        .unwrap();
+    assert!(max_abs_diff(&sparse_out, &dense_out) < 1e-5);
+    let g_sparse = sparse_out
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g_dense = dense_out
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let (a, b) = (
+        g_sparse.get(w_dec.as_tensor()).unwrap(),
+        g_dense.get(w_dec.as_tensor()).unwrap(),
+    );
+    assert!(max_abs_diff(a, b) < 1e-4, "W_dec gradients differ");
+}
