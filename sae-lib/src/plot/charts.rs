@@ -282,7 +282,7 @@ pub fn draw_reconstruction<DB: DrawingBackend>(
 ) -> Result<()> {
     let (lo, hi) = range(x.iter().chain(x_hat).map(|&v| v as f64));
     let mut chart = ChartBuilder::on(area)
-        .caption("Reconstruction: x̂ against x", (FONT, 22))
+        .caption("Reconstruction: x_hat against x", (FONT, 22))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -291,7 +291,7 @@ pub fn draw_reconstruction<DB: DrawingBackend>(
     chart
         .configure_mesh()
         .x_desc("activation x (model units)")
-        .y_desc("reconstruction x̂ (model units)")
+        .y_desc("reconstruction x_hat (model units)")
         .label_style((FONT, 13))
         .draw()
         .map_err(plot_err)?;
