@@ -109,13 +109,25 @@ mod tests {
     }
 }
 
-/// Per row of a contiguous f32 `(rows, n)` tensor, its `k`-th largest value `(rows, 1)`, in
-/// O(n) per row (quickselect) instead of a full sort. `x >= kth` is then a top-k mask.
-struct KthLargest(usize);
+/// What [`RowSelect`] returns for each row.
+#[derive(Clone, Copy)]
+enum Selected {
+    /// The `k`-th largest value, `(rows, 1)` f32: `x >= kth` is then a top-k mask.
+    KthValue,
+    /// The indices of the `k` largest values, `(rows, k)` u32, in no particular order.
+    Indices,
+}
 
-impl candle_core::CustomOp1 for KthLargest {
+/// Top-k selection per row of a contiguous f32 `(rows, n)` tensor, in O(n) per row
+/// (quickselect, rows in parallel) instead of a full sort.
+struct RowSelect {
+    k: usize,
+    what: Selected,
+}
+
+impl candle_core::CustomOp1 for RowSelect {
     fn name(&self) -> &'static str {
-        "kth-largest"
+        "row-select"
     }
 
     fn cpu_fwd(
@@ -127,18 +139,29 @@ impl candle_core::CustomOp1 for KthLargest {
         let (rows, n) = layout.shape().dims2()?;
         let data = match (storage, layout.contiguous_offsets()) {
             (candle_core::CpuStorage::F32(d), Some((start, end))) => &d[start..end],
-            _ => candle_core::bail!("kth-largest needs a contiguous f32 tensor"),
+            _ => candle_core::bail!("row-select needs a contiguous f32 tensor"),
         };
-        let k = self.0.clamp(1, n);
-        let out: Vec<f32> = data
-            .par_chunks(n)
-            .map(|row| {
-                let mut buf = row.to_vec();
-                let (_, kth, _) = buf.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
-                *kth
-            })
-            .collect();
-        Ok((candle_core::CpuStorage::F32(out), (rows, 1).into()))
+        let k = self.k.clamp(1, n);
+        // Indices of the row's k largest values at the front (the k-th one last).
+        let select = |row: &[f32]| {
+            let mut idx: Vec<u32> = (0..n as u32).collect();
+            idx.select_nth_unstable_by(k - 1, |&a, &b| row[b as usize].total_cmp(&row[a as usize]));
+            idx.truncate(k);
+            idx
+        };
+        Ok(match self.what {
+            Selected::KthValue => {
+                let out: Vec<f32> = data
+                    .par_chunks(n)
+                    .map(|row| row[select(row)[k - 1] as usize])
+                    .collect();
+                (candle_core::CpuStorage::F32(out), (rows, 1).into())
+            }
+            Selected::Indices => {
+                let out: Vec<u32> = data.par_chunks(n).flat_map_iter(select).collect();
+                (candle_core::CpuStorage::U32(out), (rows, k).into())
+            }
+        })
     }
 }
 
@@ -147,7 +170,10 @@ impl candle_core::CustomOp1 for KthLargest {
 pub fn kth_largest(x: &Tensor, k: usize) -> Result<Tensor> {
     let x32 = x.detach().to_dtype(DType::F32)?.contiguous()?;
     let kth = if x32.device().is_cpu() {
-        x32.apply_op1_no_bwd(&KthLargest(k))?
+        x32.apply_op1_no_bwd(&RowSelect {
+            k,
+            what: Selected::KthValue,
+        })?
     } else {
         let n = x32.dim(1)?;
         x32.sort_last_dim(false)?
@@ -262,47 +288,14 @@ impl SaeParams {
     }
 }
 
-/// Per row of a contiguous f32 `(rows, n)` tensor, the indices of its `k` largest values
-/// `(rows, k)` u32 (in no particular order), by quickselect.
-struct TopKIndices(usize);
-
-impl candle_core::CustomOp1 for TopKIndices {
-    fn name(&self) -> &'static str {
-        "topk-indices"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &candle_core::CpuStorage,
-        layout: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use rayon::prelude::*;
-        let (rows, n) = layout.shape().dims2()?;
-        let data = match (storage, layout.contiguous_offsets()) {
-            (candle_core::CpuStorage::F32(d), Some((start, end))) => &d[start..end],
-            _ => candle_core::bail!("topk-indices needs a contiguous f32 tensor"),
-        };
-        let k = self.0.clamp(1, n);
-        let out: Vec<u32> = data
-            .par_chunks(n)
-            .flat_map_iter(|row| {
-                let mut idx: Vec<u32> = (0..n as u32).collect();
-                idx.select_nth_unstable_by(k - 1, |&a, &b| {
-                    row[b as usize].total_cmp(&row[a as usize])
-                });
-                idx.truncate(k);
-                idx
-            })
-            .collect();
-        Ok((candle_core::CpuStorage::U32(out), (rows, k).into()))
-    }
-}
-
 /// Indices `(rows, k)` of each row's `k` largest values (not differentiable).
 pub fn topk_indices(x: &Tensor, k: usize) -> Result<Tensor> {
     let x32 = x.detach().to_dtype(DType::F32)?.contiguous()?;
     if x32.device().is_cpu() {
-        Ok(x32.apply_op1_no_bwd(&TopKIndices(k))?)
+        Ok(x32.apply_op1_no_bwd(&RowSelect {
+            k,
+            what: Selected::Indices,
+        })?)
     } else {
         let n = x32.dim(1)?;
         Ok(x32
