@@ -6,4 +6,4 @@ pub mod source;
 pub mod trainer;
 
 pub use source::ActivationSource;
-pub use trainer::{BDecInit, MetricsRow, TrainConfig, Trainer};
+pub use trainer::{metrics_frame, BDecInit, MetricsRow, TrainConfig, Trainer};

@@ -487,6 +487,12 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
+    /// The logged metrics as a polars table, one row per logged step (columns as
+    /// [`MetricsRow`]'s fields).
+    pub fn metrics_frame(&self) -> Result<polars::prelude::DataFrame> {
+        metrics_frame(&self.metrics)
+    }
+
     /// Per-feature firing frequency over the whole run.
     pub fn feature_frequencies(&self) -> Vec<f64> {
         let n = self.samples_seen.max(1) as f64;
@@ -536,4 +542,33 @@ impl<'a> Trainer<'a> {
         }
         Ok(())
     }
+}
+
+/// Metric rows as a polars table, one column per [`MetricsRow`] field.
+pub fn metrics_frame(rows: &[MetricsRow]) -> Result<polars::prelude::DataFrame> {
+    use polars::prelude::{Column, DataFrame};
+    let f = |name: &str, get: fn(&MetricsRow) -> f64| {
+        Column::new(name.into(), rows.iter().map(get).collect::<Vec<f64>>())
+    };
+    let u = |name: &str, get: fn(&MetricsRow) -> u64| {
+        Column::new(name.into(), rows.iter().map(get).collect::<Vec<u64>>())
+    };
+    DataFrame::new(
+        rows.len(),
+        vec![
+            u("step", |r| r.step),
+            u("tokens", |r| r.tokens),
+            f("loss", |r| r.loss),
+            f("mse", |r| r.mse),
+            f("fvu", |r| r.fvu),
+            f("explained_variance", |r| r.explained_variance),
+            f("l0", |r| r.l0),
+            f("l1", |r| r.l1),
+            f("dead_frac", |r| r.dead_frac),
+            f("dense_frac", |r| r.dense_frac),
+            f("lr", |r| r.lr),
+            f("sparsity_coefficient", |r| r.sparsity_coefficient),
+        ],
+    )
+    .map_err(|e| Error::Training(format!("building the metrics table: {e}")))
 }

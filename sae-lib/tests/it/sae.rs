@@ -326,6 +326,20 @@ fn resuming_is_bit_identical_to_an_uninterrupted_run() {
         assert!(a == b, "{name} differs after resuming");
     }
     assert_eq!(whole.metrics(), second.metrics());
+    // The metrics also come as a polars table, one row per logged step.
+    let df = second.metrics_frame().unwrap();
+    assert_eq!(df.height(), second.metrics().len());
+    let fvu: Vec<f64> = df
+        .column("fvu")
+        .unwrap()
+        .f64()
+        .unwrap()
+        .into_no_null_iter()
+        .collect();
+    assert_eq!(
+        fvu,
+        second.metrics().iter().map(|r| r.fvu).collect::<Vec<_>>()
+    );
 }
 
 /// Serves clean rows for the first `clean_calls` gathers, then rows full of NaN.
