@@ -76,11 +76,7 @@ impl Sae for BatchTopKSae {
     }
     /// Inference: the JumpReLU with the learned θ.
     fn encode(&self, x: &Tensor) -> Result<Tensor> {
-        let pre = self.params.pre_acts(x)?;
-        let mask = pre
-            .broadcast_gt(self.threshold.as_tensor())?
-            .to_dtype(pre.dtype())?;
-        Ok((pre.relu()? * mask)?)
+        super::jumprelu::jumprelu(&self.params.pre_acts(x)?, self.threshold.as_tensor())
     }
     fn loss(&self, x: &Tensor, ctx: &LossContext) -> Result<LossOutput> {
         let (f, pre) = self.batch_topk(x)?;

@@ -39,6 +39,12 @@ fn kernel(pre: &Tensor, theta: &Tensor, eps: f64) -> Result<Tensor> {
     Ok((u.abs()?.le(0.5)?.to_dtype(pre.dtype())? / eps)?)
 }
 
+/// Inference JumpReLU: `pre · H(pre − θ)` (ReLU'd, as SAELens does), per feature θ.
+pub fn jumprelu(pre: &Tensor, theta: &Tensor) -> Result<Tensor> {
+    let h = pre.broadcast_gt(theta)?.to_dtype(pre.dtype())?;
+    Ok((pre.relu()? * h)?)
+}
+
 /// JumpReLU activations with θ's pseudo-derivative: value `pre · H(pre − θ)`; gradient
 /// `H` to `pre` and `−(θ/ε) K` to θ.
 pub fn jumprelu_ste(pre: &Tensor, theta: &Tensor, eps: f64) -> Result<Tensor> {
@@ -105,11 +111,7 @@ impl Sae for JumpReluSae {
         v
     }
     fn encode(&self, x: &Tensor) -> Result<Tensor> {
-        let pre = self.params.pre_acts(x)?;
-        let h = pre
-            .broadcast_gt(self.threshold.as_tensor())?
-            .to_dtype(pre.dtype())?;
-        Ok((pre.relu()? * h)?)
+        jumprelu(&self.params.pre_acts(x)?, self.threshold.as_tensor())
     }
     fn loss(&self, x: &Tensor, ctx: &LossContext) -> Result<LossOutput> {
         let pre = self.params.pre_acts(x)?;
