@@ -42,6 +42,27 @@ enum Command {
     Walkthrough(WalkthroughArgs),
     /// Train every SAE variant over several sparsity levels and compare them.
     Sweep(SweepArgs),
+    /// The model's own next-token loss on a dataset, against a unigram baseline.
+    LmLoss(LmLossArgs),
+}
+
+#[derive(Args)]
+struct LmLossArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Dataset to evaluate on.
+    #[command(flatten)]
+    data: DataArgs,
+    /// Dataset the unigram baseline counts tokens in (another split of the same corpus).
+    #[arg(long)]
+    unigram_dataset: String,
+    /// Documents to evaluate on.
+    #[arg(long, default_value_t = 200)]
+    max_docs: usize,
+    #[arg(long, default_value_t = 128)]
+    max_len: usize,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
 }
 
 #[derive(Args)]
@@ -159,7 +180,7 @@ struct WalkthroughArgs {
 
 #[derive(Args, Clone)]
 struct ModelArgs {
-    /// Hub id (`org/name[@revision]`) or local directory.
+    /// Hub id (`org/name[@revision]`), local directory, or llama.cpp `.gguf` file.
     #[arg(long, default_value = "EleutherAI/pythia-70m-deduped")]
     model: String,
     /// tokenizer.json to use instead of the model's own.
@@ -345,6 +366,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect(args) => inspect(args),
         Command::Walkthrough(args) => walkthrough(args),
         Command::Sweep(args) => sweep(args),
+        Command::LmLoss(args) => lm_loss(args),
     }
 }
 
@@ -399,7 +421,7 @@ fn collect(args: CollectArgs) -> Result<()> {
         model: source.name(),
         revision: match &source {
             ModelSource::Hub(r) => Some(r.revision.clone()),
-            ModelSource::Dir(_) => None,
+            ModelSource::Dir(_) | ModelSource::Gguf(_) => None,
         },
         dataset: data.name(),
     };
@@ -471,6 +493,30 @@ fn train(args: TrainArgs) -> Result<()> {
             args.out.display()
         );
     }
+    Ok(())
+}
+
+fn lm_loss(args: LmLossArgs) -> Result<()> {
+    let (model, tokenizer, _) = load(&args.model)?;
+    let tokenize = |data: &DataArgs, max_docs: usize| -> Result<Vec<Vec<u32>>> {
+        let (source, opts) = dataset(data);
+        Ok(source
+            .documents(&opts, &HubOptions::from_env())?
+            .take(max_docs)
+            .map(|d| tokenizer.encode(&d?, Some(args.max_len)))
+            .collect::<sae_lib::Result<Vec<_>>>()?)
+    };
+    let sequences = tokenize(&args.data, args.max_docs)?;
+    let unigram_data = DataArgs {
+        dataset: args.unigram_dataset.clone(),
+        ..args.data.clone()
+    };
+    let fit = tokenize(&unigram_data, usize::MAX)?;
+    let loss = sae_lib::eval::lm_loss(&model, &sequences, &fit, args.batch_size)?;
+    println!(
+        "next-token CE {:.4} nats/token, unigram baseline {:.4} nats/token ({} tokens)",
+        loss.ce_loss, loss.unigram_ce_loss, loss.tokens
+    );
     Ok(())
 }
 

@@ -2,7 +2,9 @@
 //! feature inspection.
 
 pub mod inspect;
+pub mod lm;
 pub mod metrics;
 pub mod splice;
 
+pub use lm::{lm_loss, LmLoss, Unigram};
 pub use splice::{splice_eval, SpliceMetrics};

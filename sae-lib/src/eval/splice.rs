@@ -32,9 +32,43 @@ pub struct SpliceMetrics {
     pub kl_div_score: f64,
 }
 
+impl SpliceMetrics {
+    /// The metrics as an HTML table, for notebooks.
+    pub fn summary(&self) -> crate::plot::Html {
+        let rows = [
+            ("tokens evaluated", self.tokens.to_string()),
+            (
+                "CE loss, clean model",
+                format!("{:.4} nats", self.ce_loss_without_sae),
+            ),
+            (
+                "CE loss, SAE spliced in",
+                format!("{:.4} nats", self.ce_loss_with_sae),
+            ),
+            (
+                "CE loss, activation zeroed",
+                format!("{:.4} nats", self.ce_loss_with_ablation),
+            ),
+            (
+                "CE loss, activation mean-ablated",
+                format!("{:.4} nats", self.ce_loss_with_mean_ablation),
+            ),
+            ("CE loss recovered", format!("{:.4}", self.ce_loss_score)),
+            (
+                "KL(clean ‖ spliced) per token",
+                format!("{:.4} nats", self.kl_div_with_sae),
+            ),
+        ];
+        crate::plot::Html::table(
+            &["metric", "value"],
+            rows.iter().map(|(k, v)| vec![k.to_string(), v.clone()]),
+        )
+    }
+}
+
 /// Per-token next-token CE `(b, t-1)` and the mask of positions where both the token and the
 /// next one are real.
-fn next_token_ce(logits: &Tensor, batch: &TokenBatch) -> Result<(Tensor, Tensor)> {
+pub(crate) fn next_token_ce(logits: &Tensor, batch: &TokenBatch) -> Result<(Tensor, Tensor)> {
     let (b, t) = batch.dims();
     let log_probs =
         candle_nn::ops::log_softmax(&logits.narrow(1, 0, t - 1)?, D::Minus1)?.contiguous()?;
@@ -60,7 +94,7 @@ fn kl(clean: &Tensor, other: &Tensor) -> Result<Tensor> {
     Ok((lp.exp()? * (&lp - lq)?)?.sum(D::Minus1)?)
 }
 
-fn masked_sum(x: &Tensor, mask: &Tensor) -> Result<f64> {
+pub(crate) fn masked_sum(x: &Tensor, mask: &Tensor) -> Result<f64> {
     Ok((x * mask)?
         .to_dtype(DType::F64)?
         .sum_all()?

@@ -75,32 +75,17 @@ impl Config {
     /// Reads and validates a `config.json`, in either transformers 4's layout (`rotary_pct`,
     /// `rotary_emb_base` at the top, as on the Hub) or transformers 5's (`rope_parameters`).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
+        let value = super::hf_config::read(
+            path,
+            &[
+                ("partial_rotary_factor", "rotary_pct"),
+                ("rope_theta", "rotary_emb_base"),
+            ],
+        )?;
         let bad = |message: String| Error::Config {
             path: path.into(),
             message,
         };
-        let mut value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-        if let Some(rope) = value
-            .get("rope_parameters")
-            .cloned()
-            .filter(|v| v.is_object())
-        {
-            if let Some(kind) = rope["rope_type"].as_str().filter(|k| *k != "default") {
-                return Err(bad(format!(
-                    "rope_type `{kind}` is not supported (only `default`)"
-                )));
-            }
-            for (from, to) in [
-                ("partial_rotary_factor", "rotary_pct"),
-                ("rope_theta", "rotary_emb_base"),
-            ] {
-                if value.get(to).is_none() && !rope[from].is_null() {
-                    value[to] = rope[from].clone();
-                }
-            }
-        }
         let cfg: Self = serde_json::from_value(value)
             .map_err(|e| bad(format!("not a GPT-NeoX config: {e}")))?;
         cfg.validate().map_err(bad)?;

@@ -1,5 +1,6 @@
-//! Finding and loading a model: from the Hub by repo id (`org/name[@revision]`) or from a local
-//! directory laid out as `save_pretrained` writes it (config.json, weights, tokenizer.json).
+//! Finding and loading a model: from the Hub by repo id (`org/name[@revision]`), from a local
+//! directory laid out as `save_pretrained` writes it (config.json, weights, tokenizer.json), or
+//! from a llama.cpp `.gguf` file (weights and tokenizer in one).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -7,7 +8,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
+use super::gguf::GgufFile;
 use super::gpt_neox::{self, GptNeoX};
+use super::llama::{self, Llama};
 use super::Model;
 use crate::hub::{HubOptions, HubRepo, RepoKind};
 use crate::tokenizer::Tokenizer;
@@ -20,14 +23,19 @@ pub enum ModelSource {
     Hub(HubRepo),
     /// A local directory.
     Dir(PathBuf),
+    /// A llama.cpp GGUF file.
+    Gguf(PathBuf),
 }
 
 impl ModelSource {
-    /// A path that exists, or one that looks like a path (`/`, `.`, `~`), is a directory;
-    /// anything else is a Hub repo id, optionally `@revision`.
+    /// A name ending in `.gguf` is a GGUF file; a path that exists, or one that looks like a
+    /// path (`/`, `.`, `~`), is a directory; anything else is a Hub repo id, optionally
+    /// `@revision`.
     pub fn parse(spec: &str) -> Self {
         let path = Path::new(spec);
-        if path.exists() || spec.starts_with(['/', '.', '~']) {
+        if spec.ends_with(".gguf") {
+            ModelSource::Gguf(path.to_path_buf())
+        } else if path.exists() || spec.starts_with(['/', '.', '~']) {
             ModelSource::Dir(path.to_path_buf())
         } else {
             ModelSource::Hub(HubRepo::parse(spec, RepoKind::Model))
@@ -38,7 +46,7 @@ impl ModelSource {
     pub fn name(&self) -> String {
         match self {
             ModelSource::Hub(r) => r.id.clone(),
-            ModelSource::Dir(d) => d.display().to_string(),
+            ModelSource::Dir(d) | ModelSource::Gguf(d) => d.display().to_string(),
         }
     }
 
@@ -64,6 +72,10 @@ impl ModelSource {
                     .map(|e| e.file_name().to_string_lossy().into_owned())
                     .collect())
             }
+            ModelSource::Gguf(path) => Ok(path
+                .file_name()
+                .map(|f| vec![f.to_string_lossy().into_owned()])
+                .unwrap_or_default()),
         }
     }
 
@@ -71,12 +83,13 @@ impl ModelSource {
         match self {
             ModelSource::Hub(repo) => repo.fetch(file, hub),
             ModelSource::Dir(dir) => Ok(dir.join(file)),
+            ModelSource::Gguf(path) => Ok(path.with_file_name(file)),
         }
     }
 
     fn missing(&self, what: &'static str, hint: &str) -> Error {
         let path = match self {
-            ModelSource::Dir(d) => d.clone(),
+            ModelSource::Dir(d) | ModelSource::Gguf(d) => d.clone(),
             ModelSource::Hub(r) => PathBuf::from(&r.id),
         };
         Error::MissingFile {
@@ -164,6 +177,11 @@ pub fn load_model(
     dtype: DType,
     hub: &HubOptions,
 ) -> Result<Model> {
+    if let ModelSource::Gguf(path) = source {
+        return Ok(Model::Llama(
+            GgufFile::open(path)?.load_llama(device, dtype)?,
+        ));
+    }
     let files = source.files(hub)?;
     if !files.iter().any(|f| f == "config.json") {
         return Err(source.missing(
@@ -182,21 +200,34 @@ pub fn load_model(
         },
         other => other,
     };
+    let vb = || -> Result<VarBuilder<'static>> {
+        Ok(VarBuilder::from_tensors(
+            read_tensors(&weights)?,
+            dtype,
+            device,
+        ))
+    };
     match model_type.as_str() {
         "gpt_neox" => {
             let cfg = gpt_neox::Config::from_file(&config_path)?;
-            let vb = VarBuilder::from_tensors(read_tensors(&weights)?, dtype, device);
-            Ok(Model::GptNeoX(GptNeoX::load(vb, &cfg).map_err(wrap)?))
+            Ok(Model::GptNeoX(GptNeoX::load(vb()?, &cfg).map_err(wrap)?))
+        }
+        "llama" => {
+            let cfg = llama::Config::from_file(&config_path)?;
+            Ok(Model::Llama(Llama::load(vb()?, &cfg).map_err(wrap)?))
         }
         other => Err(Error::Config {
             path: config_path,
-            message: format!("model_type `{other}` is not supported (supported: gpt_neox)"),
+            message: format!("model_type `{other}` is not supported (supported: gpt_neox, llama)"),
         }),
     }
 }
 
-/// Loads the model's `tokenizer.json`.
+/// Loads the model's `tokenizer.json`, or for a GGUF file the tokenizer in its metadata.
 pub fn load_tokenizer(source: &ModelSource, hub: &HubOptions) -> Result<Tokenizer> {
+    if let ModelSource::Gguf(path) = source {
+        return GgufFile::open(path)?.tokenizer();
+    }
     let files = source.files(hub)?;
     if !files.iter().any(|f| f == "tokenizer.json") {
         return Err(source.missing(

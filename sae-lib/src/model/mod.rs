@@ -2,7 +2,10 @@
 //! that collection, training and evaluation use.
 
 pub mod batch;
+pub mod gguf;
 pub mod gpt_neox;
+mod hf_config;
+pub mod llama;
 pub mod load;
 pub mod rotary;
 
@@ -10,6 +13,7 @@ use candle_core::{DType, Device, Tensor};
 
 pub use batch::{Padding, TokenBatch};
 pub use gpt_neox::GptNeoX;
+pub use llama::Llama;
 pub use load::{load_model, load_tokenizer, ModelSource};
 
 use crate::hooks::Hooks;
@@ -114,7 +118,6 @@ impl candle_core::CustomOp1 for ParallelGeluErf {
     }
 }
 
-/// A loaded language model of any supported architecture.
 #[cfg(test)]
 mod tests {
     #[test]
@@ -128,9 +131,11 @@ mod tests {
     }
 }
 
+/// A loaded language model of any supported architecture.
 #[derive(Debug, Clone)]
 pub enum Model {
     GptNeoX(GptNeoX),
+    Llama(Llama),
 }
 
 impl Model {
@@ -139,6 +144,7 @@ impl Model {
     pub fn forward(&self, batch: &TokenBatch, hooks: &mut Hooks) -> Result<Option<Tensor>> {
         match self {
             Model::GptNeoX(m) => m.forward(batch, hooks),
+            Model::Llama(m) => m.forward(batch, hooks),
         }
     }
 
@@ -146,6 +152,7 @@ impl Model {
     pub fn n_layers(&self) -> usize {
         match self {
             Model::GptNeoX(m) => m.config().num_hidden_layers,
+            Model::Llama(m) => m.config().num_hidden_layers,
         }
     }
 
@@ -153,12 +160,14 @@ impl Model {
     pub fn d_model(&self) -> usize {
         match self {
             Model::GptNeoX(m) => m.config().hidden_size,
+            Model::Llama(m) => m.config().hidden_size,
         }
     }
 
     pub fn vocab_size(&self) -> usize {
         match self {
             Model::GptNeoX(m) => m.config().vocab_size,
+            Model::Llama(m) => m.config().vocab_size,
         }
     }
 
@@ -166,18 +175,21 @@ impl Model {
     pub fn unembed(&self) -> &Tensor {
         match self {
             Model::GptNeoX(m) => m.unembed(),
+            Model::Llama(m) => m.unembed(),
         }
     }
 
     pub fn device(&self) -> &Device {
         match self {
             Model::GptNeoX(m) => m.device(),
+            Model::Llama(m) => m.device(),
         }
     }
 
     pub fn dtype(&self) -> DType {
         match self {
             Model::GptNeoX(m) => m.dtype(),
+            Model::Llama(m) => m.dtype(),
         }
     }
 
@@ -185,6 +197,7 @@ impl Model {
     pub fn architecture(&self) -> &'static str {
         match self {
             Model::GptNeoX(_) => "gpt_neox",
+            Model::Llama(_) => "llama",
         }
     }
 }

@@ -208,6 +208,17 @@ pub fn draw_activation_histogram<DB: DrawingBackend>(
     )
 }
 
+/// A histogram titled and labelled by the caller.
+pub fn draw_plain_histogram<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    title: &str,
+    x_label: &str,
+    values: &[f32],
+) -> Result<()> {
+    let values: Vec<f64> = values.iter().map(|&v| v as f64).collect();
+    draw_histogram(area, &values, title, x_label, RGBColor(70, 110, 190))
+}
+
 /// Pareto chart: L0 against FVU or CE loss recovered, one line per series.
 pub fn draw_pareto<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,

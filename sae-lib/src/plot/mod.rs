@@ -32,6 +32,12 @@ pub enum Chart {
     Reconstruction { x: Vec<f32>, x_hat: Vec<f32> },
     /// Histogram of one feature's non-zero activations.
     ActivationHistogram { feature: usize, values: Vec<f32> },
+    /// Any histogram, titled and labelled by the caller.
+    Histogram {
+        title: String,
+        x_label: String,
+        values: Vec<f32>,
+    },
 }
 
 /// Registers the embedded DejaVu Sans for bitmap text (no system fonts needed).
@@ -75,6 +81,11 @@ impl Chart {
             Chart::ActivationHistogram { feature, values } => {
                 draw_activation_histogram(area, *feature, values)
             }
+            Chart::Histogram {
+                title,
+                x_label,
+                values,
+            } => draw_plain_histogram(area, title, x_label, values),
         }?;
         area.present().map_err(plot_err)
     }
@@ -116,6 +127,30 @@ impl Chart {
 pub struct Html(pub String);
 
 impl Html {
+    /// A table with a header row; cells are escaped.
+    pub fn table(header: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> Self {
+        let esc = |s: &str| {
+            s.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+        };
+        let cell =
+            |tag: &str, s: &str| format!("<{tag} style=\"text-align:left\">{}</{tag}>", esc(s));
+        let head: String = header.iter().map(|h| cell("th", h)).collect();
+        let body: String = rows
+            .into_iter()
+            .map(|r| {
+                format!(
+                    "<tr>{}</tr>",
+                    r.iter().map(|c| cell("td", c)).collect::<String>()
+                )
+            })
+            .collect();
+        Html(format!(
+            "<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        ))
+    }
+
     pub fn evcxr_display(&self) {
         println!(
             "EVCXR_BEGIN_CONTENT text/html\n{}\nEVCXR_END_CONTENT",

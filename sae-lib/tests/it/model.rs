@@ -60,16 +60,28 @@ fn pytorch_bin_fallback_matches_transformers() {
 }
 
 #[test]
-fn zeroing_mlp_out_matches_the_same_intervention_in_transformers() {
-    let model = load_fixture_model("gpt_neox_sequential");
-    let exp = expected("gpt_neox_sequential");
+fn llama_with_grouped_query_attention_matches_transformers() {
+    let model = load_fixture_model("llama_gqa");
+    assert_eq!(model.architecture(), "llama");
+    check_parity("llama_gqa", "llama_gqa");
+}
+
+fn check_zero_mlp_intervention(name: &str) {
+    let model = load_fixture_model(name);
+    let exp = expected(name);
     let batch = TokenBatch::new(&exp["single.input_ids"], None).unwrap();
     let mut hooks = Hooks::new().write(HookPoint::mlp_out(1), |x| Ok(x.zeros_like()?));
     let logits = model.forward(&batch, &mut hooks).unwrap().unwrap();
     let d = max_abs_diff(&logits, &exp["zero_mlp1.logits"]);
-    assert!(d < TOL, "zero-ablated logits: max abs diff {d}");
+    assert!(d < TOL, "{name} zero-ablated logits: max abs diff {d}");
     // And the intervention really changed something.
     assert!(max_abs_diff(&logits, &exp["single.logits"]) > 1e-2);
+}
+
+#[test]
+fn zeroing_mlp_out_matches_the_same_intervention_in_transformers() {
+    check_zero_mlp_intervention("gpt_neox_sequential");
+    check_zero_mlp_intervention("llama_gqa");
 }
 
 #[test]

@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""GGUF fixtures for sae-lib's Llama tests, with transformers' GGUF loader as the reference.
+
+    /tmp/fixenv/bin/pip install -r sae-lib/scripts/requirements-fixtures.txt gguf==0.19.0 accelerate
+    /tmp/fixenv/bin/python sae-lib/scripts/make_gguf_fixtures.py [SmolLM2-135M-Instruct.Q4_1.gguf]
+
+1. tests/fixtures/llama_gguf/model.gguf: the random `llama_gqa` checkpoint written as
+   llama.cpp writes Llama files (GGUF tensor names, q/k rows permuted for interleaved
+   rotary, 2-D weights quantized to Q8_0, a byte-level BPE tokenizer of the 96 printable
+   ASCII characters in the metadata). expected.safetensors holds what transformers computes
+   from that GGUF (it dequantizes and un-permutes with its own code), so the Rust test checks
+   sae-lib's GGUF reading against an independent implementation, not against this script.
+2. With the SmolLM2 GGUF (scripts/fetch_smollm2.sh fetches it): tests/fixtures/smollm2/
+   holds transformers' token ids for a few texts and, for one WikiText passage, hook
+   outputs at layers 0, 15 and 29 and a slice of the logits. The weights are not committed.
+
+Versions: torch 2.15.0, transformers 5.24.0, gguf 0.19.0, numpy 2.x (Python 3.11.7, CPU).
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType, GGUFWriter
+from gguf.quants import quantize
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer, LlamaForCausalLM
+
+import make_fixtures as mf
+
+torch.set_num_threads(1)
+SRC = os.path.join(mf.FIXTURES, "llama_gqa")
+OUT = os.path.join(mf.FIXTURES, "llama_gguf")
+
+
+def bytes_to_unicode():
+    """GPT-2's byte → printable character table (the alphabet of byte-level BPE)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def permute(w, heads):
+    """llama.cpp's convert_hf_to_gguf permutation of q/k rows (rotate-half → interleaved)."""
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+GGUF_NAMES = {
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+
+
+def gguf_name(hf):
+    if hf == "model.embed_tokens.weight":
+        return "token_embd.weight"
+    if hf == "model.norm.weight":
+        return "output_norm.weight"
+    if hf == "lm_head.weight":
+        return "output.weight"
+    _, _, layer, rest = hf.split(".", 3)
+    module, kind = rest.rsplit(".", 1)
+    return f"blk.{layer}.{GGUF_NAMES[module]}.{kind}"
+
+
+def write_tiny_gguf():
+    cfg = json.load(open(os.path.join(SRC, "config.json")))
+    sd = load_file(os.path.join(SRC, "model.safetensors"))
+    heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    os.makedirs(OUT, exist_ok=True)
+    path = os.path.join(OUT, "model.gguf")
+    w = GGUFWriter(path, "llama")
+    w.add_name("sae-lib tiny llama fixture")
+    w.add_block_count(cfg["num_hidden_layers"])
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    w.add_rope_freq_base(cfg["rope_parameters"]["rope_theta"])
+    w.add_rope_dimension_count(cfg["head_dim"])
+    w.add_vocab_size(cfg["vocab_size"])
+    # Tokenizer: the 96 printable ASCII bytes (space is 'Ġ' in byte-level BPE), a few merges.
+    table = bytes_to_unicode()
+    tokens = [table[b] for b in range(32, 128)]
+    merges = ["Ġ t", "h e", "Ġt he"]  # need their results in the vocab: replace the tail
+    for i, merged in enumerate(["Ġt", "he", "Ġthe"]):
+        tokens[-1 - i] = merged
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([1] * len(tokens))
+    w.add_token_merges(merges)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    for name, t in sorted(sd.items()):
+        a = t.float().numpy()
+        if name.endswith("q_proj.weight"):
+            a = permute(a, heads)
+        elif name.endswith("k_proj.weight"):
+            a = permute(a, kv)
+        if a.ndim == 2:
+            w.add_tensor(gguf_name(name), quantize(a, GGMLQuantizationType.Q8_0),
+                         raw_dtype=GGMLQuantizationType.Q8_0)
+        else:
+            w.add_tensor(gguf_name(name), a)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    print(f"wrote {path} ({os.path.getsize(path)} bytes)")
+    return path
+
+
+def reference(gguf_path, texts, n_tokens, layers, logit_cols):
+    """transformers' tokenizer ids for `texts`, and hooks/logits on the first text."""
+    d, f = os.path.split(gguf_path)
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+    model = LlamaForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).eval()
+    ids = [tok(t).input_ids for t in texts]
+    x = torch.tensor([ids[0][:n_tokens]])
+    mf.N_LAYERS = model.config.num_hidden_layers
+    logits, cache = mf.run_with_cache(model, x)
+    exp = {"input_ids": x, "logits_head": logits[..., :logit_cols].contiguous()}
+    for L in layers:
+        for h in ["hook_mlp_out", "hook_resid_post"]:
+            exp[f"blocks.{L}.{h}"] = cache[f"blocks.{L}.{h}"]
+    lp = torch.log_softmax(logits[0, :-1].double(), -1)
+    exp["next_token_nll"] = -lp.gather(1, x[0, 1:, None])[:, 0].float()
+    return ids, exp
+
+
+def main():
+    tiny = write_tiny_gguf()
+    ids, exp = reference(tiny, ["the theory then, the end"], 32, [0, 1, 2], 96)
+    save_file(exp, os.path.join(OUT, "expected.safetensors"))
+    json.dump({"texts": ["the theory then, the end"], "ids": ids},
+              open(os.path.join(OUT, "tokenizer_ids.json"), "w"), indent=1)
+    print("tiny ids", ids, "nll", exp["next_token_nll"].mean().item())
+    if len(sys.argv) > 1:
+        wiki = open(os.path.join(mf.SHARED_DATA, "wikitext-2", "test.txt")).read()
+        passage = wiki[wiki.index(" Robert <unk> is"):][:600].strip()
+        texts = [passage, "In 1995, the café's 12345 visitors said: “naïve — 日本語” 🙂",
+                 "<|im_start|>user\nHello!<|im_end|>", "  leading spaces\n\n\ttabs"]
+        ids, exp = reference(sys.argv[1], texts, 24, [0, 15, 29], 512)
+        out = os.path.join(mf.FIXTURES, "smollm2")
+        os.makedirs(out, exist_ok=True)
+        save_file(exp, os.path.join(out, "expected.safetensors"))
+        json.dump({"texts": texts, "ids": ids}, open(os.path.join(out, "tokenizer_ids.json"), "w"))
+        print("smollm2 nll per token", exp["next_token_nll"].mean().item())
+
+
+if __name__ == "__main__":
+    main()

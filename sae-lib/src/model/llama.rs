@@ -1,0 +1,308 @@
+//! Llama (Touvron et al. 2023, <https://arxiv.org/abs/2302.13971>) and the many models that
+//! share its shape (SmolLM2, TinyLlama, Mistral without sliding windows), with the same
+//! TransformerLens-style hook points as [`super::GptNeoX`].
+//!
+//! Matches HF transformers' `LlamaForCausalLM` in eval mode (parity-tested on a random
+//! checkpoint with grouped-query attention). Weights come from HF safetensors or, through
+//! [`super::gguf`], from a llama.cpp GGUF file. No KV cache: this forward reads activations.
+//!
+//! Read bottom-up: `Config`, `Attention`, `Mlp`, `Layer`, `Llama`.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
+use serde::Deserialize;
+
+use super::batch::TokenBatch;
+use super::gpt_neox::attend;
+use super::rotary::{Rotary, RotaryAngles};
+use super::Activation;
+use crate::hooks::{hook, HookPoint, Hooks};
+use crate::{Error, Result};
+
+/// The fields of HF's `config.json` this model uses.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+pub struct Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    /// Fewer than `num_attention_heads` means grouped-query attention; absent means as many.
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    /// Absent means `hidden_size / num_attention_heads`.
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+    /// Only `null` is supported (Llama 3.1's frequency scaling is not implemented).
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+}
+
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+
+fn default_act() -> String {
+    "silu".into()
+}
+
+impl Config {
+    /// Reads and validates a `config.json` (transformers 4 or 5 layout).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let value = super::hf_config::read(path, &[("rope_theta", "rope_theta")])?;
+        let bad = |message: String| Error::Config {
+            path: path.into(),
+            message,
+        };
+        let cfg: Self =
+            serde_json::from_value(value).map_err(|e| bad(format!("not a Llama config: {e}")))?;
+        cfg.validate().map_err(bad)?;
+        Ok(cfg)
+    }
+
+    /// Rejects values this implementation does not support, saying which.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let (heads, kv) = (self.num_attention_heads, self.kv_heads());
+        if heads == 0 || kv == 0 || heads % kv != 0 {
+            return Err(format!(
+                "num_attention_heads {heads} must be a positive multiple of num_key_value_heads {kv}"
+            ));
+        }
+        if self.head_dim.is_none() && self.hidden_size % heads != 0 {
+            return Err(format!(
+                "hidden_size {} is not divisible by num_attention_heads {heads}",
+                self.hidden_size
+            ));
+        }
+        if self.head_dim() % 2 != 0 {
+            return Err(format!("head_dim {} must be even", self.head_dim()));
+        }
+        if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err("rope_scaling is not supported (only plain rotary embeddings)".into());
+        }
+        if self.num_hidden_layers == 0 || self.vocab_size == 0 || self.intermediate_size == 0 {
+            return Err("num_hidden_layers, vocab_size and intermediate_size must be > 0".into());
+        }
+        Activation::from_hf_name(&self.hidden_act).map(|_| ())
+    }
+
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+}
+
+/// Grouped-query attention: `num_key_value_heads` key/value heads, each shared by
+/// `num_attention_heads / num_key_value_heads` query heads.
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        let (d, hd, bias) = (cfg.hidden_size, cfg.head_dim(), cfg.attention_bias);
+        let (heads, kv_heads) = (cfg.num_attention_heads, cfg.kv_heads());
+        Ok(Self {
+            q_proj: candle_nn::linear_b(d, heads * hd, bias, vb.pp("q_proj"))?,
+            k_proj: candle_nn::linear_b(d, kv_heads * hd, bias, vb.pp("k_proj"))?,
+            v_proj: candle_nn::linear_b(d, kv_heads * hd, bias, vb.pp("v_proj"))?,
+            o_proj: candle_nn::linear_b(heads * hd, d, bias, vb.pp("o_proj"))?,
+            heads,
+            kv_heads,
+            head_dim: hd,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, rotary: &RotaryAngles, bias: &Tensor) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        // (b, t, n·hd) → (b, n, t, hd)
+        let heads = |proj: &Linear, n: usize| -> Result<Tensor> {
+            Ok(proj
+                .forward(x)?
+                .reshape((b, t, n, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = rotary.apply(&heads(&self.q_proj, self.heads)?)?;
+        let k = rotary.apply(&heads(&self.k_proj, self.kv_heads)?)?;
+        let v = heads(&self.v_proj, self.kv_heads)?;
+        let n_rep = self.heads / self.kv_heads;
+        let k = candle_transformers::utils::repeat_kv(k, n_rep)?;
+        let v = candle_transformers::utils::repeat_kv(v, n_rep)?;
+        attend(&q, &k, &v, bias, self.head_dim)?
+            .transpose(1, 2)? // (b, t, heads, hd)
+            .reshape((b, t, self.heads * self.head_dim))?
+            .apply(&self.o_proj)
+            .map_err(Into::into)
+    }
+}
+
+/// SwiGLU: `down(act(gate(x)) * up(x))`.
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        let (d, i, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
+        Ok(Self {
+            gate_proj: candle_nn::linear_b(d, i, bias, vb.pp("gate_proj"))?,
+            up_proj: candle_nn::linear_b(d, i, bias, vb.pp("up_proj"))?,
+            down_proj: candle_nn::linear_b(i, d, bias, vb.pp("down_proj"))?,
+            act: Activation::from_hf_name(&cfg.hidden_act).map_err(Error::Input)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = self.act.forward(&self.gate_proj.forward(x)?)?;
+        Ok(self
+            .down_proj
+            .forward(&(gate * self.up_proj.forward(x)?)?)?)
+    }
+}
+
+/// A pre-norm block: `h = x + attn(norm1(x)); h + mlp(norm2(h))`.
+#[derive(Debug, Clone)]
+struct Layer {
+    input_layernorm: RmsNorm,
+    post_attention_layernorm: RmsNorm,
+    self_attn: Attention,
+    mlp: Mlp,
+    index: usize,
+}
+
+impl Layer {
+    fn load(vb: VarBuilder, cfg: &Config, index: usize) -> Result<Self> {
+        let norm = |name| candle_nn::rms_norm(cfg.hidden_size, cfg.rms_norm_eps, vb.pp(name));
+        Ok(Self {
+            input_layernorm: norm("input_layernorm")?,
+            post_attention_layernorm: norm("post_attention_layernorm")?,
+            self_attn: Attention::load(vb.pp("self_attn"), cfg)?,
+            mlp: Mlp::load(vb.pp("mlp"), cfg)?,
+            index,
+        })
+    }
+
+    /// `None` when the hooks stopped the forward inside this layer.
+    fn forward(
+        &self,
+        x: Tensor,
+        rotary: &RotaryAngles,
+        bias: &Tensor,
+        hooks: &mut Hooks,
+    ) -> Result<Option<Tensor>> {
+        let l = self.index;
+        let x = hook!(hooks, HookPoint::resid_pre(l), x);
+        let attn_out = self
+            .self_attn
+            .forward(&self.input_layernorm.forward(&x)?, rotary, bias)?;
+        let attn_out = hook!(hooks, HookPoint::attn_out(l), attn_out);
+        let h = (x + attn_out)?;
+        let mlp_out = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&h)?)?;
+        let mlp_out = hook!(hooks, HookPoint::mlp_out(l), mlp_out);
+        Ok(Some(hook!(hooks, HookPoint::resid_post(l), (h + mlp_out)?)))
+    }
+}
+
+/// `LlamaForCausalLM`: embeddings, blocks, final RMSNorm, unembedding.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    embed_tokens: Embedding,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rotary: Rotary,
+    cfg: Config,
+}
+
+impl Llama {
+    /// Loads from a VarBuilder over HF's tensor names (`model.layers.0.self_attn.q_proj...`).
+    pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        let base = vb.pp("model");
+        let embed_tokens =
+            candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, base.pp("embed_tokens"))?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| Layer::load(base.pp("layers").pp(i), cfg, i))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = candle_nn::rms_norm(cfg.hidden_size, cfg.rms_norm_eps, base.pp("norm"))?;
+        // Some tied checkpoints still carry a copy of the head; use it when present.
+        let lm_head = if cfg.tie_word_embeddings && !vb.contains_tensor("lm_head.weight") {
+            Linear::new(embed_tokens.embeddings().clone(), None)
+        } else {
+            candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
+        };
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rotary: Rotary::new(cfg.head_dim(), cfg.rope_theta),
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Runs the model on `batch`, consulting `hooks` at every hook point. Returns the logits
+    /// `(batch, seq, vocab)` in f32, or `None` if the hooks stopped the forward early.
+    pub fn forward(&self, batch: &TokenBatch, hooks: &mut Hooks) -> Result<Option<Tensor>> {
+        hooks.check(self.layers.len())?;
+        let device = batch.input_ids.device();
+        let mut x = self.embed_tokens.forward(&batch.input_ids)?; // (b, t, d)
+        let rotary = self.rotary.angles(&batch.positions(), x.dtype(), device)?;
+        let bias = batch.attention_bias(device)?;
+        for layer in &self.layers {
+            match layer.forward(x, &rotary, &bias, hooks)? {
+                Some(next) => x = next,
+                None => return Ok(None),
+            }
+        }
+        let x = self.norm.forward(&x)?;
+        Ok(Some(self.lm_head.forward(&x)?.to_dtype(DType::F32)?))
+    }
+
+    /// The unembedding matrix `(vocab, d_model)`, for the decoder logit lens.
+    pub fn unembed(&self) -> &Tensor {
+        self.lm_head.weight()
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embed_tokens.embeddings().device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.embed_tokens.embeddings().dtype()
+    }
+}

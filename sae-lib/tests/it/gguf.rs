@@ -1,0 +1,205 @@
+//! Llama models and tokenizers from llama.cpp GGUF files, against what transformers' own GGUF
+//! loader computes from the same files (`scripts/make_gguf_fixtures.py`).
+
+use std::path::PathBuf;
+
+use crate::common::*;
+use candle_core::{DType, Device, Tensor};
+use sae_lib::hooks::{HookPoint, Hooks};
+use sae_lib::model::{load_model, load_tokenizer, Model, ModelSource, TokenBatch};
+
+/// Where `scripts/fetch_smollm2.sh` puts SmolLM2 (override with `SAE_SMOLLM2_GGUF`).
+fn smollm2() -> Option<PathBuf> {
+    let path = std::env::var_os("SAE_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    if path.is_file() {
+        Some(path)
+    } else {
+        println!(
+            "SKIP: {} is absent; sae-lib/scripts/fetch_smollm2.sh fetches it",
+            path.display()
+        );
+        None
+    }
+}
+
+fn load(path: &std::path::Path) -> Model {
+    load_model(
+        &ModelSource::parse(path.to_str().unwrap()),
+        &Device::Cpu,
+        DType::F32,
+        &offline_hub(),
+    )
+    .unwrap()
+}
+
+fn check_tokenizer(path: &std::path::Path, fixture_dir: &str) {
+    let tokenizer =
+        load_tokenizer(&ModelSource::parse(path.to_str().unwrap()), &offline_hub()).unwrap();
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture(fixture_dir).join("tokenizer_ids.json")).unwrap(),
+    )
+    .unwrap();
+    let texts = expected["texts"].as_array().unwrap();
+    for (text, ids) in texts.iter().zip(expected["ids"].as_array().unwrap()) {
+        let want: Vec<u32> = serde_json::from_value(ids.clone()).unwrap();
+        let got = tokenizer.encode(text.as_str().unwrap(), None).unwrap();
+        assert_eq!(got, want, "{fixture_dir}: ids of {text}");
+    }
+}
+
+/// Runs the expected input capturing `layers`' hooks; compares hooks, the logits' first
+/// columns and the next-token NLL.
+fn check_outputs(model: &Model, fixture_dir: &str, layers: &[usize], tol: f32) {
+    let exp = expected(fixture_dir);
+    let batch = TokenBatch::new(&exp["input_ids"], None).unwrap();
+    let points: Vec<HookPoint> = layers
+        .iter()
+        .flat_map(|&l| [HookPoint::mlp_out(l), HookPoint::resid_post(l)])
+        .collect();
+    let mut hooks = points.iter().fold(Hooks::new(), |h, &p| h.capture(p));
+    let logits = model.forward(&batch, &mut hooks).unwrap().unwrap();
+    for p in &points {
+        let want = &exp[&p.to_string()];
+        // Relative to the activation's scale: real models' residual streams reach the hundreds.
+        let scale = want
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .max(1.0);
+        let d = max_abs_diff(hooks.get(*p).unwrap(), want) / scale;
+        assert!(d < tol, "{fixture_dir} {p}: max abs diff / scale {d}");
+    }
+    let cols = exp["logits_head"].dim(2).unwrap();
+    let d = max_abs_diff(&logits.narrow(2, 0, cols).unwrap(), &exp["logits_head"]);
+    assert!(d < 10.0 * tol, "{fixture_dir} logits: max abs diff {d}");
+    // Next-token NLL from our logits against transformers'.
+    let ids = exp["input_ids"].to_dtype(DType::U32).unwrap();
+    let t = ids.dim(1).unwrap();
+    let lp = candle_nn::ops::log_softmax(&logits.squeeze(0).unwrap(), 1).unwrap();
+    let next = ids.squeeze(0).unwrap().narrow(0, 1, t - 1).unwrap();
+    let nll = lp
+        .narrow(0, 0, t - 1)
+        .unwrap()
+        .gather(&next.unsqueeze(1).unwrap(), 1)
+        .unwrap()
+        .neg()
+        .unwrap()
+        .squeeze(1)
+        .unwrap();
+    let d = max_abs_diff(&nll, &exp["next_token_nll"]);
+    assert!(
+        d < 10.0 * tol,
+        "{fixture_dir} next-token NLL: max abs diff {d}"
+    );
+}
+
+#[test]
+fn tiny_gguf_matches_transformers_gguf_loader() {
+    let path = fixture("llama_gguf/model.gguf");
+    let model = load(&path);
+    assert_eq!(model.architecture(), "llama");
+    assert_eq!((model.n_layers(), model.d_model()), (3, 32));
+    check_outputs(&model, "llama_gguf", &[0, 1, 2], 1e-4);
+    check_tokenizer(&path, "llama_gguf");
+}
+
+#[test]
+fn smollm2_gguf_matches_transformers_gguf_loader() {
+    let Some(path) = smollm2() else { return };
+    check_tokenizer(&path, "smollm2");
+    let model = load(&path);
+    assert_eq!((model.n_layers(), model.d_model()), (30, 576));
+    check_outputs(&model, "smollm2", &[0, 15, 29], 1e-4);
+}
+
+#[test]
+fn bad_gguf_files_give_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = |path: &std::path::Path| {
+        load_model(
+            &ModelSource::Gguf(path.into()),
+            &Device::Cpu,
+            DType::F32,
+            &offline_hub(),
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    let missing = err(&dir.path().join("none.gguf"));
+    assert!(missing.contains("fetch_smollm2.sh"), "{missing}");
+    // Cut inside the tensor data: the header reads, a tensor does not.
+    let bytes = std::fs::read(fixture("llama_gguf/model.gguf")).unwrap();
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() - 1000]).unwrap();
+    let msg = err(&cut);
+    assert!(
+        msg.contains("cut.gguf") && msg.contains("cannot read tensor"),
+        "{msg}"
+    );
+    // Cut inside the header.
+    std::fs::write(&cut, &bytes[..200]).unwrap();
+    let msg = err(&cut);
+    assert!(msg.contains("not a readable GGUF file"), "{msg}");
+    // Not GGUF at all.
+    std::fs::write(&cut, b"hello").unwrap();
+    assert!(err(&cut).contains("not a readable GGUF file"));
+}
+
+#[test]
+fn llama_loads_from_safetensors_and_gguf_to_the_same_function() {
+    // The same random weights, once as HF safetensors and once as Q8_0 GGUF: close, not equal.
+    let a = load_fixture_model("llama_gqa");
+    let b = load(&fixture("llama_gguf/model.gguf"));
+    let ids = Tensor::new(&[[5u32, 17, 40, 2, 66, 9]], &Device::Cpu).unwrap();
+    let batch = TokenBatch::new(&ids, None).unwrap();
+    let la = a.forward(&batch, &mut Hooks::new()).unwrap().unwrap();
+    let lb = b.forward(&batch, &mut Hooks::new()).unwrap().unwrap();
+    let scale = la
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let d = max_abs_diff(&la, &lb) / scale;
+    assert!(
+        d < 0.05,
+        "safetensors vs Q8_0 GGUF logits differ by {d} of their scale"
+    );
+}
+
+#[test]
+fn smollm2_predicts_wikitext_far_better_than_unigram_frequencies() {
+    let (Some(path), Some(test), Some(valid)) = (
+        smollm2(),
+        shared_data("wikitext-2/test.txt"),
+        shared_data("wikitext-2/valid.txt"),
+    ) else {
+        return;
+    };
+    let model = load(&path);
+    let tokenizer = load_tokenizer(&ModelSource::Gguf(path), &offline_hub()).unwrap();
+    let read = |p: &std::path::Path, n: usize| -> Vec<Vec<u32>> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .split("\n \n")
+            .filter(|d| d.trim().len() > 200)
+            .take(n)
+            .map(|d| tokenizer.encode(d, Some(64)).unwrap())
+            .collect()
+    };
+    let loss =
+        sae_lib::eval::lm_loss(&model, &read(&test, 24), &read(&valid, usize::MAX), 8).unwrap();
+    println!("{loss:?}");
+    assert!(loss.tokens > 1000, "{loss:?}");
+    // Random weights would sit near ln(49152) = 10.8; unigram frequencies near 7.
+    assert!(loss.ce_loss < loss.unigram_ce_loss - 2.0, "{loss:?}");
+}
