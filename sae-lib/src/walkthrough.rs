@@ -14,10 +14,10 @@ use crate::hooks::HookPoint;
 use crate::hub::HubOptions;
 use crate::model::{load_model, load_tokenizer, Model, ModelSource};
 use crate::plot::Chart;
-use crate::sae::{format, Architecture, Sae, SaeConfig, SaeMetadata};
+use crate::sae::{format, AnySae, Architecture, Sae, SaeConfig, SaeMetadata};
 use crate::tokenizer::Tokenizer;
 use crate::train::{MetricsRow, TrainConfig, Trainer};
-use crate::{io, Result};
+use crate::{io, Error, Result};
 
 /// Everything the walkthrough needs; `Default` is the tutorial.
 #[derive(Debug, Clone)]
@@ -99,81 +99,323 @@ pub fn load(cfg: &WalkthroughConfig) -> Result<(Model, Tokenizer)> {
     Ok((model, tokenizer))
 }
 
+impl WalkthroughConfig {
+    /// The tutorial's defaults, overridden by environment variables, so notebooks and scripts
+    /// can point at local files without editing code:
+    ///
+    /// | variable | field | default |
+    /// |---|---|---|
+    /// | `SAE_MODEL` | Hub id, model directory or `.gguf` file | `EleutherAI/pythia-70m-deduped` |
+    /// | `SAE_TOKENIZER` | a tokenizer.json overriding the model's | the model's own |
+    /// | `SAE_DATASET` | Hub id or local .parquet/.jsonl/.txt/dir | `NeelNanda/pile-10k` |
+    /// | `SAE_HOOK` | hook point | `blocks.5.hook_mlp_out` |
+    /// | `SAE_MODE` | `middle` (the tutorial's) or `all` tokens | `middle` |
+    /// | `SAE_MAX_LEN` | tokens kept per document | 128 |
+    /// | `SAE_MAX_DOCS` | training documents | all |
+    /// | `SAE_EVAL_DOCS` | held-out documents for the splice evaluation | 100 |
+    /// | `SAE_ARCH` | relu, topk, batchtopk, jumprelu, gated, matryoshka | relu |
+    /// | `SAE_D_SAE`, `SAE_K` | dictionary size, active features (TopK family) | 4096, none |
+    /// | `SAE_STEPS`, `SAE_BATCH_SIZE` | training steps and batch | 2000, 4096 |
+    /// | `SAE_L1`, `SAE_LR`, `SAE_SEED` | sparsity coefficient, learning rate, seed | 5, 5e-5, 0 |
+    /// | `SAE_DEVICE` | auto, cpu, cuda[:N], metal[:N] | auto |
+    /// | `SAE_OUT` | folder for activations, the SAE and the report | `walkthrough` |
+    ///
+    /// A value that does not parse is an error naming the variable.
+    pub fn from_env() -> Result<Self> {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`from_env`](Self::from_env) over any source of variables (empty values count as unset).
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let var = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        fn parse<T: std::str::FromStr>(name: &str, value: String) -> Result<T> {
+            value.trim().parse().map_err(|_| {
+                Error::Input(format!("{name}={value} is not a valid value for {name}"))
+            })
+        }
+        let mut cfg = Self::default();
+        if let Some(v) = var("SAE_MODEL") {
+            cfg.model = v;
+        }
+        cfg.tokenizer = var("SAE_TOKENIZER").map(PathBuf::from);
+        if let Some(v) = var("SAE_DATASET") {
+            cfg.dataset = v;
+        }
+        if let Some(v) = var("SAE_HOOK") {
+            cfg.collect.hook = v.parse()?;
+        }
+        if let Some(v) = var("SAE_MODE") {
+            cfg.collect.mode = match v.as_str() {
+                "middle" => CollectMode::Middle,
+                "all" => CollectMode::All,
+                _ => return Err(Error::Input(format!("SAE_MODE={v}: use middle or all"))),
+            };
+            // Batch the all-token collection; the middle-token one mirrors the tutorial's loop.
+            cfg.collect.batch_size = if cfg.collect.mode == CollectMode::All {
+                32
+            } else {
+                1
+            };
+        }
+        if let Some(v) = var("SAE_MAX_LEN") {
+            cfg.collect.max_len = parse("SAE_MAX_LEN", v)?;
+        }
+        if let Some(v) = var("SAE_MAX_DOCS") {
+            cfg.collect.max_docs = Some(parse("SAE_MAX_DOCS", v)?);
+        }
+        if let Some(v) = var("SAE_EVAL_DOCS") {
+            cfg.eval_docs = parse("SAE_EVAL_DOCS", v)?;
+        }
+        if let Some(v) = var("SAE_ARCH") {
+            cfg.architecture = Architecture::parse(&v)?;
+        }
+        if let Some(v) = var("SAE_D_SAE") {
+            cfg.d_sae = parse("SAE_D_SAE", v)?;
+        }
+        if let Some(v) = var("SAE_K") {
+            cfg.k = Some(parse("SAE_K", v)?);
+        }
+        if let Some(v) = var("SAE_STEPS") {
+            cfg.train.steps = parse("SAE_STEPS", v)?;
+        }
+        if let Some(v) = var("SAE_BATCH_SIZE") {
+            cfg.train.batch_size = parse("SAE_BATCH_SIZE", v)?;
+        }
+        if let Some(v) = var("SAE_L1") {
+            cfg.train.sparsity_coefficient = parse("SAE_L1", v)?;
+        }
+        if let Some(v) = var("SAE_LR") {
+            cfg.train.adam.lr = parse("SAE_LR", v)?;
+        }
+        if let Some(v) = var("SAE_SEED") {
+            cfg.train.seed = parse("SAE_SEED", v)?;
+        }
+        cfg.device = crate::device::parse_device(var("SAE_DEVICE").as_deref().unwrap_or("auto"))?;
+        if let Some(v) = var("SAE_OUT") {
+            cfg.out = PathBuf::from(v);
+        }
+        Ok(cfg)
+    }
+
+    /// The settings as an HTML table, for notebooks.
+    pub fn summary(&self) -> crate::plot::Html {
+        let c = &self.collect;
+        let rows = [
+            ("model", self.model.clone()),
+            ("dataset", self.dataset.clone()),
+            ("hook", c.hook.to_string()),
+            (
+                "collection",
+                format!("{:?}, {} tokens per document", c.mode, c.max_len),
+            ),
+            (
+                "documents",
+                c.max_docs.map_or("all".into(), |n| n.to_string()),
+            ),
+            (
+                "SAE",
+                format!(
+                    "{} with {} features{}",
+                    self.architecture.name(),
+                    self.d_sae,
+                    self.k.map_or(String::new(), |k| format!(", k = {k}"))
+                ),
+            ),
+            (
+                "training",
+                format!(
+                    "{} steps of {} inputs, λ = {}, lr = {}, seed {}",
+                    self.train.steps,
+                    self.train.batch_size,
+                    self.train.sparsity_coefficient,
+                    self.train.adam.lr,
+                    self.train.seed
+                ),
+            ),
+            ("device", format!("{:?}", self.device)),
+            ("output folder", self.out.display().to_string()),
+        ];
+        crate::plot::Html::table(
+            &["setting", "value"],
+            rows.iter().map(|(k, v)| vec![k.to_string(), v.clone()]),
+        )
+    }
+
+    /// The SAE this configuration trains, for activations of width `d_in`.
+    pub fn sae_config(&self, d_in: usize) -> SaeConfig {
+        SaeConfig {
+            architecture: self.architecture,
+            d_in,
+            d_sae: self.d_sae,
+            k: self.k,
+            prefixes: None,
+            metadata: SaeMetadata {
+                model_name: self.model.clone(),
+                hook_name: self.collect.hook.to_string(),
+                context_size: self.collect.max_len,
+                prepend_bos: false,
+                dataset_path: DatasetSource::parse(&self.dataset).name(),
+            },
+        }
+    }
+
+    /// The documents of the configured dataset.
+    pub fn documents(&self) -> Result<crate::data::dataset::Documents> {
+        DatasetSource::parse(&self.dataset)
+            .documents(&self.dataset_options, &HubOptions::from_env())
+    }
+
+    /// Where [`activations`] keeps its store.
+    pub fn activations_dir(&self) -> PathBuf {
+        self.out.join("activations")
+    }
+
+    /// Where [`train_sae`] keeps the SAE (SAELens format) and its training metrics: one folder
+    /// per architecture, so Part 2's variants sit beside Part 1's ReLU SAE.
+    pub fn sae_dir(&self) -> PathBuf {
+        self.out.join(format!("sae-{}", self.architecture.name()))
+    }
+}
+
+/// What a stage's output was made from: a stage reuses its saved output only when this matches,
+/// so changing a setting and re-running a notebook cell recomputes what it must and no more.
+fn stage_key(cfg: &WalkthroughConfig, stage: &str) -> serde_json::Value {
+    let c = &cfg.collect;
+    let collect = serde_json::json!({
+        "model": cfg.model, "tokenizer": cfg.tokenizer, "dataset": cfg.dataset,
+        "hook": c.hook.to_string(), "mode": c.mode, "max_len": c.max_len,
+        "max_docs": c.max_docs, "exclude_first": c.exclude_first,
+    });
+    match stage {
+        "activations" => collect,
+        _ => serde_json::json!({
+            "activations": collect, "architecture": cfg.architecture.name(),
+            "d_sae": cfg.d_sae, "k": cfg.k, "train": cfg.train,
+        }),
+    }
+}
+
+fn saved_matches(dir: &Path, key: &serde_json::Value) -> bool {
+    io::read_json::<serde_json::Value>(&dir.join("made_from.json")).is_ok_and(|saved| &saved == key)
+}
+
+/// Marks a stage's saved output stale before it is rewritten, so an interrupted run is never
+/// mistaken for a finished one.
+fn forget(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join("made_from.json"));
+}
+
+/// The activation store for `cfg`, collected into [`WalkthroughConfig::activations_dir`], or
+/// reopened if an earlier run (or notebook) already collected it with the same settings.
+pub fn activations(
+    cfg: &WalkthroughConfig,
+    model: &Model,
+    tokenizer: &Tokenizer,
+) -> Result<ActivationStore> {
+    let dir = cfg.activations_dir();
+    let key = stage_key(cfg, "activations");
+    if saved_matches(&dir, &key) {
+        if let Ok(store) = ActivationStore::open(&dir) {
+            println!("reusing {} activations from {}", store.len(), dir.display());
+            return Ok(store);
+        }
+    }
+    forget(&dir);
+    let provenance = Provenance {
+        model: cfg.model.clone(),
+        revision: None,
+        dataset: DatasetSource::parse(&cfg.dataset).name(),
+    };
+    collect_to_store(
+        model,
+        tokenizer,
+        cfg.documents()?,
+        &cfg.collect,
+        &provenance,
+        &dir,
+    )?;
+    io::write_json(&dir.join("made_from.json"), &key)?;
+    ActivationStore::open(&dir)
+}
+
+/// The trained SAE for `cfg` and its training metrics: trained on `store` and saved into
+/// [`WalkthroughConfig::sae_dir`], or loaded if it was already trained with the same settings.
+pub fn train_sae(
+    cfg: &WalkthroughConfig,
+    store: &ActivationStore,
+) -> Result<(AnySae, Vec<MetricsRow>)> {
+    let dir = cfg.sae_dir();
+    let key = stage_key(cfg, "sae");
+    let metrics_path = dir.join("training_metrics.json");
+    if saved_matches(&dir, &key) {
+        if let (Ok(sae), Ok(rows)) = (
+            format::load(&dir, &cfg.device),
+            io::read_json(&metrics_path),
+        ) {
+            println!("reusing the SAE trained earlier in {}", dir.display());
+            return Ok((sae, rows));
+        }
+    }
+    forget(&dir);
+    let mut trainer = Trainer::new(
+        cfg.sae_config(store.d()),
+        cfg.train.clone(),
+        store,
+        &cfg.device,
+    )?;
+    trainer.train(Some(&dir), None)?;
+    io::write_json(&metrics_path, &trainer.metrics())?;
+    io::write_json(&dir.join("made_from.json"), &key)?;
+    Ok((format::load(&dir, &cfg.device)?, trainer.metrics().to_vec()))
+}
+
+/// Token sequences of the documents after the training ones, for the splice evaluation
+/// (the first documents when none remain, with a note saying so).
+pub fn held_out_sequences(
+    cfg: &WalkthroughConfig,
+    store: &ActivationStore,
+    tokenizer: &Tokenizer,
+) -> Result<Vec<Vec<u32>>> {
+    let meta = store.meta();
+    let skip = cfg
+        .collect
+        .max_docs
+        .unwrap_or(meta.docs + meta.skipped_empty);
+    let take = |skip: usize| -> Result<Vec<Vec<u32>>> {
+        cfg.documents()?
+            .skip(skip)
+            .take(cfg.eval_docs)
+            .map(|d| tokenizer.encode(&d?, Some(cfg.collect.max_len)))
+            .collect()
+    };
+    let held_out = take(skip)?;
+    if held_out.iter().any(|s| s.len() >= 2) {
+        return Ok(held_out);
+    }
+    println!("no held-out documents remain; evaluating on training documents");
+    take(0)
+}
+
 /// Runs the whole tutorial and writes the report into `cfg.out`.
 pub fn run(cfg: &WalkthroughConfig) -> Result<WalkthroughReport> {
     io::create_dir(&cfg.out)?;
     let (model, tokenizer) = load(cfg)?;
-    let hub = HubOptions::from_env();
-    let data = DatasetSource::parse(&cfg.dataset);
-
     println!(
         "[1/4] collecting activations at {} ({:?} mode)",
         cfg.collect.hook, cfg.collect.mode
     );
-    let acts_dir = cfg.out.join("activations");
-    let provenance = Provenance {
-        model: cfg.model.clone(),
-        revision: None,
-        dataset: data.name(),
-    };
-    let docs = data.documents(&cfg.dataset_options, &hub)?;
-    let meta = collect_to_store(
-        &model,
-        &tokenizer,
-        docs,
-        &cfg.collect,
-        &provenance,
-        &acts_dir,
-    )?;
-    let store = ActivationStore::open(&acts_dir)?;
-
+    let store = activations(cfg, &model, &tokenizer)?;
     println!(
         "[2/4] training a {:?} SAE with {} features on {} activations",
         cfg.architecture,
         cfg.d_sae,
         store.len()
     );
-    let sae_cfg = SaeConfig {
-        architecture: cfg.architecture,
-        d_in: store.d(),
-        d_sae: cfg.d_sae,
-        k: cfg.k,
-        prefixes: None,
-        metadata: SaeMetadata {
-            model_name: cfg.model.clone(),
-            hook_name: cfg.collect.hook.to_string(),
-            context_size: cfg.collect.max_len,
-            prepend_bos: false,
-            dataset_path: data.name(),
-        },
-    };
-    let sae_dir = cfg.out.join("sae");
-    let mut trainer = Trainer::new(sae_cfg, cfg.train.clone(), &store, &cfg.device)?;
-    trainer.train(Some(&sae_dir), None)?;
-    let sae = format::load(&sae_dir, &cfg.device)?;
-
+    let (sae, training) = train_sae(cfg, &store)?;
     println!("[3/4] evaluating on {} held-out documents", cfg.eval_docs);
-    let skip = cfg
-        .collect
-        .max_docs
-        .unwrap_or(meta.docs + meta.skipped_empty);
-    let held_out: Vec<Vec<u32>> = data
-        .documents(&cfg.dataset_options, &hub)?
-        .skip(skip)
-        .take(cfg.eval_docs)
-        .map(|d| tokenizer.encode(&d?, Some(cfg.collect.max_len)))
-        .collect::<Result<_>>()?;
-    // With no documents left after the training ones, evaluate on the first ones (and say so).
-    let held_out = if held_out.iter().any(|s| s.len() >= 2) {
-        held_out
-    } else {
-        println!("      no held-out documents remain; evaluating on training documents");
-        data.documents(&cfg.dataset_options, &hub)?
-            .take(cfg.eval_docs)
-            .map(|d| tokenizer.encode(&d?, Some(cfg.collect.max_len)))
-            .collect::<Result<_>>()?
-    };
+    let held_out = held_out_sequences(cfg, &store, &tokenizer)?;
     let splice = splice_eval(&model, &sae, cfg.collect.hook, &held_out, 8)?;
+    let data = DatasetSource::parse(&cfg.dataset);
 
     println!("[4/4] writing the report to {}", cfg.out.display());
     let x = store.to_tensor(&cfg.device)?;
@@ -191,7 +433,7 @@ pub fn run(cfg: &WalkthroughConfig) -> Result<WalkthroughReport> {
     let mut charts = vec![
         (
             "training_curves".to_string(),
-            Chart::TrainingCurves(trainer.metrics().to_vec()),
+            Chart::TrainingCurves(training.clone()),
         ),
         (
             "feature_density".to_string(),
@@ -235,7 +477,7 @@ pub fn run(cfg: &WalkthroughConfig) -> Result<WalkthroughReport> {
         rows: store.len(),
         d_in: store.d(),
         d_sae: cfg.d_sae,
-        final_training: trainer.metrics().last().cloned(),
+        final_training: training.last().cloned(),
         explained_variance: 1.0 - fvu,
         fvu,
         l0: l0_per_input.iter().map(|&v| v as f64).sum::<f64>() / l0_per_input.len() as f64,
@@ -303,14 +545,69 @@ fn index_html(r: &WalkthroughReport, contexts: &str) -> String {
 }
 
 /// The report folder's files, for tests and callers.
-pub fn report_files(out: &Path) -> Vec<PathBuf> {
-    [
-        "metrics.json",
-        "index.html",
-        "sae/cfg.json",
-        "sae/sae_weights.safetensors",
+pub fn report_files(cfg: &WalkthroughConfig) -> Vec<PathBuf> {
+    let sae = cfg.sae_dir();
+    vec![
+        cfg.out.join("metrics.json"),
+        cfg.out.join("index.html"),
+        sae.join("cfg.json"),
+        sae.join("sae_weights.safetensors"),
     ]
-    .iter()
-    .map(|f| out.join(f))
-    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<WalkthroughConfig> {
+        let map: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        WalkthroughConfig::from_vars(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn no_variables_give_the_tutorial() {
+        let cfg = from(&[("SAE_DEVICE", "cpu")]).unwrap();
+        assert_eq!(cfg.model, "EleutherAI/pythia-70m-deduped");
+        assert_eq!(cfg.dataset, "NeelNanda/pile-10k");
+        assert_eq!(cfg.collect.hook, HookPoint::mlp_out(5));
+        assert_eq!(
+            (cfg.collect.max_len, cfg.collect.mode),
+            (128, CollectMode::Middle)
+        );
+        assert_eq!(cfg.train, TrainConfig::default());
+    }
+
+    #[test]
+    fn variables_override_and_bad_values_name_the_variable() {
+        let cfg = from(&[
+            ("SAE_MODEL", "./m"),
+            ("SAE_HOOK", "blocks.1.hook_mlp_out"),
+            ("SAE_MODE", "all"),
+            ("SAE_MAX_DOCS", "40"),
+            ("SAE_ARCH", "topk"),
+            ("SAE_K", "8"),
+            ("SAE_STEPS", "150"),
+            ("SAE_LR", "1e-3"),
+            ("SAE_DEVICE", "cpu"),
+            ("SAE_OUT", "/tmp/x"),
+        ])
+        .unwrap();
+        assert_eq!(cfg.model, "./m");
+        assert_eq!(cfg.collect.hook, HookPoint::mlp_out(1));
+        assert_eq!(
+            (cfg.collect.mode, cfg.collect.batch_size),
+            (CollectMode::All, 32)
+        );
+        assert_eq!(cfg.collect.max_docs, Some(40));
+        assert_eq!((cfg.architecture, cfg.k), (Architecture::TopK, Some(8)));
+        assert_eq!((cfg.train.steps, cfg.train.adam.lr), (150, 1e-3));
+        assert_eq!(cfg.sae_dir(), PathBuf::from("/tmp/x/sae-topk"));
+        let err = from(&[("SAE_STEPS", "many")]).unwrap_err().to_string();
+        assert!(err.contains("SAE_STEPS=many"), "{err}");
+        let err = from(&[("SAE_MODE", "some")]).unwrap_err().to_string();
+        assert!(err.contains("SAE_MODE"), "{err}");
+    }
 }

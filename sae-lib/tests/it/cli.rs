@@ -89,11 +89,15 @@ fn walkthrough_writes_the_whole_report() {
         assert!(html.contains(c), "index.html does not show {c}");
     }
     assert!(html.contains("top activating contexts") || html.contains("Top activating contexts"));
-    for f in sae_lib::walkthrough::report_files(&out) {
+    let cfg = sae_lib::walkthrough::WalkthroughConfig {
+        out: out.clone(),
+        ..Default::default()
+    };
+    for f in sae_lib::walkthrough::report_files(&cfg) {
         assert!(f.is_file(), "missing {}", f.display());
     }
     // The report's SAE loads back in SAELens' layout.
-    sae_lib::sae::format::load(&out.join("sae"), &candle_core::Device::Cpu).unwrap();
+    sae_lib::sae::format::load(&cfg.sae_dir(), &candle_core::Device::Cpu).unwrap();
 }
 
 /// Copies the fixture model into `dir` with `edit` applied.
