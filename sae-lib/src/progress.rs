@@ -19,12 +19,14 @@ pub enum ProgressMode {
 }
 
 impl ProgressMode {
-    /// From `SAE_PROGRESS`, else a bar when stderr is a terminal, else nothing.
+    /// From `SAE_PROGRESS`, else lines inside an evcxr (Jupyter) kernel, where a bar would
+    /// draw nothing, else a bar when stderr is a terminal, else nothing.
     pub fn from_env() -> Self {
         match std::env::var("SAE_PROGRESS").as_deref() {
             Ok("bar") => Self::Bar,
             Ok("lines") => Self::Lines,
             Ok("none") => Self::None,
+            _ if std::env::var_os("EVCXR_IS_RUNTIME").is_some() => Self::Lines,
             _ if std::io::stderr().is_terminal() => Self::Bar,
             _ => Self::None,
         }

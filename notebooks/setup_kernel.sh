@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Registers the evcxr Rust kernel for these notebooks (idempotent):
+#  - installs evcxr_jupyter with cargo when it is missing (about 17 minutes on 2 cores);
+#  - registers the kernel with Jupyter, with two environment variables in its kernel.json:
+#    LD_LIBRARY_PATH, so the kernel can load Rust's own libstd (rustup does not put it on the
+#    library path), and EVCXR_TMPDIR, a persistent build folder so a second kernel does not
+#    rebuild candle and polars;
+#  - seeds that build folder with the workspace's Cargo.lock, so notebooks build the same
+#    dependency versions the tests use.
+# Needs: cargo (rustup), python3 with jupyter_client (pip install -r notebooks/requirements.txt).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+build_dir=${EVCXR_TMPDIR:-${XDG_CACHE_HOME:-$HOME/.cache}/sae-lib/evcxr}
+if ! command -v evcxr_jupyter >/dev/null; then
+    echo "evcxr_jupyter is missing: cargo install evcxr_jupyter --locked (about 17 minutes)" >&2
+    cargo install evcxr_jupyter --version 0.22.0 --locked
+fi
+evcxr_jupyter --install >/dev/null
+mkdir -p "$build_dir"
+if [ ! -f "$build_dir/Cargo.lock" ]; then
+    cp "$here/../Cargo.lock" "$build_dir/Cargo.lock"
+fi
+python3 - "$build_dir" "$(rustc --print target-libdir)" <<'PY'
+import json, os, sys
+from jupyter_client.kernelspec import KernelSpecManager
+build_dir, libdir = sys.argv[1], sys.argv[2]
+spec_dir = KernelSpecManager().find_kernel_specs()["rust"]
+path = os.path.join(spec_dir, "kernel.json")
+spec = json.load(open(path))
+spec.setdefault("env", {}).update({"LD_LIBRARY_PATH": libdir, "EVCXR_TMPDIR": build_dir})
+json.dump(spec, open(path, "w"), indent=2)
+print(f"rust kernel: {path} (build folder {build_dir})")
+PY
