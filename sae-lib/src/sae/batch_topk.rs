@@ -81,7 +81,8 @@ impl Sae for BatchTopKSae {
     fn loss(&self, x: &Tensor, ctx: &LossContext) -> Result<LossOutput> {
         let (f, pre) = self.batch_topk(x)?;
         let sae_out = self.decode(&f)?;
-        topk_style_loss(&self.params, x, &pre, f, sae_out, self.cfg.d_in, ctx)
+        let values_at = |indices: &Tensor| Ok(pre.gather(indices, 1)?);
+        topk_style_loss(&self.params, x, &pre, &values_at, f, sae_out, self.cfg.d_in, ctx)
     }
     fn after_step(&self) -> Result<()> {
         self.params.normalize_decoder()

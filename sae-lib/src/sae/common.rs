@@ -194,13 +194,16 @@ pub fn topk_relu(pre: &Tensor, k: usize) -> Result<Tensor> {
 
 /// AuxK (Gao et al. 2024): the `k_aux` largest pre-activations among dead features must
 /// reconstruct the main reconstruction's residual, giving dead features a gradient.
-/// Returns `mean ‖e − ê‖²`, or zero when nothing is dead.
+/// `pre` (read, not differentiated) chooses them; `values_at` gives the differentiable
+/// pre-activations at chosen `(batch, k)` indices. Returns `mean ‖e − ê‖²`, or zero when
+/// nothing is dead.
 pub fn auxk_loss(
     pre: &Tensor,
     dead: Option<&Tensor>,
     residual: &Tensor,
     w_dec: &Tensor,
     k_aux: usize,
+    values_at: &dyn Fn(&Tensor) -> Result<Tensor>,
 ) -> Result<Tensor> {
     let zero = Tensor::zeros((), pre.dtype(), pre.device())?;
     let Some(dead) = dead else { return Ok(zero) };
@@ -210,9 +213,11 @@ pub fn auxk_loss(
     }
     // Live features pushed far below any dead one so they are never selected.
     let offset = ((dead.ones_like()? - dead)? * -1e9)?;
-    let dead_pre = pre.broadcast_add(&offset.to_dtype(pre.dtype())?)?;
-    let f_aux = topk_relu(&dead_pre, k_aux.min(n_dead))?;
-    let e_hat = f_aux.matmul(w_dec)?;
+    let dead_pre = pre.detach().broadcast_add(&offset.to_dtype(pre.dtype())?)?;
+    let indices = topk_indices(&dead_pre, k_aux.min(n_dead))?;
+    let values = values_at(&indices)?.relu()?;
+    let no_bias = Tensor::zeros(w_dec.dim(1)?, w_dec.dtype(), w_dec.device())?;
+    let e_hat = sparse_decode(&values, &indices, w_dec, &no_bias)?;
     Ok((residual.detach() - e_hat)?.sqr()?.sum(1)?.mean(0)?)
 }
 
@@ -324,9 +329,25 @@ pub fn sparse_decode(
     Ok(x_hat.broadcast_add(b_dec)?)
 }
 
-/// Dense `(batch, n)` feature activations from sparse `(batch, k)` values at `indices`.
+/// Dense `(batch, n)` feature activations from sparse `(batch, k)` values at `indices` (not
+/// differentiable). On the CPU, rows are filled in parallel: candle's `scatter_add` into a
+/// `(4096, 16384)` zero matrix was a tenth of a TopK training step.
 pub fn densify(values: &Tensor, indices: &Tensor, n: usize) -> Result<Tensor> {
     let (b, _) = values.dims2()?;
+    if values.device().is_cpu() && values.dtype() == DType::F32 {
+        use rayon::prelude::*;
+        let v = values.detach().to_vec2::<f32>()?;
+        let idx = indices.to_vec2::<u32>()?;
+        let mut out = vec![0f32; b * n];
+        out.par_chunks_mut(n.max(1))
+            .zip(v.par_iter().zip(idx.par_iter()))
+            .for_each(|(row, (v, idx))| {
+                for (x, &j) in v.iter().zip(idx) {
+                    row[j as usize] += x;
+                }
+            });
+        return Ok(Tensor::from_vec(out, (b, n), values.device())?);
+    }
     Ok(
         Tensor::zeros((b, n), values.dtype(), values.device())?.scatter_add(
             indices,

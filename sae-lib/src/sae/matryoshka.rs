@@ -93,6 +93,7 @@ impl Sae for MatryoshkaSae {
             &(x - &sae_out)?,
             w_dec,
             self.config().d_in / 2,
+            &|indices| Ok(pre.gather(indices, 1)?),
         )? * AUX_COEFFICIENT)?;
         let full = prefix_losses.last().expect("at least one prefix").clone();
         let total = (&mse + &aux)?;

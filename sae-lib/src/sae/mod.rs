@@ -12,6 +12,7 @@ pub mod gated;
 pub mod jumprelu;
 pub mod matryoshka;
 pub mod relu;
+pub mod sparse;
 pub mod topk;
 
 use candle_core::{Tensor, Var};

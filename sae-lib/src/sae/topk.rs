@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use rand_chacha::ChaCha8Rng;
 
 use super::common::{auxk_loss, densify, sparse_decode, topk_indices, topk_relu, SaeParams};
+use super::sparse::gather_pre_acts;
 use super::{LossContext, LossOutput, Sae, SaeConfig};
 use crate::{Error, Result};
 
@@ -34,11 +35,14 @@ pub fn required_k(cfg: &SaeConfig) -> Result<usize> {
 }
 
 /// The shared TopK-style loss: reconstruction, plus AuxK on the dead features.
-/// `sae_out` is `f`'s reconstruction, computed densely or sparsely by the caller.
+/// `sae_out` is `f`'s reconstruction, computed densely or sparsely by the caller; `pre`
+/// chooses AuxK's features and `values_at` gives their differentiable pre-activations.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn topk_style_loss(
     params: &SaeParams,
     x: &Tensor,
     pre: &Tensor,
+    values_at: &dyn Fn(&Tensor) -> Result<Tensor>,
     f: Tensor,
     sae_out: Tensor,
     d_in: usize,
@@ -51,6 +55,7 @@ pub(crate) fn topk_style_loss(
         &(x - &sae_out)?,
         params.w_dec.as_tensor(),
         d_in / 2,
+        values_at,
     )? * AUX_COEFFICIENT)?;
     let total = (&mse + &aux)?;
     Ok(LossOutput {
@@ -93,12 +98,21 @@ impl Sae for TopKSae {
     fn encode(&self, x: &Tensor) -> Result<Tensor> {
         topk_relu(&self.params.pre_acts(x)?, self.k)
     }
-    /// Decodes sparsely: only the `k` selected decoder rows per input, in the forward and in
-    /// the backward pass (see BENCHMARKS.md for what that buys over a dense decoder).
+    /// Sparse after the dense matmul that chooses the top `k`: the selected pre-activations
+    /// are recomputed, and differentiated, only where selected ([`gather_pre_acts`]), and only
+    /// the `k` selected decoder rows per input decode (see BENCHMARKS.md).
     fn loss(&self, x: &Tensor, ctx: &LossContext) -> Result<LossOutput> {
-        let pre = self.params.pre_acts(x)?;
+        let p = &self.params;
+        let xc = x.broadcast_sub(p.b_dec.as_tensor())?; // carries b_dec's gradient
+        // Every pre-activation, outside the graph: it only chooses.
+        let pre = xc
+            .detach()
+            .matmul(&p.w_enc.as_tensor().detach())?
+            .broadcast_add(&p.b_enc.as_tensor().detach())?;
+        let values_at =
+            |indices: &Tensor| gather_pre_acts(&xc, p.w_enc.as_tensor(), p.b_enc.as_tensor(), indices);
         let indices = topk_indices(&pre, self.k)?;
-        let values = pre.gather(&indices, 1)?.relu()?; // (b, k): select, then ReLU, as SAELens
+        let values = values_at(&indices)?.relu()?; // (b, k): select, then ReLU, as SAELens
         let sae_out = sparse_decode(
             &values,
             &indices,
@@ -106,7 +120,7 @@ impl Sae for TopKSae {
             self.params.b_dec.as_tensor(),
         )?;
         let f = densify(&values, &indices, self.cfg.d_sae)?;
-        topk_style_loss(&self.params, x, &pre, f, sae_out, self.cfg.d_in, ctx)
+        topk_style_loss(&self.params, x, &pre, &values_at, f, sae_out, self.cfg.d_in, ctx)
     }
     fn after_step(&self) -> Result<()> {
         self.params.normalize_decoder()
