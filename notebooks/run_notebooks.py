@@ -53,19 +53,6 @@ def fixture_env(out):
     }
 
 
-def kernel_env():
-    """The environment setup_kernel.sh gives the kernel, for runs that start it directly."""
-    libdir = subprocess.run(["rustc", "--print", "target-libdir"], check=True,
-                            capture_output=True, text=True).stdout.strip()
-    default_build = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
-                                 "sae-lib", "evcxr")
-    return {
-        "LD_LIBRARY_PATH": libdir,
-        "EVCXR_TMPDIR": os.environ.get("EVCXR_TMPDIR", default_build),
-        "SAE_PROGRESS": "lines",
-    }
-
-
 def problems(nb):
     """Why an executed notebook counts as failed, if it does."""
     found = []
@@ -151,8 +138,7 @@ def main():
                     help="also time kernel start and a warm re-run of each notebook's last chart")
     args = ap.parse_args()
     out = os.path.abspath(args.out)
-    setup_kernel()
-    os.environ.update(kernel_env())
+    setup_kernel()  # the kernel's environment (library path, build folder) is in its kernel.json
     if args.fixture:
         os.environ.update(fixture_env(out))
 

@@ -6,11 +6,17 @@
 #    library path), and EVCXR_TMPDIR, a persistent build folder so a second kernel does not
 #    rebuild candle and polars;
 #  - seeds that build folder with the workspace's Cargo.lock, so notebooks build the same
-#    dependency versions the tests use.
+#    dependency versions the tests use, and with a cargo config that builds dependencies
+#    (sae-lib, candle, gemm, ...) optimised and without the debug assertions and overflow
+#    checks evcxr turns on for every crate, which made training in a notebook several times
+#    slower than the same code in `sae`.
 # Needs: cargo (rustup), python3 with jupyter_client (pip install -r notebooks/requirements.txt).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-build_dir=${EVCXR_TMPDIR:-${XDG_CACHE_HOME:-$HOME/.cache}/sae-lib/evcxr}
+# evcxr owns build/ (it rewrites build/.cargo/config.toml); our cargo config sits one level up,
+# where cargo still finds it.
+home=${SAE_EVCXR_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/sae-lib/evcxr}
+build_dir=$home/build
 if ! command -v evcxr_jupyter >/dev/null; then
     echo "evcxr_jupyter is missing: cargo install evcxr_jupyter --locked (about 17 minutes)" >&2
     cargo install evcxr_jupyter --version 0.22.0 --locked
@@ -20,6 +26,14 @@ mkdir -p "$build_dir"
 if [ ! -f "$build_dir/Cargo.lock" ]; then
     cp "$here/../Cargo.lock" "$build_dir/Cargo.lock"
 fi
+mkdir -p "$home/.cargo"
+cat > "$home/.cargo/config.toml" <<'TOML'
+# Written by sae-lib's notebooks/setup_kernel.sh. Cell code keeps evcxr's checks.
+[profile.dev.package."*"]
+opt-level = 3
+debug-assertions = false
+overflow-checks = false
+TOML
 python3 - "$build_dir" "$(rustc --print target-libdir)" <<'PY'
 import json, os, sys
 from jupyter_client.kernelspec import KernelSpecManager
