@@ -14,6 +14,7 @@ use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
 use super::batch::TokenBatch;
+use super::decoder::{Block, Decoder};
 use super::rotary::{Rotary, RotaryAngles};
 use super::Activation;
 use crate::hooks::hook;
@@ -242,8 +243,9 @@ impl Layer {
             index,
         })
     }
+}
 
-    /// `None` when the hooks stopped the forward inside this layer.
+impl Block for Layer {
     fn forward(
         &self,
         x: Tensor,
@@ -322,19 +324,14 @@ impl GptNeoX {
     /// Runs the model on `batch`, consulting `hooks` at every hook point. Returns the logits
     /// `(batch, seq, vocab)` in f32, or `None` if the hooks stopped the forward early.
     pub fn forward(&self, batch: &TokenBatch, hooks: &mut Hooks) -> Result<Option<Tensor>> {
-        hooks.check(self.layers.len())?;
-        let device = batch.input_ids.device();
-        let mut x = self.embed_in.forward(&batch.input_ids)?; // (b, t, d)
-        let rotary = self.rotary.angles(&batch.positions(), x.dtype(), device)?;
-        let bias = batch.attention_bias(device)?;
-        for layer in &self.layers {
-            match layer.forward(x, &rotary, &bias, hooks)? {
-                Some(next) => x = next,
-                None => return Ok(None),
-            }
+        Decoder {
+            embed: &self.embed_in,
+            blocks: &self.layers,
+            rotary: &self.rotary,
+            final_norm: &self.final_layer_norm,
+            unembed: &self.embed_out,
         }
-        let x = self.final_layer_norm.forward(&x)?;
-        Ok(Some(self.embed_out.forward(&x)?.to_dtype(DType::F32)?))
+        .forward(batch, hooks)
     }
 
     /// The unembedding matrix `(vocab, d_model)`, for the decoder logit lens.

@@ -15,6 +15,7 @@ use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
 use serde::Deserialize;
 
 use super::batch::TokenBatch;
+use super::decoder::{Block, Decoder};
 use super::gpt_neox::attend;
 use super::rotary::{Rotary, RotaryAngles};
 use super::Activation;
@@ -210,8 +211,9 @@ impl Layer {
             index,
         })
     }
+}
 
-    /// `None` when the hooks stopped the forward inside this layer.
+impl Block for Layer {
     fn forward(
         &self,
         x: Tensor,
@@ -278,19 +280,14 @@ impl Llama {
     /// Runs the model on `batch`, consulting `hooks` at every hook point. Returns the logits
     /// `(batch, seq, vocab)` in f32, or `None` if the hooks stopped the forward early.
     pub fn forward(&self, batch: &TokenBatch, hooks: &mut Hooks) -> Result<Option<Tensor>> {
-        hooks.check(self.layers.len())?;
-        let device = batch.input_ids.device();
-        let mut x = self.embed_tokens.forward(&batch.input_ids)?; // (b, t, d)
-        let rotary = self.rotary.angles(&batch.positions(), x.dtype(), device)?;
-        let bias = batch.attention_bias(device)?;
-        for layer in &self.layers {
-            match layer.forward(x, &rotary, &bias, hooks)? {
-                Some(next) => x = next,
-                None => return Ok(None),
-            }
+        Decoder {
+            embed: &self.embed_tokens,
+            blocks: &self.layers,
+            rotary: &self.rotary,
+            final_norm: &self.norm,
+            unembed: &self.lm_head,
         }
-        let x = self.norm.forward(&x)?;
-        Ok(Some(self.lm_head.forward(&x)?.to_dtype(DType::F32)?))
+        .forward(batch, hooks)
     }
 
     /// The unembedding matrix `(vocab, d_model)`, for the decoder logit lens.

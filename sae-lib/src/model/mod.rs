@@ -2,6 +2,7 @@
 //! that collection, training and evaluation use.
 
 pub mod batch;
+mod decoder;
 pub mod gguf;
 pub mod gpt_neox;
 mod hf_config;
