@@ -82,7 +82,16 @@ impl Sae for BatchTopKSae {
         let (f, pre) = self.batch_topk(x)?;
         let sae_out = self.decode(&f)?;
         let values_at = |indices: &Tensor| Ok(pre.gather(indices, 1)?);
-        topk_style_loss(&self.params, x, &pre, &values_at, f, sae_out, self.cfg.d_in, ctx)
+        topk_style_loss(
+            &self.params,
+            x,
+            &pre,
+            &values_at,
+            f,
+            sae_out,
+            self.cfg.d_in,
+            ctx,
+        )
     }
     fn after_step(&self) -> Result<()> {
         self.params.normalize_decoder()

@@ -216,8 +216,9 @@ pub fn auxk_loss(
     let dead_pre = pre.detach().broadcast_add(&offset.to_dtype(pre.dtype())?)?;
     let indices = topk_indices(&dead_pre, k_aux.min(n_dead))?;
     let values = values_at(&indices)?.relu()?;
-    let no_bias = Tensor::zeros(w_dec.dim(1)?, w_dec.dtype(), w_dec.device())?;
-    let e_hat = sparse_decode(&values, &indices, w_dec, &no_bias)?;
+    // Decoded densely: k_aux (d_in / 2) is too large a share of d_sae for gathering decoder
+    // rows to beat one matmul.
+    let e_hat = scatter_rows(&values, &indices, pre.dim(1)?)?.matmul(w_dec)?;
     Ok((residual.detach() - e_hat)?.sqr()?.sum(1)?.mean(0)?)
 }
 
@@ -327,6 +328,23 @@ pub fn sparse_decode(
     // (b, 1, k) @ (b, k, d_in) -> (b, 1, d_in)
     let x_hat = values.unsqueeze(1)?.matmul(&rows)?.squeeze(1)?;
     Ok(x_hat.broadcast_add(b_dec)?)
+}
+
+/// Dense `(batch, n)` from sparse `(batch, k)` `values` at `indices`, differentiable in
+/// `values`. (candle's `scatter_add` cannot be differentiated when the indices are narrower
+/// than the target; `index_add` over the flattened matrix can.)
+pub fn scatter_rows(values: &Tensor, indices: &Tensor, n: usize) -> Result<Tensor> {
+    let (b, k) = values.dims2()?;
+    let flat: Vec<u32> = indices
+        .to_vec2::<u32>()?
+        .iter()
+        .enumerate()
+        .flat_map(|(r, row)| row.iter().map(move |&j| (r * n) as u32 + j))
+        .collect();
+    let flat = Tensor::from_vec(flat, b * k, values.device())?;
+    Ok(Tensor::zeros(b * n, values.dtype(), values.device())?
+        .index_add(&flat, &values.flatten_all()?, 0)?
+        .reshape((b, n))?)
 }
 
 /// Dense `(batch, n)` feature activations from sparse `(batch, k)` values at `indices` (not

@@ -84,25 +84,31 @@ impl candle_core::CustomOp2 for GatherMatmul {
         let wt = transpose(&w, d_in, d_sae);
         // d xc[b, :] = Σ_i g[b, i] · W_enc[:, idx[b, i]]
         let mut grad_x = vec![0f32; b * d_in];
-        grad_x.par_chunks_mut(d_in).enumerate().for_each(|(r, out)| {
-            for i in 0..k {
-                let (j, gv) = (self.indices[r * k + i] as usize, g[r * k + i]);
-                for (o, wv) in out.iter_mut().zip(&wt[j * d_in..(j + 1) * d_in]) {
-                    *o += gv * wv;
+        grad_x
+            .par_chunks_mut(d_in)
+            .enumerate()
+            .for_each(|(r, out)| {
+                for i in 0..k {
+                    let (j, gv) = (self.indices[r * k + i] as usize, g[r * k + i]);
+                    for (o, wv) in out.iter_mut().zip(&wt[j * d_in..(j + 1) * d_in]) {
+                        *o += gv * wv;
+                    }
                 }
-            }
-        });
+            });
         // d W_enc[d, j] = Σ over (b, i) with idx[b, i] = j of g[b, i] · xc[b, d]; each thread
         // owns whole rows of W_enc, so the scatter needs no atomics.
         let mut grad_w = vec![0f32; d_in * d_sae];
-        grad_w.par_chunks_mut(d_sae).enumerate().for_each(|(d, out)| {
-            for r in 0..b {
-                let xv = x[r * d_in + d];
-                for i in 0..k {
-                    out[self.indices[r * k + i] as usize] += g[r * k + i] * xv;
+        grad_w
+            .par_chunks_mut(d_sae)
+            .enumerate()
+            .for_each(|(d, out)| {
+                for r in 0..b {
+                    let xv = x[r * d_in + d];
+                    for i in 0..k {
+                        out[self.indices[r * k + i] as usize] += g[r * k + i] * xv;
+                    }
                 }
-            }
-        });
+            });
         let device = xc.device();
         Ok((
             Some(Tensor::from_vec(grad_x, (b, d_in), device)?),
@@ -152,7 +158,9 @@ mod tests {
         let b_enc = Var::from_tensor(&Tensor::randn(0f32, 1., d_sae, &dev).unwrap()).unwrap();
         let b_dec = Var::from_tensor(&Tensor::randn(0f32, 1., d_in, &dev).unwrap()).unwrap();
         // Distinct indices per row, some features chosen by several rows, some by none.
-        let idx: Vec<u32> = (0..b).flat_map(|r| (0..k).map(move |i| ((r * 2 + i * 3) % d_sae) as u32)).collect();
+        let idx: Vec<u32> = (0..b)
+            .flat_map(|r| (0..k).map(move |i| ((r * 2 + i * 3) % d_sae) as u32))
+            .collect();
         let idx = Tensor::from_vec(idx, (b, k), &dev).unwrap();
         let weights = Tensor::randn(0f32, 1., (b, k), &dev).unwrap();
         let run = |sparse: bool| {
@@ -174,7 +182,11 @@ mod tests {
         };
         let (sparse, dense) = (run(true), run(false));
         let close = |a: &[f32], b: &[f32], what: &str| {
-            let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            let worst = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
             assert!(worst < 1e-4, "{what}: max abs diff {worst}");
         };
         close(&sparse.0, &dense.0, "values");

@@ -104,13 +104,14 @@ impl Sae for TopKSae {
     fn loss(&self, x: &Tensor, ctx: &LossContext) -> Result<LossOutput> {
         let p = &self.params;
         let xc = x.broadcast_sub(p.b_dec.as_tensor())?; // carries b_dec's gradient
-        // Every pre-activation, outside the graph: it only chooses.
+                                                        // Every pre-activation, outside the graph: it only chooses.
         let pre = xc
             .detach()
             .matmul(&p.w_enc.as_tensor().detach())?
             .broadcast_add(&p.b_enc.as_tensor().detach())?;
-        let values_at =
-            |indices: &Tensor| gather_pre_acts(&xc, p.w_enc.as_tensor(), p.b_enc.as_tensor(), indices);
+        let values_at = |indices: &Tensor| {
+            gather_pre_acts(&xc, p.w_enc.as_tensor(), p.b_enc.as_tensor(), indices)
+        };
         let indices = topk_indices(&pre, self.k)?;
         let values = values_at(&indices)?.relu()?; // (b, k): select, then ReLU, as SAELens
         let sae_out = sparse_decode(
@@ -120,7 +121,16 @@ impl Sae for TopKSae {
             self.params.b_dec.as_tensor(),
         )?;
         let f = densify(&values, &indices, self.cfg.d_sae)?;
-        topk_style_loss(&self.params, x, &pre, &values_at, f, sae_out, self.cfg.d_in, ctx)
+        topk_style_loss(
+            &self.params,
+            x,
+            &pre,
+            &values_at,
+            f,
+            sae_out,
+            self.cfg.d_in,
+            ctx,
+        )
     }
     fn after_step(&self) -> Result<()> {
         self.params.normalize_decoder()
