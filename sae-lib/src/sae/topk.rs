@@ -103,12 +103,10 @@ impl Sae for TopKSae {
     /// the `k` selected decoder rows per input decode (see BENCHMARKS.md).
     fn loss(&self, x: &Tensor, ctx: &LossContext) -> Result<LossOutput> {
         let p = &self.params;
-        let xc = x.broadcast_sub(p.b_dec.as_tensor())?; // carries b_dec's gradient
-                                                        // Every pre-activation, outside the graph: it only chooses.
-        let pre = xc
-            .detach()
-            .matmul(&p.w_enc.as_tensor().detach())?
-            .broadcast_add(&p.b_enc.as_tensor().detach())?;
+        // Every pre-activation, detached from the graph: it only chooses.
+        let pre = p.pre_acts(x)?.detach();
+        // The centred input, which carries b_dec's gradient into the selected values.
+        let xc = x.broadcast_sub(p.b_dec.as_tensor())?;
         let values_at = |indices: &Tensor| {
             gather_pre_acts(&xc, p.w_enc.as_tensor(), p.b_enc.as_tensor(), indices)
         };
