@@ -16,7 +16,7 @@ use sae_lib::model::{load_model, ModelSource};
 use sae_lib::tokenizer::Tokenizer;
 
 fn main() -> anyhow::Result<()> {
-    sae_lib::keep_freed_memory();
+    sae_lib::init_cpu_runtime();
     let args: Vec<String> = std::env::args().collect();
     let [_, model_dir, tokenizer, text, n] = &args[..] else {
         anyhow::bail!("usage: bench_collect MODEL_DIR TOKENIZER TEXT N_DOCS");

@@ -13,7 +13,7 @@ use sae_lib::model::gpt_neox::{Config, GptNeoX};
 use sae_lib::model::TokenBatch;
 
 fn main() -> anyhow::Result<()> {
-    sae_lib::keep_freed_memory();
+    sae_lib::init_cpu_runtime();
     let seq = 128;
     let batches: Vec<usize> = std::env::args()
         .skip(1)

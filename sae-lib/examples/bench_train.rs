@@ -11,7 +11,7 @@ use sae_lib::sae::{Architecture, SaeConfig, SaeMetadata};
 use sae_lib::train::{TrainConfig, Trainer};
 
 fn main() -> anyhow::Result<()> {
-    sae_lib::keep_freed_memory();
+    sae_lib::init_cpu_runtime();
     let arch = std::env::args().nth(1).unwrap_or_else(|| "relu".into());
     let steps: u64 = std::env::args()
         .nth(2)

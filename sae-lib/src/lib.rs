@@ -42,15 +42,29 @@ pub mod walkthrough;
 
 pub use error::{Error, Result};
 
-/// Asks glibc's allocator to keep freed memory instead of returning every large block to the
-/// OS. Tensors are large and short-lived: by default each one is a fresh `mmap`, and the page
-/// faults of touching it again cost more than a third of a CPU forward pass (BENCHMARKS.md).
-/// Process-wide; the `sae` binary calls it first thing. A no-op off glibc.
-pub fn keep_freed_memory() {
+/// Process-wide CPU settings that candle's defaults get wrong for this workload; the `sae`
+/// binary and the benchmarks call it first thing, before any other thread starts.
+///
+/// - glibc keeps freed memory instead of returning every large block to the OS. Tensors are
+///   large and short-lived: by default each one is a fresh `mmap`, and the page faults of
+///   touching it again cost more than a third of a CPU forward pass (BENCHMARKS.md).
+/// - candle's elementwise thread pool spins 25 000 times before sleeping after each op. Its
+///   spinning worker takes a core from the `gemm` threads of the matmul that follows, which
+///   cost a batch-1 forward about 40% of its speed; we lower the limit to
+///   [`BARRIER_POOL_SPIN_LIMIT`] unless `CANDLE_BARRIER_POOL_SPIN_LIMIT` is already set.
+pub fn init_cpu_runtime() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator thresholds; called before any threads start.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, i32::MAX);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
+    const SPIN: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+    if std::env::var_os(SPIN).is_none() {
+        // candle reads it once, when its pool starts on the first large elementwise op.
+        std::env::set_var(SPIN, BARRIER_POOL_SPIN_LIMIT.to_string());
+    }
 }
+
+/// The spin limit [`init_cpu_runtime`] gives candle's thread pool: 50 to 500 measured alike.
+pub const BARRIER_POOL_SPIN_LIMIT: u32 = 100;

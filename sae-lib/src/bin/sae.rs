@@ -348,7 +348,7 @@ enum PenaltyArg {
 }
 
 fn main() -> ExitCode {
-    sae_lib::keep_freed_memory();
+    sae_lib::init_cpu_runtime();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -581,7 +581,7 @@ fn inspect(args: InspectArgs) -> Result<()> {
     // The logit lens needs the model's unembedding; skip it when the model cannot be loaded.
     match load_model(&source, &candle_core::Device::Cpu, DType::F32, &hub) {
         Ok(model) => {
-            let (up, down) = logit_lens(&sae, model.unembed(), &tokenizer, args.feature, 10)?;
+            let (up, down) = logit_lens(&sae, &model.unembed()?, &tokenizer, args.feature, 10)?;
             println!(
                 "  promotes: {}",
                 up.iter()

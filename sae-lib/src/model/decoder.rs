@@ -3,9 +3,10 @@
 //! own blocks; this keeps the hook and padding plumbing in one place.
 
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{Embedding, Linear};
+use candle_nn::Embedding;
 
 use super::batch::TokenBatch;
+use super::linear::Linear;
 use super::rotary::{Rotary, RotaryAngles};
 use crate::hooks::Hooks;
 use crate::Result;

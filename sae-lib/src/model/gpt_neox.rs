@@ -10,11 +10,12 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
 use super::batch::TokenBatch;
 use super::decoder::{Block, Decoder};
+use super::linear::Linear;
 use super::rotary::{Rotary, RotaryAngles};
 use super::Activation;
 use crate::hooks::hook;
@@ -146,13 +147,8 @@ impl Attention {
     fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
         let d = cfg.hidden_size;
         Ok(Self {
-            query_key_value: candle_nn::linear_b(
-                d,
-                3 * d,
-                cfg.attention_bias,
-                vb.pp("query_key_value"),
-            )?,
-            dense: candle_nn::linear_b(d, d, cfg.attention_bias, vb.pp("dense"))?,
+            query_key_value: Linear::load(vb.pp("query_key_value"), d, 3 * d, cfg.attention_bias)?,
+            dense: Linear::load(vb.pp("dense"), d, d, cfg.attention_bias)?,
             num_heads: cfg.num_attention_heads,
             head_dim: cfg.head_dim(),
         })
@@ -192,7 +188,11 @@ pub(crate) fn attend(
     head_dim: usize,
 ) -> Result<Tensor> {
     let dtype = q.dtype();
-    let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?; // (b, heads, t, t)
+    // Scaling q rather than the scores touches head_dim, not seq, values per row; and kᵀ is
+    // made contiguous because candle's CPU matmul is several times slower on a transposed
+    // right-hand side (see `linear.rs`).
+    let q = (q / (head_dim as f64).sqrt())?;
+    let scores = q.matmul(&k.t()?.contiguous()?)?; // (b, heads, t, t)
     let scores = scores.to_dtype(DType::F32)?.broadcast_add(bias)?;
     let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
     Ok(probs.matmul(v)?)
@@ -209,8 +209,8 @@ impl Mlp {
     fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
         let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            dense_h_to_4h: candle_nn::linear(d, i, vb.pp("dense_h_to_4h"))?,
-            dense_4h_to_h: candle_nn::linear(i, d, vb.pp("dense_4h_to_h"))?,
+            dense_h_to_4h: Linear::load(vb.pp("dense_h_to_4h"), d, i, true)?,
+            dense_4h_to_h: Linear::load(vb.pp("dense_4h_to_h"), i, d, true)?,
             act: cfg.activation().map_err(Error::Input)?,
         })
     }
@@ -303,9 +303,9 @@ impl GptNeoX {
             base.pp("final_layer_norm"),
         )?;
         let embed_out = if cfg.tie_word_embeddings {
-            Linear::new(embed_in.embeddings().clone(), None)
+            Linear::new(embed_in.embeddings(), None)?
         } else {
-            candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("embed_out"))?
+            Linear::load(vb.pp("embed_out"), cfg.hidden_size, cfg.vocab_size, false)?
         };
         Ok(Self {
             embed_in,
@@ -335,7 +335,7 @@ impl GptNeoX {
     }
 
     /// The unembedding matrix `(vocab, d_model)`, for the decoder logit lens.
-    pub fn unembed(&self) -> &Tensor {
+    pub fn unembed(&self) -> Result<Tensor> {
         self.embed_out.weight()
     }
 

@@ -11,12 +11,13 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
+use candle_nn::{Embedding, RmsNorm, VarBuilder};
 use serde::Deserialize;
 
 use super::batch::TokenBatch;
 use super::decoder::{Block, Decoder};
 use super::gpt_neox::attend;
+use super::linear::Linear;
 use super::rotary::{Rotary, RotaryAngles};
 use super::Activation;
 use crate::hooks::{hook, HookPoint, Hooks};
@@ -128,10 +129,10 @@ impl Attention {
         let (d, hd, bias) = (cfg.hidden_size, cfg.head_dim(), cfg.attention_bias);
         let (heads, kv_heads) = (cfg.num_attention_heads, cfg.kv_heads());
         Ok(Self {
-            q_proj: candle_nn::linear_b(d, heads * hd, bias, vb.pp("q_proj"))?,
-            k_proj: candle_nn::linear_b(d, kv_heads * hd, bias, vb.pp("k_proj"))?,
-            v_proj: candle_nn::linear_b(d, kv_heads * hd, bias, vb.pp("v_proj"))?,
-            o_proj: candle_nn::linear_b(heads * hd, d, bias, vb.pp("o_proj"))?,
+            q_proj: Linear::load(vb.pp("q_proj"), d, heads * hd, bias)?,
+            k_proj: Linear::load(vb.pp("k_proj"), d, kv_heads * hd, bias)?,
+            v_proj: Linear::load(vb.pp("v_proj"), d, kv_heads * hd, bias)?,
+            o_proj: Linear::load(vb.pp("o_proj"), heads * hd, d, bias)?,
             heads,
             kv_heads,
             head_dim: hd,
@@ -175,9 +176,9 @@ impl Mlp {
     fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
         let (d, i, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
         Ok(Self {
-            gate_proj: candle_nn::linear_b(d, i, bias, vb.pp("gate_proj"))?,
-            up_proj: candle_nn::linear_b(d, i, bias, vb.pp("up_proj"))?,
-            down_proj: candle_nn::linear_b(i, d, bias, vb.pp("down_proj"))?,
+            gate_proj: Linear::load(vb.pp("gate_proj"), d, i, bias)?,
+            up_proj: Linear::load(vb.pp("up_proj"), d, i, bias)?,
+            down_proj: Linear::load(vb.pp("down_proj"), i, d, bias)?,
             act: Activation::from_hf_name(&cfg.hidden_act).map_err(Error::Input)?,
         })
     }
@@ -259,9 +260,9 @@ impl Llama {
         let norm = candle_nn::rms_norm(cfg.hidden_size, cfg.rms_norm_eps, base.pp("norm"))?;
         // Some tied checkpoints still carry a copy of the head; use it when present.
         let lm_head = if cfg.tie_word_embeddings && !vb.contains_tensor("lm_head.weight") {
-            Linear::new(embed_tokens.embeddings().clone(), None)
+            Linear::new(embed_tokens.embeddings(), None)?
         } else {
-            candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
+            Linear::load(vb.pp("lm_head"), cfg.hidden_size, cfg.vocab_size, false)?
         };
         Ok(Self {
             embed_tokens,
@@ -291,7 +292,7 @@ impl Llama {
     }
 
     /// The unembedding matrix `(vocab, d_model)`, for the decoder logit lens.
-    pub fn unembed(&self) -> &Tensor {
+    pub fn unembed(&self) -> Result<Tensor> {
         self.lm_head.weight()
     }
 

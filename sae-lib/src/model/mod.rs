@@ -6,6 +6,7 @@ mod decoder;
 pub mod gguf;
 pub mod gpt_neox;
 mod hf_config;
+pub mod linear;
 pub mod llama;
 pub mod load;
 pub mod rotary;
@@ -173,7 +174,7 @@ impl Model {
     }
 
     /// The unembedding `(vocab, d_model)`.
-    pub fn unembed(&self) -> &Tensor {
+    pub fn unembed(&self) -> Result<Tensor> {
         match self {
             Model::GptNeoX(m) => m.unembed(),
             Model::Llama(m) => m.unembed(),
