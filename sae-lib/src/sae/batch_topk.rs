@@ -87,7 +87,7 @@ impl Sae for BatchTopKSae {
             x,
             &pre,
             &values_at,
-            f,
+            super::FeatureActs::Dense(f),
             sae_out,
             self.cfg.d_in,
             ctx,

@@ -96,6 +96,21 @@ mod tests {
         assert!(gm[0].abs() < 0.2 && gm[1].abs() < 0.2, "{gm:?}");
     }
 
+    /// Both selection paths (the heap for small k, quickselect for large k) against a sort.
+    #[test]
+    fn top_k_matches_a_full_sort() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let row = normal_vec(1000, &mut rng);
+        let mut sorted: Vec<u32> = (0..1000).collect();
+        sorted.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]));
+        for k in [1, 5, 62, 63, 100, 1000] {
+            let (mut idx, kth) = top_k(&row, k);
+            idx.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]));
+            assert_eq!(idx, sorted[..k], "k = {k}");
+            assert_eq!(kth, row[sorted[k - 1] as usize], "k = {k}");
+        }
+    }
+
     #[test]
     fn random_rows_have_the_asked_norm_and_are_seeded() {
         let mut a = ChaCha8Rng::seed_from_u64(3);
@@ -142,26 +157,65 @@ impl candle_core::CustomOp1 for RowSelect {
             _ => candle_core::bail!("row-select needs a contiguous f32 tensor"),
         };
         let k = self.k.clamp(1, n);
-        // Indices of the row's k largest values at the front (the k-th one last).
-        let select = |row: &[f32]| {
-            let mut idx: Vec<u32> = (0..n as u32).collect();
-            idx.select_nth_unstable_by(k - 1, |&a, &b| row[b as usize].total_cmp(&row[a as usize]));
-            idx.truncate(k);
-            idx
-        };
         Ok(match self.what {
             Selected::KthValue => {
-                let out: Vec<f32> = data
-                    .par_chunks(n)
-                    .map(|row| row[select(row)[k - 1] as usize])
-                    .collect();
+                let out: Vec<f32> = data.par_chunks(n).map(|row| top_k(row, k).1).collect();
                 (candle_core::CpuStorage::F32(out), (rows, 1).into())
             }
             Selected::Indices => {
-                let out: Vec<u32> = data.par_chunks(n).flat_map_iter(select).collect();
+                let out: Vec<u32> = data
+                    .par_chunks(n)
+                    .flat_map_iter(|row| top_k(row, k).0)
+                    .collect();
                 (candle_core::CpuStorage::U32(out), (rows, k).into())
             }
         })
+    }
+}
+
+/// The indices of `row`'s `k` largest values (in no particular order) and the `k`-th largest
+/// value; `1 <= k <= row.len()`.
+fn top_k(row: &[f32], k: usize) -> (Vec<u32>, f32) {
+    if k * 16 > row.len() {
+        let mut idx: Vec<u32> = (0..row.len() as u32).collect();
+        idx.select_nth_unstable_by(k - 1, |&a, &b| row[b as usize].total_cmp(&row[a as usize]));
+        idx.truncate(k);
+        let kth = row[idx[k - 1] as usize];
+        return (idx, kth);
+    }
+    // A min-heap of the best k so far. For k much smaller than the row, almost every value
+    // loses to its root in one comparison: one pass, no index shuffling (quickselect over
+    // indices was a twentieth of a TopK training step).
+    let mut heap: Vec<(f32, u32)> = row[..k].iter().copied().zip(0..).collect();
+    for i in (0..k / 2).rev() {
+        sift_down(&mut heap, i);
+    }
+    for (j, &v) in row.iter().enumerate().skip(k) {
+        if v.total_cmp(&heap[0].0).is_gt() {
+            heap[0] = (v, j as u32);
+            sift_down(&mut heap, 0);
+        }
+    }
+    let kth = heap[0].0;
+    (heap.into_iter().map(|(_, j)| j).collect(), kth)
+}
+
+/// Restores the min-heap order below `i`.
+fn sift_down(heap: &mut [(f32, u32)], mut i: usize) {
+    loop {
+        let (l, r) = (2 * i + 1, 2 * i + 2);
+        let mut smallest = i;
+        if l < heap.len() && heap[l].0.total_cmp(&heap[smallest].0).is_lt() {
+            smallest = l;
+        }
+        if r < heap.len() && heap[r].0.total_cmp(&heap[smallest].0).is_lt() {
+            smallest = r;
+        }
+        if smallest == i {
+            return;
+        }
+        heap.swap(i, smallest);
+        i = smallest;
     }
 }
 
@@ -207,14 +261,20 @@ pub fn auxk_loss(
 ) -> Result<Tensor> {
     let zero = Tensor::zeros((), pre.dtype(), pre.device())?;
     let Some(dead) = dead else { return Ok(zero) };
-    let n_dead = dead.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()? as usize;
-    if n_dead == 0 {
+    let dead_ids: Vec<u32> = (0u32..)
+        .zip(dead.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+        .filter_map(|(j, d)| (d > 0.0).then_some(j))
+        .collect();
+    if dead_ids.is_empty() {
         return Ok(zero);
     }
-    // Live features pushed far below any dead one so they are never selected.
-    let offset = ((dead.ones_like()? - dead)? * -1e9)?;
-    let dead_pre = pre.detach().broadcast_add(&offset.to_dtype(pre.dtype())?)?;
-    let indices = topk_indices(&dead_pre, k_aux.min(n_dead))?;
+    // Choose among the dead features' columns only, then map back to feature ids.
+    let dead_ids = Tensor::new(dead_ids.as_slice(), pre.device())?;
+    let local = topk_indices(&pre.detach().index_select(&dead_ids, 1)?, k_aux)?;
+    let (b, k) = local.dims2()?;
+    let indices = dead_ids
+        .index_select(&local.flatten_all()?, 0)?
+        .reshape((b, k))?;
     let values = values_at(&indices)?.relu()?;
     // Decoded densely: k_aux (d_in / 2) is too large a share of d_sae for gathering decoder
     // rows to beat one matmul.

@@ -104,7 +104,7 @@ impl Sae for GatedSae {
         Ok(LossOutput {
             total,
             terms: vec![("mse", mse), ("l1", l1), ("aux", aux)],
-            feature_acts: f,
+            feature_acts: super::FeatureActs::Dense(f),
             sae_out,
         })
     }

@@ -124,7 +124,7 @@ impl Sae for JumpReluSae {
         Ok(LossOutput {
             total,
             terms: vec![("mse", mse), ("l0", l0)],
-            feature_acts: f.detach(),
+            feature_acts: super::FeatureActs::Dense(f.detach()),
             sae_out,
         })
     }

@@ -100,7 +100,7 @@ impl Sae for MatryoshkaSae {
         Ok(LossOutput {
             total,
             terms: vec![("mse", full), ("matryoshka_mse", mse), ("auxk", aux)],
-            feature_acts: f,
+            feature_acts: super::FeatureActs::Dense(f),
             sae_out,
         })
     }

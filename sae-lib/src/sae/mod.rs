@@ -162,10 +162,78 @@ pub struct LossOutput {
     pub total: Tensor,
     /// `("mse", ..)`, then each variant's own terms (`"l1"`, `"aux"`, ...).
     pub terms: Vec<(&'static str, Tensor)>,
-    /// `(batch, d_sae)` feature activations.
-    pub feature_acts: Tensor,
+    /// The feature activations.
+    pub feature_acts: FeatureActs,
     /// `(batch, d_in)` reconstruction.
     pub sae_out: Tensor,
+}
+
+/// A batch's feature activations, as a variant's loss computed them. TopK keeps them sparse so
+/// the trainer's statistics never build the `(batch, d_sae)` matrix.
+#[derive(Debug, Clone)]
+pub enum FeatureActs {
+    /// `(batch, d_sae)`.
+    Dense(Tensor),
+    /// Each input's selected features: `values` at `indices`, both `(batch, k)`, among `d_sae`.
+    /// A zero value is a feature that was selected but did not fire.
+    Sparse {
+        values: Tensor,
+        indices: Tensor,
+        d_sae: usize,
+    },
+}
+
+impl FeatureActs {
+    /// `(batch, d_sae)`, densified when sparse.
+    pub fn dense(&self) -> Result<Tensor> {
+        match self {
+            Self::Dense(f) => Ok(f.clone()),
+            Self::Sparse {
+                values,
+                indices,
+                d_sae,
+            } => common::densify(values, indices, *d_sae),
+        }
+    }
+
+    /// How many inputs each feature fired on, `(d_sae,)`.
+    pub fn firing_counts(&self) -> Result<Vec<f32>> {
+        match self {
+            Self::Dense(f) => crate::eval::metrics::firing_counts(f),
+            Self::Sparse {
+                values,
+                indices,
+                d_sae,
+            } => {
+                let mut counts = vec![0f32; *d_sae];
+                let values = values.flatten_all()?.to_dtype(candle_core::DType::F32)?;
+                let indices = indices.flatten_all()?.to_vec1::<u32>()?;
+                for (v, j) in values.to_vec1::<f32>()?.into_iter().zip(indices) {
+                    counts[j as usize] += f32::from(v != 0.0);
+                }
+                Ok(counts)
+            }
+        }
+    }
+
+    /// Mean number of active features per input.
+    pub fn l0(&self) -> Result<f64> {
+        crate::eval::metrics::l0(self.values())
+    }
+
+    /// Mean L1 norm of the activations per input.
+    pub fn l1(&self) -> Result<f64> {
+        crate::eval::metrics::l1(self.values())
+    }
+
+    /// The stored activations: every one when dense, the selected ones when sparse. The
+    /// per-input sums of L0 and L1 are the same over either.
+    fn values(&self) -> &Tensor {
+        match self {
+            Self::Dense(f) => f,
+            Self::Sparse { values, .. } => values,
+        }
+    }
 }
 
 /// A sparse autoencoder. Variants implement `encode` and their own loss terms; decode, forward
@@ -231,7 +299,7 @@ pub trait Sae {
         Ok(LossOutput {
             total,
             terms,
-            feature_acts,
+            feature_acts: FeatureActs::Dense(feature_acts),
             sae_out,
         })
     }

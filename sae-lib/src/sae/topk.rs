@@ -7,9 +7,9 @@
 use candle_core::{DType, Device, Tensor};
 use rand_chacha::ChaCha8Rng;
 
-use super::common::{auxk_loss, densify, sparse_decode, topk_indices, topk_relu, SaeParams};
+use super::common::{auxk_loss, sparse_decode, topk_indices, topk_relu, SaeParams};
 use super::sparse::gather_pre_acts;
-use super::{LossContext, LossOutput, Sae, SaeConfig};
+use super::{FeatureActs, LossContext, LossOutput, Sae, SaeConfig};
 use crate::{Error, Result};
 
 /// AuxK's weight in the loss (the paper's α).
@@ -43,7 +43,7 @@ pub(crate) fn topk_style_loss(
     x: &Tensor,
     pre: &Tensor,
     values_at: &dyn Fn(&Tensor) -> Result<Tensor>,
-    f: Tensor,
+    f: FeatureActs,
     sae_out: Tensor,
     d_in: usize,
     ctx: &LossContext,
@@ -118,7 +118,11 @@ impl Sae for TopKSae {
             self.params.w_dec.as_tensor(),
             self.params.b_dec.as_tensor(),
         )?;
-        let f = densify(&values, &indices, self.cfg.d_sae)?;
+        let f = FeatureActs::Sparse {
+            values: values.detach(),
+            indices,
+            d_sae: self.cfg.d_sae,
+        };
         topk_style_loss(
             &self.params,
             x,

@@ -388,7 +388,7 @@ impl<'a> Trainer<'a> {
         self.sae.after_step()?;
 
         let batch = rows.len() as u64;
-        let counts = metrics::firing_counts(&out.feature_acts)?;
+        let counts = out.feature_acts.firing_counts()?;
         for (i, &c) in counts.iter().enumerate() {
             self.since_fired[i] = if c > 0.0 {
                 0
@@ -426,8 +426,8 @@ impl<'a> Trainer<'a> {
             mse: mse_scaled / (self.scale * self.scale),
             fvu,
             explained_variance: 1.0 - fvu,
-            l0: metrics::l0(&out.feature_acts)?,
-            l1: metrics::l1(&out.feature_acts)?,
+            l0: out.feature_acts.l0()?,
+            l1: out.feature_acts.l1()?,
             dead_frac: dead,
             dense_frac: dense,
             lr,
