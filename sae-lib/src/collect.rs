@@ -12,8 +12,34 @@ use crate::progress::Progress;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
-/// Batches per pool of documents sorted by length (bounds the extra memory to a few batches).
+/// Batches per pool of documents packed together (bounds the extra memory to a few batches).
 const POOL_BATCHES: usize = 8;
+
+/// First-fit decreasing: the pool's documents (indices into `pool`), longest first, into rows
+/// of at most `capacity` tokens (a capacity of 0: one document per row). WikiText paragraphs range from a few tokens (headings) to
+/// hundreds, so padding each to its batch's longest wasted most of the compute.
+fn pack(pool: &[(u32, Vec<u32>)], capacity: usize) -> Vec<Vec<usize>> {
+    if capacity == 0 {
+        // One document per row (`pack: false`), still longest first.
+        let mut order: Vec<usize> = (0..pool.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(pool[i].1.len()));
+        return order.into_iter().map(|i| vec![i]).collect();
+    }
+    let mut order: Vec<usize> = (0..pool.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(pool[i].1.len()));
+    let mut rows: Vec<(usize, Vec<usize>)> = Vec::new();
+    for i in order {
+        let len = pool[i].1.len();
+        match rows.iter_mut().find(|(used, _)| used + len <= capacity) {
+            Some((used, docs)) => {
+                *used += len;
+                docs.push(i);
+            }
+            None => rows.push((len, vec![i])),
+        }
+    }
+    rows.into_iter().map(|(_, docs)| docs).collect()
+}
 
 /// The tutorial's constants, and what the batched collector adds to them.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,13 +49,17 @@ pub struct CollectConfig {
     pub mode: CollectMode,
     /// Tokens kept per document (the tutorial's `MAX_LEN_TRUNC = 128`).
     pub max_len: usize,
-    /// Documents per forward pass.
+    /// Rows per forward pass: context windows of up to `max_len` tokens, each packing one or
+    /// more whole documents (each sees only itself).
     pub batch_size: usize,
     /// Stop after this many documents (empty ones included).
     pub max_docs: Option<usize>,
     /// In `All` mode, leave out each document's first position (often an outlier).
     pub exclude_first: bool,
     pub padding: Padding,
+    /// Pack several short documents into each row; when false, each document has a row of its
+    /// own (rows still batched by length).
+    pub pack: bool,
     /// Rows per shard (a shard is closed at the next document boundary after this).
     pub shard_rows: usize,
     /// Storage dtype: f32 or bf16.
@@ -46,6 +76,7 @@ impl Default for CollectConfig {
             max_docs: None,
             exclude_first: false,
             padding: Padding::Right,
+            pack: true,
             shard_rows: 1 << 16,
             dtype: DType::F32,
         }
@@ -139,8 +170,9 @@ pub struct Provenance {
     pub dataset: String,
 }
 
-/// Batched collection into an activation store in `out`: `batch_size` documents per forward,
-/// padding excluded, memory bounded by one batch plus one shard.
+/// Batched collection into an activation store in `out`: documents packed into `batch_size`
+/// rows of up to `max_len` tokens per forward, padding excluded, memory bounded by a pool of a
+/// few batches plus one shard.
 pub fn collect_to_store(
     model: &Model,
     tokenizer: &Tokenizer,
@@ -168,10 +200,11 @@ pub fn collect_to_store(
     let mut writer = StoreWriter::create(out, meta, cfg.shard_rows, cfg.dtype)?;
     let progress = Progress::new("collect", cfg.max_docs.map(|n| n as u64), "docs");
     let mut tokens_seen = 0usize;
-    // Documents are read in pools of several batches and batched by length within a pool, so
-    // short documents are not padded to long ones; rows are still written in document order.
-    let pool_size = cfg.batch_size.max(1) * POOL_BATCHES;
-    let mut pool: Vec<(u32, Vec<u32>)> = Vec::with_capacity(pool_size);
+    // Documents are read in pools of several batches' worth of tokens and packed within a
+    // pool, so short documents share rows instead of each padding one; rows are still written
+    // in document order.
+    let pool_tokens = cfg.batch_size.max(1) * cfg.max_len.max(1) * POOL_BATCHES;
+    let mut pool: Vec<(u32, Vec<u32>)> = Vec::new();
     let mut docs = docs
         .into_iter()
         .take(cfg.max_docs.unwrap_or(usize::MAX))
@@ -179,24 +212,27 @@ pub fn collect_to_store(
         .peekable();
     while docs.peek().is_some() {
         pool.clear();
+        let mut tokens = 0;
         for (i, doc) in docs.by_ref() {
             let ids = tokenizer.encode(&doc?, Some(cfg.max_len))?;
             if ids.is_empty() {
                 writer.skip_empty();
             } else {
+                tokens += ids.len();
                 pool.push((i as u32, ids));
             }
-            if pool.len() == pool_size {
+            if tokens >= pool_tokens {
                 break;
             }
         }
-        let mut by_length: Vec<usize> = (0..pool.len()).collect();
-        by_length.sort_by_key(|&i| pool[i].1.len());
         let mut rows: Vec<Option<(Vec<u32>, Vec<f32>)>> = vec![None; pool.len()];
-        for chunk in by_length.chunks(cfg.batch_size.max(1)) {
-            let seqs: Vec<Vec<u32>> = chunk.iter().map(|&i| pool[i].1.clone()).collect();
-            let batch =
-                TokenBatch::from_sequences(&seqs, cfg.padding, tokenizer.pad_id(), model.device())?;
+        let packed = pack(&pool, if cfg.pack { cfg.max_len } else { 0 });
+        for chunk in packed.chunks(cfg.batch_size.max(1)) {
+            let seqs: Vec<Vec<&[u32]>> = chunk
+                .iter()
+                .map(|docs| docs.iter().map(|&i| pool[i].1.as_slice()).collect())
+                .collect();
+            let batch = TokenBatch::packed(&seqs, cfg.padding, tokenizer.pad_id(), model.device())?;
             let mut hooks = Hooks::new().capture(cfg.hook).stop_at(cfg.hook);
             model.forward(&batch, &mut hooks)?;
             let acts = hooks
@@ -205,19 +241,25 @@ pub fn collect_to_store(
                 .to_device(&Device::Cpu)?; // (b, t, d)
             let (_, t, d) = acts.dims3()?;
             let flat = acts.flatten_all()?.to_vec1::<f32>()?;
-            for (row, (&i, mask)) in chunk.iter().zip(batch.mask()).enumerate() {
-                // Columns of the real tokens, in order (left padding shifts them).
+            for (row, (docs, mask)) in chunk.iter().zip(batch.mask()).enumerate() {
+                // Columns of the real tokens, in order (left padding shifts them); each
+                // packed document takes the next `len` of them.
                 let columns: Vec<usize> = (0..t).filter(|&c| mask[c] == 1).collect();
-                let keep: Vec<usize> = match cfg.mode {
-                    CollectMode::Middle => vec![columns.len() / 2],
-                    CollectMode::All => (usize::from(cfg.exclude_first)..columns.len()).collect(),
-                };
-                let mut values = Vec::with_capacity(keep.len() * d);
-                for &k in &keep {
-                    let start = (row * t + columns[k]) * d;
-                    values.extend_from_slice(&flat[start..start + d]);
+                let mut offset = 0;
+                for &i in docs {
+                    let len = pool[i].1.len();
+                    let keep: Vec<usize> = match cfg.mode {
+                        CollectMode::Middle => vec![len / 2],
+                        CollectMode::All => (usize::from(cfg.exclude_first)..len).collect(),
+                    };
+                    let mut values = Vec::with_capacity(keep.len() * d);
+                    for &k in &keep {
+                        let start = (row * t + columns[offset + k]) * d;
+                        values.extend_from_slice(&flat[start..start + d]);
+                    }
+                    rows[i] = Some((keep.iter().map(|&k| k as u32).collect(), values));
+                    offset += len;
                 }
-                rows[i] = Some((keep.iter().map(|&k| k as u32).collect(), values));
             }
         }
         for ((doc_index, ids), row) in pool.iter().zip(rows) {

@@ -51,6 +51,7 @@ impl Default for WalkthroughConfig {
             dataset_options: DatasetOptions::default(),
             collect: CollectConfig {
                 batch_size: 1,
+                pack: false,
                 ..Default::default()
             },
             architecture: Architecture::Relu,
@@ -150,12 +151,11 @@ impl WalkthroughConfig {
                 "all" => CollectMode::All,
                 _ => return Err(Error::Input(format!("SAE_MODE={v}: use middle or all"))),
             };
-            // Batch the all-token collection; the middle-token one mirrors the tutorial's loop.
-            cfg.collect.batch_size = if cfg.collect.mode == CollectMode::All {
-                32
-            } else {
-                1
-            };
+            // Batch and pack the all-token collection; the middle-token one mirrors the
+            // tutorial's loop, one prompt per forward.
+            let all = cfg.collect.mode == CollectMode::All;
+            cfg.collect.batch_size = if all { 32 } else { 1 };
+            cfg.collect.pack = all;
         }
         if let Some(v) = var("SAE_MAX_LEN") {
             cfg.collect.max_len = parse("SAE_MAX_LEN", v)?;

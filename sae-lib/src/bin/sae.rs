@@ -227,9 +227,12 @@ struct CollectArgs {
     /// Stop after this many documents.
     #[arg(long)]
     max_docs: Option<usize>,
-    /// Documents per forward pass.
+    /// Rows of up to max-len tokens per forward pass (short documents are packed together).
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
+    /// One document per row instead of packing short ones together.
+    #[arg(long)]
+    no_pack: bool,
     /// Leave out each document's first token (mode all).
     #[arg(long)]
     exclude_first: bool,
@@ -411,6 +414,7 @@ fn collect(args: CollectArgs) -> Result<()> {
         mode: mode(args.mode),
         max_len: args.max_len,
         batch_size: args.batch_size,
+        pack: !args.no_pack,
         max_docs: args.max_docs,
         exclude_first: args.exclude_first,
         shard_rows: args.shard_rows,
@@ -634,6 +638,7 @@ fn walkthrough(args: WalkthroughArgs) -> Result<()> {
             max_docs: args.max_docs,
             // The faithful middle-token collection runs one prompt at a time, as the tutorial does.
             batch_size: if m == CollectMode::Middle { 1 } else { 32 },
+            pack: m != CollectMode::Middle,
             ..Default::default()
         },
         architecture: Architecture::parse(&args.sae.arch)?,

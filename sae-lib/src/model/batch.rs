@@ -16,12 +16,15 @@ pub enum Padding {
     Left,
 }
 
-/// A `(batch, seq)` block of token ids with its attention mask (1 = real token).
+/// A `(batch, seq)` block of token ids with its attention mask (1 = real token). A row may
+/// pack several sequences end to end; each then sees only itself, at its own positions.
 #[derive(Debug, Clone)]
 pub struct TokenBatch {
     /// `(batch, seq)` u32 token ids; padded positions hold `pad_id`.
     pub input_ids: Tensor,
     mask: Vec<Vec<u8>>,
+    /// Per token, which of its row's sequences it belongs to: 1, 2, ...; 0 for padding.
+    segments: Vec<Vec<u16>>,
 }
 
 impl TokenBatch {
@@ -33,46 +36,70 @@ impl TokenBatch {
         pad_id: u32,
         device: &Device,
     ) -> Result<Self> {
-        if sequences.is_empty() {
+        let rows: Vec<Vec<&[u32]>> = sequences.iter().map(|s| vec![s.as_slice()]).collect();
+        Self::packed(&rows, padding, pad_id, device)
+    }
+
+    /// Packs each row's sequences end to end, then pads the rows to the longest. The
+    /// attention bias is block-diagonal and positions restart for each sequence, so every
+    /// sequence gets the activations it would get alone (up to float rounding).
+    pub fn packed(
+        rows: &[Vec<&[u32]>],
+        padding: Padding,
+        pad_id: u32,
+        device: &Device,
+    ) -> Result<Self> {
+        if rows.is_empty() {
             return Err(Error::Input(
                 "cannot build a batch from zero sequences".into(),
             ));
         }
-        if let Some(i) = sequences.iter().position(|s| s.is_empty()) {
+        if let Some(i) = rows
+            .iter()
+            .position(|r| r.is_empty() || r.iter().any(|s| s.is_empty()))
+        {
             return Err(Error::Input(format!(
                 "sequence {i} of the batch is empty (an empty prompt?): skip empty prompts before \
                  running the model"
             )));
         }
-        let seq_len = sequences.iter().map(Vec::len).max().unwrap_or(0);
-        let mut ids = Vec::with_capacity(sequences.len() * seq_len);
-        let mut mask = Vec::with_capacity(sequences.len());
-        for s in sequences {
-            let pad = seq_len - s.len();
-            let (row_ids, row_mask): (Vec<u32>, Vec<u8>) = match padding {
-                Padding::Right => (
-                    s.iter()
-                        .copied()
-                        .chain(std::iter::repeat_n(pad_id, pad))
-                        .collect(),
-                    std::iter::repeat_n(1, s.len())
-                        .chain(std::iter::repeat_n(0, pad))
-                        .collect(),
-                ),
-                Padding::Left => (
-                    std::iter::repeat_n(pad_id, pad)
-                        .chain(s.iter().copied())
-                        .collect(),
-                    std::iter::repeat_n(0, pad)
-                        .chain(std::iter::repeat_n(1, s.len()))
-                        .collect(),
-                ),
-            };
-            ids.extend(row_ids);
-            mask.push(row_mask);
+        let row_len = |r: &Vec<&[u32]>| r.iter().map(|s| s.len()).sum::<usize>();
+        let seq_len = rows.iter().map(row_len).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(rows.len() * seq_len);
+        let mut segments = Vec::with_capacity(rows.len());
+        for row in rows {
+            let pad = seq_len - row_len(row);
+            let real_ids = row.iter().flat_map(|s| s.iter().copied());
+            let real_segments = (1u16..)
+                .zip(row)
+                .flat_map(|(n, s)| std::iter::repeat_n(n, s.len()));
+            let pads = || std::iter::repeat_n(pad_id, pad);
+            let pad_segments = || std::iter::repeat_n(0u16, pad);
+            match padding {
+                Padding::Right => {
+                    ids.extend(real_ids.chain(pads()));
+                    segments.push(real_segments.chain(pad_segments()).collect());
+                }
+                Padding::Left => {
+                    ids.extend(pads().chain(real_ids));
+                    segments.push(pad_segments().chain(real_segments).collect());
+                }
+            }
         }
-        let input_ids = Tensor::from_vec(ids, (sequences.len(), seq_len), device)?;
-        Ok(Self { input_ids, mask })
+        let input_ids = Tensor::from_vec(ids, (rows.len(), seq_len), device)?;
+        Ok(Self::from_segments(input_ids, segments))
+    }
+
+    fn from_segments(input_ids: Tensor, segments: Vec<Vec<u16>>) -> Self {
+        let mask = segments
+            .iter()
+            .map(|row| row.iter().map(|&s| u8::from(s != 0)).collect())
+            .collect();
+        Self {
+            input_ids,
+            mask,
+            segments,
+        }
     }
 
     /// A batch from an id tensor `(batch, seq)` and an optional 0/1 mask of the same shape.
@@ -91,10 +118,14 @@ impl TokenBatch {
             }
             None => vec![vec![1; t]; b],
         };
-        Ok(Self {
-            input_ids: input_ids.to_dtype(DType::U32)?,
-            mask,
-        })
+        let segments = mask
+            .iter()
+            .map(|row| row.iter().map(|&m| u16::from(m != 0)).collect())
+            .collect();
+        Ok(Self::from_segments(
+            input_ids.to_dtype(DType::U32)?,
+            segments,
+        ))
     }
 
     /// `(batch, seq)`.
@@ -107,17 +138,25 @@ impl TokenBatch {
         &self.mask
     }
 
-    /// Position ids: each real token's index among the real tokens of its row, so a left-padded
-    /// sequence gets the same positions as it would alone (HF's `cumsum(mask) - 1`, clamped at 0).
+    /// Position ids: each real token's index within its sequence, so a left-padded or packed
+    /// sequence gets the same positions as it would alone (HF's `cumsum(mask) - 1` for one
+    /// sequence per row; padding repeats the last position, or 0 before any token).
     pub fn positions(&self) -> Vec<Vec<u32>> {
-        self.mask
+        self.segments
             .iter()
             .map(|row| {
-                let mut seen = 0u32;
+                let (mut seen, mut current, mut pos) = (0u32, 0u16, 0u32);
                 row.iter()
-                    .map(|&m| {
-                        seen += m as u32;
-                        seen.saturating_sub(1)
+                    .map(|&s| {
+                        if s == 0 {
+                            return seen.saturating_sub(1).min(pos.saturating_sub(1));
+                        }
+                        if s != current {
+                            (current, pos) = (s, 0);
+                        }
+                        pos += 1;
+                        seen += 1;
+                        pos - 1
                     })
                     .collect()
             })
@@ -125,15 +164,23 @@ impl TokenBatch {
     }
 
     /// Additive attention bias `(batch, 1, seq, seq)`: 0 where query `i` may attend to key `j`
-    /// (`j <= i` and `j` is a real token), a large negative number elsewhere. Finite, so a
-    /// padded query row that can see nothing still yields a (meaningless) finite softmax.
+    /// (`j <= i`, `j` is a real token of `i`'s own sequence), a large negative number elsewhere.
+    /// Finite, so a padded query row still yields a (meaningless) finite softmax; padded
+    /// queries see every earlier real token.
     pub fn attention_bias(&self, device: &Device) -> Result<Tensor> {
         let (b, t) = self.dims();
         let blocked = f32::MIN / 2.0;
         let mut bias = Vec::with_capacity(b * t * t);
-        for row in &self.mask {
-            for i in 0..t {
-                bias.extend((0..t).map(|j| if j <= i && row[j] == 1 { 0.0 } else { blocked }));
+        for row in &self.segments {
+            for (i, &si) in row.iter().enumerate() {
+                bias.extend(row.iter().enumerate().map(|(j, &sj)| {
+                    let open = j <= i && sj != 0 && (si == 0 || sj == si);
+                    if open {
+                        0.0
+                    } else {
+                        blocked
+                    }
+                }));
             }
         }
         Ok(Tensor::from_vec(bias, (b, 1, t, t), device)?)
@@ -177,6 +224,36 @@ mod tests {
         assert!(open(bias[0][1][0]) && open(bias[0][1][1]) && !open(bias[0][0][1]));
         // Row 1 is left-padded: nobody attends to the pad at key 0.
         assert!(!open(bias[1][1][0]) && open(bias[1][1][1]));
+    }
+
+    #[test]
+    fn packed_sequences_restart_positions_and_see_only_themselves() {
+        let (a, b) = (vec![5, 6, 7], vec![8, 9]);
+        let batch = TokenBatch::packed(
+            &[vec![a.as_slice(), b.as_slice()], vec![b.as_slice()]],
+            Padding::Right,
+            0,
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(
+            batch.positions(),
+            vec![vec![0, 1, 2, 0, 1], vec![0, 1, 1, 1, 1]]
+        );
+        assert_eq!(batch.mask()[1], vec![1, 1, 0, 0, 0]);
+        let bias: Vec<Vec<Vec<f32>>> = batch
+            .attention_bias(&Device::Cpu)
+            .unwrap()
+            .squeeze(1)
+            .unwrap()
+            .to_vec3()
+            .unwrap();
+        let open = |i: usize, j: usize| bias[0][i][j] == 0.0;
+        // The second sequence (columns 3, 4) sees itself causally, never the first.
+        assert!(open(3, 3) && open(4, 3) && open(4, 4) && !open(3, 4));
+        assert!((0..3).all(|j| !open(3, j) && !open(4, j)));
+        // The first sees only itself.
+        assert!(open(2, 0) && open(2, 2) && !open(2, 3));
     }
 
     #[test]
