@@ -208,17 +208,22 @@ mod tests {
         assert_eq!(r.mask()[1], vec![1, 0, 0]);
     }
 
-    #[test]
-    fn bias_is_causal_and_masks_padding() {
-        let b = TokenBatch::from_sequences(&[vec![1, 2], vec![3]], Padding::Left, 0, &Device::Cpu)
-            .unwrap();
-        let bias: Vec<Vec<Vec<f32>>> = b
+    /// The attention bias as `[row][query][key]`.
+    fn bias_of(batch: &TokenBatch) -> Vec<Vec<Vec<f32>>> {
+        batch
             .attention_bias(&Device::Cpu)
             .unwrap()
             .squeeze(1)
             .unwrap()
             .to_vec3()
+            .unwrap()
+    }
+
+    #[test]
+    fn bias_is_causal_and_masks_padding() {
+        let b = TokenBatch::from_sequences(&[vec![1, 2], vec![3]], Padding::Left, 0, &Device::Cpu)
             .unwrap();
+        let bias = bias_of(&b);
         let open = |v: f32| v == 0.0;
         // Row 0: causal (query 0 cannot see key 1; query 1 sees both).
         assert!(open(bias[0][1][0]) && open(bias[0][1][1]) && !open(bias[0][0][1]));
@@ -241,13 +246,7 @@ mod tests {
             vec![vec![0, 1, 2, 0, 1], vec![0, 1, 1, 1, 1]]
         );
         assert_eq!(batch.mask()[1], vec![1, 1, 0, 0, 0]);
-        let bias: Vec<Vec<Vec<f32>>> = batch
-            .attention_bias(&Device::Cpu)
-            .unwrap()
-            .squeeze(1)
-            .unwrap()
-            .to_vec3()
-            .unwrap();
+        let bias = bias_of(&batch);
         let open = |i: usize, j: usize| bias[0][i][j] == 0.0;
         // The second sequence (columns 3, 4) sees itself causally, never the first.
         assert!(open(3, 3) && open(4, 3) && open(4, 4) && !open(3, 4));
