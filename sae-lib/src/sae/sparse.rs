@@ -132,9 +132,10 @@ impl candle_core::CustomOp2 for GatherMatmul {
             .par_chunks_mut(d_in)
             .enumerate()
             .for_each(|(r, out)| {
-                for i in r * k..(r + 1) * k {
-                    let j = self.indices[i] as usize;
-                    axpy(out, g[i], &wt[j * d_in..(j + 1) * d_in]);
+                let span = r * k..(r + 1) * k;
+                for (&j, &gv) in self.indices[span.clone()].iter().zip(&g[span]) {
+                    let j = j as usize;
+                    axpy(out, gv, &wt[j * d_in..(j + 1) * d_in]);
                 }
             });
         // d W_encᵀ[j, :] = Σ over (b, i) with idx[b, i] = j of g[b, i] · xc[b, :]: group the
