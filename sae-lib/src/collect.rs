@@ -16,17 +16,15 @@ use crate::{Error, Result};
 const POOL_BATCHES: usize = 8;
 
 /// First-fit decreasing: the pool's documents (indices into `pool`), longest first, into rows
-/// of at most `capacity` tokens (a capacity of 0: one document per row). WikiText paragraphs range from a few tokens (headings) to
-/// hundreds, so padding each to its batch's longest wasted most of the compute.
-fn pack(pool: &[(u32, Vec<u32>)], capacity: usize) -> Vec<Vec<usize>> {
-    if capacity == 0 {
-        // One document per row (`pack: false`), still longest first.
-        let mut order: Vec<usize> = (0..pool.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(pool[i].1.len()));
-        return order.into_iter().map(|i| vec![i]).collect();
-    }
+/// of at most `capacity` tokens, or one document per row when `capacity` is `None`. WikiText
+/// paragraphs range from a few tokens (headings) to hundreds, so padding each to its batch's
+/// longest wasted most of the compute.
+fn pack(pool: &[(u32, Vec<u32>)], capacity: Option<usize>) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..pool.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(pool[i].1.len()));
+    let Some(capacity) = capacity else {
+        return order.into_iter().map(|i| vec![i]).collect();
+    };
     let mut rows: Vec<(usize, Vec<usize>)> = Vec::new();
     for i in order {
         let len = pool[i].1.len();
@@ -226,7 +224,7 @@ pub fn collect_to_store(
             }
         }
         let mut rows: Vec<Option<(Vec<u32>, Vec<f32>)>> = vec![None; pool.len()];
-        let packed = pack(&pool, if cfg.pack { cfg.max_len } else { 0 });
+        let packed = pack(&pool, cfg.pack.then_some(cfg.max_len));
         for chunk in packed.chunks(cfg.batch_size.max(1)) {
             let seqs: Vec<Vec<&[u32]>> = chunk
                 .iter()

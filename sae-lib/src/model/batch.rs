@@ -145,17 +145,17 @@ impl TokenBatch {
         self.segments
             .iter()
             .map(|row| {
-                let (mut seen, mut current, mut pos) = (0u32, 0u16, 0u32);
+                // `pos` counts the current sequence's tokens so far.
+                let (mut current, mut pos) = (0u16, 0u32);
                 row.iter()
                     .map(|&s| {
                         if s == 0 {
-                            return seen.saturating_sub(1).min(pos.saturating_sub(1));
+                            return pos.saturating_sub(1);
                         }
                         if s != current {
                             (current, pos) = (s, 0);
                         }
                         pos += 1;
-                        seen += 1;
                         pos - 1
                     })
                     .collect()

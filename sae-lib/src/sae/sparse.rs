@@ -116,16 +116,15 @@ impl candle_core::CustomOp2 for GatherMatmul {
         let d_sae = w_enc.dim(1)?;
         let k = self.k;
         let (x, g) = (to_vec(xc)?, to_vec(grad)?);
+        // Kept from the forward; recomputed only if the forward ran elsewhere.
+        let computed;
         let wt = match self.w_t.get() {
             Some(wt) => wt,
-            None => self.w_t.get_or_init(|| {
-                let w = to_vec(w_enc).unwrap_or_default();
-                transpose(&w, d_in, d_sae)
-            }),
+            None => {
+                computed = transpose(&to_vec(w_enc)?, d_in, d_sae);
+                &computed
+            }
         };
-        if wt.len() != d_in * d_sae {
-            candle_core::bail!("gather-matmul: W_enc is not a readable f32 matrix");
-        }
         // d xc[b, :] = Σ_i g[b, i] · W_enc[:, idx[b, i]]
         let mut grad_x = vec![0f32; b * d_in];
         grad_x
