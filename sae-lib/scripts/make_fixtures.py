@@ -5,16 +5,22 @@ How to run (from the repository root, CPU only, takes a few seconds):
 
     python3 -m venv /tmp/fixenv
     /tmp/fixenv/bin/pip install -r sae-lib/scripts/requirements-fixtures.txt
-    /tmp/fixenv/bin/python sae-lib/scripts/make_fixtures.py
+    /tmp/fixenv/bin/python sae-lib/scripts/make_fixtures.py                # everything
+    /tmp/fixenv/bin/python sae-lib/scripts/make_fixtures.py --only pythia  # only pythia/
 
 Versions used to produce the committed fixtures:
     torch==2.15.0  transformers==5.24.0  tokenizers==0.23.3  safetensors==0.8.0
-    (Python 3.11.7, CPU)
+    (Python 3.11.7, CPU); pythia/ was generated with these same versions
+    (torch 2.15.0+cu132 wheel, run on CPU) via `--only pythia`.
 
 The script is deterministic (torch.manual_seed(0), single thread) and needs no network:
 models are built from configs, the tokenizer is read from
 /work/shared/data/gpt-neox-20b-tokenizer.json and the long text from
 /work/shared/data/wikitext-2/valid.txt (override the folder with SAE_SHARED_DATA).
+`--only pythia` needs neither; it copies the char tokenizer from
+gpt_neox_parallel/tokenizer.json (written by make_char_tokenizer.py). A full run empties
+gpt_neox_parallel/, gpt_neox_sequential/, gpt_neox_bin/ and llama_gqa/ first, deleting their
+tokenizer.json files: run make_char_tokenizer.py afterwards to put them back.
 
 Output (all under sae-lib/tests/fixtures/):
   gpt_neox_parallel/   config.json, model.safetensors, expected.safetensors
@@ -24,6 +30,25 @@ Output (all under sae-lib/tests/fixtures/):
                        against gpt_neox_parallel/expected.safetensors
   llama_gqa/           config.json, model.safetensors, expected.safetensors
   tokenizer_ids.json
+  pythia/              a held-out GPT-NeoX shape saved the way EleutherAI/pythia-* checkpoints
+                       on the Hub are (written by transformers 4.x): d_model 64, 4 heads
+                       (head_dim 16), 2 layers, d_mlp 256, vocab 96, max_pos 64,
+                       rotary_pct 0.25, rotary_emb_base 10000, parallel residual, gelu,
+                       untied head, seed 3.
+    expected.safetensors   as below (2 layers, D 64), from the float32 model whose
+                           weights are exactly the stored fp16 values (eager attention)
+    safetensors/  config.json, model.safetensors, tokenizer.json
+    sharded/      config.json, model.safetensors.index.json ({"metadata": {"total_size"},
+                  "weight_map"}), model-00001-of-00002.safetensors (embed_in + layer 0),
+                  model-00002-of-00002.safetensors (layer 1, final_layer_norm, embed_out),
+                  tokenizer.json
+    bin/          config.json, pytorch_model.bin (torch.save of the plain dict), tokenizer.json
+    All three hold the same 34 tensors: every parameter in float16 under its checkpoint name
+    (head `embed_out.weight`) plus, per layer, the buffers 4.x saved:
+    gpt_neox.layers.{i}.attention.bias  BOOL [1,1,64,64] (lower-triangular causal mask),
+    .attention.masked_bias  F32 [] (-1e9), .attention.rotary_emb.inv_freq  F32 [2]
+    (1/10000^(arange(0,4,2)/4)). config.json uses the 4.x keys (rotary_pct, rotary_emb_base,
+    "torch_dtype": "float16", "transformers_version": "4.24.0").
 
 expected.safetensors keys (float32 unless noted; hooks use TransformerLens names):
   single.input_ids [1,7] int64, single.logits [1,7,V], single.blocks.{L}.{hook} [1,7,D]
@@ -34,10 +59,12 @@ expected.safetensors keys (float32 unless noted; hooks use TransformerLens names
   hooks: hook_resid_pre, hook_attn_out, hook_mlp_out, hook_resid_post
 """
 
+import argparse
 import json
 import math
 import os
 import shutil
+import struct
 import sys
 
 import torch
@@ -203,7 +230,7 @@ def run_with_cache(model, input_ids, attention_mask=None, position_ids=None, zer
     finally:
         for h in handles:
             h.remove()
-    assert len(cache) == N_LAYERS * len(HOOKS), sorted(cache)
+    assert len(cache) == len(layers) * len(HOOKS), sorted(cache)
     return out.logits.detach().clone(), cache
 
 
@@ -269,7 +296,9 @@ def save_model(model, d):
 
 def report_stats(tag, logits, cache):
     print(f"  [{tag}] logits std {logits.std():.3f} absmax {logits.abs().max():.3f}")
-    for L in range(N_LAYERS):
+    n_layers = len(cache) // len(HOOKS)  # the model's own layer count (N_LAYERS or pythia's)
+    assert sorted(cache) == sorted(f"blocks.{L}.{h}" for L in range(n_layers) for h in HOOKS)
+    for L in range(n_layers):
         s = "  ".join(
             f"{h[5:]} {cache[f'blocks.{L}.{h}'].std():.2f}/{cache[f'blocks.{L}.{h}'].abs().max():.1f}"
             for h in HOOKS
@@ -300,6 +329,25 @@ def make_model_fixture(kind, single, batch, mask, pos):
     d = os.path.join(FIXTURES, kind)
     names, dropped = save_model(model, d)
 
+    exp = compute_expected(model, single, batch, mask, pos)
+    save_file(exp, os.path.join(d, "expected.safetensors"), metadata={"format": "pt"})
+
+    # round trip: reload from disk with from_pretrained and reproduce the expected outputs
+    cls = type(model)
+    re = cls.from_pretrained(d, attn_implementation="eager", dtype=torch.float32).eval()
+    r_logits, _ = run_with_cache(re, single)
+    rt = (r_logits - exp["single.logits"]).abs().max().item()
+    print(f"  reload round-trip logits diff: {rt:.3e}")
+    assert rt < 1e-6
+
+    print(f"  saved tensors ({len(names)}): {names}")
+    if dropped:
+        print(f"  dropped non-parameter tensors: {dropped}")
+    return model, names, exp
+
+
+def compute_expected(model, single, batch, mask, pos):
+    """The expected.safetensors dict (see the module docstring) for `model`, with checks."""
     exp = {}
     s_logits, s_cache = run_with_cache(model, single)
     report_stats("single", s_logits, s_cache)
@@ -339,40 +387,18 @@ def make_model_fixture(kind, single, batch, mask, pos):
     for k, v in exp.items():
         want = torch.int64 if k.endswith(("input_ids", "attention_mask", "position_ids")) else torch.float32
         assert v.dtype == want, (k, v.dtype)
-    save_file(exp, os.path.join(d, "expected.safetensors"), metadata={"format": "pt"})
-
-    # round trip: reload from disk with from_pretrained and reproduce the expected outputs
-    cls = type(model)
-    re = cls.from_pretrained(d, attn_implementation="eager", dtype=torch.float32).eval()
-    r_logits, _ = run_with_cache(re, single)
-    rt = (r_logits - s_logits).abs().max().item()
-    print(f"  reload round-trip logits diff: {rt:.3e}")
-    assert rt < 1e-6
-
-    print(f"  saved tensors ({len(names)}): {names}")
-    if dropped:
-        print(f"  dropped non-parameter tensors: {dropped}")
-    return model, names, exp
+    return exp
 
 
 LEGACY_NEOX_CONFIG_KEYS = None  # filled in make_bin_fixture for the report
 
 
-def make_bin_fixture(parallel_model, single, expected):
-    """pytorch_model.bin with the parallel model's weights, config.json in legacy key style.
-
-    transformers 5.x can no longer *write* .bin files (save_pretrained has no
-    safe_serialization flag), so we do what 4.x's save_pretrained(safe_serialization=False)
-    did: torch.save a plain dict {name: tensor.contiguous()} of the state dict.
-    config.json uses the key names real Pythia checkpoints on the Hub use
-    (rotary_pct / rotary_emb_base at top level, written by transformers 4.x) so the
-    Rust config parser is exercised on both the 4.x and the 5.x (rope_parameters) style.
-    """
-    global LEGACY_NEOX_CONFIG_KEYS
-    print("== gpt_neox_bin")
-    d = os.path.join(FIXTURES, "gpt_neox_bin")
-    clean_dir(d)
-    c = parallel_model.config
+def write_legacy_neox_config(c, d, **overrides):
+    """config.json in the key style transformers 4.x wrote (and Pythia on the Hub has):
+    rotary_pct / rotary_emb_base at top level, torch_dtype. Returns the dict written."""
+    rope = c.rope_parameters
+    assert rope["rope_theta"] == 10000 and rope["partial_rotary_factor"] == 0.25, rope
+    assert c.use_parallel_residual and not c.tie_word_embeddings
     cfg = {
         "architectures": ["GPTNeoXForCausalLM"],
         "bos_token_id": 0,
@@ -394,10 +420,30 @@ def make_bin_fixture(parallel_model, single, expected):
         "use_parallel_residual": True,
         "vocab_size": c.vocab_size,
     }
-    LEGACY_NEOX_CONFIG_KEYS = sorted(cfg)
+    assert set(overrides) <= set(cfg) | {"transformers_version"}, overrides
+    cfg.update(overrides)
     with open(os.path.join(d, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2, sort_keys=True)
         f.write("\n")
+    return cfg
+
+
+def make_bin_fixture(parallel_model, single, expected):
+    """pytorch_model.bin with the parallel model's weights, config.json in legacy key style.
+
+    transformers 5.x can no longer *write* .bin files (save_pretrained has no
+    safe_serialization flag), so we do what 4.x's save_pretrained(safe_serialization=False)
+    did: torch.save a plain dict {name: tensor.contiguous()} of the state dict.
+    config.json uses the key names real Pythia checkpoints on the Hub use
+    (rotary_pct / rotary_emb_base at top level, written by transformers 4.x) so the
+    Rust config parser is exercised on both the 4.x and the 5.x (rope_parameters) style.
+    """
+    global LEGACY_NEOX_CONFIG_KEYS
+    print("== gpt_neox_bin")
+    d = os.path.join(FIXTURES, "gpt_neox_bin")
+    clean_dir(d)
+    cfg = write_legacy_neox_config(parallel_model.config, d)
+    LEGACY_NEOX_CONFIG_KEYS = sorted(cfg)
     # same tensor names (incl. `embed_out.weight`, as in Pythia's .bin files) and values as
     # gpt_neox_parallel/model.safetensors
     st = load_file(os.path.join(FIXTURES, "gpt_neox_parallel", "model.safetensors"))
@@ -421,6 +467,233 @@ def make_bin_fixture(parallel_model, single, expected):
     print(f"  .bin + legacy config reload vs gpt_neox_parallel expected: max abs diff {diff:.3e}")
     assert diff < 1e-6
     print(f"  saved tensors ({len(pt)}): {sorted(pt)}")
+
+
+# ---------------------------------------------------------------------------------------
+# pythia: a held-out GPT-NeoX shape saved the way real Pythia checkpoints on the Hub are
+# ---------------------------------------------------------------------------------------
+
+PYTHIA_SEED = 3  # the other fixtures use 0, 1, 2
+PYTHIA_SHAPE = dict(
+    hidden_size=64,
+    num_attention_heads=4,  # head_dim 16, rotary_dim 4
+    num_hidden_layers=2,
+    intermediate_size=256,
+    vocab_size=VOCAB,
+    max_position_embeddings=64,
+)
+PYTHIA_LAYOUTS = {
+    "safetensors": ["config.json", "model.safetensors", "tokenizer.json"],
+    "sharded": [
+        "config.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+        "tokenizer.json",
+    ],
+    "bin": ["config.json", "pytorch_model.bin", "tokenizer.json"],
+}
+CHAR_TOKENIZER = os.path.join(FIXTURES, "gpt_neox_parallel", "tokenizer.json")
+
+
+def pythia_config() -> GPTNeoXConfig:
+    return GPTNeoXConfig(
+        **PYTHIA_SHAPE,
+        layer_norm_eps=1e-5,
+        hidden_act="gelu",
+        rotary_emb_base=10000,
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+        attn_implementation="eager",
+    )
+
+
+def pythia_state_dict(model):
+    """The state dict transformers 4.x (e.g. 4.24, which wrote Pythia) saved for `model`.
+
+    Parameters in float16 under their checkpoint names (head: `embed_out.weight`), in 4.x's
+    module order, plus the per-layer buffers 4.x registered as persistent:
+      attention.bias               bool (1, 1, max_pos, max_pos), lower-triangular causal mask
+      attention.masked_bias        float32 scalar (shape []), -1e9
+      attention.rotary_emb.inv_freq float32 (rotary_dim/2,)
+    """
+    c = model.config
+    max_pos = c.max_position_embeddings
+    head_dim = c.hidden_size // c.num_attention_heads
+    rotary_dim = int(head_dim * c.rope_parameters["partial_rotary_factor"])
+    base = c.rope_parameters["rope_theta"]
+    # exactly 4.24's RotaryEmbedding: 1.0 / (base ** (torch.arange(0, dim, 2).float() / dim))
+    inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2).float() / rotary_dim))
+    assert torch.allclose(inv_freq, model.gpt_neox.rotary_emb.inv_freq), (inv_freq, model.gpt_neox.rotary_emb.inv_freq)
+    causal = torch.tril(torch.ones((max_pos, max_pos), dtype=torch.bool)).view(1, 1, max_pos, max_pos)
+
+    params = dict(model.named_parameters())
+    assert "lm_head.weight" in params and "embed_out.weight" not in params
+
+    def p16(name):
+        t = params.pop(name)
+        assert t.dtype == torch.float32
+        return t.detach().half().contiguous().clone()
+
+    sd = {"gpt_neox.embed_in.weight": p16("gpt_neox.embed_in.weight")}
+    for i in range(c.num_hidden_layers):
+        pre = f"gpt_neox.layers.{i}."
+        for ln in ["input_layernorm", "post_attention_layernorm"]:
+            for wb in ["weight", "bias"]:
+                sd[f"{pre}{ln}.{wb}"] = p16(f"{pre}{ln}.{wb}")
+        sd[f"{pre}attention.bias"] = causal.clone()
+        sd[f"{pre}attention.masked_bias"] = torch.tensor(-1e9, dtype=torch.float32)
+        sd[f"{pre}attention.rotary_emb.inv_freq"] = inv_freq.clone()
+        for lin in ["attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"]:
+            for wb in ["weight", "bias"]:
+                sd[f"{pre}{lin}.{wb}"] = p16(f"{pre}{lin}.{wb}")
+    for wb in ["weight", "bias"]:
+        sd[f"gpt_neox.final_layer_norm.{wb}"] = p16(f"gpt_neox.final_layer_norm.{wb}")
+    sd["embed_out.weight"] = p16("lm_head.weight")
+    assert not params, sorted(params)  # every parameter was saved exactly once
+    return sd
+
+
+def safetensors_header(path):
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        return json.loads(f.read(n))
+
+
+def check_pythia_tensors(sd, where, n_layers):
+    """dtypes/shapes per name: {name: (dtype, shape)} from a safetensors header or a .bin."""
+    for name, (dtype, shape) in sd.items():
+        if name.endswith(".attention.bias"):
+            assert dtype in ("BOOL", torch.bool) and shape[:2] == [1, 1], (where, name, dtype, shape)
+        elif name.endswith(".attention.masked_bias"):
+            assert dtype in ("F32", torch.float32) and shape == [], (where, name, dtype, shape)
+        elif name.endswith(".rotary_emb.inv_freq"):
+            assert dtype in ("F32", torch.float32) and len(shape) == 1, (where, name, dtype, shape)
+        else:
+            assert dtype in ("F16", torch.float16), (where, name, dtype, shape)
+    for i in range(n_layers):
+        for b in ["attention.bias", "attention.masked_bias", "attention.rotary_emb.inv_freq"]:
+            assert f"gpt_neox.layers.{i}.{b}" in sd, (where, i, b)
+    assert "embed_out.weight" in sd and "lm_head.weight" not in sd, where
+
+
+def write_pythia_layouts(sd, config, root, tokenizer_bytes):
+    """The same tensors as model.safetensors, as 2 shards + index, and as pytorch_model.bin."""
+    total_size = sum(t.numel() * t.element_size() for t in sd.values())
+    meta = {"format": "pt"}  # what 4.x's save_pretrained put in the safetensors header
+    for layout in PYTHIA_LAYOUTS:
+        d = os.path.join(root, layout)
+        clean_dir(d)
+        write_legacy_neox_config(
+            config, d, eos_token_id=0, torch_dtype="float16", transformers_version="4.24.0"
+        )
+        with open(os.path.join(d, "tokenizer.json"), "wb") as f:
+            f.write(tokenizer_bytes)
+        if layout == "safetensors":
+            save_file(sd, os.path.join(d, "model.safetensors"), metadata=meta)
+        elif layout == "sharded":
+            first = lambda k: k.startswith(("gpt_neox.embed_in.", "gpt_neox.layers.0."))
+            shards = {
+                "model-00001-of-00002.safetensors": {k: v for k, v in sd.items() if first(k)},
+                "model-00002-of-00002.safetensors": {k: v for k, v in sd.items() if not first(k)},
+            }
+            weight_map = {}
+            for fname, part in shards.items():
+                save_file(part, os.path.join(d, fname), metadata=meta)
+                weight_map.update({k: fname for k in part})
+            assert sorted(weight_map) == sorted(sd)
+            index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
+            with open(os.path.join(d, "model.safetensors.index.json"), "w") as f:
+                json.dump(index, f, indent=2, sort_keys=True)
+                f.write("\n")
+            sizes = {f: sum(t.numel() * t.element_size() for t in p.values()) for f, p in shards.items()}
+            print(f"  shard tensor bytes: {sizes}  total_size {total_size}")
+        else:  # 4.x save_pretrained(safe_serialization=False): torch.save of the plain dict
+            torch.save(sd, os.path.join(d, "pytorch_model.bin"))
+        assert sorted(os.listdir(d)) == PYTHIA_LAYOUTS[layout], (layout, sorted(os.listdir(d)))
+    return total_size
+
+
+def make_pythia_fixture(single, batch, mask, pos, tokenizer_bytes):
+    """tests/fixtures/pythia/: a held-out shape (d_model 64, 2 layers, d_mlp 256) stored like
+    EleutherAI/pythia-*: float16 weights, 4.x config keys, per-layer attention.bias (bool),
+    attention.masked_bias and attention.rotary_emb.inv_freq buffers, `embed_out.weight`;
+    as model.safetensors, as 2 safetensors shards + index, and as pytorch_model.bin.
+    expected.safetensors comes from the float32 model holding exactly the fp16 weights."""
+    print("== pythia")
+    torch.manual_seed(PYTHIA_SEED)
+    model = GPTNeoXForCausalLM(pythia_config()).float()
+    rerandomise(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.half().float())  # the float32 reference uses exactly the stored fp16 values
+    model.eval()
+    assert len(model.gpt_neox.layers) == PYTHIA_SHAPE["num_hidden_layers"]
+
+    root = os.path.join(FIXTURES, "pythia")
+    clean_dir(root)
+    exp = compute_expected(model, single, batch, mask, pos)
+    save_file(exp, os.path.join(root, "expected.safetensors"), metadata={"format": "pt"})
+
+    sd = pythia_state_dict(model)
+    total_size = write_pythia_layouts(sd, model.config, root, tokenizer_bytes)
+    n_layers = model.config.num_hidden_layers
+
+    # what is on disk: BOOL masks, F32 buffers, F16 weights, every name in every layout
+    for layout, files in PYTHIA_LAYOUTS.items():
+        d = os.path.join(root, layout)
+        got = {}
+        for fname in files:
+            path = os.path.join(d, fname)
+            if fname.endswith(".safetensors"):
+                h = safetensors_header(path)
+                assert h.pop("__metadata__") == {"format": "pt"}, fname
+                assert any(v["dtype"] == "BOOL" for v in h.values()), f"{fname} has no BOOL tensor"
+                got.update({k: (v["dtype"], v["shape"]) for k, v in h.items()})
+                for k, t in load_file(path).items():
+                    assert torch.equal(t, sd[k]), (layout, k)
+            elif fname == "pytorch_model.bin":
+                pt = torch.load(path, map_location="cpu", weights_only=True)
+                assert list(pt) == list(sd), (list(pt), list(sd))
+                assert any(t.dtype == torch.bool for t in pt.values()), ".bin has no bool tensor"
+                for k, t in pt.items():
+                    assert t.dtype == sd[k].dtype and torch.equal(t, sd[k]), (layout, k)
+                got.update({k: (t.dtype, list(t.shape)) for k, t in pt.items()})
+        assert sorted(got) == sorted(sd), (layout, sorted(set(got) ^ set(sd)))
+        check_pythia_tensors(got, layout, n_layers)
+    with open(os.path.join(root, "sharded", "model.safetensors.index.json")) as f:
+        assert json.load(f)["metadata"]["total_size"] == total_size
+
+    # transformers loads each layout (ignoring the 4.x buffers) and reproduces `expected`
+    diffs = {}
+    for layout in PYTHIA_LAYOUTS:
+        d = os.path.join(root, layout)
+        re = GPTNeoXForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager").eval()
+        assert re.config.rope_parameters["partial_rotary_factor"] == 0.25
+        assert re.config.num_hidden_layers == n_layers and re.config.hidden_size == 64
+        for n, p in re.named_parameters():
+            assert p.dtype == torch.float32, (n, p.dtype)
+        diff = 0.0
+        r_logits, r_cache = run_with_cache(re, single)
+        diff = max(diff, (r_logits - exp["single.logits"]).abs().max().item())
+        for k, v in r_cache.items():
+            diff = max(diff, (v - exp[f"single.{k}"]).abs().max().item())
+        r_logits, r_cache = run_with_cache(re, batch, attention_mask=mask, position_ids=pos)
+        diff = max(diff, (r_logits - exp["batch.logits"]).abs().max().item())
+        for k, v in r_cache.items():
+            diff = max(diff, (v - exp[f"batch.{k}"]).abs().max().item())
+        z_logits, _ = run_with_cache(re, single, zero_mlp_layer=1)
+        diff = max(diff, (z_logits - exp["zero_mlp1.logits"]).abs().max().item())
+        diffs[layout] = diff
+        print(f"  from_pretrained({layout}/) vs expected (logits + every hook): max abs diff {diff:.3e}")
+        assert diff < 1e-5, (layout, diff)
+
+    size = sum(os.path.getsize(os.path.join(a, f)) for a, _, fs in os.walk(root) for f in fs)
+    print(f"  pythia/ total {size} bytes")
+    assert size < 1_000_000, size
+    print(f"  saved tensors ({len(sd)}): {list(sd)}")
+    return diffs
 
 
 # ---------------------------------------------------------------------------------------
@@ -460,24 +733,36 @@ def make_tokenizer_fixture():
 
 
 def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument(
+        "--only",
+        choices=["pythia"],
+        help="regenerate only this fixture (pythia/), leaving every other file untouched",
+    )
+    args = ap.parse_args()
     print(
         f"torch {torch.__version__}  transformers {transformers.__version__}  "
         f"tokenizers {tokenizers.__version__}  python {sys.version.split()[0]}"
     )
+    # read before anything is regenerated (make_model_fixture empties gpt_neox_parallel/)
+    with open(CHAR_TOKENIZER, "rb") as f:
+        char_tokenizer = f.read()
     torch.manual_seed(0)
     os.makedirs(FIXTURES, exist_ok=True)
     gen = torch.Generator().manual_seed(1234)
     single, batch, mask, pos = make_inputs(gen)
     print(f"single ids {single.tolist()}\nbatch ids {batch.tolist()}\nposition_ids {pos.tolist()}")
 
-    results = {}
-    for kind in ["gpt_neox_parallel", "gpt_neox_sequential", "llama_gqa"]:
-        torch.manual_seed({"gpt_neox_parallel": 0, "gpt_neox_sequential": 1, "llama_gqa": 2}[kind])
-        results[kind] = make_model_fixture(kind, single, batch, mask, pos)
+    if args.only != "pythia":
+        results = {}
+        for kind in ["gpt_neox_parallel", "gpt_neox_sequential", "llama_gqa"]:
+            torch.manual_seed({"gpt_neox_parallel": 0, "gpt_neox_sequential": 1, "llama_gqa": 2}[kind])
+            results[kind] = make_model_fixture(kind, single, batch, mask, pos)
 
-    par_model, _, par_exp = results["gpt_neox_parallel"]
-    make_bin_fixture(par_model, single, par_exp)
-    make_tokenizer_fixture()
+        par_model, _, par_exp = results["gpt_neox_parallel"]
+        make_bin_fixture(par_model, single, par_exp)
+        make_tokenizer_fixture()
+    make_pythia_fixture(single, batch, mask, pos, char_tokenizer)
     print("done")
 
 

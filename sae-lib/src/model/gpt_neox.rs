@@ -302,10 +302,22 @@ impl GptNeoX {
             cfg.layer_norm_eps,
             base.pp("final_layer_norm"),
         )?;
-        let embed_out = if cfg.tie_word_embeddings {
-            Linear::new(embed_in.embeddings(), None)?
-        } else {
-            Linear::load(vb.pp("embed_out"), cfg.hidden_size, cfg.vocab_size, false)?
+        // Pythia's files (transformers 4) name the head `embed_out`; files saved by newer
+        // transformers may say `lm_head`. A tied checkpoint may carry a copy or nothing.
+        let head = ["embed_out", "lm_head"]
+            .into_iter()
+            .find(|h| vb.contains_tensor(&format!("{h}.weight")));
+        let embed_out = match head {
+            Some(h) => Linear::load(vb.pp(h), cfg.hidden_size, cfg.vocab_size, false)?,
+            None if cfg.tie_word_embeddings => Linear::new(embed_in.embeddings(), None)?,
+            None => {
+                return Err(candle_core::Error::Msg(
+                    "the checkpoint has no output head: neither `embed_out.weight` nor \
+                     `lm_head.weight`, and config.json does not tie it to the embeddings"
+                        .into(),
+                )
+                .into())
+            }
         };
         Ok(Self {
             embed_in,

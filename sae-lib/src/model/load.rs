@@ -2,15 +2,16 @@
 //! directory laid out as `save_pretrained` writes it (config.json, weights, tokenizer.json), or
 //! from a llama.cpp `.gguf` file (weights and tokenizer in one).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
+use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
 use super::gguf::GgufFile;
 use super::gpt_neox::{self, GptNeoX};
 use super::llama::{self, Llama};
+use super::weights::Weights;
 use super::Model;
 use crate::hub::{HubOptions, HubRepo, RepoKind};
 use crate::tokenizer::Tokenizer;
@@ -101,7 +102,8 @@ impl ModelSource {
 }
 
 /// Which weight files to read, in order of preference: `model.safetensors`, the shards named by
-/// `model.safetensors.index.json`, then `pytorch_model.bin` (read by candle's pickle reader).
+/// `model.safetensors.index.json`, then `pytorch_model.bin`. Only the tensors the model uses
+/// are ever read from them ([`Weights`]).
 fn weight_files(source: &ModelSource, files: &[String], hub: &HubOptions) -> Result<Vec<PathBuf>> {
     let has = |name: &str| files.iter().any(|f| f == name);
     if has("model.safetensors") {
@@ -134,29 +136,6 @@ fn weight_files(source: &ModelSource, files: &[String], hub: &HubOptions) -> Res
         "model weights",
         "expected model.safetensors, model.safetensors.index.json or pytorch_model.bin",
     ))
-}
-
-/// Reads every tensor of `files`; a corrupt or truncated file is named in the error.
-fn read_tensors(files: &[PathBuf]) -> Result<HashMap<String, Tensor>> {
-    let mut all = HashMap::new();
-    for path in files {
-        let is_pickle = path
-            .extension()
-            .is_some_and(|e| e == "bin" || e == "pt" || e == "pth");
-        let tensors: candle_core::Result<HashMap<String, Tensor>> = if is_pickle {
-            candle_core::pickle::read_all(path).map(|v| v.into_iter().collect())
-        } else {
-            candle_core::safetensors::load(path, &Device::Cpu)
-        };
-        let tensors = tensors.map_err(|e| Error::Weights {
-            path: path.clone(),
-            message: format!(
-                "cannot read ({e}); the file may be truncated or corrupt: download it again"
-            ),
-        })?;
-        all.extend(tensors);
-    }
-    Ok(all)
 }
 
 fn model_type(config_path: &Path) -> Result<String> {
@@ -193,19 +172,17 @@ pub fn load_model(
     let config_path = source.fetch("config.json", hub)?;
     let weights = weight_files(source, &files, hub)?;
     let model_type = model_type(&config_path)?;
+    // Tensor errors name the tensor and its file already; say which checkpoint they are from.
     let wrap = |e: Error| match e {
         Error::Candle(e) => Error::Weights {
-            path: weights[0].clone(),
-            message: format!("do not match the config: {e}"),
+            path: weights[0].parent().unwrap_or(&weights[0]).to_path_buf(),
+            message: e.to_string(),
         },
         other => other,
     };
     let vb = || -> Result<VarBuilder<'static>> {
-        Ok(VarBuilder::from_tensors(
-            read_tensors(&weights)?,
-            dtype,
-            device,
-        ))
+        let backend: Box<dyn SimpleBackend> = Box::new(Weights::open(&weights)?);
+        Ok(VarBuilder::from_backend(backend, dtype, device.clone()))
     };
     match model_type.as_str() {
         "gpt_neox" => {

@@ -10,6 +10,7 @@ pub mod linear;
 pub mod llama;
 pub mod load;
 pub mod rotary;
+pub mod weights;
 
 use candle_core::{DType, Device, Tensor};
 

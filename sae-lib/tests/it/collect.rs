@@ -189,6 +189,47 @@ fn batched_collection_equals_the_tutorial_loop_and_a_direct_forward() {
     }
 }
 
+/// The Pythia-shaped checkpoint as people download it (BOOL buffers, `embed_out`, fp16), in
+/// each of its three file layouts: collected rows equal transformers' activations.
+#[test]
+fn collection_from_every_pythia_layout_equals_transformers() {
+    let exp = expected("pythia");
+    let ids: Vec<u32> = exp["single.input_ids"]
+        .flatten_all()
+        .unwrap()
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    // The fixtures' character tokenizer: id i is the printable character 31 + i.
+    let text: String = ids.iter().map(|&i| char::from(31 + i as u8)).collect();
+    for layout in ["safetensors", "sharded", "bin"] {
+        let source = ModelSource::Dir(fixture("pythia").join(layout));
+        let model =
+            sae_lib::model::load_model(&source, &Device::Cpu, DType::F32, &offline_hub()).unwrap();
+        let tok = load_tokenizer(&source, &offline_hub()).unwrap();
+        assert_eq!(tok.encode(&text, None).unwrap(), ids);
+        for hook in [HookPoint::mlp_out(1), HookPoint::resid_post(0)] {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = CollectConfig {
+                hook,
+                mode: CollectMode::All,
+                max_len: 64,
+                ..Default::default()
+            };
+            let docs = vec![Ok(text.clone())];
+            collect_to_store(&model, &tok, docs, &cfg, &provenance(), dir.path()).unwrap();
+            let rows = ActivationStore::open(dir.path())
+                .unwrap()
+                .to_tensor(&Device::Cpu)
+                .unwrap();
+            let want = exp[&format!("single.{hook}")].squeeze(0).unwrap();
+            let d = max_abs_diff(&rows, &want);
+            assert!(d < 1e-4, "{layout} {hook}: collected rows differ by {d}");
+        }
+    }
+}
+
 fn empty_meta(d: usize) -> StoreMeta {
     StoreMeta {
         model: "m".into(),

@@ -59,6 +59,151 @@ fn pytorch_bin_fallback_matches_transformers() {
     check_parity("gpt_neox_bin", "gpt_neox_parallel");
 }
 
+/// Pythia as people download it (transformers 4.x files): fp16 weights, `embed_out`, and per
+/// layer a BOOL causal-mask buffer, `masked_bias` and `rotary_emb.inv_freq`, as one
+/// `model.safetensors`, as two shards with an index, and as `pytorch_model.bin`.
+#[test]
+fn pythia_files_load_in_every_layout_and_match_transformers() {
+    for layout in ["safetensors", "sharded", "bin"] {
+        check_parity(&format!("pythia/{layout}"), "pythia");
+    }
+}
+
+/// Copies `pythia/safetensors` into a temporary folder, rewriting `model.safetensors` through
+/// `edit` (name, dtype, shape, bytes) with every tensor kept in its stored dtype.
+fn edited_pythia(
+    edit: impl Fn(
+        &str,
+        safetensors::Dtype,
+        Vec<usize>,
+        Vec<u8>,
+    ) -> Option<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>,
+) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(fixture("pythia/safetensors").join(f), dir.path().join(f)).unwrap();
+    }
+    let bytes = std::fs::read(fixture("pythia/safetensors/model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut kept = Vec::new();
+    for (name, view) in st.tensors() {
+        if let Some(t) = edit(
+            &name,
+            view.dtype(),
+            view.shape().to_vec(),
+            view.data().to_vec(),
+        ) {
+            kept.push(t);
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = kept
+        .iter()
+        .map(|(n, dt, shape, data)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*dt, shape.clone(), data).unwrap(),
+            )
+        })
+        .collect();
+    let out = safetensors::serialize(views, None).unwrap();
+    std::fs::write(dir.path().join("model.safetensors"), out).unwrap();
+    dir
+}
+
+fn load_dir(dir: &std::path::Path) -> sae_lib::Result<Model> {
+    load_model(
+        &ModelSource::Dir(dir.into()),
+        &Device::Cpu,
+        DType::F32,
+        &offline_hub(),
+    )
+}
+
+#[test]
+fn the_head_may_be_called_lm_head_and_errors_name_the_real_cause() {
+    // Newer transformers save GPT-NeoX's head as `lm_head`.
+    let renamed = edited_pythia(|n, dt, s, d| {
+        let n = if n == "embed_out.weight" {
+            "lm_head.weight"
+        } else {
+            n
+        };
+        Some((n.into(), dt, s, d))
+    });
+    let exp = expected("pythia");
+    let batch = TokenBatch::new(&exp["single.input_ids"], None).unwrap();
+    let logits = load_dir(renamed.path())
+        .unwrap()
+        .forward(&batch, &mut Hooks::new())
+        .unwrap()
+        .unwrap();
+    assert!(max_abs_diff(&logits, &exp["single.logits"]) < TOL);
+
+    // A missing tensor is named, with the file.
+    let missing = edited_pythia(|n, dt, s, d| {
+        (n != "gpt_neox.layers.1.mlp.dense_h_to_4h.weight").then(|| (n.into(), dt, s, d))
+    });
+    let msg = load_dir(missing.path()).unwrap_err().to_string();
+    assert!(
+        msg.contains("`gpt_neox.layers.1.mlp.dense_h_to_4h.weight` is missing")
+            && msg.contains("model.safetensors"),
+        "{msg}"
+    );
+    assert!(!msg.contains("BOOL") && !msg.contains("corrupt"), "{msg}");
+
+    // No head at all, and no tying.
+    let headless =
+        edited_pythia(|n, dt, s, d| (n != "embed_out.weight").then(|| (n.into(), dt, s, d)));
+    let msg = load_dir(headless.path()).unwrap_err().to_string();
+    assert!(
+        msg.contains("embed_out.weight") && msg.contains("lm_head.weight"),
+        "{msg}"
+    );
+
+    // A weight the model needs stored as BOOL says so, not "truncated".
+    let boolean = edited_pythia(|n, dt, s, d| {
+        if n == "gpt_neox.layers.0.attention.bias" {
+            return None;
+        }
+        if n == "gpt_neox.layers.0.input_layernorm.bias" {
+            return Some((
+                n.into(),
+                safetensors::Dtype::BOOL,
+                s.clone(),
+                vec![1u8; s[0]],
+            ));
+        }
+        Some((n.into(), dt, s, d))
+    });
+    let msg = load_dir(boolean.path()).unwrap_err().to_string();
+    assert!(
+        msg.contains("input_layernorm.bias") && msg.contains("BOOL"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn truncated_shards_and_archives_say_truncated() {
+    for (layout, file) in [
+        ("sharded", "model-00002-of-00002.safetensors"),
+        ("bin", "pytorch_model.bin"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(fixture("pythia").join(layout)).unwrap() {
+            let p = entry.unwrap().path();
+            std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+        }
+        let p = dir.path().join(file);
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() * 2 / 3]).unwrap();
+        let msg = load_dir(dir.path()).unwrap_err().to_string();
+        assert!(
+            msg.contains(file) && msg.contains("truncated"),
+            "{layout}: {msg}"
+        );
+    }
+}
+
 #[test]
 fn llama_with_grouped_query_attention_matches_transformers() {
     let model = load_fixture_model("llama_gqa");
@@ -221,7 +366,7 @@ fn loader_errors_say_what_is_wrong() {
         std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
     });
     assert!(
-        msg.contains("model.safetensors") && msg.contains("truncated or corrupt"),
+        msg.contains("model.safetensors") && msg.contains("truncated") && msg.contains("download"),
         "{msg}"
     );
 
