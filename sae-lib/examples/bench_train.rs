@@ -25,14 +25,10 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(4096);
     let (d_in, batch) = (512, 4096);
     let data = Tensor::randn(0f32, 1.0, (4 * batch, d_in), &Device::Cpu)?;
+    let arch = Architecture::parse(&arch)?;
     let cfg = SaeConfig {
-        k: Some(32),
-        ..SaeConfig::new(
-            Architecture::parse(&arch)?,
-            d_in,
-            d_sae,
-            SaeMetadata::default(),
-        )
+        k: arch.uses_k().then_some(32),
+        ..SaeConfig::new(arch, d_in, d_sae, SaeMetadata::default())
     };
     let train = TrainConfig {
         steps: steps + 2,
@@ -51,7 +47,8 @@ fn main() -> anyhow::Result<()> {
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "{{\"impl\":\"candle\",\"work\":\"train\",\"variant\":\"{arch}\",\"d_in\":{d_in},\"d_sae\":{d_sae},\"batch\":{batch},\"samples_per_s\":{:.1}}}",
+        "{{\"impl\":\"candle\",\"work\":\"train\",\"variant\":\"{}\",\"d_in\":{d_in},\"d_sae\":{d_sae},\"batch\":{batch},\"samples_per_s\":{:.1}}}",
+        arch.name(),
         (steps as usize * batch) as f64 / secs
     );
     Ok(())

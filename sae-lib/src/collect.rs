@@ -81,6 +81,28 @@ impl Default for CollectConfig {
     }
 }
 
+impl CollectConfig {
+    /// Checks every number before any work starts.
+    pub fn validate(&self) -> Result<()> {
+        let check = |what: &str, v: usize| {
+            if v == 0 {
+                Err(crate::Error::Input(format!(
+                    "{what} must be at least 1 (got 0)"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        check("max length (tokens kept per document)", self.max_len)?;
+        check("batch size", self.batch_size)?;
+        check("shard rows", self.shard_rows)?;
+        if let Some(n) = self.max_docs {
+            check("max documents", n)?;
+        }
+        Ok(())
+    }
+}
+
 /// What the tutorial's loop returns.
 #[derive(Debug, Clone)]
 pub struct MiddleTokenActivations {

@@ -58,6 +58,20 @@ pub enum Error {
     #[error("{0}")]
     Training(String),
 
+    /// An output folder already holds a run that this one would replace.
+    #[error(
+        "{path} already holds {what}; continue it with --resume (train), replace it with \
+         --overwrite, or choose another --out"
+    )]
+    OutputExists { path: PathBuf, what: String },
+
+    /// Another process is writing into the same output folder.
+    #[error(
+        "{path} is being written by another sae run ({owner}); wait for it to finish or \
+         choose another --out"
+    )]
+    Locked { path: PathBuf, owner: String },
+
     /// A JSON document could not be parsed or written.
     #[error("JSON {path}: {source}")]
     Json {

@@ -1,5 +1,6 @@
 //! Atomic file writes: every output is written to a temporary file beside its destination and
-//! renamed into place, so a crash or Ctrl-C never leaves a half-written file.
+//! renamed into place, so a crash or Ctrl-C never leaves a half-written file. Files get the
+//! permissions the user's umask gives any new file.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -80,14 +81,18 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     })
 }
 
-/// Atomically saves named tensors as safetensors.
+/// Atomically saves named tensors as safetensors. Serialised here rather than by the
+/// safetensors crate's own writer, whose temporary file would give the result mode 0600
+/// instead of what the user's umask allows.
 pub fn save_safetensors(
     path: &Path,
     tensors: &std::collections::HashMap<String, candle_core::Tensor>,
 ) -> Result<()> {
-    write_atomic(path, |tmp| {
-        Ok(candle_core::safetensors::save(tensors, tmp)?)
-    })
+    let bytes = safetensors::serialize(tensors.iter(), None).map_err(|e| Error::Weights {
+        path: path.into(),
+        message: format!("cannot serialise tensors ({e})"),
+    })?;
+    write_bytes(path, &bytes)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use crate::eval::{metrics, splice_eval};
 use crate::hooks::HookPoint;
 use crate::model::Model;
 use crate::plot::{Chart, ParetoMetric, ParetoPoint};
-use crate::sae::{Architecture, Sae, SaeConfig, SaeMetadata};
+use crate::sae::{Architecture, Sae, SaeConfig, SaeMetadata, Sparsity};
 use crate::train::{ActivationSource, TrainConfig, Trainer};
 use crate::{Error, Result};
 
@@ -19,13 +19,17 @@ use crate::{Error, Result};
 pub struct SweepConfig {
     pub architectures: Vec<Architecture>,
     pub d_sae: usize,
-    /// `k` values for TopK, BatchTopK and Matryoshka.
-    pub ks: Vec<usize>,
-    /// Penalty coefficients for ReLU and Gated (L1) runs.
-    pub l1_coefficients: Vec<f64>,
-    /// Penalty coefficients for JumpReLU (L0) runs.
-    pub l0_coefficients: Vec<f64>,
-    /// Shared by every run (steps, batch, learning rate, seed).
+    /// `k` values for TopK, BatchTopK and Matryoshka (default: half, once and twice the
+    /// default `k`).
+    pub ks: Option<Vec<usize>>,
+    /// Penalty coefficients for ReLU and Gated (L1) runs (default: half, once and twice each
+    /// architecture's default λ).
+    pub l1_coefficients: Option<Vec<f64>>,
+    /// Penalty coefficients for JumpReLU (L0) runs (default: as for L1).
+    pub l0_coefficients: Option<Vec<f64>>,
+    /// Learning rate for every run (default: each architecture's own).
+    pub lr: Option<f64>,
+    /// Shared by every run (steps, batch, seed; the learning rate is set per architecture).
     pub train: TrainConfig,
     /// Rows used to measure L0 and FVU.
     pub eval_rows: usize,
@@ -37,13 +41,81 @@ impl Default for SweepConfig {
         Self {
             architectures: Architecture::ALL.to_vec(),
             d_sae: 4096,
-            ks: vec![16, 32, 64],
-            l1_coefficients: vec![2.0, 5.0, 10.0],
-            l0_coefficients: vec![0.5, 1.0, 3.0],
+            ks: None,
+            l1_coefficients: None,
+            l0_coefficients: None,
+            lr: None,
             train: TrainConfig::default(),
             eval_rows: 16384,
             metadata: SaeMetadata::default(),
         }
+    }
+}
+
+impl SweepConfig {
+    /// The sparsity settings swept for `arch`: its `k` values, or its penalty coefficients.
+    pub fn settings(&self, arch: Architecture) -> Vec<f64> {
+        let defaults = arch.defaults(self.d_sae);
+        let around = |v: f64| vec![v / 2.0, v, v * 2.0];
+        match arch.sparsity() {
+            Sparsity::K => match &self.ks {
+                Some(ks) => ks.iter().map(|&k| k as f64).collect(),
+                None => {
+                    let mut ks: Vec<f64> = around(defaults.k.unwrap_or(32) as f64)
+                        .into_iter()
+                        .map(|k| k.round().clamp(1.0, self.d_sae as f64))
+                        .collect();
+                    ks.dedup();
+                    ks
+                }
+            },
+            Sparsity::L1 => self
+                .l1_coefficients
+                .clone()
+                .unwrap_or_else(|| around(defaults.sparsity_coefficient)),
+            Sparsity::L0 => self
+                .l0_coefficients
+                .clone()
+                .unwrap_or_else(|| around(defaults.sparsity_coefficient)),
+        }
+    }
+
+    /// Checks every setting of every run before the first one starts.
+    pub fn validate(&self) -> Result<()> {
+        if self.architectures.is_empty() {
+            return Err(Error::Input("the sweep has no architectures".into()));
+        }
+        if let Some(lr) = self.lr {
+            if !(lr.is_finite() && lr > 0.0) {
+                return Err(Error::Input(format!(
+                    "the learning rate must be a finite number above 0 (got {lr})"
+                )));
+            }
+        }
+        for &arch in &self.architectures {
+            let settings = self.settings(arch);
+            if settings.is_empty() {
+                return Err(Error::Input(format!(
+                    "the sweep has no sparsity settings for {}",
+                    arch.name()
+                )));
+            }
+            for s in settings {
+                if arch.uses_k() {
+                    crate::sae::validate_shape(arch, self.d_sae, Some(s as usize))?;
+                } else {
+                    crate::sae::validate_shape(arch, self.d_sae, None)?;
+                    if !(s.is_finite() && s > 0.0) {
+                        return Err(Error::Input(format!(
+                            "sparsity coefficients must be finite numbers above 0 (got {s} \
+                             for {})",
+                            arch.name()
+                        )));
+                    }
+                }
+            }
+        }
+        self.train.validate(false)
     }
 }
 
@@ -57,6 +129,9 @@ pub struct SweepPoint {
     pub fvu: f64,
     pub dead_fraction: f64,
     pub ce_loss_score: Option<f64>,
+    /// What is wrong with this SAE, each with what to change (empty when it is healthy).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// The model side of an optional CE evaluation: the model, the hook, held-out sequences.
@@ -73,9 +148,7 @@ pub fn run_sweep(
     eval: Option<&SweepEval>,
     device: &Device,
 ) -> Result<Vec<SweepPoint>> {
-    if cfg.architectures.is_empty() {
-        return Err(Error::Input("the sweep has no architectures".into()));
-    }
+    cfg.validate()?;
     let rows: Vec<u32> = crate::data::store::permutation(data.len(), cfg.train.seed ^ 0x5eed, 0)
         .into_iter()
         .take(cfg.eval_rows)
@@ -83,21 +156,18 @@ pub fn run_sweep(
     let x = data.gather(&rows, device)?;
     let mut points = Vec::new();
     for &arch in &cfg.architectures {
-        let settings: Vec<f64> = match arch {
-            a if a.uses_k() => cfg.ks.iter().map(|&k| k as f64).collect(),
-            Architecture::JumpRelu => cfg.l0_coefficients.clone(),
-            _ => cfg.l1_coefficients.clone(),
-        };
+        let defaults = arch.defaults(cfg.d_sae);
+        let settings = cfg.settings(arch);
         for setting in settings {
-            println!("sweep: {} at {setting}", arch.name());
             let sae_cfg = SaeConfig {
                 k: arch.uses_k().then_some(setting as usize),
                 ..SaeConfig::new(arch, data.d(), cfg.d_sae, cfg.metadata.clone())
             };
-            let train = TrainConfig {
+            let mut train = TrainConfig {
                 sparsity_coefficient: setting,
                 ..cfg.train.clone()
             };
+            train.adam.lr = cfg.lr.unwrap_or(defaults.lr);
             let mut trainer = Trainer::new(sae_cfg, train, data, device)?;
             trainer.train(None, None)?;
             // Measure in the SAE's own (scaled) space; FVU is scale-invariant and L0 unaffected.
@@ -115,14 +185,26 @@ pub fn run_sweep(
                 }
                 None => None,
             };
+            let (l0, fvu) = (metrics::l0(&f)?, metrics::fvu(&scaled, &x_hat)?);
+            let dead_fraction =
+                counts.iter().filter(|&&c| c == 0.0).count() as f64 / counts.len() as f64;
+            let warnings = crate::train::diagnose(&crate::train::RunSummary {
+                architecture: arch,
+                d_sae: cfg.d_sae,
+                l0,
+                fvu,
+                dead_fraction,
+                sparsity_coefficient: setting,
+                lr: trainer.config().adam.lr,
+            });
             points.push(SweepPoint {
                 architecture: arch.name().into(),
                 sparsity_setting: setting,
-                l0: metrics::l0(&f)?,
-                fvu: metrics::fvu(&scaled, &x_hat)?,
-                dead_fraction: counts.iter().filter(|&&c| c == 0.0).count() as f64
-                    / counts.len() as f64,
+                l0,
+                fvu,
+                dead_fraction,
                 ce_loss_score,
+                warnings,
             });
         }
     }

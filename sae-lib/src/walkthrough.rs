@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, IndexOp};
+use candle_core::{DType, Device};
 use serde::Serialize;
 
 use crate::collect::{collect_to_store, CollectConfig, Provenance};
@@ -14,9 +14,9 @@ use crate::hooks::HookPoint;
 use crate::hub::HubOptions;
 use crate::model::{load_model, load_tokenizer, Model, ModelSource};
 use crate::plot::Chart;
-use crate::sae::{format, AnySae, Architecture, Sae, SaeConfig, SaeMetadata};
+use crate::sae::{format, AnySae, Architecture, SaeConfig, SaeMetadata};
 use crate::tokenizer::Tokenizer;
-use crate::train::{MetricsRow, TrainConfig, Trainer};
+use crate::train::{MetricsRow, RunSummary, TrainConfig, Trainer};
 use crate::{io, Error, Result};
 
 /// Everything the walkthrough needs; `Default` is the tutorial.
@@ -57,7 +57,7 @@ impl Default for WalkthroughConfig {
             architecture: Architecture::Relu,
             d_sae: 4096,
             k: None,
-            train: TrainConfig::default(),
+            train: TrainConfig::for_architecture(Architecture::Relu, 4096),
             eval_docs: 100,
             inspect_features: 4,
             device: Device::Cpu,
@@ -70,6 +70,8 @@ impl Default for WalkthroughConfig {
 /// `metrics.json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct WalkthroughReport {
+    /// What is wrong with the SAE, each with what to change (empty when it is healthy).
+    pub warnings: Vec<String>,
     pub model: String,
     pub dataset: String,
     pub hook: HookPoint,
@@ -115,9 +117,9 @@ impl WalkthroughConfig {
     /// | `SAE_MAX_DOCS` | training documents | all |
     /// | `SAE_EVAL_DOCS` | held-out documents for the splice evaluation | 100 |
     /// | `SAE_ARCH` | relu, topk, batchtopk, jumprelu, gated, matryoshka | relu |
-    /// | `SAE_D_SAE`, `SAE_K` | dictionary size, active features (TopK family) | 4096, none |
+    /// | `SAE_D_SAE`, `SAE_K` | dictionary size, active features (TopK family) | 4096, the architecture's |
     /// | `SAE_STEPS`, `SAE_BATCH_SIZE` | training steps and batch | 2000, 4096 |
-    /// | `SAE_L1`, `SAE_LR`, `SAE_SEED` | sparsity coefficient, learning rate, seed | 5, 5e-5, 0 |
+    /// | `SAE_L1`, `SAE_LR`, `SAE_SEED` | sparsity coefficient, learning rate, seed | the architecture's, 0 |
     /// | `SAE_DEVICE` | auto, cpu, cuda[:N], metal[:N] | auto |
     /// | `SAE_OUT` | folder for activations, the SAE and the report | `walkthrough` |
     ///
@@ -172,6 +174,11 @@ impl WalkthroughConfig {
         if let Some(v) = var("SAE_D_SAE") {
             cfg.d_sae = parse("SAE_D_SAE", v)?;
         }
+        // The architecture's own defaults, before any explicit value.
+        let defaults = cfg.architecture.defaults(cfg.d_sae);
+        cfg.k = defaults.k;
+        cfg.train.adam.lr = defaults.lr;
+        cfg.train.sparsity_coefficient = defaults.sparsity_coefficient;
         if let Some(v) = var("SAE_K") {
             cfg.k = Some(parse("SAE_K", v)?);
         }
@@ -195,6 +202,19 @@ impl WalkthroughConfig {
             cfg.out = PathBuf::from(v);
         }
         Ok(cfg)
+    }
+
+    /// Checks every setting before any work starts.
+    pub fn validate(&self) -> Result<()> {
+        self.collect.validate()?;
+        crate::sae::validate_shape(self.architecture, self.d_sae, self.k)?;
+        self.train.validate(!self.architecture.uses_k())?;
+        if self.eval_docs == 0 {
+            return Err(Error::Input(
+                "the evaluation needs at least 1 held-out document (got 0)".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// The settings as an HTML table, for notebooks.
@@ -239,6 +259,20 @@ impl WalkthroughConfig {
             &["setting", "value"],
             rows.iter().map(|(k, v)| vec![k.to_string(), v.clone()]),
         )
+    }
+
+    /// The same settings for another architecture, with that architecture's own defaults
+    /// (`k`, learning rate, sparsity coefficient); steps, batch and seed stay.
+    pub fn with_architecture(&self, architecture: Architecture) -> Self {
+        let d = architecture.defaults(self.d_sae);
+        let mut cfg = Self {
+            architecture,
+            k: d.k,
+            ..self.clone()
+        };
+        cfg.train.adam.lr = d.lr;
+        cfg.train.sparsity_coefficient = d.sparsity_coefficient;
+        cfg
     }
 
     /// The SAE this configuration trains, for activations of width `d_in`.
@@ -305,6 +339,45 @@ fn forget(dir: &Path) {
     let _ = std::fs::remove_file(dir.join("made_from.json"));
 }
 
+/// What in `cfg.out` a run of `cfg` would replace: finished stages made with other settings,
+/// or a run of another command. `None` when the folder is new, holds only matching stages
+/// (which are reused) or only interrupted ones.
+pub fn conflicts(cfg: &WalkthroughConfig) -> Option<String> {
+    let stale = |dir: &Path, stage: &str| {
+        dir.join("made_from.json").is_file() && !saved_matches(dir, &stage_key(cfg, stage))
+    };
+    let mut what = Vec::new();
+    if stale(&cfg.activations_dir(), "activations") {
+        what.push(format!(
+            "activations collected with other settings ({})",
+            cfg.activations_dir().display()
+        ));
+    }
+    if stale(&cfg.sae_dir(), "sae") {
+        what.push(format!(
+            "a {} SAE trained with other settings ({})",
+            cfg.architecture.name(),
+            cfg.sae_dir().display()
+        ));
+    }
+    let top = crate::output::existing_run(&cfg.out);
+    // A walkthrough's own report (metrics.json) is rewritten with its stages; anything else at
+    // the top (a training run, a store, a sweep) belongs to another command.
+    if top
+        .as_ref()
+        .is_some_and(|t| !t.starts_with("a walkthrough report"))
+    {
+        what.extend(top);
+    }
+    (!what.is_empty()).then(|| what.join(" and "))
+}
+
+/// Marks every stage of `cfg` stale, so the next run recomputes it (`--overwrite`).
+pub fn forget_stages(cfg: &WalkthroughConfig) {
+    forget(&cfg.activations_dir());
+    forget(&cfg.sae_dir());
+}
+
 /// The activation store for `cfg`, collected into [`WalkthroughConfig::activations_dir`], or
 /// reopened if an earlier run (or notebook) already collected it with the same settings.
 pub fn activations(
@@ -369,6 +442,22 @@ pub fn train_sae(
     Ok((format::load(&dir, &cfg.device)?, trainer.metrics().to_vec()))
 }
 
+/// What is wrong with an SAE trained by [`train_sae`], from its last training metrics, each
+/// with what to change (empty when it is healthy).
+pub fn warnings(cfg: &WalkthroughConfig, training: &[MetricsRow]) -> Vec<String> {
+    training.last().map_or_else(Vec::new, |last| {
+        crate::train::diagnose(&RunSummary {
+            architecture: cfg.architecture,
+            d_sae: cfg.d_sae,
+            l0: last.l0,
+            fvu: last.fvu,
+            dead_fraction: last.dead_frac,
+            sparsity_coefficient: cfg.train.sparsity_coefficient,
+            lr: cfg.train.adam.lr,
+        })
+    })
+}
+
 /// Token sequences of the documents after the training ones, for the splice evaluation
 /// (the first documents when none remain, with a note saying so).
 pub fn held_out_sequences(
@@ -418,18 +507,14 @@ pub fn run(cfg: &WalkthroughConfig) -> Result<WalkthroughReport> {
     let data = DatasetSource::parse(&cfg.dataset);
 
     println!("[4/4] writing the report to {}", cfg.out.display());
-    let x = store.to_tensor(&cfg.device)?;
-    let f = sae.encode(&x)?;
-    let x_hat = sae.decode(&f)?;
-    let fvu = metrics::fvu(&x, &x_hat)?;
-    let counts = metrics::firing_counts(&f)?;
-    let density = metrics::log10_density(&counts, store.len() as f64);
-    let l0_per_input = f.ne(0f32)?.to_dtype(DType::F32)?.sum(1)?.to_vec1::<f32>()?;
+    let scored = crate::eval::score(&store, &sae, &cfg.device, &mut |_| {})?;
+    let density = metrics::log10_density(&scored.firing_counts, store.len() as f64);
     // Inspect the most frequently firing features that are not dense.
+    let counts = &scored.firing_counts;
     let mut by_freq: Vec<usize> = (0..counts.len()).filter(|&i| counts[i] > 0.0).collect();
     by_freq.sort_by(|&a, &b| counts[b].total_cmp(&counts[a]));
     let inspected: Vec<usize> = by_freq.into_iter().take(cfg.inspect_features).collect();
-    let sample = x.dim(0)?.min(64);
+    let (x, x_hat) = crate::eval::score::sample_reconstruction(&store, &sae, 64, &cfg.device)?;
     let mut charts = vec![
         (
             "training_curves".to_string(),
@@ -441,26 +526,23 @@ pub fn run(cfg: &WalkthroughConfig) -> Result<WalkthroughReport> {
         ),
         (
             "l0_histogram".to_string(),
-            Chart::L0Histogram(l0_per_input.clone()),
+            Chart::L0Histogram(scored.l0_per_input.clone()),
         ),
         (
             "reconstruction".to_string(),
-            Chart::Reconstruction {
-                x: x.i(0..sample)?.flatten_all()?.to_vec1()?,
-                x_hat: x_hat.i(0..sample)?.flatten_all()?.to_vec1()?,
-            },
+            Chart::Reconstruction { x, x_hat },
         ),
     ];
     let mut contexts_html = String::new();
-    for &feature in &inspected {
-        let values = inspect::feature_activations(&store, &sae, feature)?;
+    let acts = crate::eval::score::feature_activations(&store, &sae, &inspected, &cfg.device)?;
+    for (&feature, values) in inspected.iter().zip(acts) {
+        let contexts = inspect::top_contexts_of(&store, &values, &tokenizer, 5)?;
+        contexts_html.push_str(&inspect::contexts_html(feature, &contexts, 24));
+        contexts_html.push_str("<br>");
         charts.push((
             format!("feature_{feature}_activations"),
             Chart::ActivationHistogram { feature, values },
         ));
-        let contexts = inspect::top_contexts(&store, &sae, &tokenizer, feature, 5)?;
-        contexts_html.push_str(&inspect::contexts_html(feature, &contexts, 24));
-        contexts_html.push_str("<br>");
     }
     let mut chart_files = Vec::new();
     for (name, chart) in &charts {
@@ -468,8 +550,17 @@ pub fn run(cfg: &WalkthroughConfig) -> Result<WalkthroughReport> {
         chart.save_png(&cfg.out.join(&file))?;
         chart_files.push(file);
     }
-    let dead_fraction = counts.iter().filter(|&&c| c == 0.0).count() as f64 / counts.len() as f64;
+    let warnings = crate::train::diagnose(&RunSummary {
+        architecture: cfg.architecture,
+        d_sae: cfg.d_sae,
+        l0: scored.l0,
+        fvu: scored.fvu,
+        dead_fraction: scored.dead_fraction,
+        sparsity_coefficient: cfg.train.sparsity_coefficient,
+        lr: cfg.train.adam.lr,
+    });
     let report = WalkthroughReport {
+        warnings,
         model: cfg.model.clone(),
         dataset: data.name(),
         hook: cfg.collect.hook,
@@ -478,10 +569,10 @@ pub fn run(cfg: &WalkthroughConfig) -> Result<WalkthroughReport> {
         d_in: store.d(),
         d_sae: cfg.d_sae,
         final_training: training.last().cloned(),
-        explained_variance: 1.0 - fvu,
-        fvu,
-        l0: l0_per_input.iter().map(|&v| v as f64).sum::<f64>() / l0_per_input.len() as f64,
-        dead_fraction,
+        explained_variance: scored.explained_variance,
+        fvu: scored.fvu,
+        l0: scored.l0,
+        dead_fraction: scored.dead_fraction,
         splice,
         inspected_features: inspected,
         charts: chart_files,
@@ -492,6 +583,12 @@ pub fn run(cfg: &WalkthroughConfig) -> Result<WalkthroughReport> {
         index_html(&report, &contexts_html).as_bytes(),
     )?;
     Ok(report)
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn index_html(r: &WalkthroughReport, contexts: &str) -> String {
@@ -532,11 +629,29 @@ fn index_html(r: &WalkthroughReport, contexts: &str) -> String {
             )
         })
         .collect();
+    let ce_note = if s.ce_loss_score > 1.0 {
+        format!("<p><small>{}</small></p>", crate::eval::CE_ABOVE_ONE)
+    } else {
+        String::new()
+    };
+    let warnings: String = if r.warnings.is_empty() {
+        String::new()
+    } else {
+        let items: String = r
+            .warnings
+            .iter()
+            .map(|w| format!("<li>{}</li>", html_escape(w)))
+            .collect();
+        format!(
+            "<div style=\"border:2px solid #c00;background:#fee;padding:0.5em 1em\">\
+             <strong>This SAE is degenerate:</strong><ul>{items}</ul></div>"
+        )
+    };
     let images: String = r.charts.iter().map(|c| format!("<figure><img src=\"{c}\" alt=\"{c}\" style=\"max-width:100%\"><figcaption>{c}</figcaption></figure>")).collect();
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>SAE walkthrough: {model}</title>\
          <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;}}</style></head><body>\
-         <h1>Sparse autoencoder on {model}, {hook}</h1><p>Dataset: {dataset}</p><table>{table}</table>\
+         <h1>Sparse autoencoder on {model}, {hook}</h1>{warnings}<p>Dataset: {dataset}</p><table>{table}</table>{ce_note}\
          <h2>Charts</h2>{images}<h2>Top activating contexts</h2>{contexts}</body></html>",
         model = r.model,
         hook = r.hook,
@@ -577,7 +692,10 @@ mod tests {
             (cfg.collect.max_len, cfg.collect.mode),
             (128, CollectMode::Middle)
         );
-        assert_eq!(cfg.train, TrainConfig::default());
+        assert_eq!(
+            cfg.train,
+            TrainConfig::for_architecture(Architecture::Relu, 4096)
+        );
     }
 
     #[test]

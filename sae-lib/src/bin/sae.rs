@@ -1,6 +1,6 @@
 //! `sae`: the command-line face of sae-lib. Each subcommand is a thin call into the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use sae_lib::data::{ActivationStore, CollectMode, DatasetOptions, DatasetSource,
 use sae_lib::hooks::HookPoint;
 use sae_lib::hub::HubOptions;
 use sae_lib::model::{load_model, load_tokenizer, ModelSource};
+use sae_lib::output::{self, OutputLock};
 use sae_lib::sae::{Architecture, Sae, SaeConfig, SaeMetadata, SparsityPenalty};
 use sae_lib::tokenizer::Tokenizer;
 use sae_lib::train::{TrainConfig, Trainer};
@@ -44,6 +45,23 @@ enum Command {
     Sweep(SweepArgs),
     /// The model's own next-token loss on a dataset, against a unigram baseline.
     LmLoss(LmLossArgs),
+    /// Score an SAE on stored activations (held out, say): FVU, L0, dead features.
+    Score(ScoreArgs),
+}
+
+#[derive(Args)]
+struct ScoreArgs {
+    /// SAE folder (SAELens format).
+    #[arg(long)]
+    sae: PathBuf,
+    /// Activation store to score it on.
+    #[arg(long)]
+    acts: PathBuf,
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Also write the scores as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -79,21 +97,23 @@ struct SweepArgs {
     archs: Vec<String>,
     #[arg(long, default_value_t = 4096)]
     d_sae: usize,
-    /// k values for topk, batchtopk and matryoshka.
-    #[arg(long, default_value = "16,32,64", value_delimiter = ',')]
-    ks: Vec<usize>,
-    /// L1 coefficients for relu and gated.
-    #[arg(long, default_value = "2,5,10", value_delimiter = ',')]
-    l1: Vec<f64>,
-    /// L0 coefficients for jumprelu.
-    #[arg(long, default_value = "0.5,1,3", value_delimiter = ',')]
-    l0: Vec<f64>,
+    /// k values for topk, batchtopk and matryoshka [default: half, once and twice the default
+    /// k].
+    #[arg(long, value_delimiter = ',')]
+    ks: Option<Vec<usize>>,
+    /// L1 coefficients for relu and gated [default: half, once and twice each one's default].
+    #[arg(long, value_delimiter = ',')]
+    l1: Option<Vec<f64>>,
+    /// L0 coefficients for jumprelu [default: half, once and twice its default].
+    #[arg(long, value_delimiter = ',')]
+    l0: Option<Vec<f64>>,
     #[arg(long, default_value_t = 2000)]
     steps: u64,
     #[arg(long, default_value_t = 4096)]
     batch_size: usize,
-    #[arg(long, default_value_t = 5e-5)]
-    lr: f64,
+    /// Learning rate for every run [default: each architecture's own].
+    #[arg(long)]
+    lr: Option<f64>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[arg(long, default_value = "auto")]
@@ -101,6 +121,9 @@ struct SweepArgs {
     /// Output folder: sweep.json and pareto_fvu.png / .svg.
     #[arg(long, default_value = "sweep")]
     out: PathBuf,
+    /// Replace a sweep already in --out.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 #[derive(Args)]
@@ -173,9 +196,12 @@ struct WalkthroughArgs {
     eval_docs: usize,
     #[command(flatten)]
     sae: SaeArgs,
-    /// Report folder.
+    /// Report folder. Stages already there with the same settings are reused.
     #[arg(long, default_value = "walkthrough")]
     out: PathBuf,
+    /// Recompute stages already in --out that were made with other settings.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 #[derive(Args, Clone)]
@@ -244,6 +270,9 @@ struct CollectArgs {
     /// Output folder for the activation store.
     #[arg(long)]
     out: PathBuf,
+    /// Replace a store already in --out.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 #[derive(Args)]
@@ -266,11 +295,15 @@ struct TrainArgs {
     #[arg(long)]
     out: PathBuf,
     /// Continue the run checkpointed in --out.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overwrite")]
     resume: bool,
+    /// Replace a run already in --out (its SAE, checkpoints and metrics are deleted).
+    #[arg(long)]
+    overwrite: bool,
 }
 
-/// The SAE and its training, shared by `train` and `walkthrough`.
+/// The SAE and its training, shared by `train` and `walkthrough`. Unset values take the
+/// architecture's defaults (README, "Defaults").
 #[derive(Args)]
 struct SaeArgs {
     /// relu, topk, batchtopk, jumprelu, gated or matryoshka.
@@ -278,14 +311,17 @@ struct SaeArgs {
     arch: String,
     #[arg(long, default_value_t = 4096)]
     d_sae: usize,
-    /// Active features per input (topk, batchtopk, matryoshka).
+    /// Active features per input (topk, batchtopk, matryoshka) [default: 32, at most d_sae/8].
     #[arg(long)]
     k: Option<usize>,
-    /// Sparsity coefficient λ (L1 for relu and gated, L0 for jumprelu).
-    #[arg(long, default_value_t = 5.0)]
-    l1: f64,
-    #[arg(long, default_value_t = 5e-5)]
-    lr: f64,
+    /// Sparsity coefficient λ: L1 for relu and gated, L0 for jumprelu [default: per
+    /// architecture].
+    #[arg(long)]
+    l1: Option<f64>,
+    /// Adam's learning rate [default: per architecture; the TopK family scales it with
+    /// d_sae].
+    #[arg(long)]
+    lr: Option<f64>,
     #[arg(long, default_value_t = 2000)]
     steps: u64,
     #[arg(long, default_value_t = 4096)]
@@ -298,20 +334,36 @@ struct SaeArgs {
 }
 
 impl SaeArgs {
-    fn train_config(&self) -> TrainConfig {
+    /// The architecture, its `k` and the training configuration, with the architecture's
+    /// defaults for whatever was not given.
+    fn resolve(&self) -> Result<(Architecture, Option<usize>, TrainConfig)> {
+        let arch = Architecture::parse(&self.arch)?;
+        let defaults = arch.defaults(self.d_sae);
+        let k = match (arch.uses_k(), self.k) {
+            (true, k) => k.or(defaults.k),
+            (false, None) => None,
+            (false, Some(_)) => anyhow::bail!(
+                "--k applies to topk, batchtopk and matryoshka; {} sets its sparsity with --l1",
+                arch.name()
+            ),
+        };
         let mut cfg = TrainConfig {
             steps: self.steps,
             batch_size: self.batch_size,
-            sparsity_coefficient: self.l1,
             seed: self.seed,
             penalty: match self.penalty {
                 PenaltyArg::DecoderNorm => SparsityPenalty::DecoderNorm,
                 PenaltyArg::L1UnitDecoder => SparsityPenalty::L1UnitDecoder,
             },
-            ..Default::default()
+            ..TrainConfig::for_architecture(arch, self.d_sae)
         };
-        cfg.adam.lr = self.lr;
-        cfg
+        if let Some(l1) = self.l1 {
+            cfg.sparsity_coefficient = l1;
+        }
+        if let Some(lr) = self.lr {
+            cfg.adam.lr = lr;
+        }
+        Ok((arch, k, cfg))
     }
 }
 
@@ -370,6 +422,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Walkthrough(args) => walkthrough(args),
         Command::Sweep(args) => sweep(args),
         Command::LmLoss(args) => lm_loss(args),
+        Command::Score(args) => score(args),
     }
 }
 
@@ -406,9 +459,6 @@ fn mode(m: ModeArg) -> CollectMode {
 
 fn collect(args: CollectArgs) -> Result<()> {
     let hook: HookPoint = args.hook.parse()?;
-    let (model, tokenizer, source) = load(&args.model)?;
-    let (data, opts) = dataset(&args.data);
-    let docs = data.documents(&opts, &HubOptions::from_env())?;
     let cfg = CollectConfig {
         hook,
         mode: mode(args.mode),
@@ -421,6 +471,11 @@ fn collect(args: CollectArgs) -> Result<()> {
         dtype: args.store_dtype.dtype(),
         ..Default::default()
     };
+    cfg.validate()?;
+    let _lock = take_output(&args.out, args.overwrite)?;
+    let (model, tokenizer, source) = load(&args.model)?;
+    let (data, opts) = dataset(&args.data);
+    let docs = data.documents(&opts, &HubOptions::from_env())?;
     let provenance = Provenance {
         model: source.name(),
         revision: match &source {
@@ -441,9 +496,56 @@ fn collect(args: CollectArgs) -> Result<()> {
     Ok(())
 }
 
+/// Prints each warning of a finished run on stderr, loudly.
+fn warn_all(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
+/// Takes `out` for this run: the lock, then the refusal to replace a finished or checkpointed
+/// run there unless `overwrite` (which clears it).
+fn take_output(out: &Path, overwrite: bool) -> Result<OutputLock> {
+    let lock = OutputLock::acquire(out)?;
+    output::refuse_existing(out, overwrite)?;
+    if overwrite {
+        output::clear_run(out)?;
+    }
+    Ok(lock)
+}
+
 fn train(args: TrainArgs) -> Result<()> {
     let device = sae_lib::device::parse_device(&args.device)?;
+    // Every number is checked before any work starts.
+    let fresh = if args.resume {
+        None
+    } else {
+        let (architecture, k, train) = args.sae.resolve()?;
+        sae_lib::sae::validate_shape(architecture, args.sae.d_sae, k)?;
+        let cfg = TrainConfig {
+            log_every: args.log_every,
+            checkpoint_every: Some(args.checkpoint_every),
+            resample_dead_every: args.resample_dead_every,
+            ..train
+        };
+        cfg.validate(!architecture.uses_k())?;
+        Some((architecture, k, cfg))
+    };
     let store = ActivationStore::open(&args.acts)?;
+    let _lock = match fresh {
+        None => {
+            let lock = OutputLock::acquire(&args.out)?;
+            if !args.out.join("trainer.json").is_file() {
+                anyhow::bail!(
+                    "nothing to resume in {}: it holds no checkpoint (trainer.json); start a new \
+                     run without --resume",
+                    args.out.display()
+                );
+            }
+            lock
+        }
+        Some(_) => take_output(&args.out, args.overwrite)?,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -451,31 +553,26 @@ fn train(args: TrainArgs) -> Result<()> {
         ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
             .context("installing the Ctrl-C handler")?;
     }
-    let mut trainer = if args.resume {
-        Trainer::resume(&args.out, &store, &device)?
-    } else {
-        let meta = store.meta();
-        let sae_cfg = SaeConfig {
-            architecture: Architecture::parse(&args.sae.arch)?,
-            d_in: store.d(),
-            d_sae: args.sae.d_sae,
-            k: args.sae.k,
-            prefixes: None,
-            metadata: SaeMetadata {
-                model_name: meta.model.clone(),
-                hook_name: meta.hook.to_string(),
-                context_size: meta.context_size,
-                prepend_bos: false,
-                dataset_path: meta.dataset.clone(),
-            },
-        };
-        let cfg = TrainConfig {
-            log_every: args.log_every,
-            checkpoint_every: Some(args.checkpoint_every),
-            resample_dead_every: args.resample_dead_every,
-            ..args.sae.train_config()
-        };
-        Trainer::new(sae_cfg, cfg, &store, &device)?
+    let mut trainer = match fresh {
+        None => Trainer::resume(&args.out, &store, &device)?,
+        Some((architecture, k, cfg)) => {
+            let meta = store.meta();
+            let sae_cfg = SaeConfig {
+                architecture,
+                d_in: store.d(),
+                d_sae: args.sae.d_sae,
+                k,
+                prefixes: None,
+                metadata: SaeMetadata {
+                    model_name: meta.model.clone(),
+                    hook_name: meta.hook.to_string(),
+                    context_size: meta.context_size,
+                    prepend_bos: false,
+                    dataset_path: meta.dataset.clone(),
+                },
+            };
+            Trainer::new(sae_cfg, cfg, &store, &device)?
+        }
     };
     trainer.train(Some(&args.out), Some(&stop))?;
     if stop.load(Ordering::SeqCst) {
@@ -496,6 +593,22 @@ fn train(args: TrainArgs) -> Result<()> {
             100.0 * last.dead_frac,
             args.out.display()
         );
+    }
+    warn_all(&trainer.warnings());
+    Ok(())
+}
+
+fn score(args: ScoreArgs) -> Result<()> {
+    let device = sae_lib::device::parse_device(&args.device)?;
+    let store = ActivationStore::open(&args.acts)?;
+    let sae = sae_lib::sae::format::load(&args.sae, &device)?;
+    let progress = sae_lib::progress::Progress::new("score", Some(store.len() as u64), "rows");
+    let scored = sae_lib::eval::score(&store, &sae, &device, &mut |n| progress.inc(n as u64))?;
+    progress.finish();
+    let json = serde_json::to_string(&scored)?;
+    println!("{json}");
+    if let Some(out) = &args.out {
+        sae_lib::io::write_json(out, &scored)?;
     }
     Ok(())
 }
@@ -621,9 +734,10 @@ fn inspect(args: InspectArgs) -> Result<()> {
 fn walkthrough(args: WalkthroughArgs) -> Result<()> {
     use sae_lib::walkthrough::{run, WalkthroughConfig};
     let (_, opts) = dataset(&args.data);
+    let (architecture, k, train) = args.sae.resolve()?;
     let train = TrainConfig {
         checkpoint_every: None,
-        ..args.sae.train_config()
+        ..train
     };
     let m = mode(args.mode);
     let cfg = WalkthroughConfig {
@@ -641,9 +755,9 @@ fn walkthrough(args: WalkthroughArgs) -> Result<()> {
             pack: m != CollectMode::Middle,
             ..Default::default()
         },
-        architecture: Architecture::parse(&args.sae.arch)?,
+        architecture,
         d_sae: args.sae.d_sae,
-        k: args.sae.k,
+        k,
         train,
         eval_docs: args.eval_docs,
         inspect_features: 4,
@@ -651,6 +765,19 @@ fn walkthrough(args: WalkthroughArgs) -> Result<()> {
         model_dtype: args.model.model_dtype.dtype(),
         out: args.out.clone(),
     };
+    cfg.validate()?;
+    let _lock = OutputLock::acquire(&cfg.out)?;
+    match sae_lib::walkthrough::conflicts(&cfg) {
+        Some(what) if !args.overwrite => {
+            return Err(sae_lib::Error::OutputExists {
+                path: cfg.out.clone(),
+                what,
+            }
+            .into())
+        }
+        Some(_) => sae_lib::walkthrough::forget_stages(&cfg),
+        None => {}
+    }
     let report = run(&cfg)?;
     println!(
         "FVU {:.4}, L0 {:.2}, dead {:.1}%, CE loss recovered {:.4}; report in {}/index.html",
@@ -660,23 +787,23 @@ fn walkthrough(args: WalkthroughArgs) -> Result<()> {
         report.splice.ce_loss_score,
         args.out.display()
     );
+    if report.splice.ce_loss_score > 1.0 {
+        println!("note: {}", sae_lib::eval::CE_ABOVE_ONE);
+    }
+    warn_all(&report.warnings);
     Ok(())
 }
 
 fn sweep(args: SweepArgs) -> Result<()> {
     use sae_lib::sweep::{pareto_chart, run_sweep, sweep_frame, SweepConfig};
     let device = sae_lib::device::parse_device(&args.device)?;
-    let store = ActivationStore::open(&args.acts)?;
-    sae_lib::io::create_dir(&args.out)?;
-    let meta = store.meta();
-    let mut train = TrainConfig {
+    let train = TrainConfig {
         steps: args.steps,
         batch_size: args.batch_size,
         seed: args.seed,
         checkpoint_every: None,
         ..Default::default()
     };
-    train.adam.lr = args.lr;
     let cfg = SweepConfig {
         architectures: args
             .archs
@@ -687,7 +814,15 @@ fn sweep(args: SweepArgs) -> Result<()> {
         ks: args.ks,
         l1_coefficients: args.l1,
         l0_coefficients: args.l0,
+        lr: args.lr,
         train,
+        ..Default::default()
+    };
+    cfg.validate()?;
+    let store = ActivationStore::open(&args.acts)?;
+    let _lock = take_output(&args.out, args.overwrite)?;
+    let meta = store.meta();
+    let cfg = SweepConfig {
         metadata: SaeMetadata {
             model_name: meta.model.clone(),
             hook_name: meta.hook.to_string(),
@@ -695,10 +830,15 @@ fn sweep(args: SweepArgs) -> Result<()> {
             prepend_bos: false,
             dataset_path: meta.dataset.clone(),
         },
-        ..Default::default()
+        ..cfg
     };
     let points = run_sweep(&store, &cfg, None, &device)?;
     println!("{}", sweep_frame(&points)?);
+    for p in &points {
+        for w in &p.warnings {
+            eprintln!("warning: {} at {}: {w}", p.architecture, p.sparsity_setting);
+        }
+    }
     sae_lib::io::write_json(&args.out.join("sweep.json"), &points)?;
     let chart = pareto_chart(&points, sae_lib::plot::ParetoMetric::Fvu);
     chart.save_png(&args.out.join("pareto_fvu.png"))?;

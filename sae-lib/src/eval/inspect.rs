@@ -8,33 +8,15 @@ use crate::sae::Sae;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
-/// A feature's activation on every row of `store`, in row order.
+/// A feature's activation on every row of `store`, in row order (one chunked pass).
 pub fn feature_activations(
     store: &ActivationStore,
     sae: &dyn Sae,
     feature: usize,
 ) -> Result<Vec<f32>> {
-    if feature >= sae.config().d_sae {
-        return Err(Error::Input(format!(
-            "feature {feature} does not exist: the SAE has {} features",
-            sae.config().d_sae
-        )));
-    }
-    if store.d() != sae.config().d_in {
-        return Err(Error::Input(format!(
-            "the store's activations have width {} but the SAE's d_in is {}",
-            store.d(),
-            sae.config().d_in
-        )));
-    }
-    let device = sae.w_dec().device().clone();
-    let mut out = Vec::with_capacity(store.len());
-    let rows: Vec<u32> = (0..store.len() as u32).collect();
-    for chunk in rows.chunks(4096) {
-        let f = sae.encode(&store.gather(chunk, &device)?)?;
-        out.extend(f.i((.., feature))?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
-    }
-    Ok(out)
+    let device = sae.params().w_dec.device().clone();
+    let mut acts = super::score::feature_activations(store, sae, &[feature], &device)?;
+    Ok(acts.pop().unwrap_or_default())
 }
 
 /// One of a feature's top activating contexts.
@@ -59,6 +41,24 @@ pub fn top_contexts(
     k: usize,
 ) -> Result<Vec<TopContext>> {
     let acts = feature_activations(store, sae, feature)?;
+    top_contexts_of(store, &acts, tokenizer, k)
+}
+
+/// [`top_contexts`] from a feature's activations on every row of `store` (as
+/// [`feature_activations`] returns them).
+pub fn top_contexts_of(
+    store: &ActivationStore,
+    acts: &[f32],
+    tokenizer: &Tokenizer,
+    k: usize,
+) -> Result<Vec<TopContext>> {
+    if acts.len() != store.len() {
+        return Err(Error::Input(format!(
+            "{} activations for a store of {} rows",
+            acts.len(),
+            store.len()
+        )));
+    }
     let mut order: Vec<usize> = (0..acts.len()).filter(|&r| acts[r] > 0.0).collect();
     order.sort_by(|&a, &b| acts[b].total_cmp(&acts[a]));
     let mut seen_docs = Vec::new();
@@ -155,7 +155,8 @@ pub fn logit_lens(
     k: usize,
 ) -> Result<(Vec<(String, f32)>, Vec<(String, f32)>)> {
     let w = sae
-        .w_dec()
+        .params()
+        .w_dec
         .as_tensor()
         .i(feature)?
         .to_dtype(DType::F32)?

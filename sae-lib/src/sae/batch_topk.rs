@@ -4,12 +4,11 @@
 //! training — replaces the batch, which makes the SAE a JumpReLU; it is saved as SAELens
 //! "jumprelu" with `threshold` = θ for every feature, as SAELens itself saves BatchTopK.
 
-use candle_core::{DType, Device, Tensor, Var};
-use rand_chacha::ChaCha8Rng;
+use candle_core::{DType, Tensor, Var};
 
 use super::common::{kth_largest, SaeParams};
-use super::topk::{required_k, topk_style_loss};
-use super::{LossContext, LossOutput, Sae, SaeConfig};
+use super::topk::{auxk_term, required_k, topk_defaults};
+use super::{Encoding, Init, LossContext, Sae, SaeConfig, Sparsity, Variant, VariantDefaults};
 use crate::Result;
 
 /// Weight of each new batch in θ's running average.
@@ -26,23 +25,6 @@ pub struct BatchTopKSae {
 }
 
 impl BatchTopKSae {
-    pub fn new(
-        cfg: SaeConfig,
-        rng: &mut ChaCha8Rng,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
-        let k = required_k(&cfg)?;
-        let params = SaeParams::init(cfg.d_in, cfg.d_sae, 1.0, rng, dtype, device)?;
-        let threshold = Var::zeros(cfg.d_sae, dtype, device)?;
-        Ok(Self {
-            cfg,
-            params,
-            k,
-            threshold,
-        })
-    }
-
     /// Batch-level top-k activations `(b, d_sae)` and the pre-activations; updates θ.
     pub(crate) fn batch_topk(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let pre = self.params.pre_acts(x)?;
@@ -60,6 +42,43 @@ impl BatchTopKSae {
         }
         Ok((f, pre))
     }
+
+    /// AuxK over the batch's pre-activations.
+    pub(crate) fn auxk(
+        &self,
+        x: &Tensor,
+        enc: &Encoding,
+        sae_out: &Tensor,
+        ctx: &LossContext,
+    ) -> Result<(&'static str, Tensor)> {
+        let pre = enc.pre()?;
+        let values_at = |indices: &Tensor| Ok(pre.gather(indices, 1)?);
+        auxk_term(&self.params, x, pre, sae_out, ctx, &values_at)
+    }
+}
+
+impl Variant for BatchTopKSae {
+    const NAME: &'static str = "batchtopk";
+    const ALIASES: &'static [&'static str] = &["batch_topk"];
+    const SAELENS: &'static str = "jumprelu";
+    const LOADS: bool = false;
+    const SPARSITY: Sparsity = Sparsity::K;
+
+    fn defaults(d_sae: usize) -> VariantDefaults {
+        topk_defaults(d_sae)
+    }
+
+    fn init(cfg: SaeConfig, init: &mut Init) -> Result<Self> {
+        let k = required_k(&cfg)?;
+        let params = SaeParams::init(cfg.d_in, cfg.d_sae, 1.0, init)?;
+        let threshold = Var::zeros(cfg.d_sae, init.dtype, init.device)?;
+        Ok(Self {
+            cfg,
+            params,
+            k,
+            threshold,
+        })
+    }
 }
 
 impl Sae for BatchTopKSae {
@@ -69,29 +88,25 @@ impl Sae for BatchTopKSae {
     fn params(&self) -> &SaeParams {
         &self.params
     }
-    fn vars(&self) -> Vec<(&'static str, Var)> {
-        let mut v = self.params.vars();
-        v.push(("threshold", self.threshold.clone()));
-        v
+    fn extra_vars(&self) -> Vec<(&'static str, Var)> {
+        vec![("threshold", self.threshold.clone())]
     }
     /// Inference: the JumpReLU with the learned θ.
     fn encode(&self, x: &Tensor) -> Result<Tensor> {
         super::jumprelu::jumprelu(&self.params.pre_acts(x)?, self.threshold.as_tensor())
     }
-    fn loss(&self, x: &Tensor, ctx: &LossContext) -> Result<LossOutput> {
+    fn encode_for_training(&self, x: &Tensor, _ctx: &LossContext) -> Result<Encoding> {
         let (f, pre) = self.batch_topk(x)?;
-        let sae_out = self.decode(&f)?;
-        let values_at = |indices: &Tensor| Ok(pre.gather(indices, 1)?);
-        topk_style_loss(
-            &self.params,
-            x,
-            &pre,
-            &values_at,
-            super::FeatureActs::Dense(f),
-            sae_out,
-            self.cfg.d_in,
-            ctx,
-        )
+        Ok(Encoding::dense(f, pre))
+    }
+    fn aux_losses(
+        &self,
+        x: &Tensor,
+        enc: &Encoding,
+        sae_out: &Tensor,
+        ctx: &LossContext,
+    ) -> Result<Vec<(&'static str, Tensor)>> {
+        Ok(vec![self.auxk(x, enc, sae_out, ctx)?])
     }
     fn after_step(&self) -> Result<()> {
         self.params.normalize_decoder()

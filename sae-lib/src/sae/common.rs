@@ -294,16 +294,10 @@ pub struct SaeParams {
 
 impl SaeParams {
     /// Decoder rows in random directions at norm `dec_norm`, `W_enc = W_decᵀ`, zero biases.
-    pub fn init(
-        d_in: usize,
-        d_sae: usize,
-        dec_norm: f64,
-        rng: &mut ChaCha8Rng,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
+    pub fn init(d_in: usize, d_sae: usize, dec_norm: f64, init: &mut super::Init) -> Result<Self> {
         use candle_core::Var;
-        let w_dec = random_rows(d_sae, d_in, dec_norm, rng, dtype, device)?;
+        let (dtype, device) = (init.dtype, init.device);
+        let w_dec = random_rows(d_sae, d_in, dec_norm, init.rng, dtype, device)?;
         Ok(Self {
             w_enc: Var::from_tensor(&w_dec.t()?.contiguous()?)?,
             b_enc: Var::zeros(d_sae, dtype, device)?,
@@ -314,7 +308,7 @@ impl SaeParams {
 
     /// From saved tensors; `b_enc_name` is `b_enc` (or `b_gate` for the gated SAE).
     pub fn load(
-        get: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>,
+        get: &mut super::TensorGetter,
         d_in: usize,
         d_sae: usize,
         b_enc_name: &str,
@@ -333,16 +327,6 @@ impl SaeParams {
         Ok(x.broadcast_sub(self.b_dec.as_tensor())?
             .matmul(self.w_enc.as_tensor())?
             .broadcast_add(self.b_enc.as_tensor())?)
-    }
-
-    /// Under SAELens' names.
-    pub fn vars(&self) -> Vec<(&'static str, candle_core::Var)> {
-        vec![
-            ("W_enc", self.w_enc.clone()),
-            ("b_enc", self.b_enc.clone()),
-            ("W_dec", self.w_dec.clone()),
-            ("b_dec", self.b_dec.clone()),
-        ]
     }
 
     /// Rescales decoder rows to unit norm (for penalties that a growing decoder would cheat).

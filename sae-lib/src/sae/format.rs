@@ -16,31 +16,17 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
-use super::{
-    AnySae, Architecture, GatedSae, JumpReluSae, ReluSae, Sae, SaeConfig, SaeMetadata,
-    SparsityPenalty, TopKSae,
-};
+use super::{AnySae, Architecture, Sae, SaeConfig, SaeMetadata};
 use crate::{io, Error, Result};
 
 /// The SAELens version whose format this writes.
 pub const SAELENS_VERSION: &str = "6.54.12";
 
-/// SAELens' inference architecture for each variant: BatchTopK and Matryoshka become JumpReLU
-/// with their learned threshold, as SAELens saves BatchTopK.
-fn architecture_name(a: Architecture) -> &'static str {
-    match a {
-        Architecture::Relu => "standard",
-        Architecture::TopK => "topk",
-        Architecture::BatchTopK | Architecture::JumpRelu | Architecture::Matryoshka => "jumprelu",
-        Architecture::Gated => "gated",
-    }
-}
-
 /// The `cfg.json` SAELens expects.
 pub fn cfg_json(cfg: &SaeConfig) -> Value {
     let m = &cfg.metadata;
     let mut v = json!({
-        "architecture": architecture_name(cfg.architecture),
+        "architecture": cfg.architecture.saelens_name(),
         "d_in": cfg.d_in,
         "d_sae": cfg.d_sae,
         "dtype": "float32",
@@ -94,14 +80,6 @@ pub fn save(sae: &AnySae, scale: f64, log10_sparsity: Option<&[f32]>, dir: &Path
     io::write_json(&dir.join("cfg.json"), &cfg_json(sae.config()))
 }
 
-fn expected_tensors(a: Architecture) -> usize {
-    match a {
-        Architecture::Relu | Architecture::TopK => 4,
-        Architecture::JumpRelu | Architecture::BatchTopK | Architecture::Matryoshka => 5,
-        Architecture::Gated => 6,
-    }
-}
-
 /// Loads an SAE saved by [`save`] or by SAELens.
 pub fn load(dir: &Path, device: &Device) -> Result<AnySae> {
     let cfg_path = dir.join("cfg.json");
@@ -118,7 +96,8 @@ pub fn load(dir: &Path, device: &Device) -> Result<AnySae> {
         message,
     };
     let arch = raw["architecture"].as_str().unwrap_or("standard");
-    let architecture = Architecture::parse(arch).map_err(|e| bad(e.to_string()))?;
+    // Saved BatchTopK and Matryoshka SAEs are JumpReLUs at inference.
+    let architecture = Architecture::from_saelens(arch).map_err(|e| bad(e.to_string()))?;
     let size = |k: &str| {
         raw[k]
             .as_u64()
@@ -179,10 +158,11 @@ pub fn load(dir: &Path, device: &Device) -> Result<AnySae> {
             }
         }
     }
+    let mut used = Vec::new();
     let mut get = |name: &str, shape: &[usize]| -> Result<Tensor> {
         let t = tensors.get(name).ok_or_else(|| Error::Weights {
             path: weights_path.clone(),
-            message: format!("missing tensor `{name}`"),
+            message: format!("missing tensor `{name}` for a `{arch}` SAE"),
         })?;
         if t.dims() != shape {
             return Err(Error::Weights {
@@ -193,33 +173,17 @@ pub fn load(dir: &Path, device: &Device) -> Result<AnySae> {
                 ),
             });
         }
+        used.push(name.to_string());
         Ok(t.to_dtype(DType::F32)?)
     };
-    if tensors.len() != expected_tensors(architecture) {
-        let mut names: Vec<&String> = tensors.keys().collect();
-        names.sort();
+    let sae = AnySae::from_tensors(cfg, &mut get)?;
+    if used.len() != tensors.len() {
+        let mut unused: Vec<&String> = tensors.keys().filter(|k| !used.contains(k)).collect();
+        unused.sort();
         return Err(Error::Weights {
             path: weights_path.clone(),
-            message: format!("unexpected tensors for a `{arch}` SAE: {names:?}"),
+            message: format!("unexpected tensors for a `{arch}` SAE: {unused:?}"),
         });
     }
-    Ok(match architecture {
-        Architecture::Relu => AnySae::Relu(ReluSae::from_tensors(
-            cfg,
-            &mut get,
-            SparsityPenalty::DecoderNorm,
-        )?),
-        Architecture::TopK => AnySae::TopK(TopKSae::from_tensors(cfg, &mut get)?),
-        Architecture::Gated => AnySae::Gated(GatedSae::from_tensors(cfg, &mut get)?),
-        // Saved BatchTopK and Matryoshka SAEs are JumpReLUs at inference.
-        Architecture::JumpRelu | Architecture::BatchTopK | Architecture::Matryoshka => {
-            AnySae::JumpRelu(JumpReluSae::from_tensors(
-                SaeConfig {
-                    architecture: Architecture::JumpRelu,
-                    ..cfg
-                },
-                &mut get,
-            )?)
-        }
-    })
+    Ok(sae)
 }

@@ -6,12 +6,18 @@
 //! loss reconstructs x from `ReLU(π_gate)` through a frozen copy of the decoder so the gate
 //! learns to reconstruct. Decoder rows are kept at unit norm. Saved as SAELens "gated".
 
-use candle_core::{DType, Device, Tensor, Var};
-use rand_chacha::ChaCha8Rng;
+use candle_core::{Tensor, Var};
 
 use super::common::SaeParams;
-use super::{LossContext, LossOutput, Sae, SaeConfig};
+use super::{
+    Encoding, Init, LossContext, Sae, SaeConfig, Sparsity, TensorGetter, Variant, VariantDefaults,
+};
 use crate::Result;
+
+/// The default learning rate (see [`Variant::defaults`]).
+pub const DEFAULT_LR: f64 = 5e-5;
+/// The default L1 coefficient λ on the gate.
+pub const DEFAULT_L1: f64 = 5.0;
 
 /// A Gated SAE; `params.b_enc` is the gate bias `b_gate`.
 #[derive(Debug, Clone)]
@@ -22,16 +28,23 @@ pub struct GatedSae {
     r_mag: Var,
 }
 
-impl GatedSae {
-    pub fn new(
-        cfg: SaeConfig,
-        rng: &mut ChaCha8Rng,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
-        let params = SaeParams::init(cfg.d_in, cfg.d_sae, 1.0, rng, dtype, device)?;
-        let b_mag = Var::zeros(cfg.d_sae, dtype, device)?;
-        let r_mag = Var::zeros(cfg.d_sae, dtype, device)?;
+impl Variant for GatedSae {
+    const NAME: &'static str = "gated";
+    const SAELENS: &'static str = "gated";
+    const SPARSITY: Sparsity = Sparsity::L1;
+
+    fn defaults(_d_sae: usize) -> VariantDefaults {
+        VariantDefaults {
+            lr: DEFAULT_LR,
+            sparsity_coefficient: DEFAULT_L1,
+            k: None,
+        }
+    }
+
+    fn init(cfg: SaeConfig, init: &mut Init) -> Result<Self> {
+        let params = SaeParams::init(cfg.d_in, cfg.d_sae, 1.0, init)?;
+        let b_mag = Var::zeros(cfg.d_sae, init.dtype, init.device)?;
+        let r_mag = Var::zeros(cfg.d_sae, init.dtype, init.device)?;
         Ok(Self {
             cfg,
             params,
@@ -40,10 +53,7 @@ impl GatedSae {
         })
     }
 
-    pub fn from_tensors(
-        cfg: SaeConfig,
-        get: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>,
-    ) -> Result<Self> {
+    fn from_tensors(cfg: SaeConfig, get: &mut TensorGetter) -> Result<Self> {
         let params = SaeParams::load(get, cfg.d_in, cfg.d_sae, "b_gate")?;
         let b_mag = Var::from_tensor(&get("b_mag", &[cfg.d_sae])?)?;
         let r_mag = Var::from_tensor(&get("r_mag", &[cfg.d_sae])?)?;
@@ -54,7 +64,9 @@ impl GatedSae {
             r_mag,
         })
     }
+}
 
+impl GatedSae {
     /// `(π_gate, π_mag)`.
     fn paths(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let z = x
@@ -75,38 +87,40 @@ impl Sae for GatedSae {
     fn params(&self) -> &SaeParams {
         &self.params
     }
-    fn vars(&self) -> Vec<(&'static str, Var)> {
-        vec![
-            ("W_enc", self.params.w_enc.clone()),
-            ("b_gate", self.params.b_enc.clone()),
-            ("b_mag", self.b_mag.clone()),
-            ("r_mag", self.r_mag.clone()),
-            ("W_dec", self.params.w_dec.clone()),
-            ("b_dec", self.params.b_dec.clone()),
-        ]
+    fn b_enc_name(&self) -> &'static str {
+        "b_gate"
+    }
+    fn extra_vars(&self) -> Vec<(&'static str, Var)> {
+        vec![("b_mag", self.b_mag.clone()), ("r_mag", self.r_mag.clone())]
+    }
+    fn feature_vars(&self) -> Vec<(Var, f64)> {
+        vec![(self.b_mag.clone(), 0.0), (self.r_mag.clone(), 0.0)]
     }
     fn encode(&self, x: &Tensor) -> Result<Tensor> {
         let (gate, mag) = self.paths(x)?;
         Ok((gate.gt(0f64)?.to_dtype(mag.dtype())? * mag.relu()?)?)
     }
-    fn loss(&self, x: &Tensor, ctx: &LossContext) -> Result<LossOutput> {
+    fn encode_for_training(&self, x: &Tensor, _ctx: &LossContext) -> Result<Encoding> {
         let (gate, mag) = self.paths(x)?;
         let f = (gate.gt(0f64)?.to_dtype(mag.dtype())? * mag.relu()?)?;
-        let sae_out = self.decode(&f)?;
-        let mse = (&sae_out - x)?.sqr()?.sum(1)?.mean(0)?;
-        let gate_acts = gate.relu()?;
+        Ok(Encoding::dense(f, gate))
+    }
+    /// The L1 penalty on the gate's activations, and the gate's own reconstruction through a
+    /// frozen copy of the decoder.
+    fn aux_losses(
+        &self,
+        x: &Tensor,
+        enc: &Encoding,
+        _sae_out: &Tensor,
+        ctx: &LossContext,
+    ) -> Result<Vec<(&'static str, Tensor)>> {
+        let gate_acts = enc.pre()?.relu()?;
         let l1 = (gate_acts.sum(1)?.mean(0)? * ctx.sparsity_coefficient)?;
         let frozen = gate_acts
             .matmul(&self.params.w_dec.as_tensor().detach())?
             .broadcast_add(&self.params.b_dec.as_tensor().detach())?;
         let aux = (frozen - x)?.sqr()?.sum(1)?.mean(0)?;
-        let total = ((&mse + &l1)? + &aux)?;
-        Ok(LossOutput {
-            total,
-            terms: vec![("mse", mse), ("l1", l1), ("aux", aux)],
-            feature_acts: super::FeatureActs::Dense(f),
-            sae_out,
-        })
+        Ok(vec![("l1", l1), ("aux", aux)])
     }
     fn after_step(&self) -> Result<()> {
         self.params.normalize_decoder()

@@ -10,11 +10,12 @@
 //! directly, not as `exp(log θ)`, which Adam barely moves (SAELens PR #718). Saved as SAELens
 //! "jumprelu" with `threshold`.
 
-use candle_core::{DType, Device, Tensor, Var};
-use rand_chacha::ChaCha8Rng;
+use candle_core::{Tensor, Var};
 
 use super::common::SaeParams;
-use super::{LossContext, LossOutput, Sae, SaeConfig};
+use super::{
+    Encoding, Init, LossContext, Sae, SaeConfig, Sparsity, TensorGetter, Variant, VariantDefaults,
+};
 use crate::Result;
 
 /// Initial θ (Gemma Scope's value).
@@ -23,6 +24,10 @@ pub const INIT_THRESHOLD: f64 = 0.001;
 /// window of ±0.025 around θ catches enough of them to give θ a usable gradient (at 0.001,
 /// the L0 coefficient barely moved L0 in our tests).
 pub const BANDWIDTH: f64 = 0.05;
+/// The default learning rate (see [`Variant::defaults`]).
+pub const DEFAULT_LR: f64 = 5e-5;
+/// The default L0 coefficient λ.
+pub const DEFAULT_L0: f64 = 1.0;
 
 /// A JumpReLU SAE.
 #[derive(Debug, Clone)]
@@ -62,15 +67,29 @@ pub fn step_l0_ste(pre: &Tensor, theta: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 impl JumpReluSae {
-    pub fn new(
-        cfg: SaeConfig,
-        rng: &mut ChaCha8Rng,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
-        let params = SaeParams::init(cfg.d_in, cfg.d_sae, 0.1, rng, dtype, device)?;
-        let threshold =
-            Var::from_tensor(&(Tensor::ones(cfg.d_sae, dtype, device)? * INIT_THRESHOLD)?)?;
+    pub fn threshold(&self) -> &Var {
+        &self.threshold
+    }
+}
+
+impl Variant for JumpReluSae {
+    const NAME: &'static str = "jumprelu";
+    const SAELENS: &'static str = "jumprelu";
+    const SPARSITY: Sparsity = Sparsity::L0;
+
+    fn defaults(_d_sae: usize) -> VariantDefaults {
+        VariantDefaults {
+            lr: DEFAULT_LR,
+            sparsity_coefficient: DEFAULT_L0,
+            k: None,
+        }
+    }
+
+    fn init(cfg: SaeConfig, init: &mut Init) -> Result<Self> {
+        let params = SaeParams::init(cfg.d_in, cfg.d_sae, 0.1, init)?;
+        let threshold = Var::from_tensor(
+            &(Tensor::ones(cfg.d_sae, init.dtype, init.device)? * INIT_THRESHOLD)?,
+        )?;
         Ok(Self {
             cfg,
             params,
@@ -79,10 +98,7 @@ impl JumpReluSae {
         })
     }
 
-    pub fn from_tensors(
-        cfg: SaeConfig,
-        get: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>,
-    ) -> Result<Self> {
+    fn from_tensors(cfg: SaeConfig, get: &mut TensorGetter) -> Result<Self> {
         let params = SaeParams::load(get, cfg.d_in, cfg.d_sae, "b_enc")?;
         let threshold = Var::from_tensor(&get("threshold", &[cfg.d_sae])?)?;
         Ok(Self {
@@ -91,10 +107,6 @@ impl JumpReluSae {
             threshold,
             bandwidth: BANDWIDTH,
         })
-    }
-
-    pub fn threshold(&self) -> &Var {
-        &self.threshold
     }
 }
 
@@ -105,28 +117,29 @@ impl Sae for JumpReluSae {
     fn params(&self) -> &SaeParams {
         &self.params
     }
-    fn vars(&self) -> Vec<(&'static str, Var)> {
-        let mut v = self.params.vars();
-        v.push(("threshold", self.threshold.clone()));
-        v
+    fn extra_vars(&self) -> Vec<(&'static str, Var)> {
+        vec![("threshold", self.threshold.clone())]
+    }
+    fn feature_vars(&self) -> Vec<(Var, f64)> {
+        vec![(self.threshold.clone(), INIT_THRESHOLD)]
     }
     fn encode(&self, x: &Tensor) -> Result<Tensor> {
         jumprelu(&self.params.pre_acts(x)?, self.threshold.as_tensor())
     }
-    fn loss(&self, x: &Tensor, ctx: &LossContext) -> Result<LossOutput> {
+    fn encode_for_training(&self, x: &Tensor, _ctx: &LossContext) -> Result<Encoding> {
         let pre = self.params.pre_acts(x)?;
-        let theta = self.threshold.as_tensor();
-        let f = jumprelu_ste(&pre, theta, self.bandwidth)?;
-        let sae_out = self.decode(&f)?;
-        let mse = (&sae_out - x)?.sqr()?.sum(1)?.mean(0)?;
-        let l0 = (step_l0_ste(&pre, theta, self.bandwidth)?.mean(0)? * ctx.sparsity_coefficient)?;
-        let total = (&mse + &l0)?;
-        Ok(LossOutput {
-            total,
-            terms: vec![("mse", mse), ("l0", l0)],
-            feature_acts: super::FeatureActs::Dense(f.detach()),
-            sae_out,
-        })
+        let f = jumprelu_ste(&pre, self.threshold.as_tensor(), self.bandwidth)?;
+        Ok(Encoding::dense(f, pre))
+    }
+    fn aux_losses(
+        &self,
+        _x: &Tensor,
+        enc: &Encoding,
+        _sae_out: &Tensor,
+        ctx: &LossContext,
+    ) -> Result<Vec<(&'static str, Tensor)>> {
+        let l0 = step_l0_ste(enc.pre()?, self.threshold.as_tensor(), self.bandwidth)?.mean(0)?;
+        Ok(vec![("l0", (l0 * ctx.sparsity_coefficient)?)])
     }
     /// θ stays positive (a negative threshold would let every feature fire).
     fn after_step(&self) -> Result<()> {

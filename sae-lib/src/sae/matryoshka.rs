@@ -1,19 +1,20 @@
 //! Matryoshka BatchTopK SAE — Part 2's featured variant (Bussmann et al. 2025,
 //! <https://arxiv.org/abs/2503.17547>; Nabeshima 2024). The dictionary is read as nested
 //! prefixes `m_1 < m_2 < … < d_sae`, and each prefix alone must reconstruct x:
-//! `L = mean_j ‖x − (f[:, :m_j] W_dec[:m_j] + b_dec)‖² + α·AuxK`. Early features are pushed to
+//! `L = Σ_j ‖x − (f[:, :m_j] W_dec[:m_j] + b_dec)‖² + α·AuxK`: the full dictionary's term is
+//! the shared reconstruction loss, and the inner prefixes' terms are this variant's auxiliary
+//! loss (as SAELens sums them). Early features are pushed to
 //! carry general, high-variance directions; later ones specialise, which counters feature
 //! absorption and splitting as the dictionary grows. Activations are BatchTopK's, and it is
 //! saved the same way (SAELens "jumprelu" with `threshold`).
 
-use candle_core::{DType, Device, Tensor, Var};
-use rand_chacha::ChaCha8Rng;
+use candle_core::{Tensor, Var};
 
 use super::batch_topk::BatchTopKSae;
-use super::common::{auxk_loss, SaeParams};
-use super::topk::AUX_COEFFICIENT;
-use super::{LossContext, LossOutput, Sae, SaeConfig};
-use crate::Result;
+use super::common::SaeParams;
+use super::topk::topk_defaults;
+use super::{Encoding, Init, LossContext, Sae, SaeConfig, Sparsity, Variant, VariantDefaults};
+use crate::{Error, Result};
 
 /// Default nested sizes: `d_sae/16, d_sae/8, d_sae/4, d_sae/2, d_sae`.
 pub fn default_prefixes(d_sae: usize) -> Vec<usize> {
@@ -33,24 +34,62 @@ pub struct MatryoshkaSae {
 }
 
 impl MatryoshkaSae {
-    pub fn new(
-        cfg: SaeConfig,
-        rng: &mut ChaCha8Rng,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
+    pub fn prefixes(&self) -> &[usize] {
+        &self.prefixes
+    }
+
+    /// `‖x − x̂_j‖²` (summed over `d_in`, averaged over the batch) for each inner prefix `j`:
+    /// the reconstruction from the first `m_j` features only, accumulated block by block.
+    pub fn prefix_losses(&self, x: &Tensor, f: &Tensor) -> Result<Vec<Tensor>> {
+        let p = &self.inner.params;
+        let w_dec = p.w_dec.as_tensor();
+        let mut partial = p
+            .b_dec
+            .as_tensor()
+            .unsqueeze(0)?
+            .broadcast_as(x.shape())?
+            .contiguous()?;
+        let mut losses = Vec::new();
+        let mut start = 0;
+        for &end in &self.prefixes[..self.prefixes.len() - 1] {
+            let block = f.narrow(1, start, end - start)?;
+            partial = (partial + block.matmul(&w_dec.narrow(0, start, end - start)?)?)?;
+            losses.push((&partial - x)?.sqr()?.sum(1)?.mean(0)?);
+            start = end;
+        }
+        Ok(losses)
+    }
+}
+
+impl Variant for MatryoshkaSae {
+    const NAME: &'static str = "matryoshka";
+    const SAELENS: &'static str = "jumprelu";
+    const LOADS: bool = false;
+    const SPARSITY: Sparsity = Sparsity::K;
+
+    fn defaults(d_sae: usize) -> VariantDefaults {
+        topk_defaults(d_sae)
+    }
+
+    fn init(cfg: SaeConfig, init: &mut Init) -> Result<Self> {
         let prefixes = cfg
             .prefixes
             .clone()
             .unwrap_or_else(|| default_prefixes(cfg.d_sae));
+        if prefixes.is_empty()
+            || prefixes.last() != Some(&cfg.d_sae)
+            || prefixes.windows(2).any(|w| w[0] >= w[1])
+            || prefixes[0] == 0
+        {
+            return Err(Error::Input(format!(
+                "Matryoshka prefixes must increase from at least 1 to d_sae = {} (got {prefixes:?})",
+                cfg.d_sae
+            )));
+        }
         Ok(Self {
-            inner: BatchTopKSae::new(cfg, rng, dtype, device)?,
+            inner: BatchTopKSae::init(cfg, init)?,
             prefixes,
         })
-    }
-
-    pub fn prefixes(&self) -> &[usize] {
-        &self.prefixes
     }
 }
 
@@ -61,48 +100,29 @@ impl Sae for MatryoshkaSae {
     fn params(&self) -> &SaeParams {
         self.inner.params()
     }
-    fn vars(&self) -> Vec<(&'static str, Var)> {
-        self.inner.vars()
+    fn extra_vars(&self) -> Vec<(&'static str, Var)> {
+        self.inner.extra_vars()
     }
     fn encode(&self, x: &Tensor) -> Result<Tensor> {
         self.inner.encode(x)
     }
-    fn loss(&self, x: &Tensor, ctx: &LossContext) -> Result<LossOutput> {
-        let (f, pre) = self.inner.batch_topk(x)?;
-        let w_dec = self.inner.params.w_dec.as_tensor();
-        let b_dec = self.inner.params.b_dec.as_tensor();
-        // Accumulate the reconstruction prefix by prefix: each block adds its features' part.
-        let mut partial = b_dec.unsqueeze(0)?.broadcast_as(x.shape())?.contiguous()?;
-        let mut prefix_losses = Vec::with_capacity(self.prefixes.len());
-        let mut start = 0;
-        for &end in &self.prefixes {
-            partial = (partial
-                + f.narrow(1, start, end - start)?.matmul(&w_dec.narrow(
-                    0,
-                    start,
-                    end - start,
-                )?)?)?;
-            prefix_losses.push((&partial - x)?.sqr()?.sum(1)?.mean(0)?);
-            start = end;
+    fn encode_for_training(&self, x: &Tensor, ctx: &LossContext) -> Result<Encoding> {
+        self.inner.encode_for_training(x, ctx)
+    }
+    fn aux_losses(
+        &self,
+        x: &Tensor,
+        enc: &Encoding,
+        sae_out: &Tensor,
+        ctx: &LossContext,
+    ) -> Result<Vec<(&'static str, Tensor)>> {
+        let inner = self.prefix_losses(x, &enc.acts.dense()?)?;
+        let mut terms = Vec::new();
+        if !inner.is_empty() {
+            terms.push(("prefix_mse", Tensor::stack(&inner, 0)?.sum(0)?));
         }
-        let sae_out = partial;
-        let mse = (Tensor::stack(&prefix_losses, 0)?.mean(0))?;
-        let aux = (auxk_loss(
-            &pre,
-            ctx.dead.as_ref(),
-            &(x - &sae_out)?,
-            w_dec,
-            self.config().d_in / 2,
-            &|indices| Ok(pre.gather(indices, 1)?),
-        )? * AUX_COEFFICIENT)?;
-        let full = prefix_losses.last().expect("at least one prefix").clone();
-        let total = (&mse + &aux)?;
-        Ok(LossOutput {
-            total,
-            terms: vec![("mse", full), ("matryoshka_mse", mse), ("auxk", aux)],
-            feature_acts: super::FeatureActs::Dense(f),
-            sae_out,
-        })
+        terms.push(self.inner.auxk(x, enc, sae_out, ctx)?);
+        Ok(terms)
     }
     fn after_step(&self) -> Result<()> {
         self.inner.after_step()

@@ -1,5 +1,6 @@
-//! Sparse autoencoders: one file per variant behind the [`Sae`] trait, dispatched through
-//! [`AnySae`] (an exhaustive `match` catches a forgotten variant).
+//! Sparse autoencoders: one file per variant behind the [`Sae`] trait, registered once in
+//! `registry!` (which generates [`Architecture`] and [`AnySae`]; an exhaustive `match` catches
+//! a forgotten variant).
 //!
 //! Every variant shares the decoder `x̂ = f W_dec + b_dec` and the SAELens tensor names
 //! (`W_enc` `(d_in, d_sae)`, `b_enc`, `W_dec` `(d_sae, d_in)`, `b_dec`), which appear only at
@@ -27,67 +28,181 @@ pub use matryoshka::MatryoshkaSae;
 pub use relu::{ReluSae, SparsityPenalty};
 pub use topk::TopKSae;
 
-use crate::Result;
+use crate::{Error, Result};
 
-/// Which SAE variant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Architecture {
-    /// ReLU + L1 (SAELens "standard").
-    Relu,
-    /// Per-input top-k (SAELens "topk").
-    TopK,
-    /// Batch-level top-k (saved as SAELens "jumprelu").
-    BatchTopK,
-    /// Learned per-feature thresholds with an L0 penalty (SAELens "jumprelu").
-    JumpRelu,
-    /// Separate gate and magnitude paths (SAELens "gated").
-    Gated,
-    /// Nested-prefix BatchTopK (saved as SAELens "jumprelu").
-    Matryoshka,
+/// What sets a variant's sparsity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sparsity {
+    /// `k` active features per input (on average, for the batch-level variants).
+    K,
+    /// A penalty on the activations' L1 norm, weighted by λ.
+    L1,
+    /// A penalty on the number of active features, weighted by λ.
+    L0,
+}
+
+/// A variant's training defaults, chosen by a sweep (BENCHMARKS.md) for inputs the trainer
+/// has normalised to `E‖x‖ = √d_in`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VariantDefaults {
+    /// Adam's learning rate.
+    pub lr: f64,
+    /// The penalty coefficient λ (unused by `k`-sparsity variants).
+    pub sparsity_coefficient: f64,
+    /// Active features per input (`k`-sparsity variants).
+    pub k: Option<usize>,
+}
+
+/// What building a fresh SAE needs.
+pub struct Init<'a> {
+    pub rng: &'a mut rand_chacha::ChaCha8Rng,
+    pub dtype: candle_core::DType,
+    pub device: &'a candle_core::Device,
+    /// The ReLU SAE's penalty (other variants ignore it).
+    pub penalty: SparsityPenalty,
+}
+
+/// Reads a saved tensor by its SAELens name, checking its shape.
+pub type TensorGetter<'a> = dyn FnMut(&str, &[usize]) -> Result<Tensor> + 'a;
+
+/// What each variant declares for the registry: its names, what sets its sparsity, its
+/// defaults and how it is built. Adding a variant is its file plus one line in the
+/// `registry!` list below.
+pub trait Variant: Sae + Sized {
+    /// The CLI name.
+    const NAME: &'static str;
+    /// Other accepted names (SAELens').
+    const ALIASES: &'static [&'static str] = &[];
+    /// The SAELens architecture it is saved as.
+    const SAELENS: &'static str;
+    /// Whether a saved SAELens `SAELENS` SAE loads as this variant (BatchTopK and Matryoshka
+    /// are saved as, and load back as, JumpReLU).
+    const LOADS: bool = true;
+    const SPARSITY: Sparsity;
+
+    /// Defaults for a dictionary of `d_sae` features.
+    fn defaults(d_sae: usize) -> VariantDefaults;
+
+    /// A freshly initialised SAE.
+    fn init(cfg: SaeConfig, init: &mut Init) -> Result<Self>;
+
+    /// An SAE from its saved tensors.
+    fn from_tensors(_cfg: SaeConfig, _get: &mut TensorGetter) -> Result<Self> {
+        Err(Error::Input(format!(
+            "{} SAEs are saved as SAELens `{}` and load as that",
+            Self::NAME,
+            Self::SAELENS
+        )))
+    }
+}
+
+/// Generates [`Architecture`] and [`AnySae`] from one list of `Variant => type` lines.
+macro_rules! registry {
+    ($($arch:ident => $ty:ident,)*) => {
+        /// Which SAE variant.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum Architecture {
+            $($arch,)*
+        }
+
+        /// Any SAE variant.
+        #[derive(Debug, Clone)]
+        pub enum AnySae {
+            $($arch($ty),)*
+        }
+
+        impl Architecture {
+            /// Every variant, for sweeps and property tests.
+            pub const ALL: &'static [Architecture] = &[$(Self::$arch,)*];
+
+            /// The CLI name.
+            pub fn name(self) -> &'static str {
+                match self { $(Self::$arch => <$ty as Variant>::NAME,)* }
+            }
+
+            /// The SAELens architecture it is saved as.
+            pub fn saelens_name(self) -> &'static str {
+                match self { $(Self::$arch => <$ty as Variant>::SAELENS,)* }
+            }
+
+            /// What sets its sparsity.
+            pub fn sparsity(self) -> Sparsity {
+                match self { $(Self::$arch => <$ty as Variant>::SPARSITY,)* }
+            }
+
+            /// Its training defaults for a dictionary of `d_sae` features.
+            pub fn defaults(self, d_sae: usize) -> VariantDefaults {
+                match self { $(Self::$arch => <$ty as Variant>::defaults(d_sae),)* }
+            }
+
+            /// Parses the CLI name (or SAELens' name).
+            pub fn parse(name: &str) -> Result<Self> {
+                $(
+                    if name == <$ty as Variant>::NAME
+                        || <$ty as Variant>::ALIASES.contains(&name)
+                    {
+                        return Ok(Self::$arch);
+                    }
+                )*
+                let names: Vec<&str> = Self::ALL.iter().map(|a| a.name()).collect();
+                Err(Error::Input(format!(
+                    "unknown SAE architecture `{name}` (supported: {})",
+                    names.join(", ")
+                )))
+            }
+
+            /// The variant a saved SAELens `architecture` loads as.
+            pub fn from_saelens(name: &str) -> Result<Self> {
+                $(
+                    if <$ty as Variant>::LOADS && name == <$ty as Variant>::SAELENS {
+                        return Ok(Self::$arch);
+                    }
+                )*
+                Err(Error::Input(format!(
+                    "SAELens architecture `{name}` is not supported"
+                )))
+            }
+        }
+
+        impl AnySae {
+            /// A freshly initialised SAE of `cfg.architecture`.
+            pub fn init(cfg: SaeConfig, init: &mut Init) -> Result<Self> {
+                Ok(match cfg.architecture {
+                    $(Architecture::$arch => Self::$arch(<$ty as Variant>::init(cfg, init)?),)*
+                })
+            }
+
+            /// An SAE of `cfg.architecture` from its saved tensors.
+            pub fn from_tensors(cfg: SaeConfig, get: &mut TensorGetter) -> Result<Self> {
+                Ok(match cfg.architecture {
+                    $(Architecture::$arch => {
+                        Self::$arch(<$ty as Variant>::from_tensors(cfg, get)?)
+                    })*
+                })
+            }
+
+            /// The variant itself.
+            pub fn inner(&self) -> &dyn Sae {
+                match self { $(Self::$arch(s) => s,)* }
+            }
+        }
+    };
+}
+
+registry! {
+    Relu => ReluSae,
+    TopK => TopKSae,
+    BatchTopK => BatchTopKSae,
+    JumpRelu => JumpReluSae,
+    Gated => GatedSae,
+    Matryoshka => MatryoshkaSae,
 }
 
 impl Architecture {
-    /// Every variant, for sweeps and property tests.
-    pub const ALL: [Architecture; 6] = [
-        Self::Relu,
-        Self::TopK,
-        Self::BatchTopK,
-        Self::JumpRelu,
-        Self::Gated,
-        Self::Matryoshka,
-    ];
-
-    /// Parses the CLI / config name (ours or SAELens').
-    pub fn parse(name: &str) -> Result<Self> {
-        match name {
-            "relu" | "standard" => Ok(Self::Relu),
-            "topk" => Ok(Self::TopK),
-            "batchtopk" | "batch_topk" => Ok(Self::BatchTopK),
-            "jumprelu" => Ok(Self::JumpRelu),
-            "gated" => Ok(Self::Gated),
-            "matryoshka" => Ok(Self::Matryoshka),
-            other => Err(crate::Error::Input(format!(
-                "unknown SAE architecture `{other}` (supported: relu, topk, batchtopk, jumprelu, gated, matryoshka)"
-            ))),
-        }
-    }
-
-    /// The CLI name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Relu => "relu",
-            Self::TopK => "topk",
-            Self::BatchTopK => "batchtopk",
-            Self::JumpRelu => "jumprelu",
-            Self::Gated => "gated",
-            Self::Matryoshka => "matryoshka",
-        }
-    }
-
     /// Whether sparsity is set by `k` rather than a penalty coefficient.
     pub fn uses_k(self) -> bool {
-        matches!(self, Self::TopK | Self::BatchTopK | Self::Matryoshka)
+        self.sparsity() == Sparsity::K
     }
 }
 
@@ -128,7 +243,39 @@ pub struct SaeConfig {
     pub metadata: SaeMetadata,
 }
 
+/// Checks a dictionary's size and `k` (for `k`-sparsity variants) before any work starts.
+pub fn validate_shape(arch: Architecture, d_sae: usize, k: Option<usize>) -> Result<()> {
+    if d_sae == 0 {
+        return Err(Error::Input("d_sae must be at least 1 (got 0)".into()));
+    }
+    match (arch.uses_k(), k) {
+        (true, None) => Err(Error::Input(format!(
+            "{} SAEs need k, the number of active features per input",
+            arch.name()
+        ))),
+        (true, Some(0)) => Err(Error::Input("k must be at least 1 (got 0)".into())),
+        (true, Some(k)) if k > d_sae => Err(Error::Input(format!(
+            "k = {k} is more than d_sae = {d_sae}: an SAE cannot keep more active features \
+             than it has"
+        ))),
+        (false, Some(_)) => Err(Error::Input(format!(
+            "k applies to topk, batchtopk and matryoshka; {} sets its sparsity with a penalty \
+             coefficient",
+            arch.name()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 impl SaeConfig {
+    /// Checks the shape: `d_in`, `d_sae` and `k` (see [`validate_shape`]).
+    pub fn validate(&self) -> Result<()> {
+        if self.d_in == 0 {
+            return Err(Error::Input("d_in must be at least 1 (got 0)".into()));
+        }
+        validate_shape(self.architecture, self.d_sae, self.k)
+    }
+
     /// A config with no `k` and default prefixes.
     pub fn new(
         architecture: Architecture,
@@ -160,16 +307,42 @@ pub struct LossContext {
 #[derive(Debug, Clone)]
 pub struct LossOutput {
     pub total: Tensor,
-    /// `("mse", ..)`, then each variant's own terms (`"l1"`, `"aux"`, ...).
+    /// `("mse", ..)`, then each variant's own terms (`"l1"`, `"auxk"`, ...).
     pub terms: Vec<(&'static str, Tensor)>,
-    /// The feature activations.
+    /// The feature activations (detached).
     pub feature_acts: FeatureActs,
     /// `(batch, d_in)` reconstruction.
     pub sae_out: Tensor,
 }
 
-/// A batch's feature activations, as a variant's loss computed them. TopK keeps them sparse so
-/// the trainer's statistics never build the `(batch, d_sae)` matrix.
+/// What a variant's training-time encoding produces.
+#[derive(Debug, Clone)]
+pub struct Encoding {
+    /// The feature activations, differentiable.
+    pub acts: FeatureActs,
+    /// The pre-activations the variant's auxiliary losses read (the gate's, for Gated).
+    pub hidden_pre: Option<Tensor>,
+}
+
+impl Encoding {
+    /// Dense activations and the pre-activations they came from.
+    pub fn dense(acts: Tensor, hidden_pre: Tensor) -> Self {
+        Self {
+            acts: FeatureActs::Dense(acts),
+            hidden_pre: Some(hidden_pre),
+        }
+    }
+
+    /// The hidden pre-activations.
+    pub fn pre(&self) -> Result<&Tensor> {
+        self.hidden_pre
+            .as_ref()
+            .ok_or_else(|| Error::Training("this SAE's encoding has no pre-activations".into()))
+    }
+}
+
+/// A batch's feature activations. TopK keeps them sparse so neither its decoder nor the
+/// trainer's statistics build the `(batch, d_sae)` matrix.
 #[derive(Debug, Clone)]
 pub enum FeatureActs {
     /// `(batch, d_sae)`.
@@ -193,6 +366,34 @@ impl FeatureActs {
                 indices,
                 d_sae,
             } => common::densify(values, indices, *d_sae),
+        }
+    }
+
+    /// The reconstruction `f W_dec + b_dec`; sparse activations read only their `k` decoder
+    /// rows per input.
+    pub fn decode(&self, params: &SaeParams) -> Result<Tensor> {
+        let (w_dec, b_dec) = (params.w_dec.as_tensor(), params.b_dec.as_tensor());
+        match self {
+            Self::Dense(f) => Ok(f.matmul(w_dec)?.broadcast_add(b_dec)?),
+            Self::Sparse {
+                values, indices, ..
+            } => common::sparse_decode(values, indices, w_dec, b_dec),
+        }
+    }
+
+    /// The same activations, out of the autograd graph.
+    pub fn detach(&self) -> Self {
+        match self {
+            Self::Dense(f) => Self::Dense(f.detach()),
+            Self::Sparse {
+                values,
+                indices,
+                d_sae,
+            } => Self::Sparse {
+                values: values.detach(),
+                indices: indices.clone(),
+                d_sae: *d_sae,
+            },
         }
     }
 
@@ -236,21 +437,43 @@ impl FeatureActs {
     }
 }
 
-/// A sparse autoencoder. Variants implement `encode` and their own loss terms; decode, forward
-/// and the reconstruction loss are shared.
+/// A sparse autoencoder. A variant states only what differs: its encoding (with the hidden
+/// pre-activations its auxiliary losses read), its auxiliary losses, and what it does after an
+/// optimiser step. Decoding, the reconstruction term and the total live here, once.
 pub trait Sae {
     fn config(&self) -> &SaeConfig;
 
     /// The encoder and decoder parameters every variant has.
     fn params(&self) -> &SaeParams;
 
-    /// Trainable parameters under their SAELens names (variants with more add theirs).
-    fn vars(&self) -> Vec<(&'static str, Var)> {
-        self.params().vars()
+    /// The name `params().b_enc` is saved under (`b_gate` for the Gated SAE).
+    fn b_enc_name(&self) -> &'static str {
+        "b_enc"
     }
 
-    /// Feature activations `(batch, d_sae)` of inputs `(batch, d_in)`.
-    fn encode(&self, x: &Tensor) -> Result<Tensor>;
+    /// Tensors beyond the shared four, under their SAELens names (trained or not).
+    fn extra_vars(&self) -> Vec<(&'static str, Var)> {
+        vec![]
+    }
+
+    /// Per-feature `(d_sae,)` tensors beyond the shared four, each with the value a resampled
+    /// feature restarts from.
+    fn feature_vars(&self) -> Vec<(Var, f64)> {
+        vec![]
+    }
+
+    /// Every tensor under its SAELens name: the shared four, then the variant's own.
+    fn vars(&self) -> Vec<(&'static str, Var)> {
+        let p = self.params();
+        let mut v = vec![
+            ("W_enc", p.w_enc.clone()),
+            (self.b_enc_name(), p.b_enc.clone()),
+            ("W_dec", p.w_dec.clone()),
+            ("b_dec", p.b_dec.clone()),
+        ];
+        v.extend(self.extra_vars());
+        v
+    }
 
     /// The decoder `(d_sae, d_in)`.
     fn w_dec(&self) -> &Var {
@@ -262,18 +485,29 @@ pub trait Sae {
         &self.params().b_dec
     }
 
-    /// Reconstruction `f W_dec + b_dec`.
+    /// Feature activations `(batch, d_sae)` of inputs `(batch, d_in)`, as at inference.
+    fn encode(&self, x: &Tensor) -> Result<Tensor>;
+
+    /// The training-time encoding (it may differ from inference: BatchTopK selects over the
+    /// batch, JumpReLU carries pseudo-derivatives, TopK stays sparse).
+    fn encode_for_training(&self, x: &Tensor, _ctx: &LossContext) -> Result<Encoding> {
+        Ok(Encoding {
+            acts: FeatureActs::Dense(self.encode(x)?),
+            hidden_pre: None,
+        })
+    }
+
+    /// Reconstruction `f W_dec + b_dec` of dense activations `(batch, d_sae)`.
     fn decode(&self, f: &Tensor) -> Result<Tensor> {
-        Ok(f.matmul(self.w_dec().as_tensor())?
-            .broadcast_add(self.b_dec().as_tensor())?)
+        FeatureActs::Dense(f.clone()).decode(self.params())
     }
 
     /// Loss terms beyond the reconstruction error (none by default).
     fn aux_losses(
         &self,
         _x: &Tensor,
-        _f: &Tensor,
-        _x_hat: &Tensor,
+        _enc: &Encoding,
+        _sae_out: &Tensor,
         _ctx: &LossContext,
     ) -> Result<Vec<(&'static str, Tensor)>> {
         Ok(vec![])
@@ -287,11 +521,11 @@ pub trait Sae {
     /// Reconstruction error `‖x − x̂‖²` summed over `d_in`, averaged over the batch, plus the
     /// variant's own terms.
     fn loss(&self, x: &Tensor, ctx: &LossContext) -> Result<LossOutput> {
-        let feature_acts = self.encode(x)?;
-        let sae_out = self.decode(&feature_acts)?;
+        let enc = self.encode_for_training(x, ctx)?;
+        let sae_out = enc.acts.decode(self.params())?;
         let mse = (&sae_out - x)?.sqr()?.sum(1)?.mean(0)?;
         let mut terms = vec![("mse", mse)];
-        terms.extend(self.aux_losses(x, &feature_acts, &sae_out, ctx)?);
+        terms.extend(self.aux_losses(x, &enc, &sae_out, ctx)?);
         let mut total = terms[0].1.clone();
         for (_, t) in &terms[1..] {
             total = (total + t)?;
@@ -299,65 +533,44 @@ pub trait Sae {
         Ok(LossOutput {
             total,
             terms,
-            feature_acts: FeatureActs::Dense(feature_acts),
+            feature_acts: enc.acts.detach(),
             sae_out,
         })
     }
 }
 
-/// Any SAE variant.
-#[derive(Debug, Clone)]
-pub enum AnySae {
-    Relu(ReluSae),
-    TopK(TopKSae),
-    BatchTopK(BatchTopKSae),
-    JumpRelu(JumpReluSae),
-    Gated(GatedSae),
-    Matryoshka(MatryoshkaSae),
-}
-
-macro_rules! dispatch {
-    ($self:expr, $s:ident => $body:expr) => {
-        match $self {
-            AnySae::Relu($s) => $body,
-            AnySae::TopK($s) => $body,
-            AnySae::BatchTopK($s) => $body,
-            AnySae::JumpRelu($s) => $body,
-            AnySae::Gated($s) => $body,
-            AnySae::Matryoshka($s) => $body,
-        }
-    };
-}
-
 impl Sae for AnySae {
     fn config(&self) -> &SaeConfig {
-        dispatch!(self, s => s.config())
-    }
-    fn vars(&self) -> Vec<(&'static str, Var)> {
-        dispatch!(self, s => s.vars())
-    }
-    fn encode(&self, x: &Tensor) -> Result<Tensor> {
-        dispatch!(self, s => s.encode(x))
+        self.inner().config()
     }
     fn params(&self) -> &SaeParams {
-        dispatch!(self, s => s.params())
+        self.inner().params()
     }
-    fn decode(&self, f: &Tensor) -> Result<Tensor> {
-        dispatch!(self, s => s.decode(f))
+    fn b_enc_name(&self) -> &'static str {
+        self.inner().b_enc_name()
+    }
+    fn extra_vars(&self) -> Vec<(&'static str, Var)> {
+        self.inner().extra_vars()
+    }
+    fn feature_vars(&self) -> Vec<(Var, f64)> {
+        self.inner().feature_vars()
+    }
+    fn encode(&self, x: &Tensor) -> Result<Tensor> {
+        self.inner().encode(x)
+    }
+    fn encode_for_training(&self, x: &Tensor, ctx: &LossContext) -> Result<Encoding> {
+        self.inner().encode_for_training(x, ctx)
     }
     fn aux_losses(
         &self,
         x: &Tensor,
-        f: &Tensor,
-        x_hat: &Tensor,
+        enc: &Encoding,
+        sae_out: &Tensor,
         ctx: &LossContext,
     ) -> Result<Vec<(&'static str, Tensor)>> {
-        dispatch!(self, s => s.aux_losses(x, f, x_hat, ctx))
+        self.inner().aux_losses(x, enc, sae_out, ctx)
     }
     fn after_step(&self) -> Result<()> {
-        dispatch!(self, s => s.after_step())
-    }
-    fn loss(&self, x: &Tensor, ctx: &LossContext) -> Result<LossOutput> {
-        dispatch!(self, s => s.loss(x, ctx))
+        self.inner().after_step()
     }
 }

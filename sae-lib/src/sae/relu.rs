@@ -10,13 +10,19 @@
 //!   decoder rows renormalised to unit norm after every step (otherwise the L1 term is
 //!   cheated by shrinking `f` and growing `W_dec`).
 
-use candle_core::{DType, Device, Tensor};
-use rand_chacha::ChaCha8Rng;
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::common::{row_norms, SaeParams};
-use super::{LossContext, Sae, SaeConfig};
+use super::{
+    Encoding, Init, LossContext, Sae, SaeConfig, Sparsity, TensorGetter, Variant, VariantDefaults,
+};
 use crate::Result;
+
+/// The default learning rate (see [`Variant::defaults`]).
+pub const DEFAULT_LR: f64 = 5e-5;
+/// The default penalty coefficient λ.
+pub const DEFAULT_L1: f64 = 5.0;
 
 /// How the ReLU SAE's sparsity is penalised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -38,43 +44,47 @@ pub struct ReluSae {
 }
 
 impl ReluSae {
-    /// A freshly initialised SAE: decoder rows at norm 0.1 for the decoder-norm penalty, 1 for
-    /// the unit-decoder one.
-    pub fn new(
-        cfg: SaeConfig,
-        penalty: SparsityPenalty,
-        rng: &mut ChaCha8Rng,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
-        let norm = match penalty {
+    pub fn penalty(&self) -> SparsityPenalty {
+        self.penalty
+    }
+}
+
+impl Variant for ReluSae {
+    const NAME: &'static str = "relu";
+    const ALIASES: &'static [&'static str] = &["standard"];
+    const SAELENS: &'static str = "standard";
+    const SPARSITY: Sparsity = Sparsity::L1;
+
+    fn defaults(_d_sae: usize) -> VariantDefaults {
+        VariantDefaults {
+            lr: DEFAULT_LR,
+            sparsity_coefficient: DEFAULT_L1,
+            k: None,
+        }
+    }
+
+    /// Decoder rows at norm 0.1 for the decoder-norm penalty, 1 for the unit-decoder one.
+    fn init(cfg: SaeConfig, init: &mut Init) -> Result<Self> {
+        let norm = match init.penalty {
             SparsityPenalty::DecoderNorm => 0.1,
             SparsityPenalty::L1UnitDecoder => 1.0,
         };
-        let params = SaeParams::init(cfg.d_in, cfg.d_sae, norm, rng, dtype, device)?;
+        let params = SaeParams::init(cfg.d_in, cfg.d_sae, norm, init)?;
         Ok(Self {
             cfg,
             params,
-            penalty,
+            penalty: init.penalty,
         })
     }
 
-    /// An SAE from its tensors (`W_enc`, `b_enc`, `W_dec`, `b_dec`).
-    pub fn from_tensors(
-        cfg: SaeConfig,
-        get: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>,
-        penalty: SparsityPenalty,
-    ) -> Result<Self> {
+    /// Saved SAEs are read with the decoder-norm penalty (it only matters for training).
+    fn from_tensors(cfg: SaeConfig, get: &mut TensorGetter) -> Result<Self> {
         let params = SaeParams::load(get, cfg.d_in, cfg.d_sae, "b_enc")?;
         Ok(Self {
             cfg,
             params,
-            penalty,
+            penalty: SparsityPenalty::DecoderNorm,
         })
-    }
-
-    pub fn penalty(&self) -> SparsityPenalty {
-        self.penalty
     }
 }
 
@@ -90,13 +100,19 @@ impl Sae for ReluSae {
         Ok(self.params.pre_acts(x)?.relu()?)
     }
 
+    fn encode_for_training(&self, x: &Tensor, _ctx: &LossContext) -> Result<Encoding> {
+        let pre = self.params.pre_acts(x)?;
+        Ok(Encoding::dense(pre.relu()?, pre))
+    }
+
     fn aux_losses(
         &self,
         _x: &Tensor,
-        f: &Tensor,
-        _x_hat: &Tensor,
+        enc: &Encoding,
+        _sae_out: &Tensor,
         ctx: &LossContext,
     ) -> Result<Vec<(&'static str, Tensor)>> {
+        let f = enc.acts.dense()?;
         // f ≥ 0, so Σ|f_i| = Σ f_i; weight by decoder norms as one matmul: (b, d_sae) · (d_sae, 1).
         let l1 = match self.penalty {
             SparsityPenalty::DecoderNorm => f

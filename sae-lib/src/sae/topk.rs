@@ -4,12 +4,14 @@
 //! gradient. Decoder rows are kept at unit norm (renormalised after each step; the paper
 //! projects gradients instead). Saved as SAELens "topk" with `k`.
 
-use candle_core::{DType, Device, Tensor};
-use rand_chacha::ChaCha8Rng;
+use candle_core::Tensor;
 
-use super::common::{auxk_loss, sparse_decode, topk_indices, topk_relu, SaeParams};
+use super::common::{auxk_loss, topk_indices, topk_relu, SaeParams};
 use super::sparse::gather_pre_acts;
-use super::{FeatureActs, LossContext, LossOutput, Sae, SaeConfig};
+use super::{
+    Encoding, FeatureActs, Init, LossContext, Sae, SaeConfig, Sparsity, TensorGetter, Variant,
+    VariantDefaults,
+};
 use crate::{Error, Result};
 
 /// AuxK's weight in the loss (the paper's α).
@@ -25,63 +27,81 @@ pub struct TopKSae {
 
 /// The `k` an SAE config must carry for TopK-style variants.
 pub fn required_k(cfg: &SaeConfig) -> Result<usize> {
-    match cfg.k {
-        Some(k) if k > 0 && k <= cfg.d_sae => Ok(k),
-        _ => Err(Error::Input(format!(
-            "{:?} SAEs need k in 1..={} (got {:?})",
-            cfg.architecture, cfg.d_sae, cfg.k
-        ))),
+    super::validate_shape(cfg.architecture, cfg.d_sae, cfg.k)?;
+    cfg.k
+        .ok_or_else(|| Error::Input(format!("{} SAEs need k", cfg.architecture.name())))
+}
+
+/// The default `k` of the TopK family: 32 (Gao et al.'s and sparsify's usual choice), at most
+/// an eighth of a small dictionary.
+pub fn default_k(d_sae: usize) -> usize {
+    32.min(d_sae / 8).max(1)
+}
+
+/// The TopK family's default learning rate: sparsify's `2e-4 / √(d_sae / 2¹⁴)`, scaled down
+/// with width (Gao et al. 2024, §2.4).
+pub fn default_lr(d_sae: usize) -> f64 {
+    2e-4 / (d_sae as f64 / 16384.0).sqrt()
+}
+
+/// The TopK family's defaults.
+pub(crate) fn topk_defaults(d_sae: usize) -> VariantDefaults {
+    VariantDefaults {
+        lr: default_lr(d_sae),
+        sparsity_coefficient: 0.0,
+        k: Some(default_k(d_sae)),
     }
 }
 
-/// The shared TopK-style loss: reconstruction, plus AuxK on the dead features.
-/// `sae_out` is `f`'s reconstruction, computed densely or sparsely by the caller; `pre`
-/// chooses AuxK's features and `values_at` gives their differentiable pre-activations.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn topk_style_loss(
+/// AuxK for any TopK-style variant: `pre` chooses the dead features' `d_in / 2` largest
+/// pre-activations, `values_at` gives them differentiably, and they must reconstruct the main
+/// reconstruction's residual.
+pub(crate) fn auxk_term(
     params: &SaeParams,
     x: &Tensor,
     pre: &Tensor,
-    values_at: &dyn Fn(&Tensor) -> Result<Tensor>,
-    f: FeatureActs,
-    sae_out: Tensor,
-    d_in: usize,
+    sae_out: &Tensor,
     ctx: &LossContext,
-) -> Result<LossOutput> {
-    let mse = (&sae_out - x)?.sqr()?.sum(1)?.mean(0)?;
-    let aux = (auxk_loss(
+    values_at: &dyn Fn(&Tensor) -> Result<Tensor>,
+) -> Result<(&'static str, Tensor)> {
+    let aux = auxk_loss(
         pre,
         ctx.dead.as_ref(),
-        &(x - &sae_out)?,
+        &(x - sae_out)?,
         params.w_dec.as_tensor(),
-        d_in / 2,
+        x.dim(1)? / 2,
         values_at,
-    )? * AUX_COEFFICIENT)?;
-    let total = (&mse + &aux)?;
-    Ok(LossOutput {
-        total,
-        terms: vec![("mse", mse), ("auxk", aux)],
-        feature_acts: f,
-        sae_out,
-    })
+    )?;
+    Ok(("auxk", (aux * AUX_COEFFICIENT)?))
 }
 
 impl TopKSae {
-    pub fn new(
-        cfg: SaeConfig,
-        rng: &mut ChaCha8Rng,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
+    /// The pre-activations at chosen `(batch, k)` indices, differentiable through the sparse
+    /// gather-matmul (see [`gather_pre_acts`]).
+    fn values_at(&self, x: &Tensor, indices: &Tensor) -> Result<Tensor> {
+        let p = &self.params;
+        // The centred input carries b_dec's gradient into the selected values.
+        let xc = x.broadcast_sub(p.b_dec.as_tensor())?;
+        gather_pre_acts(&xc, p.w_enc.as_tensor(), p.b_enc.as_tensor(), indices)
+    }
+}
+
+impl Variant for TopKSae {
+    const NAME: &'static str = "topk";
+    const SAELENS: &'static str = "topk";
+    const SPARSITY: Sparsity = Sparsity::K;
+
+    fn defaults(d_sae: usize) -> VariantDefaults {
+        topk_defaults(d_sae)
+    }
+
+    fn init(cfg: SaeConfig, init: &mut Init) -> Result<Self> {
         let k = required_k(&cfg)?;
-        let params = SaeParams::init(cfg.d_in, cfg.d_sae, 1.0, rng, dtype, device)?;
+        let params = SaeParams::init(cfg.d_in, cfg.d_sae, 1.0, init)?;
         Ok(Self { cfg, params, k })
     }
 
-    pub fn from_tensors(
-        cfg: SaeConfig,
-        get: &mut dyn FnMut(&str, &[usize]) -> Result<Tensor>,
-    ) -> Result<Self> {
+    fn from_tensors(cfg: SaeConfig, get: &mut TensorGetter) -> Result<Self> {
         let k = required_k(&cfg)?;
         let params = SaeParams::load(get, cfg.d_in, cfg.d_sae, "b_enc")?;
         Ok(Self { cfg, params, k })
@@ -99,40 +119,39 @@ impl Sae for TopKSae {
         topk_relu(&self.params.pre_acts(x)?, self.k)
     }
     /// Sparse after the dense matmul that chooses the top `k`: the selected pre-activations
-    /// are recomputed, and differentiated, only where selected ([`gather_pre_acts`]), and only
-    /// the `k` selected decoder rows per input decode (see BENCHMARKS.md).
-    fn loss(&self, x: &Tensor, ctx: &LossContext) -> Result<LossOutput> {
-        let p = &self.params;
+    /// are recomputed, and differentiated, only where selected, and the shared loss decodes
+    /// only the `k` selected decoder rows per input (see BENCHMARKS.md).
+    fn encode_for_training(&self, x: &Tensor, _ctx: &LossContext) -> Result<Encoding> {
         // Every pre-activation, detached from the graph: it only chooses.
-        let pre = p.pre_acts(x)?.detach();
-        // The centred input, which carries b_dec's gradient into the selected values.
-        let xc = x.broadcast_sub(p.b_dec.as_tensor())?;
-        let values_at = |indices: &Tensor| {
-            gather_pre_acts(&xc, p.w_enc.as_tensor(), p.b_enc.as_tensor(), indices)
-        };
+        let pre = self.params.pre_acts(x)?.detach();
         let indices = topk_indices(&pre, self.k)?;
-        let values = values_at(&indices)?.relu()?; // (b, k): select, then ReLU, as SAELens
-        let sae_out = sparse_decode(
-            &values,
-            &indices,
-            self.params.w_dec.as_tensor(),
-            self.params.b_dec.as_tensor(),
-        )?;
-        let f = FeatureActs::Sparse {
-            values: values.detach(),
-            indices,
-            d_sae: self.cfg.d_sae,
-        };
-        topk_style_loss(
+        // Select, then ReLU, as SAELens does.
+        let values = self.values_at(x, &indices)?.relu()?;
+        Ok(Encoding {
+            acts: FeatureActs::Sparse {
+                values,
+                indices,
+                d_sae: self.cfg.d_sae,
+            },
+            hidden_pre: Some(pre),
+        })
+    }
+    fn aux_losses(
+        &self,
+        x: &Tensor,
+        enc: &Encoding,
+        sae_out: &Tensor,
+        ctx: &LossContext,
+    ) -> Result<Vec<(&'static str, Tensor)>> {
+        let values_at = |indices: &Tensor| self.values_at(x, indices);
+        Ok(vec![auxk_term(
             &self.params,
             x,
-            &pre,
-            &values_at,
-            f,
+            enc.pre()?,
             sae_out,
-            self.cfg.d_in,
             ctx,
-        )
+            &values_at,
+        )?])
     }
     fn after_step(&self) -> Result<()> {
         self.params.normalize_decoder()

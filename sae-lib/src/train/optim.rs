@@ -82,11 +82,14 @@ impl Adam {
         Ok(())
     }
 
-    /// Zeroes the moments of rows `rows` of the variable `name` along `dim` (after a dead
-    /// feature is resampled, its stale moments would fling it away).
-    pub fn reset_rows(&mut self, name: &str, dim: usize, rows: &[u32]) -> Result<()> {
-        let Some(i) = self.vars.iter().position(|(n, _)| *n == name) else {
-            return Ok(());
+    /// Zeroes the moments of rows `rows` of `var` along `dim` (after a dead feature is
+    /// resampled, its stale moments would fling it away).
+    pub fn reset_rows(&mut self, var: &Var, dim: usize, rows: &[u32]) -> Result<()> {
+        let id = var.as_tensor().id();
+        let Some(i) = self.vars.iter().position(|(_, v)| v.as_tensor().id() == id) else {
+            return Err(Error::Training(
+                "resampling: a variable the optimiser does not hold".into(),
+            ));
         };
         let n = self.m[i].dim(dim)?;
         let mut keep = vec![1f32; n];

@@ -69,6 +69,11 @@ impl BatchPlan {
         }
     }
 
+    /// Rows per batch (the last batch of an epoch may be shorter).
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
     /// Batches per epoch (the last one may be short).
     pub fn batches_per_epoch(&self) -> u64 {
         self.n.div_ceil(self.batch_size) as u64

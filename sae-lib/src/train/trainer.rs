@@ -1,7 +1,6 @@
 //! The training loop: seeded batches, schedules, Adam with clipping, metrics, dead-feature
 //! tracking and resampling, checkpoints that resume bit-identically, and a NaN guard.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -17,8 +16,7 @@ use crate::eval::metrics;
 use crate::progress::Progress;
 use crate::sae::common::geometric_median;
 use crate::sae::{
-    format, AnySae, Architecture, BatchTopKSae, GatedSae, JumpReluSae, LossContext, MatryoshkaSae,
-    ReluSae, Sae, SaeConfig, SparsityPenalty, TopKSae,
+    format, AnySae, Architecture, Init, LossContext, Sae, SaeConfig, SparsityPenalty,
 };
 use crate::{io, Error, Result};
 
@@ -59,7 +57,8 @@ pub struct TrainConfig {
     pub log_every: u64,
     /// Steps between checkpoints (when an output folder is given).
     pub checkpoint_every: Option<u64>,
-    /// A feature that has not fired in this many inputs is dead.
+    /// A feature that has not fired in this many inputs is dead (capped at a tenth of the
+    /// run; see [`Trainer::dead_window`]).
     pub dead_window: u64,
     /// Resample dead features every this many steps (Anthropic 2023); off by default.
     pub resample_dead_every: Option<u64>,
@@ -91,6 +90,87 @@ impl Default for TrainConfig {
     }
 }
 
+/// `value` must be a finite number above 0.
+fn positive(what: &str, value: f64) -> Result<()> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::Input(format!(
+            "{what} must be a finite number above 0 (got {value})"
+        )))
+    }
+}
+
+/// `value` must be a fraction in [0, 1].
+fn fraction(what: &str, value: f64) -> Result<()> {
+    if (0.0..=1.0).contains(&value) {
+        Ok(())
+    } else {
+        Err(Error::Input(format!(
+            "{what} must be between 0 and 1 (got {value})"
+        )))
+    }
+}
+
+/// `value` must be at least `min`.
+fn at_least(what: &str, value: u64, min: u64, why: &str) -> Result<()> {
+    if value >= min {
+        Ok(())
+    } else {
+        Err(Error::Input(format!(
+            "{what} must be at least {min} (got {value}){why}"
+        )))
+    }
+}
+
+impl TrainConfig {
+    /// Checks every number before any work starts, with one readable line for the first bad
+    /// one. `sparsity` says whether the sparsity coefficient is used (penalty variants).
+    pub fn validate(&self, penalty_used: bool) -> Result<()> {
+        at_least("steps", self.steps, 1, "")?;
+        at_least(
+            "batch size",
+            self.batch_size as u64,
+            2,
+            ": the FVU of a batch needs its variance",
+        )?;
+        positive("the learning rate", self.adam.lr)?;
+        if penalty_used {
+            positive("the sparsity coefficient", self.sparsity_coefficient)?;
+        }
+        fraction("the sparsity warm-up fraction", self.sparsity_warmup_frac)?;
+        fraction("the learning-rate decay fraction", self.lr_decay_frac)?;
+        fraction("Adam's beta1", self.adam.beta1)?;
+        fraction("Adam's beta2", self.adam.beta2)?;
+        positive("Adam's eps", self.adam.eps)?;
+        if let Some(clip) = self.grad_clip {
+            positive("the gradient clip", clip)?;
+        }
+        at_least("log every", self.log_every, 1, "")?;
+        if let Some(every) = self.checkpoint_every {
+            at_least("checkpoint every", every, 1, "")?;
+        }
+        if let Some(every) = self.resample_dead_every {
+            at_least("resample dead every", every, 1, "")?;
+        }
+        at_least("the dead-feature window", self.dead_window, 1, "")?;
+        at_least("the initialisation sample", self.init_sample as u64, 1, "")?;
+        positive("the dense threshold", self.dense_above)
+    }
+
+    /// The defaults with `arch`'s own learning rate and sparsity coefficient for a dictionary
+    /// of `d_sae` features ([`Architecture::defaults`]).
+    pub fn for_architecture(arch: Architecture, d_sae: usize) -> Self {
+        let d = arch.defaults(d_sae);
+        let mut cfg = Self {
+            sparsity_coefficient: d.sparsity_coefficient,
+            ..Default::default()
+        };
+        cfg.adam.lr = d.lr;
+        cfg
+    }
+}
+
 /// One row of the metrics table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricsRow {
@@ -107,6 +187,15 @@ pub struct MetricsRow {
     pub dense_frac: f64,
     pub lr: f64,
     pub sparsity_coefficient: f64,
+}
+
+/// `metrics.json` of a finished run: its last logged metrics and what is wrong with it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainReport {
+    pub step: u64,
+    pub final_metrics: Option<MetricsRow>,
+    /// One message per problem, each saying what to change (empty when healthy).
+    pub warnings: Vec<String>,
 }
 
 /// What a checkpoint's `trainer.json` holds.
@@ -148,15 +237,15 @@ pub fn new_sae(
     rng: &mut ChaCha8Rng,
     device: &Device,
 ) -> Result<AnySae> {
-    let (c, dt) = (cfg.clone(), DType::F32);
-    Ok(match cfg.architecture {
-        Architecture::Relu => AnySae::Relu(ReluSae::new(c, train.penalty, rng, dt, device)?),
-        Architecture::TopK => AnySae::TopK(TopKSae::new(c, rng, dt, device)?),
-        Architecture::BatchTopK => AnySae::BatchTopK(BatchTopKSae::new(c, rng, dt, device)?),
-        Architecture::JumpRelu => AnySae::JumpRelu(JumpReluSae::new(c, rng, dt, device)?),
-        Architecture::Gated => AnySae::Gated(GatedSae::new(c, rng, dt, device)?),
-        Architecture::Matryoshka => AnySae::Matryoshka(MatryoshkaSae::new(c, rng, dt, device)?),
-    })
+    AnySae::init(
+        cfg.clone(),
+        &mut Init {
+            rng,
+            dtype: DType::F32,
+            device,
+            penalty: train.penalty,
+        },
+    )
 }
 
 impl<'a> Trainer<'a> {
@@ -168,6 +257,8 @@ impl<'a> Trainer<'a> {
         data: &'a dyn ActivationSource,
         device: &Device,
     ) -> Result<Self> {
+        sae_cfg.validate()?;
+        cfg.validate(!sae_cfg.architecture.uses_k())?;
         if data.len() == 0 {
             return Err(Error::Training("no activations to train on".into()));
         }
@@ -206,7 +297,7 @@ impl<'a> Trainer<'a> {
             BDecInit::Zeros => None,
         };
         if let Some(b) = b_dec {
-            sae.b_dec().set(&b.to_device(device)?)?;
+            sae.params().b_dec.set(&b.to_device(device)?)?;
         }
         let opt = Adam::new(sae.vars(), cfg.adam)?;
         let d_sae = sae_cfg.d_sae;
@@ -313,8 +404,9 @@ impl<'a> Trainer<'a> {
         &self.metrics
     }
 
-    /// Trains up to `cfg.steps` (or until `stop` is set), checkpointing into `out` when given.
-    /// A non-finite loss stops with an error; the last checkpoint is left as it was.
+    /// Trains up to `cfg.steps` (or until `stop` is set), checkpointing into `out` when given,
+    /// and writing `metrics.json` there ([`TrainReport`]) when the run is complete. A
+    /// non-finite loss stops with an error; the last checkpoint is left as it was.
     pub fn train(&mut self, out: Option<&Path>, stop: Option<&AtomicBool>) -> Result<()> {
         if let Some(dir) = out {
             io::create_dir(dir)?;
@@ -343,6 +435,16 @@ impl<'a> Trainer<'a> {
         progress.finish();
         if let Some(dir) = out {
             self.save_checkpoint(dir)?;
+            if self.step >= total {
+                io::write_json(
+                    &dir.join("metrics.json"),
+                    &TrainReport {
+                        step: self.step,
+                        final_metrics: self.metrics.last().cloned(),
+                        warnings: self.warnings(),
+                    },
+                )?;
+            }
         }
         Ok(())
     }
@@ -359,7 +461,7 @@ impl<'a> Trainer<'a> {
             self.cfg.sparsity_coefficient,
             self.cfg.sparsity_warmup_frac,
         );
-        let window = self.cfg.dead_window.min(self.samples_seen.max(1));
+        let window = self.dead_window();
         let dead: Vec<f32> = self
             .since_fired
             .iter()
@@ -409,7 +511,7 @@ impl<'a> Trainer<'a> {
         if !logged {
             return Ok(None);
         }
-        let window = self.cfg.dead_window.min(self.samples_seen);
+        let window = self.dead_window();
         let dead = self.since_fired.iter().filter(|&&s| s >= window).count() as f64
             / self.since_fired.len() as f64;
         let dense = counts
@@ -437,11 +539,25 @@ impl<'a> Trainer<'a> {
         Ok(Some(row))
     }
 
+    /// Inputs a feature may go without firing before it counts as dead: `cfg.dead_window`, or
+    /// a tenth of the planned run when that is shorter, so that a short run's dead fraction
+    /// (and AuxK, which feeds on it) means something; at least one batch, and never more than
+    /// the inputs seen so far (a feature that has never fired is dead).
+    pub fn dead_window(&self) -> u64 {
+        let batch = self.plan.batch_size() as u64;
+        let run = self.cfg.steps.saturating_mul(batch);
+        self.cfg
+            .dead_window
+            .min((run / 10).max(batch))
+            .min(self.samples_seen.max(1))
+    }
+
     /// Dead features get a fresh direction: a badly reconstructed input of the current batch
     /// (chosen with probability ∝ squared error, Anthropic 2023), at the mean live decoder norm
-    /// and 0.2× the mean live encoder norm, with zeroed bias and optimiser moments.
+    /// and 0.2× the mean live encoder norm, with zeroed bias, the variant's own per-feature
+    /// tensors reset, and zeroed optimiser moments.
     fn resample_dead(&mut self, x: &Tensor, x_hat: &Tensor) -> Result<()> {
-        let window = self.cfg.dead_window.min(self.samples_seen);
+        let window = self.dead_window();
         let dead: Vec<u32> = (0..self.since_fired.len() as u32)
             .filter(|&i| self.since_fired[i as usize] >= window)
             .collect();
@@ -453,14 +569,13 @@ impl<'a> Trainer<'a> {
         let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.seed ^ self.step);
         let weights = rand::distr::weighted::WeightedIndex::new(err.iter().map(|e| e.max(1e-12)))
             .map_err(|e| Error::Training(format!("cannot resample: {e}")))?;
-        let vars: HashMap<&str, candle_core::Var> = self.sae.vars().into_iter().collect();
-        let mut w_dec = vars["W_dec"].as_tensor().to_vec2::<f32>()?;
-        let mut w_enc = vars["W_enc"].as_tensor().t()?.to_vec2::<f32>()?; // (d_sae, d_in)
-        let mut b_enc = vars["b_enc"].as_tensor().to_vec1::<f32>()?;
+        let p = self.sae.params().clone();
+        let mut w_dec = p.w_dec.as_tensor().to_vec2::<f32>()?;
+        let mut w_enc = p.w_enc.as_tensor().t()?.to_vec2::<f32>()?; // (d_sae, d_in)
+        let mut b_enc = p.b_enc.as_tensor().to_vec1::<f32>()?;
         let norm = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>().sqrt();
-        let alive: Vec<usize> = (0..w_dec.len())
-            .filter(|i| !dead.contains(&(*i as u32)))
-            .collect();
+        let is_dead = |i: usize| self.since_fired[i] >= window;
+        let alive: Vec<usize> = (0..w_dec.len()).filter(|&i| !is_dead(i)).collect();
         let dec_norm = alive.iter().map(|&i| norm(&w_dec[i])).sum::<f32>() / alive.len() as f32;
         let enc_norm = alive.iter().map(|&i| norm(&w_enc[i])).sum::<f32>() / alive.len() as f32;
         for &f in &dead {
@@ -474,16 +589,25 @@ impl<'a> Trainer<'a> {
         }
         let dev = &self.device;
         let (d_sae, d_in) = (w_dec.len(), inputs[0].len());
-        vars["W_dec"].set(&Tensor::from_vec(w_dec.concat(), (d_sae, d_in), dev)?)?;
-        vars["W_enc"].set(
+        p.w_dec
+            .set(&Tensor::from_vec(w_dec.concat(), (d_sae, d_in), dev)?)?;
+        p.w_enc.set(
             &Tensor::from_vec(w_enc.concat(), (d_sae, d_in), dev)?
                 .t()?
                 .contiguous()?,
         )?;
-        vars["b_enc"].set(&Tensor::from_vec(b_enc, d_sae, dev)?)?;
-        self.opt.reset_rows("W_dec", 0, &dead)?;
-        self.opt.reset_rows("W_enc", 1, &dead)?;
-        self.opt.reset_rows("b_enc", 0, &dead)?;
+        p.b_enc.set(&Tensor::from_vec(b_enc, d_sae, dev)?)?;
+        self.opt.reset_rows(&p.w_dec, 0, &dead)?;
+        self.opt.reset_rows(&p.w_enc, 1, &dead)?;
+        self.opt.reset_rows(&p.b_enc, 0, &dead)?;
+        for (var, value) in self.sae.feature_vars() {
+            let mut v = var.as_tensor().to_vec1::<f32>()?;
+            for &f in &dead {
+                v[f as usize] = value as f32;
+            }
+            var.set(&Tensor::from_vec(v, d_sae, dev)?)?;
+            self.opt.reset_rows(&var, 0, &dead)?;
+        }
         Ok(())
     }
 
@@ -491,6 +615,27 @@ impl<'a> Trainer<'a> {
     /// [`MetricsRow`]'s fields).
     pub fn metrics_frame(&self) -> Result<polars::prelude::DataFrame> {
         metrics_frame(&self.metrics)
+    }
+
+    /// The run's health as its last logged step measured it (see [`super::health`]).
+    pub fn summary(&self) -> Option<super::RunSummary> {
+        let last = self.metrics.last()?;
+        Some(super::RunSummary {
+            architecture: self.sae.config().architecture,
+            d_sae: self.sae.config().d_sae,
+            l0: last.l0,
+            fvu: last.fvu,
+            dead_fraction: last.dead_frac,
+            sparsity_coefficient: self.cfg.sparsity_coefficient,
+            lr: self.cfg.adam.lr,
+        })
+    }
+
+    /// Problems with the run so far, each saying what to change (empty when healthy).
+    pub fn warnings(&self) -> Vec<String> {
+        self.summary()
+            .map(|s| super::diagnose(&s))
+            .unwrap_or_default()
     }
 
     /// Per-feature firing frequency over the whole run.

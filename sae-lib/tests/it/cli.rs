@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use crate::eval::assert_valid_png;
 
-fn sae(args: &[&str]) -> Output {
+pub(crate) fn sae(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sae"))
         .args(args)
         .env("HF_HUB_OFFLINE", "1")
@@ -30,7 +30,7 @@ fn text_fixture(dir: &Path) -> PathBuf {
     path
 }
 
-fn s(p: &Path) -> &str {
+pub(crate) fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
@@ -189,7 +189,7 @@ fn every_bad_input_gets_one_clear_error_and_a_nonzero_exit() {
         (
             "truncated safetensors",
             collect(&truncated, &text, &[]),
-            "truncated or corrupt",
+            "truncated: the file has",
         ),
         (
             "unsupported config value",
@@ -311,7 +311,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// A small activation store from the fixture model.
-fn make_store(dir: &Path) -> PathBuf {
+pub(crate) fn make_store(dir: &Path) -> PathBuf {
     let text = text_fixture(dir);
     let acts = dir.join("acts");
     let o = sae(&[
@@ -335,7 +335,7 @@ fn make_store(dir: &Path) -> PathBuf {
     acts
 }
 
-fn train_args<'a>(acts: &'a Path, out: &'a Path, steps: &'a str) -> Vec<&'a str> {
+pub(crate) fn train_args<'a>(acts: &'a Path, out: &'a Path, steps: &'a str) -> Vec<&'a str> {
     vec![
         "train",
         "--acts",

@@ -4,7 +4,7 @@ use candle_core::{DType, Device, Tensor};
 use sae_lib::eval::splice_eval;
 use sae_lib::hooks::HookPoint;
 use sae_lib::plot::{Chart, ParetoMetric, ParetoPoint};
-use sae_lib::sae::{AnySae, Architecture, ReluSae, SaeConfig, SaeMetadata, SparsityPenalty};
+use sae_lib::sae::{AnySae, Architecture, SaeConfig, SaeMetadata};
 use sae_lib::train::MetricsRow;
 
 use crate::common::*;
@@ -31,7 +31,7 @@ fn sae_from(d_in: usize, d_sae: usize, w_enc: Tensor, w_dec: Tensor) -> AnySae {
             _ => Tensor::zeros(shape, DType::F32, &Device::Cpu)?,
         })
     };
-    AnySae::Relu(ReluSae::from_tensors(cfg, &mut get, SparsityPenalty::DecoderNorm).unwrap())
+    AnySae::from_tensors(cfg, &mut get).unwrap()
 }
 
 fn fixture_sequences(name: &str) -> Vec<Vec<u32>> {

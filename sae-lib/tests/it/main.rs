@@ -6,6 +6,7 @@ mod common;
 mod eval;
 mod gguf;
 mod model;
+mod outputs;
 mod sae;
 mod tokenizer;
 mod variants;

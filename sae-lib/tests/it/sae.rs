@@ -6,8 +6,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sae_lib::sae::common::normal_vec;
 use sae_lib::sae::{
-    format, AnySae, Architecture, LossContext, ReluSae, Sae, SaeConfig, SaeMetadata,
-    SparsityPenalty,
+    format, AnySae, Architecture, Init, LossContext, ReluSae, Sae, SaeConfig, SaeMetadata,
+    SparsityPenalty, Variant,
 };
 use sae_lib::train::{TrainConfig, Trainer};
 
@@ -165,12 +165,14 @@ fn finite_difference_check(sae: &AnySae, x: &Tensor, ctx: &LossContext) {
 fn relu_loss_gradients_match_finite_differences_in_f64() {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     for penalty in [SparsityPenalty::DecoderNorm, SparsityPenalty::L1UnitDecoder] {
-        let sae = ReluSae::new(
+        let sae = ReluSae::init(
             sae_cfg(Architecture::Relu, 6, 10),
-            penalty,
-            &mut rng,
-            DType::F64,
-            &Device::Cpu,
+            &mut Init {
+                rng: &mut rng,
+                dtype: DType::F64,
+                device: &Device::Cpu,
+                penalty,
+            },
         )
         .unwrap();
         // Non-zero biases so every parameter's gradient is exercised.

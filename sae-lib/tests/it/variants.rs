@@ -86,7 +86,7 @@ fn saelens_saved_saes_load_and_encode_as_saelens_does() {
 #[test]
 fn every_variant_round_trips_through_the_saelens_format() {
     let syn = synthetic(64, 16, 3.0, 2000, 9);
-    for arch in Architecture::ALL {
+    for &arch in Architecture::ALL {
         let k = arch.uses_k().then_some(4);
         let train = TrainConfig {
             steps: 25,
@@ -238,9 +238,10 @@ fn a_sweep_gives_a_table_and_a_pareto_chart() {
     let syn = synthetic(64, 16, 3.0, 4000, 12);
     let cfg = SweepConfig {
         d_sae: 64,
-        ks: vec![2, 6],
-        l1_coefficients: vec![0.5, 4.0],
-        l0_coefficients: vec![0.1, 1.0],
+        ks: Some(vec![2, 6]),
+        l1_coefficients: Some(vec![0.5, 4.0]),
+        l0_coefficients: Some(vec![0.1, 1.0]),
+        lr: Some(2e-3),
         train: TrainConfig {
             steps: 60,
             batch_size: 256,
@@ -257,7 +258,7 @@ fn a_sweep_gives_a_table_and_a_pareto_chart() {
     assert_eq!(points.len(), 6 * 2);
     let df = sweep_frame(&points).unwrap();
     assert_eq!(df.shape(), (12, 6));
-    for arch in Architecture::ALL {
+    for &arch in Architecture::ALL {
         let p: Vec<_> = points
             .iter()
             .filter(|p| p.architecture == arch.name())

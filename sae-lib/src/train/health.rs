@@ -1,0 +1,127 @@
+//! Is a trained SAE any use? A run can finish without error and still hand back nothing: every
+//! feature dead, no sparsity, or no reconstruction. [`diagnose`] names each of these with what
+//! to change; `train`, `walkthrough`, `sweep` and the notebooks show its messages, and
+//! `metrics.json` and the report carry them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::sae::{Architecture, Sparsity};
+
+/// The numbers a diagnosis reads, measured on the SAE as trained.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub architecture: Architecture,
+    pub d_sae: usize,
+    /// Mean active features per input.
+    pub l0: f64,
+    pub fvu: f64,
+    /// Fraction of features that did not fire.
+    pub dead_fraction: f64,
+    /// The sparsity coefficient λ (penalty variants).
+    pub sparsity_coefficient: f64,
+    pub lr: f64,
+}
+
+/// At or above this dead fraction, "nearly every feature is dead".
+pub const NEARLY_ALL_DEAD: f64 = 0.9;
+/// At or above this FVU the SAE has learnt next to nothing.
+pub const NO_RECONSTRUCTION_FVU: f64 = 0.99;
+/// At or above this share of `d_sae` active per input, the SAE is not sparse.
+pub const NOT_SPARSE: f64 = 0.5;
+
+/// One message per problem with the run, each saying what to change; empty for a healthy run.
+pub fn diagnose(s: &RunSummary) -> Vec<String> {
+    let mut out = Vec::new();
+    let penalty = s.architecture.sparsity() != Sparsity::K;
+    if !(s.fvu.is_finite() && s.l0.is_finite()) {
+        out.push(format!(
+            "the SAE's outputs are not finite (FVU {}, L0 {}): lower the learning rate (now {:e})",
+            s.fvu, s.l0, s.lr
+        ));
+        return out;
+    }
+    if s.l0 < 0.01 || s.dead_fraction >= 1.0 {
+        let fix = if penalty {
+            format!(
+                "lower the sparsity coefficient (--l1, now {}), or raise the learning rate (now \
+                 {:e}) or the steps",
+                s.sparsity_coefficient, s.lr
+            )
+        } else {
+            format!(
+                "raise the learning rate (now {:e}) or the steps, and check the activations",
+                s.lr
+            )
+        };
+        out.push(format!(
+            "every feature is dead (L0 {:.2}, {:.1}% dead): the SAE outputs only its bias. {fix}",
+            s.l0,
+            100.0 * s.dead_fraction
+        ));
+        return out;
+    }
+    if s.dead_fraction >= NEARLY_ALL_DEAD {
+        let fix = if penalty {
+            "lower the sparsity coefficient (--l1) or resample dead features \
+             (--resample-dead-every)"
+        } else {
+            "lower k or the dictionary size, or train longer"
+        };
+        out.push(format!(
+            "{:.1}% of the {} features are dead: {fix}",
+            100.0 * s.dead_fraction,
+            s.d_sae
+        ));
+    }
+    if s.l0 >= NOT_SPARSE * s.d_sae as f64 {
+        let fix = if penalty {
+            format!(
+                "raise the sparsity coefficient (--l1, now {})",
+                s.sparsity_coefficient
+            )
+        } else {
+            "lower k".into()
+        };
+        out.push(format!(
+            "no sparsity: {:.1} of {} features are active per input: {fix}",
+            s.l0, s.d_sae
+        ));
+    }
+    if s.fvu >= NO_RECONSTRUCTION_FVU {
+        out.push(format!(
+            "FVU {:.3}: the SAE explains almost none of the variance; train longer (--steps) or \
+             raise the learning rate (now {:e})",
+            s.fvu, s.lr
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(l0: f64, fvu: f64, dead: f64) -> RunSummary {
+        RunSummary {
+            architecture: Architecture::Relu,
+            d_sae: 384,
+            l0,
+            fvu,
+            dead_fraction: dead,
+            sparsity_coefficient: 5.0,
+            lr: 5e-5,
+        }
+    }
+
+    #[test]
+    fn healthy_runs_pass_and_each_degenerate_case_is_named() {
+        assert!(diagnose(&summary(20.0, 0.3, 0.05)).is_empty());
+        let dead = diagnose(&summary(0.0, 1.0001, 1.0));
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert!(dead[0].contains("every feature is dead") && dead[0].contains("--l1"));
+        assert!(diagnose(&summary(2.0, 0.5, 0.95))[0].contains("95.0% of the 384"));
+        assert!(diagnose(&summary(300.0, 0.01, 0.0))[0].contains("no sparsity"));
+        assert!(diagnose(&summary(5.0, 0.995, 0.0))[0].contains("FVU 0.995"));
+        assert!(diagnose(&summary(f64::NAN, f64::NAN, 0.0))[0].contains("not finite"));
+    }
+}
