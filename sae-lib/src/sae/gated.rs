@@ -14,10 +14,8 @@ use super::{
 };
 use crate::Result;
 
-/// The default learning rate (see [`Variant::defaults`]).
-pub const DEFAULT_LR: f64 = 5e-5;
 /// The default L1 coefficient λ on the gate.
-pub const DEFAULT_L1: f64 = 5.0;
+pub const DEFAULT_L1: f64 = 2.0;
 
 /// A Gated SAE; `params.b_enc` is the gate bias `b_gate`.
 #[derive(Debug, Clone)]
@@ -33,9 +31,9 @@ impl Variant for GatedSae {
     const SAELENS: &'static str = "gated";
     const SPARSITY: Sparsity = Sparsity::L1;
 
-    fn defaults(_d_sae: usize) -> VariantDefaults {
+    fn defaults(d_sae: usize) -> VariantDefaults {
         VariantDefaults {
-            lr: DEFAULT_LR,
+            lr: super::default_lr(d_sae),
             sparsity_coefficient: DEFAULT_L1,
             k: None,
         }

@@ -18,16 +18,16 @@ use super::{
 };
 use crate::Result;
 
-/// Initial θ (Gemma Scope's value).
-pub const INIT_THRESHOLD: f64 = 0.001;
-/// Kernel bandwidth ε. Inputs are scaled to `E‖x‖ = √d_in`, so pre-activations are O(1): a
+/// Initial θ. Gemma Scope's 0.001 is for inputs of unit norm; ours are scaled to
+/// `E‖x − x̄‖ = √d_in`, and Adam moves θ by about one learning rate per step, so from 0.001 it
+/// could not reach a useful threshold within a default run (BENCHMARKS.md).
+pub const INIT_THRESHOLD: f64 = 0.1;
+/// Kernel bandwidth ε. Inputs are scaled to `E‖x − x̄‖ = √d_in`, so pre-activations are O(1): a
 /// window of ±0.025 around θ catches enough of them to give θ a usable gradient (at 0.001,
 /// the L0 coefficient barely moved L0 in our tests).
 pub const BANDWIDTH: f64 = 0.05;
-/// The default learning rate (see [`Variant::defaults`]).
-pub const DEFAULT_LR: f64 = 5e-5;
 /// The default L0 coefficient λ.
-pub const DEFAULT_L0: f64 = 1.0;
+pub const DEFAULT_L0: f64 = 3.0;
 
 /// A JumpReLU SAE.
 #[derive(Debug, Clone)]
@@ -77,9 +77,9 @@ impl Variant for JumpReluSae {
     const SAELENS: &'static str = "jumprelu";
     const SPARSITY: Sparsity = Sparsity::L0;
 
-    fn defaults(_d_sae: usize) -> VariantDefaults {
+    fn defaults(d_sae: usize) -> VariantDefaults {
         VariantDefaults {
-            lr: DEFAULT_LR,
+            lr: super::default_lr(d_sae),
             sparsity_coefficient: DEFAULT_L0,
             k: None,
         }

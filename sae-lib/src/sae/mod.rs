@@ -42,7 +42,7 @@ pub enum Sparsity {
 }
 
 /// A variant's training defaults, chosen by a sweep (BENCHMARKS.md) for inputs the trainer
-/// has normalised to `E‖x‖ = √d_in`.
+/// has normalised to `E‖x − x̄‖ = √d_in`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct VariantDefaults {
     /// Adam's learning rate.
@@ -51,6 +51,14 @@ pub struct VariantDefaults {
     pub sparsity_coefficient: f64,
     /// Active features per input (`k`-sparsity variants).
     pub k: Option<usize>,
+}
+
+/// The default learning rate for a dictionary of `d_sae` features, for every architecture:
+/// sparsify's `2e-4 / √(d_sae / 2¹⁴)` (Gao et al. 2024, §2.4: the best rate falls with width),
+/// 4e-4 at 4,096 features. Anthropic's 5e-5 suits their runs of hundreds of thousands of
+/// steps; in a default run of 2,000 it leaves the SAE barely trained (BENCHMARKS.md).
+pub fn default_lr(d_sae: usize) -> f64 {
+    2e-4 / (d_sae.max(1) as f64 / 16384.0).sqrt()
 }
 
 /// What building a fresh SAE needs.

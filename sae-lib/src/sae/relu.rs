@@ -19,10 +19,8 @@ use super::{
 };
 use crate::Result;
 
-/// The default learning rate (see [`Variant::defaults`]).
-pub const DEFAULT_LR: f64 = 5e-5;
 /// The default penalty coefficient λ.
-pub const DEFAULT_L1: f64 = 5.0;
+pub const DEFAULT_L1: f64 = 2.0;
 
 /// How the ReLU SAE's sparsity is penalised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -55,9 +53,9 @@ impl Variant for ReluSae {
     const SAELENS: &'static str = "standard";
     const SPARSITY: Sparsity = Sparsity::L1;
 
-    fn defaults(_d_sae: usize) -> VariantDefaults {
+    fn defaults(d_sae: usize) -> VariantDefaults {
         VariantDefaults {
-            lr: DEFAULT_LR,
+            lr: super::default_lr(d_sae),
             sparsity_coefficient: DEFAULT_L1,
             k: None,
         }

@@ -38,16 +38,10 @@ pub fn default_k(d_sae: usize) -> usize {
     32.min(d_sae / 8).max(1)
 }
 
-/// The TopK family's default learning rate: sparsify's `2e-4 / √(d_sae / 2¹⁴)`, scaled down
-/// with width (Gao et al. 2024, §2.4).
-pub fn default_lr(d_sae: usize) -> f64 {
-    2e-4 / (d_sae as f64 / 16384.0).sqrt()
-}
-
 /// The TopK family's defaults.
 pub(crate) fn topk_defaults(d_sae: usize) -> VariantDefaults {
     VariantDefaults {
-        lr: default_lr(d_sae),
+        lr: super::default_lr(d_sae),
         sparsity_coefficient: 0.0,
         k: Some(default_k(d_sae)),
     }

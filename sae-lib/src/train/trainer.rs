@@ -9,7 +9,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::optim::{clip_grad_norm, Adam, AdamParams};
+use super::optim::{Adam, AdamParams};
 use super::schedule;
 use super::source::{ActivationSource, BatchPlan};
 use crate::eval::metrics;
@@ -31,8 +31,10 @@ pub enum BDecInit {
     Zeros,
 }
 
-/// Training hyperparameters; `Default` is Anthropic's April 2024 recipe with the CLI's
-/// defaults (λ = 5, lr = 5e-5, batch 4096).
+/// Training hyperparameters. `Default` is the ReLU SAE's defaults at 4,096 features
+/// (`for_architecture` gives any architecture's): Anthropic's April 2024 recipe (decoder-norm
+/// penalty with warm-up, lr decay over the last 20%, clip at 1) at the learning rate and
+/// sparsity coefficient our sweep chose for default-length runs (BENCHMARKS.md), batch 4096.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     pub steps: u64,
@@ -48,7 +50,7 @@ pub struct TrainConfig {
     pub grad_clip: Option<f64>,
     pub seed: u64,
     pub penalty: SparsityPenalty,
-    /// Scale inputs so `E‖x‖ = √d_in` (folded back into the weights when saved).
+    /// Scale inputs so `E‖x − x̄‖ = √d_in` (folded back into the weights when saved).
     pub normalize_inputs: bool,
     pub b_dec_init: BDecInit,
     /// Rows sampled for the scale and `b_dec` initialisation.
@@ -71,8 +73,11 @@ impl Default for TrainConfig {
         Self {
             steps: 2000,
             batch_size: 4096,
-            adam: AdamParams::default(),
-            sparsity_coefficient: 5.0,
+            adam: AdamParams {
+                lr: crate::sae::default_lr(4096),
+                ..AdamParams::default()
+            },
+            sparsity_coefficient: crate::sae::relu::DEFAULT_L1,
             sparsity_warmup_frac: 0.05,
             lr_decay_frac: 0.2,
             grad_clip: Some(1.0),
@@ -230,6 +235,26 @@ pub struct Trainer<'a> {
     metrics: Vec<MetricsRow>,
 }
 
+/// The factor that brings inputs to `E‖x − x̄‖ = √d_in`, measured on `sample`. The mean is
+/// left out (unlike SAELens' `expected_average_only_in`): `b_dec` absorbs it, and a sparsity
+/// coefficient then means the same whether the activations carry a large shared offset (a
+/// random model's residual stream) or none. Rows all equal fall back to the raw norm.
+fn input_scale(sample: &Tensor, d_in: usize) -> Result<f64> {
+    let mean_norm = |x: &Tensor| -> Result<f64> {
+        Ok(x.sqr()?.sum(1)?.sqrt()?.mean_all()?.to_scalar::<f32>()? as f64)
+    };
+    let centred = mean_norm(&sample.broadcast_sub(&sample.mean_keepdim(0)?)?)?;
+    let raw = mean_norm(sample)?;
+    let norm = if centred > 1e-6 * raw { centred } else { raw };
+    if !(norm.is_finite() && norm > 0.0) {
+        return Err(Error::Training(format!(
+            "cannot normalise inputs: their mean norm is {norm} (all-zero or non-finite \
+             activations?)"
+        )));
+    }
+    Ok((d_in as f64).sqrt() / norm)
+}
+
 /// Builds a freshly initialised SAE of `cfg.architecture`.
 pub fn new_sae(
     cfg: &SaeConfig,
@@ -274,18 +299,7 @@ impl<'a> Trainer<'a> {
             [..cfg.init_sample.min(data.len())];
         let sample = data.gather(sample_rows, device)?;
         let scale = if cfg.normalize_inputs {
-            let mean_norm = sample
-                .sqr()?
-                .sum(1)?
-                .sqrt()?
-                .mean_all()?
-                .to_scalar::<f32>()? as f64;
-            if !(mean_norm.is_finite() && mean_norm > 0.0) {
-                return Err(Error::Training(format!(
-                    "cannot normalise inputs: their mean norm is {mean_norm} (all-zero or non-finite activations?)"
-                )));
-            }
-            (sae_cfg.d_in as f64).sqrt() / mean_norm
+            input_scale(&sample, sae_cfg.d_in)?
         } else {
             1.0
         };
@@ -480,13 +494,9 @@ impl<'a> Trainer<'a> {
                  was kept. Lower the learning rate (--lr) or check the activations for NaN/inf."
             )));
         }
-        let mut grads = out.total.backward()?;
-        let vars = self.sae.vars();
-        if let Some(max) = self.cfg.grad_clip {
-            clip_grad_norm(&mut grads, &vars, max)?;
-        }
+        let grads = out.total.backward()?;
         self.opt.params.lr = lr;
-        self.opt.step(&grads)?;
+        self.opt.step_clipped(&grads, self.cfg.grad_clip)?;
         self.sae.after_step()?;
 
         let batch = rows.len() as u64;
@@ -649,7 +659,7 @@ impl<'a> Trainer<'a> {
         io::create_dir(dir)?;
         let density = metrics::log10_density(&self.fired_total, self.samples_seen as f64);
         format::save(&self.sae, self.scale, Some(&density), dir)?;
-        let mut tensors = self.opt.state();
+        let mut tensors = self.opt.state()?;
         for (name, var) in self.sae.vars() {
             tensors.insert(format!("sae.{name}"), var.as_tensor().clone());
         }

@@ -2,6 +2,7 @@
 
 mod cli;
 mod collect;
+mod defaults;
 mod common;
 mod eval;
 mod gguf;
