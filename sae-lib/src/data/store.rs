@@ -396,6 +396,39 @@ impl ActivationStore {
         Ok(Tensor::from_vec(data, (rows.len(), self.meta.d), device)?)
     }
 
+    /// [`gather`](Self::gather) for a pass that will not come back to these rows soon (scoring,
+    /// inspection): the pages read are then dropped from this process's memory, so a pass over
+    /// a store larger than RAM keeps its resident set at one chunk, not the whole store (the
+    /// kernel keeps them in its page cache while memory allows).
+    pub fn gather_once(&self, rows: &[u32], device: &Device) -> Result<Tensor> {
+        let t = self.gather(rows, device)?;
+        #[cfg(unix)]
+        {
+            // Per shard, the byte span from the first to the last row read.
+            let mut spans = std::collections::BTreeMap::<usize, (usize, usize)>::new();
+            for &r in rows {
+                let (s, r) = self.locate(r as usize);
+                let span = spans.entry(s).or_insert((r, r));
+                *span = (span.0.min(r), span.1.max(r));
+            }
+            let row_bytes = self.meta.d * self.elem_bytes;
+            for (s, (first, last)) in spans {
+                let shard = &self.shards[s];
+                // SAFETY: the rows were copied into `t` above and nothing borrows the map:
+                // MADV_DONTNEED on a read-only file mapping only makes later reads fault the
+                // pages back in from the file. Advice is a hint, so a failure is ignored.
+                let _ = unsafe {
+                    shard.map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        shard.acts_offset + first * row_bytes,
+                        (last + 1 - first) * row_bytes,
+                    )
+                };
+            }
+        }
+        Ok(t)
+    }
+
     /// Every row, in order, as one f32 tensor (for stores that fit in memory).
     pub fn to_tensor(&self, device: &Device) -> Result<Tensor> {
         let rows: Vec<u32> = (0..self.len() as u32).collect();
@@ -511,6 +544,9 @@ impl Iterator for ShuffledBatches<'_> {
         }
         let end = (start + self.batch_size).min(self.order.len());
         self.next += 1;
-        Some(self.store.gather(&self.order[start..end], &self.device))
+        Some(
+            self.store
+                .gather_once(&self.order[start..end], &self.device),
+        )
     }
 }

@@ -59,7 +59,7 @@ pub fn score(
     let mut l0_per_input = Vec::with_capacity(n);
     let rows: Vec<u32> = (0..n as u32).collect();
     for chunk in rows.chunks(CHUNK_ROWS) {
-        let x = data.gather(chunk, device)?;
+        let x = data.gather_once(chunk, device)?;
         let f = sae.encode(&x)?;
         let x_hat = sae.decode(&f)?;
         let x64 = x.to_dtype(DType::F64)?;
@@ -121,7 +121,7 @@ pub fn feature_activations(
     let mut out = vec![Vec::with_capacity(data.len()); features.len()];
     let rows: Vec<u32> = (0..data.len() as u32).collect();
     for chunk in rows.chunks(CHUNK_ROWS) {
-        let f = sae.encode(&data.gather(chunk, device)?)?;
+        let f = sae.encode(&data.gather_once(chunk, device)?)?;
         for (acts, &feature) in out.iter_mut().zip(features) {
             acts.extend(f.i((.., feature))?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
         }

@@ -14,6 +14,11 @@ pub trait ActivationSource {
     fn d(&self) -> usize;
     /// Rows `rows` as an f32 tensor `(rows.len(), d)` on `device`.
     fn gather(&self, rows: &[u32], device: &Device) -> Result<Tensor>;
+    /// [`gather`](Self::gather) for one pass over the rows: a store drops the pages read from
+    /// memory, so the pass stays within one chunk's memory however large the store is.
+    fn gather_once(&self, rows: &[u32], device: &Device) -> Result<Tensor> {
+        self.gather(rows, device)
+    }
 }
 
 impl ActivationSource for ActivationStore {
@@ -25,6 +30,9 @@ impl ActivationSource for ActivationStore {
     }
     fn gather(&self, rows: &[u32], device: &Device) -> Result<Tensor> {
         ActivationStore::gather(self, rows, device)
+    }
+    fn gather_once(&self, rows: &[u32], device: &Device) -> Result<Tensor> {
+        ActivationStore::gather_once(self, rows, device)
     }
 }
 

@@ -277,6 +277,18 @@ fn the_store_round_trips_exactly() {
             .unwrap(),
         expected
     );
+    // A one-pass read (which drops the pages it read) gives the same rows, across shards,
+    // and leaves the store readable.
+    let rows: Vec<u32> = vec![3, 0, 12, 7, 22];
+    let once = store.gather_once(&rows, &Device::Cpu).unwrap();
+    let again = store.gather(&rows, &Device::Cpu).unwrap();
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let want: Vec<f32> = rows
+        .iter()
+        .flat_map(|&r| expected[r as usize * d..(r as usize + 1) * d].to_vec())
+        .collect();
+    assert_eq!(flat(&once), want);
+    assert_eq!(flat(&again), want);
     // Document 9 had 1 + 9 % 4 = 2 rows and 2 + 2 tokens.
     assert_eq!(
         store.document_tokens(9).unwrap(),
