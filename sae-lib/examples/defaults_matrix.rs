@@ -59,12 +59,21 @@ fn data(c: &Case, seed: u64) -> (Tensor, Tensor) {
         }
     }
     let avg = (0..rows)
-        .map(|r| x[r * c.d..(r + 1) * c.d].iter().map(|v| v * v).sum::<f32>().sqrt())
+        .map(|r| {
+            x[r * c.d..(r + 1) * c.d]
+                .iter()
+                .map(|v| v * v)
+                .sum::<f32>()
+                .sqrt()
+        })
         .sum::<f32>()
         / rows as f32;
     let x: Vec<f32> = x.into_iter().map(|v| v * c.norm / avg).collect();
     let all = Tensor::from_vec(x, (rows, c.d), &Device::Cpu).unwrap();
-    (all.narrow(0, 0, c.n).unwrap(), all.narrow(0, c.n, 500).unwrap())
+    (
+        all.narrow(0, 0, c.n).unwrap(),
+        all.narrow(0, c.n, 500).unwrap(),
+    )
 }
 
 fn main() -> anyhow::Result<()> {
@@ -73,7 +82,10 @@ fn main() -> anyhow::Result<()> {
     let steps: Option<u64> = args.first().map(|s| s.parse()).transpose()?;
     let d_sae: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(4096);
     let archs: Vec<Architecture> = match args.get(2) {
-        Some(a) => a.split(',').map(Architecture::parse).collect::<Result<_, _>>()?,
+        Some(a) => a
+            .split(',')
+            .map(Architecture::parse)
+            .collect::<Result<_, _>>()?,
         None => Architecture::ALL.to_vec(),
     };
     let given = |i: usize| args.get(i).filter(|a| *a != "-");
@@ -83,11 +95,46 @@ fn main() -> anyhow::Result<()> {
         .map(|s| s.split(',').map(|c| c.parse()).collect())
         .transpose()?;
     let cases = [
-        Case { name: "40 middle-token rows", d: 512, n: 40, sparse: 2048, mean: 1.0, norm: 1.0 },
-        Case { name: "isotropic, mean 3x", d: 96, n: 1800, sparse: 0, mean: 3.0, norm: 1.0 },
-        Case { name: "sparse, d 64, norm 0.1", d: 64, n: 3000, sparse: 256, mean: 0.5, norm: 0.1 },
-        Case { name: "sparse, d 2048, norm 100", d: 2048, n: 3000, sparse: 4096, mean: 0.5, norm: 100.0 },
-        Case { name: "isotropic, 10k rows", d: 256, n: 10_000, sparse: 0, mean: 0.0, norm: 10.0 },
+        Case {
+            name: "40 middle-token rows",
+            d: 512,
+            n: 40,
+            sparse: 2048,
+            mean: 1.0,
+            norm: 1.0,
+        },
+        Case {
+            name: "isotropic, mean 3x",
+            d: 96,
+            n: 1800,
+            sparse: 0,
+            mean: 3.0,
+            norm: 1.0,
+        },
+        Case {
+            name: "sparse, d 64, norm 0.1",
+            d: 64,
+            n: 3000,
+            sparse: 256,
+            mean: 0.5,
+            norm: 0.1,
+        },
+        Case {
+            name: "sparse, d 2048, norm 100",
+            d: 2048,
+            n: 3000,
+            sparse: 4096,
+            mean: 0.5,
+            norm: 100.0,
+        },
+        Case {
+            name: "isotropic, 10k rows",
+            d: 256,
+            n: 10_000,
+            sparse: 0,
+            mean: 0.0,
+            norm: 10.0,
+        },
     ];
     println!("| data | d_in | rows | arch | lr | λ | held-out FVU | L0 | dead |");
     println!("|---|---|---|---|---|---|---|---|---|");
@@ -118,7 +165,8 @@ fn main() -> anyhow::Result<()> {
                 (std::env::var("THETA"), trainer.sae())
             {
                 let t = s.threshold().as_tensor();
-                s.threshold().set(&(t.ones_like()? * theta.parse::<f64>()?)?)?;
+                s.threshold()
+                    .set(&(t.ones_like()? * theta.parse::<f64>()?)?)?;
             }
             trainer.train(None, None)?;
             let sae = trainer.sae();
@@ -130,7 +178,10 @@ fn main() -> anyhow::Result<()> {
             let f = sae.encode(&x)?;
             let x_hat = sae.decode(&f)?;
             let counts = sae_lib::eval::metrics::firing_counts(&f)?;
-            let (lr, c_used) = (trainer.config().adam.lr, trainer.config().sparsity_coefficient);
+            let (lr, c_used) = (
+                trainer.config().adam.lr,
+                trainer.config().sparsity_coefficient,
+            );
             println!(
                 "| {} | {} | {} | {} | {lr:.1e} | {c_used} | {:.3} | {:.1} | {:.1}% |",
                 c.name,

@@ -91,7 +91,9 @@ fn with_host_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
         (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(d)), Some((a, b))) => {
             Ok(f(&d[a..b]))
         }
-        _ => Err(Error::Training("expected a contiguous f32 CPU tensor".into())),
+        _ => Err(Error::Training(
+            "expected a contiguous f32 CPU tensor".into(),
+        )),
     }
 }
 
@@ -149,7 +151,10 @@ impl Adam {
                             .sum::<f64>()
                     })?
                 } else {
-                    g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?
+                    g.sqr()?
+                        .sum_all()?
+                        .to_dtype(DType::F64)?
+                        .to_scalar::<f64>()?
                 };
             }
         }
@@ -240,7 +245,10 @@ impl Adam {
                     Error::Training(format!("checkpoint lacks optimizer state `{k}`"))
                 })
             };
-            moments.set(&get(format!("adam.{name}.m"))?, &get(format!("adam.{name}.v"))?)?;
+            moments.set(
+                &get(format!("adam.{name}.m"))?,
+                &get(format!("adam.{name}.v"))?,
+            )?;
         }
         self.steps = steps;
         Ok(())
@@ -338,15 +346,17 @@ mod tests {
     /// after clipped steps, to the last bit.
     #[test]
     fn the_fused_update_equals_the_stock_op_update() {
-        let start: Vec<f32> = (0..70_000).map(|i| ((i * 37 % 101) as f32 - 50.0) / 30.0).collect();
+        let start: Vec<f32> = (0..70_000)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 30.0)
+            .collect();
         let run = |generic: bool| {
             let x = Var::new(start.as_slice(), &Device::Cpu).unwrap();
             let mut opt = Adam::new(vec![("x", x.clone())], AdamParams::default()).unwrap();
             opt.generic = generic;
             let mut norms = vec![];
             for step in 0..5 {
-                let loss = (x.as_tensor().sqr().unwrap().sum_all().unwrap() * (step + 1) as f64)
-                    .unwrap();
+                let loss =
+                    (x.as_tensor().sqr().unwrap().sum_all().unwrap() * (step + 1) as f64).unwrap();
                 let grads = loss.backward().unwrap();
                 norms.push(opt.step_clipped(&grads, Some(50.0)).unwrap());
             }
@@ -358,7 +368,10 @@ mod tests {
             )
         };
         let (fused, generic) = (run(false), run(true));
-        assert!(generic.2.iter().all(|&n| n > 50.0), "clipping never engaged");
+        assert!(
+            generic.2.iter().all(|&n| n > 50.0),
+            "clipping never engaged"
+        );
         // The clip norm is summed in f64 here and in f32 by candle's `sum_all`: the scales
         // differ in the last bits, nothing more.
         let worst = |a: &[f32], b: &[f32]| {
@@ -368,7 +381,10 @@ mod tests {
                 .fold(0f32, f32::max)
         };
         let (dp, dv) = (worst(&fused.0, &generic.0), worst(&fused.1, &generic.1));
-        assert!(dp < 1e-5 && dv < 1e-5, "relative differences: params {dp}, moments {dv}");
+        assert!(
+            dp < 1e-5 && dv < 1e-5,
+            "relative differences: params {dp}, moments {dv}"
+        );
         for (a, b) in fused.2.iter().zip(&generic.2) {
             assert!((a - b).abs() <= 1e-5 * a.abs(), "norms {a} vs {b}");
         }

@@ -70,7 +70,9 @@ fn random_model_activations() -> Tensor {
         sae_lib::model::load_model(&source, &Device::Cpu, DType::F32, &offline_hub()).unwrap();
     let tok = load_tokenizer(&source, &offline_hub()).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let words = ["the", "river", "of", "a", "king", "was", "built", "in", "1914", "and"];
+    let words = [
+        "the", "river", "of", "a", "king", "was", "built", "in", "1914", "and",
+    ];
     let docs: Vec<sae_lib::Result<String>> = (0..30)
         .map(|_| {
             Ok((0..30)
@@ -130,7 +132,10 @@ fn every_architecture_trains_a_working_sae_with_its_defaults() {
     let n = model_acts.dim(0).unwrap();
     let split = |x: Tensor, n_train: usize| {
         let n = x.dim(0).unwrap();
-        (x.narrow(0, 0, n_train).unwrap(), x.narrow(0, n_train, n - n_train).unwrap())
+        (
+            x.narrow(0, 0, n_train).unwrap(),
+            x.narrow(0, n_train, n - n_train).unwrap(),
+        )
     };
     let cases: Vec<(&str, (Tensor, Tensor))> = vec![
         // The tutorial's middle token of 40 prompts: scored on those 40 rows, as the
@@ -140,19 +145,35 @@ fn every_architecture_trains_a_working_sae_with_its_defaults() {
             (x.clone(), x)
         }),
         ("random model, every token", split(model_acts, n * 4 / 5)),
-        ("isotropic with a large mean", split(synthetic(96, 1000, 0, 3.0, 1.0, 2), 800)),
-        ("sparse, d_in 64, norm 0.1", split(synthetic(64, 1000, 256, 0.3, 0.1, 3), 800)),
-        ("sparse, d_in 2048, norm 100", split(synthetic(2048, 300, 128, 0.3, 100.0, 4), 240)),
+        (
+            "isotropic with a large mean",
+            split(synthetic(96, 1000, 0, 3.0, 1.0, 2), 800),
+        ),
+        (
+            "sparse, d_in 64, norm 0.1",
+            split(synthetic(64, 1000, 256, 0.3, 0.1, 3), 800),
+        ),
+        (
+            "sparse, d_in 2048, norm 100",
+            split(synthetic(2048, 300, 128, 0.3, 100.0, 4), 240),
+        ),
     ];
     let mut failures = Vec::new();
     for (name, (train, eval)) in &cases {
         for &arch in Architecture::ALL {
             let (fvu, l0, dead) = train_with_defaults(arch, train, eval);
-            println!("{name:32} {:10} FVU {fvu:.3}  L0 {l0:6.1}  dead {:.1}%", arch.name(), 100.0 * dead);
+            println!(
+                "{name:32} {:10} FVU {fvu:.3}  L0 {l0:6.1}  dead {:.1}%",
+                arch.name(),
+                100.0 * dead
+            );
             if !(fvu < 0.9 && l0 > 0.5 && l0 < D_SAE as f64 / 2.0) {
                 failures.push(format!("{name}, {}: FVU {fvu:.3}, L0 {l0:.1}", arch.name()));
             }
         }
     }
-    assert!(failures.is_empty(), "defaults that do not work: {failures:#?}");
+    assert!(
+        failures.is_empty(),
+        "defaults that do not work: {failures:#?}"
+    );
 }

@@ -2,8 +2,8 @@
 
 mod cli;
 mod collect;
-mod defaults;
 mod common;
+mod defaults;
 mod eval;
 mod gguf;
 mod model;
