@@ -1,0 +1,289 @@
+"""SAELens' own training SAEs and trainer against `sae train`, architecture by architecture,
+trained on the same stored activations, scored by one evaluator on held-out activations.
+
+Peer: sae-lens 6.54.12 (torch 2.15.0), its training SAEs from `sae_lens.saes`:
+  standard             StandardTrainingSAE            ours: relu
+  topk                 TopKTrainingSAE                ours: topk
+  batchtopk            BatchTopKTrainingSAE           ours: batchtopk
+  jumprelu             JumpReLUTrainingSAE            ours: jumprelu
+  gated                GatedTrainingSAE               ours: gated
+  matryoshka_batchtopk MatryoshkaBatchTopKTrainingSAE ours: matryoshka
+each driven by SAELens' own `sae_lens.training.sae_trainer.SAETrainer` (not a copy of it):
+`SAETrainer(cfg=SAETrainerConfig(...), sae=..., data_provider=<iterator over our batches>)`
+and `.fit()`, exactly as `LanguageModelSAETrainingRunner.run` does with its ActivationsStore
+as the data provider (`sae_lens/llm_sae_training_runner.py`). So each step is SAELens':
+`training_forward_pass` (MSE summed over d_in, mean over the batch, plus the variant's
+losses), dead-feature tracking (`n_forward_passes_since_fired`, dead after
+`dead_feature_window` = 1000 steps, fed to AuxK / pre-act losses), coefficient warm-up
+schedulers (`CoefficientScheduler`), backward, `clip_grad_norm_(…, 1.0)`, Adam step, lr
+scheduler step (`sae_lens/training/sae_trainer.py` `_train_step`). BatchTopK's threshold
+update happens inside its `training_forward_pass`. At the end `save_inference_model` writes
+the inference folder (topk folds the decoder norms; batchtopk and matryoshka become jumprelu
+with `threshold`, as SAELens saves them); this save is inside the timed region.
+dictionary_learning is not used: SAELens covers every architecture here.
+
+SAELens defaults kept (LanguageModelSAERunnerConfig / the *TrainingSAEConfig classes, 6.54.12):
+- init (`TrainingSAE.initialize_weights`): W_dec kaiming-uniform rows rescaled to norm 0.1
+  (decoder_init_norm), W_enc = W_dec.T, b_enc = b_dec = 0 (no data-dependent b_dec init), seeded
+  here with torch.manual_seed(--seed) just before construction (the runner does not seed it);
+- normalize_activations "none" (no input scaling; `--normalize-activations
+  expected_average_only_in` switches SAELens' own scaler on);
+- Adam betas (0.9, 0.999); lr constant (lr_scheduler_name "constant", no warm-up, no decay);
+- no decoder-norm constraint: the penalties multiply by ‖W_dec,i‖ (standard, gated, jumprelu
+  tanh), TopK-style variants use rescale_acts_by_decoder_norm = True;
+- standard: L1 of f·‖W_dec‖ (lp_norm 1), l1_warm_up_steps 0;
+- topk: aux_loss_coefficient 1.0 (AuxK, k_aux = d_in // 2, scaled by min(dead / k_aux, 1));
+- batchtopk: + topk_threshold_lr 0.01; matryoshka: + matryoshka_widths (here our default
+  nesting d_sae/16, /8, /4, /2, d_sae, since SAELens has no default), use_matryoshka_aux_loss
+  False;
+- jumprelu: jumprelu_sparsity_loss_mode "step" (DeepMind L0), bandwidth 0.05, init threshold
+  0.01, l0_warm_up_steps 0, no pre-act loss, STE to threshold only;
+- gated: l1 on the gate path times ‖W_dec‖ plus the gate-path reconstruction loss.
+Shared and passed to both: d_sae, k, lr, steps, batch size, seed, and the batches' rows per
+step (common.BatchPlan mirrors ours: per-epoch permutation, short last batch).
+
+Peer threads: torch.set_num_threads(--threads), OMP_WAIT_POLICY=PASSIVE unless set (common.py
+explains why).
+
+Ours (`sae train`, timed as a whole subprocess with RAYON_NUM_THREADS=--threads) keeps its own
+recipe: inputs scaled to E‖x‖ = √d_in, geometric-median b_dec, unit-norm decoder for TopK
+variants, λ warm-up over 5% of steps, lr decay over the last 20%, grad-norm clip 1.
+
+Penalty-based variants (standard, gated, jumprelu): a coefficient means different things in
+the two tools (ours acts on scaled inputs), so the same λ gives different L0. Pass lists:
+`--l1 a,b,c` for ours and `--peer-l1 x,y,z` for SAELens (default: the same list); every run's
+(L0, FVU) is reported and each of our runs is compared with the peer's FVU interpolated at our
+L0 on the peer's L0–FVU curve (linear in log L0; "–" outside the peer's range).
+
+Run (from the repository root, stores from make_stores.sh):
+  /work/venvs/peers/bin/python sae-lib/scripts/bench/peers/saelens.py --arch topk \\
+    --train .cache/peers/train --test .cache/peers/test --d-sae 4096 --k 32 --steps 1000 \\
+    --batch-size 1024 --lr 4e-4 --threads 2 --seed 0 --sae-bin target/release/sae \\
+    --json .cache/peers/results/saelens_topk.json
+  ... --arch standard,jumprelu --l1 1,3,10 --peer-l1 1,3,10
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # SAETrainer's progress bar
+# libgomp threads that sleep instead of spinning (see common.py): before torch is imported
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+OURS = {"standard": "relu", "topk": "topk", "batchtopk": "batchtopk", "jumprelu": "jumprelu",
+        "gated": "gated", "matryoshka_batchtopk": "matryoshka"}
+COEFF_NAME = {"standard": "l1_coefficient", "gated": "l1_coefficient",
+              "jumprelu": "l0_coefficient"}
+
+
+def floats(s: str) -> list[float]:
+    return [float(v) for v in s.split(",") if v.strip()]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train", default=str(common.DEFAULT_STORES / "train"))
+    p.add_argument("--test", default=str(common.DEFAULT_STORES / "test"))
+    p.add_argument("--arch", default="topk",
+                   help="comma list of: " + ",".join(OURS))
+    p.add_argument("--d-sae", type=int, default=4096)
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--l1", type=floats, default=[5.0],
+                   help="our sparsity coefficients (penalty variants), comma list")
+    p.add_argument("--peer-l1", type=floats, default=None,
+                   help="SAELens' coefficients (default: --l1)")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--lr", type=float, default=4e-4, help="both sides")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sae-bin", default=str(common.DEFAULT_BIN))
+    p.add_argument("--json", default=None)
+    p.add_argument("--out-dir", default=None,
+                   help="where the SAEs are written (default .cache/peers/runs/saelens-...)")
+    p.add_argument("--matryoshka-widths", type=lambda s: [int(v) for v in s.split(",")],
+                   default=None, help="default d_sae/16,/8,/4,/2,d_sae (ours)")
+    p.add_argument("--normalize-activations", default="none",
+                   choices=["none", "expected_average_only_in"])
+    p.add_argument("--skip-ours", action="store_true", help="peer only (development)")
+    args = p.parse_args(argv)
+    args.arch = [a.strip() for a in args.arch.split(",") if a.strip()]
+    bad = [a for a in args.arch if a not in OURS]
+    if bad:
+        p.error(f"unknown --arch {bad}; choose from {list(OURS)}")
+    if args.peer_l1 is None:
+        args.peer_l1 = list(args.l1)
+    return args
+
+
+def default_widths(d_sae: int) -> list[int]:
+    out = []
+    for div in (16, 8, 4, 2, 1):
+        w = max(d_sae // div, 1)
+        if not out or out[-1] != w:
+            out.append(w)
+    return out
+
+
+def make_sae(arch: str, d_in: int, args, coeff: float | None):
+    from sae_lens import saes  # noqa: PLC0415
+    common_kw = dict(d_in=d_in, d_sae=args.d_sae, dtype="float32", device="cpu",
+                     normalize_activations=args.normalize_activations)
+    if arch == "standard":
+        cfg = saes.StandardTrainingSAEConfig(**common_kw, l1_coefficient=coeff)
+        return saes.StandardTrainingSAE(cfg)
+    if arch == "gated":
+        cfg = saes.GatedTrainingSAEConfig(**common_kw, l1_coefficient=coeff)
+        return saes.GatedTrainingSAE(cfg)
+    if arch == "jumprelu":
+        cfg = saes.JumpReLUTrainingSAEConfig(**common_kw, l0_coefficient=coeff)
+        return saes.JumpReLUTrainingSAE(cfg)
+    if arch == "topk":
+        return saes.TopKTrainingSAE(saes.TopKTrainingSAEConfig(**common_kw, k=args.k))
+    if arch == "batchtopk":
+        return saes.BatchTopKTrainingSAE(
+            saes.BatchTopKTrainingSAEConfig(**common_kw, k=float(args.k)))
+    if arch == "matryoshka_batchtopk":
+        widths = args.matryoshka_widths or default_widths(args.d_sae)
+        return saes.MatryoshkaBatchTopKTrainingSAE(saes.MatryoshkaBatchTopKTrainingSAEConfig(
+            **common_kw, k=float(args.k), matryoshka_widths=list(widths)))
+    raise ValueError(arch)
+
+
+def train_peer(arch: str, x: torch.Tensor, args, coeff: float | None, out: Path) -> dict:
+    """One SAELens training SAE trained by SAELens' SAETrainer on our batch sequence."""
+    from sae_lens.config import LoggingConfig, SAETrainerConfig  # noqa: PLC0415
+    from sae_lens.training.sae_trainer import SAETrainer  # noqa: PLC0415
+
+    plan = common.BatchPlan(x.shape[0], args.batch_size, args.seed)
+    # Endless, like SAELens' ActivationsStore: fit() stops after total_training_samples (our
+    # steps' rows); SAELens' own input-norm estimate, if on, reads the first batches.
+    batches = (x[plan.rows(s)] for s in itertools.count())
+    t0 = time.perf_counter()
+    torch.manual_seed(args.seed)
+    sae = make_sae(arch, x.shape[1], args, coeff)
+    cfg = SAETrainerConfig(
+        total_training_samples=sum(plan.sizes(args.steps)),
+        train_batch_size_samples=args.batch_size,
+        lr=args.lr, lr_end=args.lr / 10,  # the runner's post-init default for lr_end
+        device="cpu", logger=LoggingConfig(log_to_wandb=False),
+        n_batches_for_norm_estimate=min(1000, args.steps))
+    trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=batches)
+    trainer.fit()
+    sae.save_inference_model(str(out))
+    secs = time.perf_counter() - t0
+    return {"train_s": secs, "coefficient": coeff, "steps": trainer.n_training_steps,
+            "samples": trainer.n_training_samples,
+            "saelens_cfg": {k: v for k, v in sae.cfg.to_dict().items() if k != "metadata"}}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    common.set_threads(args.threads)
+    out_dir = Path(args.out_dir or common.DEFAULT_STORES / "runs" /
+                   f"saelens-{args.d_sae}-k{args.k}-s{args.steps}-b{args.batch_size}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    load_before = common.machine_load()
+    t = time.perf_counter()
+    x_train = common.load_store(args.train)
+    x_test = common.load_store(args.test)
+    print(f"stores: train {tuple(x_train.shape)}, test {tuple(x_test.shape)} "
+          f"({time.perf_counter() - t:.1f}s to read)", file=sys.stderr)
+
+    result = {"bench": "saelens", "args": vars(args),
+              "versions": {"sae-lens": version("sae-lens"), "torch": torch.__version__,
+                           "sae": common.sae_version(args.sae_bin)},
+              "train_rows": x_train.shape[0], "test_rows": x_test.shape[0],
+              "d_in": x_train.shape[1], "threads": args.threads,
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "load_before": load_before,
+              "runs": {}}
+    for arch in args.arch:
+        penalty = arch in COEFF_NAME
+        peer_coeffs = args.peer_l1 if penalty else [None]
+        our_coeffs = args.l1 if penalty else [None]
+        runs = {"peer": [], "ours": []}
+        for c in peer_coeffs:
+            tag = f"{arch}" + (f"-l{c:g}" if c is not None else "")
+            r = train_peer(arch, x_train, args, c, out_dir / f"peer-{tag}")
+            r.update(common.evaluate_folder(out_dir / f"peer-{tag}", x_test))
+            print(f"peer {tag}: {r['train_s']:.1f}s, FVU {r['fvu']:.4f}, L0 {r['l0']:.1f}",
+                  file=sys.stderr)
+            runs["peer"].append(r)
+        if not args.skip_ours:
+            for c in our_coeffs:
+                tag = f"{OURS[arch]}" + (f"-l{c:g}" if c is not None else "")
+                r = common.run_ours(
+                    args.sae_bin, args.train, out_dir / f"ours-{tag}", arch=OURS[arch],
+                    d_sae=args.d_sae, k=None if penalty else args.k, l1=c, steps=args.steps,
+                    batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                    threads=args.threads, log=out_dir / f"ours-{tag}.log",
+                    extra=["--penalty", "decoder-norm"] if arch == "standard" else None)
+                r["coefficient"] = c
+                r.update(common.evaluate_folder(out_dir / f"ours-{tag}", x_test))
+                print(f"ours {tag}: {r['train_s']:.1f}s, FVU {r['fvu']:.4f}, "
+                      f"L0 {r['l0']:.1f}", file=sys.stderr)
+                runs["ours"].append(r)
+        result["runs"][arch] = runs
+    result["load_after"] = common.machine_load()
+    common.write_json(args.json, result)
+    print(report(result, args))
+
+
+def report(result: dict, args) -> str:
+    lines = [f"SAELens {result['versions']['sae-lens']} vs sae, d_in {result['d_in']}, "
+             f"d_sae {args.d_sae}, {args.steps} steps x batch {args.batch_size}, lr {args.lr:g}, "
+             f"{args.threads} threads; train {result['train_rows']} rows, held-out "
+             f"{result['test_rows']} rows; load {result['load_before']} -> "
+             f"{result['load_after']}", ""]
+    pair_rows, curve_rows = [], []
+    for arch, runs in result["runs"].items():
+        if arch not in COEFF_NAME:
+            if runs["ours"]:
+                pair_rows.append(common.pair_row(f"{arch} (k {args.k}) vs {OURS[arch]}",
+                                                 runs["peer"][0], runs["ours"][0]))
+            else:
+                p = runs["peer"][0]
+                pair_rows.append([f"{arch} (k {args.k})", common.fmt(p["l0"], ".1f"),
+                                  common.fmt(p["fvu"]), common.fmt(100 * p["dead_frac"], ".1f"),
+                                  common.fmt(p["train_s"], ".1f")] + ["–"] * 6)
+            continue
+        curve = [(p["l0"], p["fvu"]) for p in runs["peer"]]
+        peer_s = sum(p["train_s"] for p in runs["peer"]) / len(runs["peer"])
+        for p in runs["peer"]:
+            curve_rows.append([f"{arch} SAELens", f"{p['coefficient']:g}",
+                               common.fmt(p["l0"], ".1f"), common.fmt(p["fvu"]),
+                               common.fmt(100 * p["dead_frac"], ".1f"),
+                               common.fmt(p["train_s"], ".1f"), "", "", ""])
+        for o in runs["ours"]:
+            at = common.interpolate_fvu(curve, o["l0"])
+            curve_rows.append([f"{OURS[arch]} ours", f"{o['coefficient']:g}",
+                               common.fmt(o["l0"], ".1f"), common.fmt(o["fvu"]),
+                               common.fmt(100 * o["dead_frac"], ".1f"),
+                               common.fmt(o["train_s"], ".1f"), common.fmt(at),
+                               common.fmt(o["fvu"] / at if at else None, ".3f"),
+                               common.fmt(peer_s / o["train_s"], ".2f")])
+    if pair_rows:
+        lines.append(common.markdown_table(common.PAIR_HEADERS, pair_rows))
+        lines.append("")
+    if curve_rows:
+        lines.append(common.markdown_table(
+            ["run", "λ", "L0", "FVU", "dead %", "train s", "peer FVU @ this L0",
+             "FVU ours/peer @ L0", "speed (mean peer s / ours s)"], curve_rows))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
