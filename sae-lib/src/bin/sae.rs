@@ -563,13 +563,7 @@ fn train(args: TrainArgs) -> Result<()> {
                 d_sae: args.sae.d_sae,
                 k,
                 prefixes: None,
-                metadata: SaeMetadata {
-                    model_name: meta.model.clone(),
-                    hook_name: meta.hook.to_string(),
-                    context_size: meta.context_size,
-                    prepend_bos: false,
-                    dataset_path: meta.dataset.clone(),
-                },
+                metadata: SaeMetadata::of_store(meta),
             };
             Trainer::new(sae_cfg, cfg, &store, &device)?
         }
@@ -823,13 +817,7 @@ fn sweep(args: SweepArgs) -> Result<()> {
     let _lock = take_output(&args.out, args.overwrite)?;
     let meta = store.meta();
     let cfg = SweepConfig {
-        metadata: SaeMetadata {
-            model_name: meta.model.clone(),
-            hook_name: meta.hook.to_string(),
-            context_size: meta.context_size,
-            prepend_bos: false,
-            dataset_path: meta.dataset.clone(),
-        },
+        metadata: SaeMetadata::of_store(meta),
         ..cfg
     };
     let points = run_sweep(&store, &cfg, None, &device)?;

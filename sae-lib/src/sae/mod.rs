@@ -236,6 +236,19 @@ impl Default for SaeMetadata {
     }
 }
 
+impl SaeMetadata {
+    /// The provenance of activations read from a store.
+    pub fn of_store(meta: &crate::data::StoreMeta) -> Self {
+        Self {
+            model_name: meta.model.clone(),
+            hook_name: meta.hook.to_string(),
+            context_size: meta.context_size,
+            prepend_bos: false,
+            dataset_path: meta.dataset.clone(),
+        }
+    }
+}
+
 /// Shape and provenance of an SAE.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SaeConfig {
