@@ -422,3 +422,84 @@ fn a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint() {
         );
     }
 }
+
+/// Resampling finds each variant's encoder bias by type, not by name (the Gated SAE calls its
+/// `b_gate`): with features forced dead, every architecture gives them a fresh encoder and
+/// decoder direction, a zero bias and its own per-feature tensors' initial values, and they
+/// fire again.
+#[test]
+fn resampling_revives_features_forced_dead_in_every_architecture() {
+    let syn = synthetic(32, 16, 3.0, 2048, 9);
+    let forced: Vec<usize> = (0..6).collect();
+    for &arch in Architecture::ALL {
+        let d_sae = 32;
+        let cfg = TrainConfig {
+            steps: 12,
+            batch_size: 256,
+            log_every: 1,
+            checkpoint_every: None,
+            resample_dead_every: Some(4),
+            dead_window: 256,
+            ..TrainConfig::for_architecture(arch, d_sae)
+        };
+        let sae = SaeConfig {
+            k: arch.defaults(d_sae).k,
+            ..sae_cfg(arch, 16, d_sae)
+        };
+        let mut trainer = Trainer::new(sae, cfg, &syn.data, &Device::Cpu).unwrap();
+        // Dead: no input reaches them (zero encoder column, bias far below any input).
+        let p = trainer.sae().params().clone();
+        let mask: Vec<f32> = (0..d_sae)
+            .map(|f| if forced.contains(&f) { 0.0 } else { 1.0 })
+            .collect();
+        let mask = Tensor::from_vec(mask, d_sae, &Device::Cpu).unwrap();
+        p.w_enc
+            .set(&p.w_enc.as_tensor().broadcast_mul(&mask).unwrap())
+            .unwrap();
+        let b = (p.b_enc.as_tensor() * &mask).unwrap();
+        p.b_enc
+            .set(&(b + ((1.0 - &mask).unwrap() * -1e4).unwrap()).unwrap())
+            .unwrap();
+        for _ in 0..4 {
+            trainer.train_step().unwrap();
+        }
+        // Step 4 resampled them: nothing fired before.
+        let fired = |t: &Trainer| -> Vec<f64> {
+            let f = t.feature_frequencies();
+            forced.iter().map(|&i| f[i]).collect()
+        };
+        assert!(
+            fired(&trainer).iter().all(|&f| f == 0.0),
+            "{arch:?} fired while dead"
+        );
+        let w_enc = p.w_enc.as_tensor().t().unwrap().to_vec2::<f32>().unwrap();
+        let b_enc = p.b_enc.as_tensor().to_vec1::<f32>().unwrap();
+        for &f in &forced {
+            assert!(
+                w_enc[f].iter().any(|&v| v != 0.0),
+                "{arch:?}: feature {f} not resampled"
+            );
+            assert_eq!(
+                b_enc[f], 0.0,
+                "{arch:?}: feature {f}'s encoder bias not reset"
+            );
+        }
+        for (var, value) in trainer.sae().feature_vars() {
+            let v = var.as_tensor().to_vec1::<f32>().unwrap();
+            for &f in &forced {
+                assert_eq!(
+                    v[f], value as f32,
+                    "{arch:?}: a per-feature tensor not reset"
+                );
+            }
+        }
+        for _ in 4..12 {
+            trainer.train_step().unwrap();
+        }
+        let after = fired(&trainer);
+        assert!(
+            after.iter().filter(|&&f| f > 0.0).count() >= forced.len() / 2,
+            "{arch:?}: resampled features stay silent: {after:?}"
+        );
+    }
+}
