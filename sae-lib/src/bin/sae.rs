@@ -314,12 +314,11 @@ struct SaeArgs {
     /// Active features per input (topk, batchtopk, matryoshka) [default: 32, at most d_sae/8].
     #[arg(long)]
     k: Option<usize>,
-    /// Sparsity coefficient λ: L1 for relu and gated, L0 for jumprelu [default: per
-    /// architecture].
+    /// Sparsity coefficient λ: L1 for relu and gated, L0 for jumprelu [default: 2 for relu
+    /// and gated, 3 for jumprelu].
     #[arg(long)]
     l1: Option<f64>,
-    /// Adam's learning rate [default: per architecture; the TopK family scales it with
-    /// d_sae].
+    /// Adam's learning rate [default: 2e-4 / sqrt(d_sae / 16384), 4e-4 at 4,096 features].
     #[arg(long)]
     lr: Option<f64>,
     #[arg(long, default_value_t = 2000)]
