@@ -10,7 +10,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../../../.." && pwd)
 cd "$root"
-data=${DATA:-/work/shared/data/wikitext-2}
+data=${DATA:-$root/../shared/data/wikitext-2}
 out=${OUT:-$root/.cache/peers}
 sae=${SAE:-$root/target/release/sae}
 test_docs=${TEST_DOCS:-150}

@@ -56,7 +56,7 @@ the two tools (ours acts on scaled inputs), so the same λ gives different L0. P
 L0 on the peer's L0–FVU curve (linear in log L0; "–" outside the peer's range).
 
 Run (from the repository root, stores from make_stores.sh):
-  /work/venvs/peers/bin/python sae-lib/scripts/bench/peers/saelens.py --arch topk \\
+  python sae-lib/scripts/bench/peers/saelens.py --arch topk \\
     --train .cache/peers/train --test .cache/peers/test --d-sae 4096 --k 32 --steps 1000 \\
     --batch-size 1024 --lr 4e-4 --threads 2 --seed 0 --sae-bin target/release/sae \\
     --json .cache/peers/results/saelens_topk.json

@@ -52,7 +52,7 @@ explains why).
 Ours: `sae train --arch topk` with the same d_sae, k, batch size, steps, lr and seed, run with
 RAYON_NUM_THREADS=--threads, timed as a whole subprocess (process start, store open, its own
 init with input-norm scaling and a geometric-median b_dec, training, final save). Our recipe
-differs from sparsify's where each tool has its own: ours scales inputs to E‖x‖ = √d_in,
+differs from sparsify's where each tool has its own: ours scales inputs to E‖x − x̄‖ = √d_in,
 clips the global grad norm at 1, decays the lr linearly over the last 20% of steps, no
 warm-up. The peer's time covers SparseCoder init, the step loop and its final save, not the
 one-off read of the store into RAM.
@@ -64,7 +64,7 @@ of the conversion (`peer.native_fvu` in the JSON). `sae eval --sae <out-dir>/pee
 CE-loss recovery of the converted peer on the spliced model.
 
 Run (from the repository root, stores from make_stores.sh):
-  /work/venvs/peers/bin/python sae-lib/scripts/bench/peers/sparsify_topk.py \\
+  python sae-lib/scripts/bench/peers/sparsify_topk.py \\
     --train .cache/peers/train --test .cache/peers/test --d-sae 4096 --k 32 --steps 1000 \\
     --batch-size 1024 --lr 4e-4 --threads 2 --seed 0 --sae-bin target/release/sae \\
     --json .cache/peers/results/sparsify_topk.json
