@@ -20,6 +20,7 @@ import sys
 import time
 
 import nbclient
+import nbclient.util
 import nbformat
 from nbconvert import HTMLExporter
 
@@ -82,12 +83,50 @@ def chart_cells(nb):
             if any(t in o.get("data", {}) for o in c.get("outputs", []) for t in CHART_TYPES)]
 
 
+class Client(nbclient.NotebookClient):
+    """nbclient keeps a cell's output only until the kernel reports the cell idle. evcxr relays
+    the program's stderr from another thread, so the message printed for an error returned
+    through `?` can arrive after that and would be dropped, letting a failed cell pass. This
+    client keeps such late output with the cell it belongs to (nbclient 0.11, pinned)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cells_by_msg = {}
+
+    def keep_late(self, msg):
+        cell = self.cells_by_msg.get(msg["parent_header"].get("msg_id"))
+        if cell is not None and msg["msg_type"] in ("stream", "error"):
+            cell.outputs.append(nbformat.v4.output_from_msg(msg))
+
+    async def _async_poll_output_msg(self, parent_msg_id, cell, cell_index):
+        self.cells_by_msg[parent_msg_id] = cell
+        while True:
+            msg = await nbclient.util.ensure_async(self.kc.iopub_channel.get_msg(timeout=None))
+            if msg["parent_header"].get("msg_id") != parent_msg_id:
+                self.keep_late(msg)
+                continue
+            try:
+                self.process_message(msg, cell, cell_index)
+            except nbclient.exceptions.CellExecutionComplete:
+                return
+
+    def drain(self, seconds):
+        """Keeps what arrives within `seconds` after the last cell."""
+        end = time.time() + seconds
+        while time.time() < end:
+            try:
+                msg = nbclient.util.run_sync(self.kc.iopub_channel.get_msg)(timeout=0.2)
+            except Exception:  # queue.Empty: nothing more
+                continue
+            self.keep_late(msg)
+
+
 def execute(path, out_dir, timeout, timings=None):
     """Runs one notebook; returns (seconds, problems, has_chart). With `timings` (a dict), also
     records the first code cell's time (kernel start, sae-lib linked) and the time to re-run
     the last chart cell in the warm kernel, as a reader who changes a constant would."""
     nb = nbformat.read(os.path.join(HERE, path), as_version=4)
-    client = nbclient.NotebookClient(
+    client = Client(
         nb, kernel_name="rust", timeout=timeout, startup_timeout=600,
         resources={"metadata": {"path": HERE}},  # evcxr.toml and `:dep path = "../sae-lib"`
     )
@@ -101,6 +140,7 @@ def execute(path, out_dir, timeout, timings=None):
                 if timings is not None and cell.cell_type == "code" and "first_cell" not in timings:
                     timings["first_cell"] = time.time() - start
                     timings["first_cell_alone"] = time.time() - t
+            client.drain(1.0)
             charts = chart_cells(nb)
             if timings is not None and charts:
                 i = charts[-1]
