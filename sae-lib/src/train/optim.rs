@@ -342,6 +342,60 @@ mod tests {
         assert!(v.iter().all(|a| a.abs() < 0.05), "{v:?}");
     }
 
+    /// Clipping against a hand-written Adam in f64: the returned norm is the gradient's before
+    /// clipping, and each step's gradient is scaled to norm `max` when above it (two steps of
+    /// very different gradient sizes, so clipping changes where Adam lands). Both paths.
+    #[test]
+    fn clipping_scales_the_gradient_to_max_norm_before_adam() {
+        let (x0, max, p) = ([3f64, -2.0], 1.0, AdamParams::default());
+        let reference = |clip: bool| {
+            let (mut x, mut m, mut v, mut norms) = (x0, [0f64; 2], [0f64; 2], vec![]);
+            for (t, c) in [(1, 10.0), (2, 1.0)] {
+                let g = [2.0 * c * x[0], 2.0 * c * x[1]];
+                let norm = (g[0] * g[0] + g[1] * g[1]).sqrt();
+                norms.push(norm);
+                let scale = if clip && norm > max {
+                    max / (norm + 1e-6)
+                } else {
+                    1.0
+                };
+                for i in 0..2 {
+                    let g = g[i] * scale;
+                    m[i] = p.beta1 * m[i] + (1.0 - p.beta1) * g;
+                    v[i] = p.beta2 * v[i] + (1.0 - p.beta2) * g * g;
+                    let (bc1, bc2) = (1.0 - p.beta1.powi(t), 1.0 - p.beta2.powi(t));
+                    x[i] -= p.lr / bc1 * m[i] / ((v[i] / bc2).sqrt() + p.eps);
+                }
+            }
+            (x, norms)
+        };
+        let (want, want_norms) = reference(true);
+        let (unclipped, _) = reference(false);
+        assert!(
+            (want[0] - unclipped[0]).abs() > 1e-4,
+            "the case must depend on clipping"
+        );
+        for generic in [false, true] {
+            let x = Var::new(&[x0[0] as f32, x0[1] as f32], &Device::Cpu).unwrap();
+            let mut opt = Adam::new(vec![("x", x.clone())], p).unwrap();
+            opt.generic = generic;
+            for (step, c) in [10.0, 1.0].into_iter().enumerate() {
+                let loss = (x.as_tensor().sqr().unwrap().sum_all().unwrap() * c).unwrap();
+                let norm = opt
+                    .step_clipped(&loss.backward().unwrap(), Some(max))
+                    .unwrap();
+                assert!((norm - want_norms[step]).abs() < 1e-4 * want_norms[step]);
+            }
+            let got = x.as_tensor().to_vec1::<f32>().unwrap();
+            for i in 0..2 {
+                assert!(
+                    (got[i] as f64 - want[i]).abs() < 1e-5,
+                    "{got:?} vs {want:?}"
+                );
+            }
+        }
+    }
+
     /// The fused CPU update against the stock-op path a GPU runs: same parameters and moments
     /// after clipped steps, to the last bit.
     #[test]
