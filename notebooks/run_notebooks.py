@@ -116,7 +116,7 @@ class Client(nbclient.NotebookClient):
         while time.time() < end:
             try:
                 msg = nbclient.util.run_sync(self.kc.iopub_channel.get_msg)(timeout=0.2)
-            except Exception:  # queue.Empty: nothing more
+            except Exception:  # queue.Empty: nothing yet; keep waiting until `end`
                 continue
             self.keep_late(msg)
 
