@@ -2,7 +2,8 @@
 //! Adam and gradient clipping, on random activations. Run through `scripts/bench/train.sh`,
 //! which times the same loss and optimiser in PyTorch in the same run.
 //!
-//! Usage: bench_train [ARCH] [STEPS] [D_SAE]   (ARCH: relu, topk, ...; TopK-style use k = 32)
+//! Usage: bench_train [ARCH] [STEPS] [D_SAE] [D_IN] [BATCH]   (ARCH: relu, topk, ...; TopK-style
+//! use k = 32; D_IN and BATCH default to 512 and 4096)
 
 use std::time::Instant;
 
@@ -23,7 +24,14 @@ fn main() -> anyhow::Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(4096);
-    let (d_in, batch) = (512, 4096);
+    let arg = |i: usize, default: usize| -> anyhow::Result<usize> {
+        Ok(std::env::args()
+            .nth(i)
+            .map(|s| s.parse())
+            .transpose()?
+            .unwrap_or(default))
+    };
+    let (d_in, batch) = (arg(4, 512)?, arg(5, 4096)?);
     let data = Tensor::randn(0f32, 1.0, (4 * batch, d_in), &Device::Cpu)?;
     let arch = Architecture::parse(&arch)?;
     let cfg = SaeConfig {

@@ -96,7 +96,7 @@ mod tests {
         assert!(gm[0].abs() < 0.2 && gm[1].abs() < 0.2, "{gm:?}");
     }
 
-    /// Both selection paths (the heap for small k, quickselect for large k) against a sort.
+    /// Both selection paths (block bound for small k, quickselect for large k) against a sort.
     #[test]
     fn top_k_matches_a_full_sort() {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
@@ -108,6 +108,31 @@ mod tests {
             idx.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]));
             assert_eq!(idx, sorted[..k], "k = {k}");
             assert_eq!(kth, row[sorted[k - 1] as usize], "k = {k}");
+        }
+        // Rows with ties, a NaN, and the winners bunched in one block: the chosen values
+        // (the indices may differ among equal values) against a sort.
+        let mut tied: Vec<f32> = (0..4096).map(|i| (i % 7) as f32).collect();
+        tied[100..140].iter_mut().for_each(|v| *v = 9.0);
+        let mut with_nan = normal_vec(4096, &mut rng);
+        with_nan[4000] = f32::NAN;
+        for row in [tied, with_nan, normal_vec(4099, &mut rng)] {
+            let mut want = row.clone();
+            want.sort_by(|a, b| b.total_cmp(a));
+            for k in [1, 32, 200] {
+                let (idx, kth) = top_k(&row, k);
+                let mut got: Vec<f32> = idx.iter().map(|&j| row[j as usize]).collect();
+                got.sort_by(|a, b| b.total_cmp(a));
+                assert_eq!(
+                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    want[..k].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "k = {k}"
+                );
+                assert_eq!(kth.to_bits(), want[k - 1].to_bits(), "k = {k}");
+                let mut unique = idx.clone();
+                unique.sort();
+                unique.dedup();
+                assert_eq!(unique.len(), k, "k = {k}: repeated indices");
+            }
         }
     }
 
@@ -174,49 +199,55 @@ impl candle_core::CustomOp1 for RowSelect {
 }
 
 /// The indices of `row`'s `k` largest values (in no particular order) and the `k`-th largest
-/// value; `1 <= k <= row.len()`.
+/// value; `1 <= k <= row.len()`. Ties and NaN are ranked by `total_cmp`.
 fn top_k(row: &[f32], k: usize) -> (Vec<u32>, f32) {
-    if k * 16 > row.len() {
-        let mut idx: Vec<u32> = (0..row.len() as u32).collect();
-        idx.select_nth_unstable_by(k - 1, |&a, &b| row[b as usize].total_cmp(&row[a as usize]));
-        idx.truncate(k);
-        let kth = row[idx[k - 1] as usize];
-        return (idx, kth);
+    const BLOCK: usize = 16;
+    let all = || select_top(row.iter().copied().zip(0..).collect(), k);
+    if k * BLOCK > row.len() {
+        return all();
     }
-    // A min-heap of the best k so far. For k much smaller than the row, almost every value
-    // loses to its root in one comparison: one pass, no index shuffling (quickselect over
-    // indices was a twentieth of a TopK training step).
-    let mut heap: Vec<(f32, u32)> = row[..k].iter().copied().zip(0..).collect();
-    for i in (0..k / 2).rev() {
-        sift_down(&mut heap, i);
+    // A bound first: the k largest block maxima are k distinct values, so the k-th largest
+    // value is at least the k-th largest block maximum. Only blocks that reach it can hold a
+    // winner, about k of the row's n / 16, so one vectorised pass over the row and a
+    // selection among a few hundred candidates replace a heap update per value (the heap
+    // was a tenth of a TopK training step at 16,384 features).
+    let mut nan = false;
+    let maxima: Vec<f32> = row
+        .chunks(BLOCK)
+        .map(|c| {
+            nan |= c.iter().fold(false, |n, &v| n | v.is_nan());
+            c.iter()
+                .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+        })
+        .collect();
+    if nan {
+        return all();
     }
-    for (j, &v) in row.iter().enumerate().skip(k) {
-        if v.total_cmp(&heap[0].0).is_gt() {
-            heap[0] = (v, j as u32);
-            sift_down(&mut heap, 0);
+    let mut sorted = maxima.clone();
+    let (_, &mut bound, _) = sorted.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    let mut candidates = Vec::with_capacity(4 * k);
+    for (block, &m) in maxima.iter().enumerate() {
+        if m >= bound {
+            let start = block * BLOCK;
+            for (i, &v) in row[start..(start + BLOCK).min(row.len())]
+                .iter()
+                .enumerate()
+            {
+                if v >= bound {
+                    candidates.push((v, (start + i) as u32));
+                }
+            }
         }
     }
-    let kth = heap[0].0;
-    (heap.into_iter().map(|(_, j)| j).collect(), kth)
+    select_top(candidates, k)
 }
 
-/// Restores the min-heap order below `i`.
-fn sift_down(heap: &mut [(f32, u32)], mut i: usize) {
-    loop {
-        let (l, r) = (2 * i + 1, 2 * i + 2);
-        let mut smallest = i;
-        if l < heap.len() && heap[l].0.total_cmp(&heap[smallest].0).is_lt() {
-            smallest = l;
-        }
-        if r < heap.len() && heap[r].0.total_cmp(&heap[smallest].0).is_lt() {
-            smallest = r;
-        }
-        if smallest == i {
-            return;
-        }
-        heap.swap(i, smallest);
-        i = smallest;
-    }
+/// The `k` largest of `(value, index)` pairs (at least `k` of them) by `total_cmp`: their
+/// indices in no particular order, and the `k`-th largest value.
+fn select_top(mut pairs: Vec<(f32, u32)>, k: usize) -> (Vec<u32>, f32) {
+    pairs.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
+    let kth = pairs[k - 1].0;
+    (pairs[..k].iter().map(|&(_, j)| j).collect(), kth)
 }
 
 /// The `k`-th largest value of each row of `x` `(rows, n)`, shape `(rows, 1)`, not
@@ -276,17 +307,21 @@ pub fn auxk_loss(
         .index_select(&local.flatten_all()?, 0)?
         .reshape((b, k))?;
     let values = values_at(&indices)?.relu()?;
-    // Decoded densely: k_aux (d_in / 2) is too large a share of d_sae for gathering decoder
-    // rows to beat one matmul.
-    let e_hat = scatter_rows(&values, &indices, pre.dim(1)?)?.matmul(w_dec)?;
+    let e_hat = super::sparse::decode_rows(&values, &indices, w_dec)?;
     Ok((residual.detach() - e_hat)?.sqr()?.sum(1)?.mean(0)?)
 }
 
-/// The encoder and decoder every variant has: `W_enc` `(d_in, d_sae)`, `b_enc` `(d_sae,)`,
+/// The encoder and decoder every variant has: `W_encᵀ` `(d_sae, d_in)`, `b_enc` `(d_sae,)`,
 /// `W_dec` `(d_sae, d_in)`, `b_dec` `(d_in,)`.
+///
+/// The encoder is held as rows, one per feature (as `nn.Linear` and sparsify hold it), and
+/// transposed to SAELens' `W_enc` `(d_in, d_sae)` only at the save/load boundary: the sparse
+/// TopK encoder reads and updates a feature's weights as one contiguous row, and the dense
+/// matmul reads the transposed view at the same speed.
 #[derive(Debug, Clone)]
 pub struct SaeParams {
-    pub w_enc: candle_core::Var,
+    /// `W_encᵀ` `(d_sae, d_in)`: row `j` is feature `j`'s encoder direction.
+    pub w_enc_t: candle_core::Var,
     pub b_enc: candle_core::Var,
     pub w_dec: candle_core::Var,
     pub b_dec: candle_core::Var,
@@ -299,7 +334,7 @@ impl SaeParams {
         let (dtype, device) = (init.dtype, init.device);
         let w_dec = random_rows(d_sae, d_in, dec_norm, init.rng, dtype, device)?;
         Ok(Self {
-            w_enc: Var::from_tensor(&w_dec.t()?.contiguous()?)?,
+            w_enc_t: Var::from_tensor(&w_dec)?,
             b_enc: Var::zeros(d_sae, dtype, device)?,
             w_dec: Var::from_tensor(&w_dec)?,
             b_dec: Var::zeros(d_in, dtype, device)?,
@@ -315,17 +350,22 @@ impl SaeParams {
     ) -> Result<Self> {
         use candle_core::Var;
         Ok(Self {
-            w_enc: Var::from_tensor(&get("W_enc", &[d_in, d_sae])?)?,
+            w_enc_t: Var::from_tensor(&get("W_enc", &[d_in, d_sae])?.t()?.contiguous()?)?,
             b_enc: Var::from_tensor(&get(b_enc_name, &[d_sae])?)?,
             w_dec: Var::from_tensor(&get("W_dec", &[d_sae, d_in])?)?,
             b_dec: Var::from_tensor(&get("b_dec", &[d_in])?)?,
         })
     }
 
+    /// SAELens' `W_enc` `(d_in, d_sae)`: a transposed view, no copy.
+    pub fn w_enc(&self) -> Result<Tensor> {
+        Ok(self.w_enc_t.as_tensor().t()?)
+    }
+
     /// `(x − b_dec) W_enc + b_enc`.
     pub fn pre_acts(&self, x: &Tensor) -> Result<Tensor> {
         Ok(x.broadcast_sub(self.b_dec.as_tensor())?
-            .matmul(self.w_enc.as_tensor())?
+            .matmul(&self.w_enc()?)?
             .broadcast_add(self.b_enc.as_tensor())?)
     }
 
@@ -357,38 +397,14 @@ pub fn topk_indices(x: &Tensor, k: usize) -> Result<Tensor> {
 
 /// Sparse decoding for TopK-style SAEs: `x̂ = Σ_j v_j W_dec[i_j] + b_dec` over each input's `k`
 /// selected features only, never forming the `(batch, d_sae)` product with the decoder.
-/// `values` and `indices` are `(batch, k)`; differentiable in `values` and `W_dec`.
+/// `values` and `indices` are `(batch, k)`; differentiable in `values`, `W_dec` and `b_dec`.
 pub fn sparse_decode(
     values: &Tensor,
     indices: &Tensor,
     w_dec: &Tensor,
     b_dec: &Tensor,
 ) -> Result<Tensor> {
-    let (b, k) = values.dims2()?;
-    let d_in = w_dec.dim(1)?;
-    let rows = w_dec
-        .index_select(&indices.flatten_all()?, 0)?
-        .reshape((b, k, d_in))?;
-    // (b, 1, k) @ (b, k, d_in) -> (b, 1, d_in)
-    let x_hat = values.unsqueeze(1)?.matmul(&rows)?.squeeze(1)?;
-    Ok(x_hat.broadcast_add(b_dec)?)
-}
-
-/// Dense `(batch, n)` from sparse `(batch, k)` `values` at `indices`, differentiable in
-/// `values`. (candle's `scatter_add` cannot be differentiated when the indices are narrower
-/// than the target; `index_add` over the flattened matrix can.)
-pub fn scatter_rows(values: &Tensor, indices: &Tensor, n: usize) -> Result<Tensor> {
-    let (b, k) = values.dims2()?;
-    let flat: Vec<u32> = indices
-        .to_vec2::<u32>()?
-        .iter()
-        .enumerate()
-        .flat_map(|(r, row)| row.iter().map(move |&j| (r * n) as u32 + j))
-        .collect();
-    let flat = Tensor::from_vec(flat, b * k, values.device())?;
-    Ok(Tensor::zeros(b * n, values.dtype(), values.device())?
-        .index_add(&flat, &values.flatten_all()?, 0)?
-        .reshape((b, n))?)
+    Ok(super::sparse::decode_rows(values, indices, w_dec)?.broadcast_add(b_dec)?)
 }
 
 /// Dense `(batch, n)` feature activations from sparse `(batch, k)` values at `indices` (not

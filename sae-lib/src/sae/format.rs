@@ -64,10 +64,10 @@ pub fn save(sae: &AnySae, scale: f64, log10_sparsity: Option<&[f32]>, dir: &Path
             .as_tensor()
             .to_dtype(DType::F32)?
             .to_device(&Device::Cpu)?;
-        let t = match name {
-            "W_enc" => (t * scale)?,
-            "W_dec" | "b_dec" => (t / scale)?,
-            _ => t,
+        let (name, t) = match name {
+            super::W_ENC_T => ("W_enc", (t.t()?.contiguous()? * scale)?),
+            "W_dec" | "b_dec" => (name, (t / scale)?),
+            _ => (name, t),
         };
         tensors.insert(name.to_string(), t);
     }

@@ -69,7 +69,7 @@ impl GatedSae {
     fn paths(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let z = x
             .broadcast_sub(self.params.b_dec.as_tensor())?
-            .matmul(self.params.w_enc.as_tensor())?;
+            .matmul(&self.params.w_enc()?)?;
         let gate = z.broadcast_add(self.params.b_enc.as_tensor())?;
         let mag = z
             .broadcast_mul(&self.r_mag.as_tensor().exp()?)?

@@ -11,6 +11,7 @@ pub mod common;
 pub mod format;
 pub mod gated;
 pub mod jumprelu;
+mod kernels;
 pub mod matryoshka;
 pub mod relu;
 pub mod sparse;
@@ -69,6 +70,10 @@ pub struct Init<'a> {
     /// The ReLU SAE's penalty (other variants ignore it).
     pub penalty: SparsityPenalty,
 }
+
+/// The name [`Sae::vars`] gives the encoder, held as `W_encᵀ` `(d_sae, d_in)`; saved files
+/// carry SAELens' `W_enc` `(d_in, d_sae)`.
+pub const W_ENC_T: &str = "W_enc_T";
 
 /// Reads a saved tensor by its SAELens name, checking its shape.
 pub type TensorGetter<'a> = dyn FnMut(&str, &[usize]) -> Result<Tensor> + 'a;
@@ -483,11 +488,12 @@ pub trait Sae {
         vec![]
     }
 
-    /// Every tensor under its SAELens name: the shared four, then the variant's own.
+    /// Every tensor under its SAELens name (the encoder as [`W_ENC_T`], transposed): the shared
+    /// four, then the variant's own.
     fn vars(&self) -> Vec<(&'static str, Var)> {
         let p = self.params();
         let mut v = vec![
-            ("W_enc", p.w_enc.clone()),
+            (W_ENC_T, p.w_enc_t.clone()),
             (self.b_enc_name(), p.b_enc.clone()),
             ("W_dec", p.w_dec.clone()),
             ("b_dec", p.b_dec.clone()),

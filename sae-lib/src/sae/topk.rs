@@ -76,7 +76,7 @@ impl TopKSae {
         let p = &self.params;
         // The centred input carries b_dec's gradient into the selected values.
         let xc = x.broadcast_sub(p.b_dec.as_tensor())?;
-        gather_pre_acts(&xc, p.w_enc.as_tensor(), p.b_enc.as_tensor(), indices)
+        gather_pre_acts(&xc, p.w_enc_t.as_tensor(), p.b_enc.as_tensor(), indices)
     }
 }
 

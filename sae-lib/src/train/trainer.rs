@@ -581,7 +581,7 @@ impl<'a> Trainer<'a> {
             .map_err(|e| Error::Training(format!("cannot resample: {e}")))?;
         let p = self.sae.params().clone();
         let mut w_dec = p.w_dec.as_tensor().to_vec2::<f32>()?;
-        let mut w_enc = p.w_enc.as_tensor().t()?.to_vec2::<f32>()?; // (d_sae, d_in)
+        let mut w_enc = p.w_enc_t.as_tensor().to_vec2::<f32>()?; // (d_sae, d_in)
         let mut b_enc = p.b_enc.as_tensor().to_vec1::<f32>()?;
         let norm = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>().sqrt();
         let is_dead = |i: usize| self.since_fired[i] >= window;
@@ -601,14 +601,11 @@ impl<'a> Trainer<'a> {
         let (d_sae, d_in) = (w_dec.len(), inputs[0].len());
         p.w_dec
             .set(&Tensor::from_vec(w_dec.concat(), (d_sae, d_in), dev)?)?;
-        p.w_enc.set(
-            &Tensor::from_vec(w_enc.concat(), (d_sae, d_in), dev)?
-                .t()?
-                .contiguous()?,
-        )?;
+        p.w_enc_t
+            .set(&Tensor::from_vec(w_enc.concat(), (d_sae, d_in), dev)?)?;
         p.b_enc.set(&Tensor::from_vec(b_enc, d_sae, dev)?)?;
         self.opt.reset_rows(&p.w_dec, 0, &dead)?;
-        self.opt.reset_rows(&p.w_enc, 1, &dead)?;
+        self.opt.reset_rows(&p.w_enc_t, 0, &dead)?;
         self.opt.reset_rows(&p.b_enc, 0, &dead)?;
         for (var, value) in self.sae.feature_vars() {
             let mut v = var.as_tensor().to_vec1::<f32>()?;

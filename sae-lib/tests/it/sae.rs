@@ -453,8 +453,13 @@ fn resampling_revives_features_forced_dead_in_every_architecture() {
             .map(|f| if forced.contains(&f) { 0.0 } else { 1.0 })
             .collect();
         let mask = Tensor::from_vec(mask, d_sae, &Device::Cpu).unwrap();
-        p.w_enc
-            .set(&p.w_enc.as_tensor().broadcast_mul(&mask).unwrap())
+        p.w_enc_t
+            .set(
+                &p.w_enc_t
+                    .as_tensor()
+                    .broadcast_mul(&mask.unsqueeze(1).unwrap())
+                    .unwrap(),
+            )
             .unwrap();
         let b = (p.b_enc.as_tensor() * &mask).unwrap();
         p.b_enc
@@ -472,7 +477,7 @@ fn resampling_revives_features_forced_dead_in_every_architecture() {
             fired(&trainer).iter().all(|&f| f == 0.0),
             "{arch:?} fired while dead"
         );
-        let w_enc = p.w_enc.as_tensor().t().unwrap().to_vec2::<f32>().unwrap();
+        let w_enc = p.w_enc_t.as_tensor().to_vec2::<f32>().unwrap();
         let b_enc = p.b_enc.as_tensor().to_vec1::<f32>().unwrap();
         for &f in &forced {
             assert!(
