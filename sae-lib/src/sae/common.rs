@@ -372,6 +372,10 @@ impl SaeParams {
     /// Rescales decoder rows to unit norm (for penalties that a growing decoder would cheat).
     pub fn normalize_decoder(&self) -> Result<()> {
         let w = self.w_dec.as_tensor();
+        if w.device().is_cpu() && w.dtype() == DType::F32 && w.is_contiguous() {
+            // In place, one pass (the stock ops below make three temporaries of W_dec's size).
+            return Ok(w.inplace_op1(&super::kernels::UnitRows)?);
+        }
         self.w_dec
             .set(&w.broadcast_div(&row_norms(w)?.unsqueeze(1)?)?)?;
         Ok(())

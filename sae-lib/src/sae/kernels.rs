@@ -1,5 +1,5 @@
-//! Small CPU kernels under the sparse ops: a dot product and `axpy`, plus zero-copy access to
-//! a tensor's f32 data.
+//! Small CPU kernels under the sparse ops: a dot product, `axpy` and rows scaled to unit norm,
+//! plus zero-copy access to a tensor's f32 data.
 //!
 //! The crate is built for baseline x86-64 (SSE2), so loops the compiler vectorises run four
 //! lanes wide without FMA. `dot` and `axpy` check once for AVX2 and FMA and then run a copy
@@ -81,6 +81,35 @@ pub(crate) fn axpy(out: &mut [f32], alpha: f32, x: &[f32]) {
     axpy_body(out, alpha, x, false)
 }
 
+/// Scales each row of a contiguous f32 `(rows, d)` CPU matrix to unit L2 norm, in place.
+pub(crate) struct UnitRows;
+
+impl candle_core::InplaceOp1 for UnitRows {
+    fn name(&self) -> &'static str {
+        "unit-rows"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &mut CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        use rayon::prelude::*;
+        let (rows, d) = layout.shape().dims2()?;
+        let (CpuStorage::F32(data), Some((a, b))) = (storage, layout.contiguous_offsets()) else {
+            candle_core::bail!("unit-rows needs a contiguous f32 matrix")
+        };
+        if rows == 0 || d == 0 {
+            return Ok(());
+        }
+        data[a..b].par_chunks_mut(d).for_each(|row| {
+            let inv = 1.0 / dot(row, row).sqrt();
+            row.iter_mut().for_each(|v| *v *= inv);
+        });
+        Ok(())
+    }
+}
+
 /// Runs `f` on a contiguous f32 CPU tensor's data in place, under its read lock: a gradient
 /// or weight read where it lies rather than copied out (a copy of `W_dec` was a tenth of the
 /// sparse backward). `what` names the tensor in the error.
@@ -102,6 +131,22 @@ mod tests {
     use super::*;
 
     /// The dispatched kernels against plain f64 sums, at lengths around the 16-lane blocks.
+    #[test]
+    fn unit_rows_have_unit_norm_and_keep_their_direction() {
+        let w = Tensor::new(
+            &[[3f32, 4.0], [0.0, -2.0], [1.0, 1.0]],
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        w.inplace_op1(&UnitRows).unwrap();
+        let got = w.to_vec2::<f32>().unwrap();
+        let h = std::f32::consts::FRAC_1_SQRT_2;
+        let want = [[0.6, 0.8], [0.0, -1.0], [h, h]];
+        for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
+            assert!((g - w).abs() < 1e-6, "{got:?}");
+        }
+    }
+
     #[test]
     fn dot_and_axpy_match_plain_sums() {
         for n in [0, 1, 15, 16, 17, 100, 576] {

@@ -14,11 +14,15 @@ use rayon::prelude::*;
 use super::kernels::{axpy, dot, with_host};
 use crate::Result;
 
-/// `out[b, i] = xc[b, :] · W_encᵀ[indices[b, i], :]` for `xc` `(batch, d_in)` and `W_encᵀ`
-/// `(d_sae, d_in)`, both f32 on the CPU, with a sparse backward for both inputs.
-struct GatherMatmul {
+/// `out[b, i] = xc[b, :] · W_encᵀ[j, :] + b_enc[j]` with `j = indices[b, i]`, for `xc`
+/// `(batch, d_in)`, `W_encᵀ` `(d_sae, d_in)` and `b_enc` `(d_sae,)`, all f32 on the CPU, with
+/// a sparse backward for all three.
+struct GatherPreActs {
     indices: Vec<u32>,
     k: usize,
+    /// The values themselves, when the dense pre-activations that chose `indices` are at hand
+    /// (TopK computes them all to choose): the forward then only hands them on.
+    known: Option<Vec<f32>>,
 }
 
 /// `out[j, :] = Σ over (b, i) with indices[b·k + i] = j of coef[b·k + i] · rows[b, :]`, for
@@ -62,9 +66,9 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core:
     }
 }
 
-impl candle_core::CustomOp2 for GatherMatmul {
+impl candle_core::CustomOp3 for GatherPreActs {
     fn name(&self) -> &'static str {
-        "gather-matmul"
+        "gather-pre-acts"
     }
 
     fn cpu_fwd(
@@ -73,31 +77,40 @@ impl candle_core::CustomOp2 for GatherMatmul {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (b, d_in) = l1.shape().dims2()?;
+        let shape = Shape::from((b, self.k));
+        if let Some(known) = &self.known {
+            return Ok((CpuStorage::F32(known.clone()), shape));
+        }
         let xc = contiguous_f32(s1, l1, "input")?;
         let wt = contiguous_f32(s2, l2, "W_encᵀ")?;
+        let bias = contiguous_f32(s3, l3, "b_enc")?;
         let mut out = vec![0f32; b * self.k];
         out.par_chunks_mut(self.k).enumerate().for_each(|(r, row)| {
             let x = &xc[r * d_in..(r + 1) * d_in];
             for (o, &j) in row.iter_mut().zip(&self.indices[r * self.k..]) {
-                *o = dot(x, &wt[j as usize * d_in..(j as usize + 1) * d_in]);
+                let j = j as usize;
+                *o = dot(x, &wt[j * d_in..(j + 1) * d_in]) + bias[j];
             }
         });
-        Ok((CpuStorage::F32(out), Shape::from((b, self.k))))
+        Ok((CpuStorage::F32(out), shape))
     }
 
     fn bwd(
         &self,
         xc: &Tensor,
         w_enc_t: &Tensor,
+        b_enc: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, d_in) = xc.dims2()?;
         let d_sae = w_enc_t.dim(0)?;
         let k = self.k;
-        let (grad_x, grad_wt) = with_host(xc, "the input", |x| {
+        let (grad_x, grad_wt, grad_b) = with_host(xc, "the input", |x| {
             with_host(grad, "the gradient", |g| {
                 with_host(w_enc_t, "W_encᵀ", |wt| {
                     // d xc[b, :] = Σ_i g[b, i] · W_encᵀ[idx[b, i], :]
@@ -112,8 +125,14 @@ impl candle_core::CustomOp2 for GatherMatmul {
                                 axpy(out, gv, &wt[j * d_in..(j + 1) * d_in]);
                             }
                         });
+                    // d b_enc[j] = Σ over (b, i) with idx[b, i] = j of g[b, i]
+                    let mut grad_b = vec![0f32; d_sae];
+                    for (&j, &gv) in self.indices.iter().zip(g) {
+                        grad_b[j as usize] += gv;
+                    }
                     // d W_encᵀ[j, :] = Σ over (b, i) with idx[b, i] = j of g[b, i] · xc[b, :].
-                    Ok((grad_x, feature_rows(&self.indices, k, d_sae, d_in, g, x)))
+                    let grad_wt = feature_rows(&self.indices, k, d_sae, d_in, g, x);
+                    Ok((grad_x, grad_wt, grad_b))
                 })
             })
         })?;
@@ -121,6 +140,7 @@ impl candle_core::CustomOp2 for GatherMatmul {
         Ok((
             Some(Tensor::from_vec(grad_x, (b, d_in), device)?),
             Some(Tensor::from_vec(grad_wt, (d_sae, d_in), device)?),
+            Some(Tensor::from_vec(grad_b, d_sae, device)?.to_dtype(b_enc.dtype())?),
         ))
     }
 }
@@ -218,30 +238,39 @@ pub fn decode_rows(values: &Tensor, indices: &Tensor, w_dec: &Tensor) -> Result<
 /// The pre-activations `(xc · W_enc + b_enc)` at `indices` `(batch, k)`, where `xc` is the
 /// centred input `x − b_dec` and `w_enc_t` is `W_encᵀ` `(d_sae, d_in)`. Differentiable in all
 /// three; on the CPU in f32 the gradient is computed sparsely, elsewhere through stock ops (a
-/// dense matmul and a gather).
+/// dense matmul and a gather). `pre`, the same pre-activations already computed densely
+/// `(batch, d_sae)`, saves recomputing the selected ones.
 pub fn gather_pre_acts(
     xc: &Tensor,
     w_enc_t: &Tensor,
     b_enc: &Tensor,
     indices: &Tensor,
+    pre: Option<&Tensor>,
 ) -> Result<Tensor> {
     let (b, k) = indices.dims2()?;
-    let bias = b_enc
-        .index_select(&indices.flatten_all()?, 0)?
-        .reshape((b, k))?;
-    let sparse_ok =
-        xc.device().is_cpu() && xc.dtype() == DType::F32 && w_enc_t.dtype() == DType::F32;
-    let values = if sparse_ok {
-        let op = GatherMatmul {
-            indices: indices.flatten_all()?.to_vec1::<u32>()?,
-            k,
-        };
-        xc.contiguous()?.apply_op2(&w_enc_t.contiguous()?, op)?
-    } else {
-        xc.matmul(&w_enc_t.t()?)?
-            .gather(&indices.contiguous()?, 1)?
+    let sparse_ok = [xc, w_enc_t, b_enc]
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
+    if !sparse_ok {
+        let pre = xc.matmul(&w_enc_t.t()?)?.broadcast_add(b_enc)?;
+        return Ok(pre.gather(&indices.contiguous()?, 1)?);
+    }
+    let indices = indices.flatten_all()?.to_vec1::<u32>()?;
+    let known = match pre {
+        Some(pre) if pre.dtype() == DType::F32 && pre.device().is_cpu() => {
+            let d_sae = pre.dim(1)?;
+            Some(with_host(pre, "the pre-activations", |p| {
+                Ok((0..b * k)
+                    .map(|i| p[(i / k) * d_sae + indices[i] as usize])
+                    .collect::<Vec<f32>>())
+            })?)
+        }
+        _ => None,
     };
-    Ok((values + bias)?)
+    let op = GatherPreActs { indices, k, known };
+    Ok(xc
+        .contiguous()?
+        .apply_op3(&w_enc_t.contiguous()?, &b_enc.contiguous()?, op)?)
 }
 
 #[cfg(test)]
@@ -282,28 +311,35 @@ mod tests {
         let b_dec = Var::from_tensor(&Tensor::randn(0f32, 1., d_in, &dev).unwrap()).unwrap();
         let idx = indices(b, k, d_sae);
         let weights = Tensor::randn(0f32, 1., (b, k), &dev).unwrap();
-        let run = |sparse: bool| {
+        // 0: stock ops; 1: the sparse op computing the values; 2: handed the dense values.
+        let run = |mode: u8| {
             let xc = x.broadcast_sub(b_dec.as_tensor()).unwrap();
-            let v = if sparse {
-                gather_pre_acts(&xc, w_t.as_tensor(), b_enc.as_tensor(), &idx).unwrap()
-            } else {
-                xc.matmul(&w_t.as_tensor().t().unwrap())
-                    .unwrap()
-                    .broadcast_add(b_enc.as_tensor())
-                    .unwrap()
-                    .gather(&idx, 1)
-                    .unwrap()
+            let dense = xc
+                .matmul(&w_t.as_tensor().t().unwrap())
+                .unwrap()
+                .broadcast_add(b_enc.as_tensor())
+                .unwrap();
+            let v = match mode {
+                0 => dense.gather(&idx, 1).unwrap(),
+                1 => gather_pre_acts(&xc, w_t.as_tensor(), b_enc.as_tensor(), &idx, None).unwrap(),
+                _ => {
+                    let pre = dense.detach();
+                    gather_pre_acts(&xc, w_t.as_tensor(), b_enc.as_tensor(), &idx, Some(&pre))
+                        .unwrap()
+                }
             };
             let loss = (&v * &weights).unwrap().sqr().unwrap().sum_all().unwrap();
             let grads = loss.backward().unwrap();
             let g = |t: &Var| to_vec(grads.get(t.as_tensor()).unwrap());
             (to_vec(&v), g(&w_t), g(&b_enc), g(&b_dec))
         };
-        let (sparse, dense) = (run(true), run(false));
-        close(&sparse.0, &dense.0, "values");
-        close(&sparse.1, &dense.1, "grad W_encT");
-        close(&sparse.2, &dense.2, "grad b_enc");
-        close(&sparse.3, &dense.3, "grad b_dec");
+        let dense = run(0);
+        for sparse in [run(1), run(2)] {
+            close(&sparse.0, &dense.0, "values");
+            close(&sparse.1, &dense.1, "grad W_encT");
+            close(&sparse.2, &dense.2, "grad b_enc");
+            close(&sparse.3, &dense.3, "grad b_dec");
+        }
     }
 
     /// The sparse decoder's output and gradients against gathered rows weighted by broadcasting.

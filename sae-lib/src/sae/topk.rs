@@ -71,12 +71,18 @@ pub(crate) fn auxk_term(
 
 impl TopKSae {
     /// The pre-activations at chosen `(batch, k)` indices, differentiable through the sparse
-    /// gather-matmul (see [`gather_pre_acts`]).
-    fn values_at(&self, x: &Tensor, indices: &Tensor) -> Result<Tensor> {
+    /// gather (see [`gather_pre_acts`]); `pre` holds them all, detached.
+    fn values_at(&self, x: &Tensor, pre: &Tensor, indices: &Tensor) -> Result<Tensor> {
         let p = &self.params;
         // The centred input carries b_dec's gradient into the selected values.
         let xc = x.broadcast_sub(p.b_dec.as_tensor())?;
-        gather_pre_acts(&xc, p.w_enc_t.as_tensor(), p.b_enc.as_tensor(), indices)
+        gather_pre_acts(
+            &xc,
+            p.w_enc_t.as_tensor(),
+            p.b_enc.as_tensor(),
+            indices,
+            Some(pre),
+        )
     }
 }
 
@@ -120,7 +126,7 @@ impl Sae for TopKSae {
         let pre = self.params.pre_acts(x)?.detach();
         let indices = topk_indices(&pre, self.k)?;
         // Select, then ReLU, as SAELens does.
-        let values = self.values_at(x, &indices)?.relu()?;
+        let values = self.values_at(x, &pre, &indices)?.relu()?;
         Ok(Encoding {
             acts: FeatureActs::Sparse {
                 values,
@@ -137,11 +143,12 @@ impl Sae for TopKSae {
         sae_out: &Tensor,
         ctx: &LossContext,
     ) -> Result<Vec<(&'static str, Tensor)>> {
-        let values_at = |indices: &Tensor| self.values_at(x, indices);
+        let pre = enc.pre()?;
+        let values_at = |indices: &Tensor| self.values_at(x, pre, indices);
         Ok(vec![auxk_term(
             &self.params,
             x,
-            enc.pre()?,
+            pre,
             sae_out,
             ctx,
             &values_at,
