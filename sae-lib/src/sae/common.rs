@@ -5,6 +5,7 @@ use candle_core::{DType, Device, Tensor, D};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use super::kernels::{add_row, sub_row};
 use crate::Result;
 
 /// `n` standard normal samples (Box–Muller), reproducible from `rng` on any machine.
@@ -364,9 +365,8 @@ impl SaeParams {
 
     /// `(x − b_dec) W_enc + b_enc`.
     pub fn pre_acts(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.broadcast_sub(self.b_dec.as_tensor())?
-            .matmul(&self.w_enc()?)?
-            .broadcast_add(self.b_enc.as_tensor())?)
+        let xc = sub_row(x, self.b_dec.as_tensor())?;
+        add_row(&xc.matmul(&self.w_enc()?)?, self.b_enc.as_tensor())
     }
 
     /// Rescales decoder rows to unit norm (for penalties that a growing decoder would cheat).
@@ -408,7 +408,7 @@ pub fn sparse_decode(
     w_dec: &Tensor,
     b_dec: &Tensor,
 ) -> Result<Tensor> {
-    Ok(super::sparse::decode_rows(values, indices, w_dec)?.broadcast_add(b_dec)?)
+    add_row(&super::sparse::decode_rows(values, indices, w_dec)?, b_dec)
 }
 
 /// Dense `(batch, n)` feature activations from sparse `(batch, k)` values at `indices` (not

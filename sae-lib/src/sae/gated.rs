@@ -6,6 +6,7 @@
 //! loss reconstructs x from `ReLU(π_gate)` through a frozen copy of the decoder so the gate
 //! learns to reconstruct. Decoder rows are kept at unit norm. Saved as SAELens "gated".
 
+use super::kernels::{add_row, sub_row};
 use candle_core::{Tensor, Var};
 
 use super::common::SaeParams;
@@ -67,13 +68,12 @@ impl Variant for GatedSae {
 impl GatedSae {
     /// `(π_gate, π_mag)`.
     fn paths(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let z = x
-            .broadcast_sub(self.params.b_dec.as_tensor())?
-            .matmul(&self.params.w_enc()?)?;
-        let gate = z.broadcast_add(self.params.b_enc.as_tensor())?;
-        let mag = z
-            .broadcast_mul(&self.r_mag.as_tensor().exp()?)?
-            .broadcast_add(self.b_mag.as_tensor())?;
+        let z = sub_row(x, self.params.b_dec.as_tensor())?.matmul(&self.params.w_enc()?)?;
+        let gate = add_row(&z, self.params.b_enc.as_tensor())?;
+        let mag = add_row(
+            &z.broadcast_mul(&self.r_mag.as_tensor().exp()?)?,
+            self.b_mag.as_tensor(),
+        )?;
         Ok((gate, mag))
     }
 }

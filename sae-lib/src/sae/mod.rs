@@ -11,7 +11,7 @@ pub mod common;
 pub mod format;
 pub mod gated;
 pub mod jumprelu;
-mod kernels;
+pub mod kernels;
 pub mod matryoshka;
 pub mod relu;
 pub mod sparse;
@@ -400,7 +400,7 @@ impl FeatureActs {
     pub fn decode(&self, params: &SaeParams) -> Result<Tensor> {
         let (w_dec, b_dec) = (params.w_dec.as_tensor(), params.b_dec.as_tensor());
         match self {
-            Self::Dense(f) => Ok(f.matmul(w_dec)?.broadcast_add(b_dec)?),
+            Self::Dense(f) => kernels::add_row(&f.matmul(w_dec)?, b_dec),
             Self::Sparse {
                 values, indices, ..
             } => common::sparse_decode(values, indices, w_dec, b_dec),

@@ -89,7 +89,7 @@ impl TopKSae {
     fn values_at(&self, x: &Tensor, pre: &Tensor, indices: &Tensor) -> Result<Tensor> {
         let p = &self.params;
         // The centred input carries b_dec's gradient into the selected values.
-        let xc = x.broadcast_sub(p.b_dec.as_tensor())?;
+        let xc = super::kernels::sub_row(x, p.b_dec.as_tensor())?;
         gather_pre_acts(
             &xc,
             p.w_enc_t.as_tensor(),
