@@ -130,8 +130,8 @@ fn column_sums(g: &[f32], d: usize) -> Vec<f32> {
 
 /// `x + bias` for `x` `(rows, d)` and `bias` `(d,)`, contiguous f32 on the CPU. Its backward
 /// sums the gradient's rows a block at a time; candle's `sum_keepdim(0)`, which the stock
-/// `broadcast_add` backward uses, reads the gradient column by column (12 ms for a
-/// `(1024, 4096)` gradient, longer than the rest of a dense SAE's bias handling together).
+/// `broadcast_add` backward uses, reads the gradient column by column (3 ms for a
+/// `(1024, 576)` gradient, several times that for `(1024, 4096)`).
 struct AddRow;
 
 impl candle_core::CustomOp2 for AddRow {
@@ -148,13 +148,10 @@ impl candle_core::CustomOp2 for AddRow {
     ) -> candle_core::Result<(CpuStorage, candle_core::Shape)> {
         use rayon::prelude::*;
         let (rows, d) = l1.shape().dims2()?;
-        let (CpuStorage::F32(x), Some((a, b))) = (s1, l1.contiguous_offsets()) else {
-            candle_core::bail!("add-row needs a contiguous f32 matrix")
-        };
-        let (CpuStorage::F32(bias), Some((c, e))) = (s2, l2.contiguous_offsets()) else {
-            candle_core::bail!("add-row needs a contiguous f32 bias")
-        };
-        let (x, bias) = (&x[a..b], &bias[c..e]);
+        let (x, bias) = (
+            contiguous_f32(s1, l1, "input")?,
+            contiguous_f32(s2, l2, "bias")?,
+        );
         if bias.len() != d {
             candle_core::bail!("add-row: a bias of {} for rows of {d}", bias.len())
         }
@@ -193,6 +190,18 @@ pub fn add_row(x: &Tensor, bias: &Tensor) -> crate::Result<Tensor> {
 /// `x − bias` for every row, as [`add_row`].
 pub fn sub_row(x: &Tensor, bias: &Tensor) -> crate::Result<Tensor> {
     add_row(x, &bias.neg()?)
+}
+
+/// The data of a contiguous f32 CPU storage, as a custom op's forward receives it.
+pub(crate) fn contiguous_f32<'a>(
+    s: &'a CpuStorage,
+    l: &candle_core::Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("expected a contiguous f32 {what}"),
+    }
 }
 
 /// Runs `f` on a contiguous f32 CPU tensor's data in place, under its read lock: a gradient
@@ -242,12 +251,13 @@ mod tests {
         };
         let (fast, stock) = (run(true), run(false));
         for (a, b) in [(fast.0, stock.0), (fast.1, stock.1), (fast.2, stock.2)] {
+            // Relative: the bias gradient sums 150 rows in another order than candle does.
             let worst = a
                 .iter()
                 .zip(&b)
-                .map(|(p, q)| (p - q).abs())
+                .map(|(p, q)| (p - q).abs() / q.abs().max(1.0))
                 .fold(0f32, f32::max);
-            assert!(worst < 1e-4, "max abs diff {worst}");
+            assert!(worst < 1e-5, "max relative diff {worst}");
         }
     }
 

@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::kernels::{axpy, dot, with_host};
+use super::kernels::{axpy, contiguous_f32, dot, with_host};
 use crate::Result;
 
 /// `out[b, i] = xc[b, :] · W_encᵀ[j, :] + b_enc[j]` with `j = indices[b, i]`, for `xc`
@@ -57,13 +57,6 @@ fn feature_rows(
         }
     });
     out
-}
-
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("the sparse encoder and decoder need a contiguous f32 {what}"),
-    }
 }
 
 impl candle_core::CustomOp3 for GatherPreActs {

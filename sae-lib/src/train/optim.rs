@@ -3,6 +3,7 @@
 //! candle-nn's `AdamW` keeps its moments private, so a run could not be checkpointed and
 //! resumed bit-identically; this one exposes its state. Same update as `torch.optim.Adam`.
 
+use crate::sae::kernels::with_host;
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
@@ -84,19 +85,6 @@ fn host_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous()
 }
 
-/// Runs `f` on the contiguous f32 data of a CPU tensor (checked by [`host_f32`]).
-fn with_host_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(d)), Some((a, b))) => {
-            Ok(f(&d[a..b]))
-        }
-        _ => Err(Error::Training(
-            "expected a contiguous f32 CPU tensor".into(),
-        )),
-    }
-}
-
 /// Adam over named variables.
 pub struct Adam {
     vars: Vec<(&'static str, Var)>,
@@ -144,11 +132,11 @@ impl Adam {
         for ((_, var), m) in self.vars.iter().zip(&self.moments) {
             if let Some(g) = grads.get(var.as_tensor()) {
                 total += if fused(g, m) {
-                    with_host_slice(g, |g| {
+                    with_host(g, "a gradient", |g| {
                         use rayon::prelude::*;
-                        g.par_chunks(1 << 16)
+                        Ok(g.par_chunks(1 << 16)
                             .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
-                            .sum::<f64>()
+                            .sum::<f64>())
                     })?
                 } else {
                     g.sqr()?
@@ -174,7 +162,7 @@ impl Adam {
             };
             match moments {
                 Moments::Host { m, v } if !generic && host_f32(g) => {
-                    with_host_slice(g, |g| {
+                    with_host(g, "a gradient", |g| {
                         var.as_tensor().inplace_op1(&FusedAdam {
                             g,
                             m: std::sync::Mutex::new(m),
@@ -184,7 +172,7 @@ impl Adam {
                             bc1,
                             bc2,
                         })
-                    })??;
+                    })?;
                 }
                 _ => {
                     // Gradients carry the autograd graph of the step; detached moments do not
