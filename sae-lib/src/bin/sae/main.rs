@@ -1,5 +1,7 @@
 //! `sae`: the command-line face of sae-lib. Each subcommand is a thin call into the library.
 
+mod report;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -725,7 +727,8 @@ fn inspect(args: InspectArgs) -> Result<()> {
 }
 
 fn walkthrough(args: WalkthroughArgs) -> Result<()> {
-    use sae_lib::walkthrough::{run, WalkthroughConfig};
+    use report::run;
+    use sae_lib::walkthrough::WalkthroughConfig;
     let (_, opts) = dataset(&args.data);
     let (architecture, k, train) = args.sae.resolve()?;
     let train = TrainConfig {

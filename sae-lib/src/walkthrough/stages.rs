@@ -1,0 +1,238 @@
+//! The tutorial's stages, each saved under the configuration's output folder and reused when a
+//! later run (or notebook cell) asks for the same thing with the same settings.
+
+use std::path::Path;
+
+use crate::collect::{collect_to_store, Provenance};
+use crate::data::{ActivationStore, DatasetSource};
+use crate::hub::HubOptions;
+use crate::model::{load_model, load_tokenizer, Model, ModelSource};
+use crate::sae::{format, AnySae};
+use crate::tokenizer::Tokenizer;
+use crate::train::{MetricsRow, RunSummary, Trainer};
+use crate::{io, Result};
+
+use super::WalkthroughConfig;
+
+/// Loads the model and tokenizer a walkthrough (or notebook) asks for.
+pub fn load(cfg: &WalkthroughConfig) -> Result<(Model, Tokenizer)> {
+    let hub = HubOptions::from_env();
+    let source = ModelSource::parse(&cfg.model);
+    let model = load_model(&source, &cfg.device, cfg.model_dtype, &hub)?;
+    let tokenizer = match &cfg.tokenizer {
+        Some(p) => Tokenizer::from_file(p)?,
+        None => load_tokenizer(&source, &hub)?,
+    };
+    Ok((model, tokenizer))
+}
+
+/// A stage whose output is saved under the configuration's output folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// [`activations`], in [`WalkthroughConfig::activations_dir`].
+    Activations,
+    /// [`train_sae`], in [`WalkthroughConfig::sae_dir`].
+    Sae,
+}
+
+impl Stage {
+    fn dir(self, cfg: &WalkthroughConfig) -> std::path::PathBuf {
+        match self {
+            Stage::Activations => cfg.activations_dir(),
+            Stage::Sae => cfg.sae_dir(),
+        }
+    }
+}
+
+/// Whether `stage` was already run with `cfg`'s settings, so calling it loads the saved
+/// output instead of recomputing it.
+pub fn is_saved(cfg: &WalkthroughConfig, stage: Stage) -> bool {
+    saved_matches(&stage.dir(cfg), &stage_key(cfg, stage))
+}
+
+/// What a stage's output was made from: a stage reuses its saved output only when this matches,
+/// so changing a setting and re-running a notebook cell recomputes what it must and no more.
+fn stage_key(cfg: &WalkthroughConfig, stage: Stage) -> serde_json::Value {
+    let c = &cfg.collect;
+    let collect = serde_json::json!({
+        "model": cfg.model, "tokenizer": cfg.tokenizer, "dataset": cfg.dataset,
+        "hook": c.hook.to_string(), "mode": c.mode, "max_len": c.max_len,
+        "max_docs": c.max_docs, "exclude_first": c.exclude_first,
+    });
+    match stage {
+        Stage::Activations => collect,
+        Stage::Sae => serde_json::json!({
+            "activations": collect, "architecture": cfg.architecture.name(),
+            "d_sae": cfg.d_sae, "k": cfg.k, "train": cfg.train,
+        }),
+    }
+}
+
+fn saved_matches(dir: &Path, key: &serde_json::Value) -> bool {
+    io::read_json::<serde_json::Value>(&dir.join("made_from.json")).is_ok_and(|saved| &saved == key)
+}
+
+/// Marks a stage's saved output stale before it is rewritten, so an interrupted run is never
+/// mistaken for a finished one.
+fn forget(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join("made_from.json"));
+}
+
+/// What in `cfg.out` a run of `cfg` would replace: finished stages made with other settings,
+/// or a run of another command. `None` when the folder is new, holds only matching stages
+/// (which are reused) or only interrupted ones.
+pub fn conflicts(cfg: &WalkthroughConfig) -> Option<String> {
+    let stale = |stage: Stage| {
+        let dir = stage.dir(cfg);
+        dir.join("made_from.json").is_file() && !saved_matches(&dir, &stage_key(cfg, stage))
+    };
+    let mut what = Vec::new();
+    if stale(Stage::Activations) {
+        what.push(format!(
+            "activations collected with other settings ({})",
+            cfg.activations_dir().display()
+        ));
+    }
+    if stale(Stage::Sae) {
+        what.push(format!(
+            "a {} SAE trained with other settings ({})",
+            cfg.architecture.name(),
+            cfg.sae_dir().display()
+        ));
+    }
+    let top = crate::output::existing_run(&cfg.out);
+    // A walkthrough's own report (metrics.json) is rewritten with its stages; anything else at
+    // the top (a training run, a store, a sweep) belongs to another command.
+    if top
+        .as_ref()
+        .is_some_and(|t| !t.starts_with("a walkthrough report"))
+    {
+        what.extend(top);
+    }
+    (!what.is_empty()).then(|| what.join(" and "))
+}
+
+/// Marks every stage of `cfg` stale, so the next run recomputes it (`--overwrite`).
+pub fn forget_stages(cfg: &WalkthroughConfig) {
+    forget(&cfg.activations_dir());
+    forget(&cfg.sae_dir());
+}
+
+/// The activation store for `cfg`, collected into [`WalkthroughConfig::activations_dir`], or
+/// reopened if an earlier run (or notebook) already collected it with the same settings.
+pub fn activations(
+    cfg: &WalkthroughConfig,
+    model: &Model,
+    tokenizer: &Tokenizer,
+) -> Result<ActivationStore> {
+    let dir = cfg.activations_dir();
+    let key = stage_key(cfg, Stage::Activations);
+    if saved_matches(&dir, &key) {
+        if let Ok(store) = ActivationStore::open(&dir) {
+            return Ok(store);
+        }
+    }
+    forget(&dir);
+    let provenance = Provenance {
+        model: cfg.model.clone(),
+        revision: None,
+        dataset: DatasetSource::parse(&cfg.dataset).name(),
+    };
+    collect_to_store(
+        model,
+        tokenizer,
+        cfg.documents()?,
+        &cfg.collect,
+        &provenance,
+        &dir,
+    )?;
+    io::write_json(&dir.join("made_from.json"), &key)?;
+    ActivationStore::open(&dir)
+}
+
+/// The trained SAE for `cfg` and its training metrics: trained on `store` and saved into
+/// [`WalkthroughConfig::sae_dir`], or loaded if it was already trained with the same settings.
+pub fn train_sae(
+    cfg: &WalkthroughConfig,
+    store: &ActivationStore,
+) -> Result<(AnySae, Vec<MetricsRow>)> {
+    let dir = cfg.sae_dir();
+    let key = stage_key(cfg, Stage::Sae);
+    let metrics_path = dir.join("training_metrics.json");
+    if saved_matches(&dir, &key) {
+        if let (Ok(sae), Ok(rows)) = (
+            format::load(&dir, &cfg.device),
+            io::read_json(&metrics_path),
+        ) {
+            return Ok((sae, rows));
+        }
+    }
+    forget(&dir);
+    let mut trainer = Trainer::new(
+        cfg.sae_config(store.d()),
+        cfg.train.clone(),
+        store,
+        &cfg.device,
+    )?;
+    trainer.train(Some(&dir), None)?;
+    io::write_json(&metrics_path, &trainer.metrics())?;
+    io::write_json(&dir.join("made_from.json"), &key)?;
+    Ok((format::load(&dir, &cfg.device)?, trainer.metrics().to_vec()))
+}
+
+/// What is wrong with an SAE trained by [`train_sae`], from its last training metrics, each
+/// with what to change (empty when it is healthy).
+pub fn warnings(cfg: &WalkthroughConfig, training: &[MetricsRow]) -> Vec<String> {
+    training.last().map_or_else(Vec::new, |last| {
+        crate::train::diagnose(&RunSummary {
+            architecture: cfg.architecture,
+            d_sae: cfg.d_sae,
+            l0: last.l0,
+            fvu: last.fvu,
+            dead_fraction: last.dead_frac,
+            sparsity_coefficient: cfg.train.sparsity_coefficient,
+            lr: cfg.train.adam.lr,
+        })
+    })
+}
+
+/// Documents for the splice evaluation, tokenised.
+#[derive(Debug, Clone)]
+pub struct HeldOut {
+    pub sequences: Vec<Vec<u32>>,
+    /// No documents remain after the training ones, so these are the first (training)
+    /// documents: the evaluation is then not held out, and callers should say so.
+    pub from_training: bool,
+}
+
+/// Token sequences of the documents after the training ones, for the splice evaluation
+/// (the first documents when none remain; see [`HeldOut::from_training`]).
+pub fn held_out_sequences(
+    cfg: &WalkthroughConfig,
+    store: &ActivationStore,
+    tokenizer: &Tokenizer,
+) -> Result<HeldOut> {
+    let meta = store.meta();
+    let skip = cfg
+        .collect
+        .max_docs
+        .unwrap_or(meta.docs + meta.skipped_empty);
+    let take = |skip: usize| -> Result<Vec<Vec<u32>>> {
+        cfg.documents()?
+            .skip(skip)
+            .take(cfg.eval_docs)
+            .map(|d| tokenizer.encode(&d?, Some(cfg.collect.max_len)))
+            .collect()
+    };
+    let sequences = take(skip)?;
+    if sequences.iter().any(|s| s.len() >= 2) {
+        return Ok(HeldOut {
+            sequences,
+            from_training: false,
+        });
+    }
+    Ok(HeldOut {
+        sequences: take(0)?,
+        from_training: true,
+    })
+}
