@@ -6,9 +6,11 @@
 
 use candle_core::{DType, Tensor, Var};
 
-use super::common::{kth_largest, SaeParams};
+use super::common::{topk_indices, SaeParams};
 use super::topk::{auxk_term, required_k, topk_defaults};
-use super::{Encoding, Init, LossContext, Sae, SaeConfig, Sparsity, Variant, VariantDefaults};
+use super::{
+    Encoding, FeatureActs, Init, LossContext, Sae, SaeConfig, Sparsity, Variant, VariantDefaults,
+};
 use crate::Result;
 
 /// Weight of each new batch in θ's running average.
@@ -25,22 +27,28 @@ pub struct BatchTopKSae {
 }
 
 impl BatchTopKSae {
-    /// Batch-level top-k activations `(b, d_sae)` and the pre-activations; updates θ.
-    pub(crate) fn batch_topk(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let pre = self.params.pre_acts(x)?;
-        let acts = pre.relu()?;
-        let (b, n) = acts.dims2()?;
-        let kth = kth_largest(&acts.reshape((1, b * n))?, self.k * b)?.reshape(())?;
-        let mask = acts.broadcast_ge(&kth)?.to_dtype(acts.dtype())?;
-        let f = (acts * mask)?;
+    /// The batch's `k·B` largest activations, sparse, and the pre-activations; updates θ.
+    pub(crate) fn batch_topk(&self, x: &Tensor) -> Result<Encoding> {
+        // Every pre-activation, detached: it only chooses.
+        let pre = self.params.pre_acts(x)?.detach();
+        let b = pre.dim(0)?;
+        let sel = batch_select(&pre, self.k * b, CANDIDATES_PER_K * self.k)?;
+        let values = (self.params.pre_acts_at(x, &pre, &sel.indices)?.relu()? * sel.mask)?;
         // θ follows the smallest kept activation (ignoring the degenerate all-zero case).
-        let smallest = kth.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        if smallest > 0.0 {
+        if sel.theta > 0.0 {
             let theta = self.threshold.as_tensor();
-            let updated = ((theta * (1.0 - THRESHOLD_MOMENTUM))? + smallest * THRESHOLD_MOMENTUM)?;
+            let updated = ((theta * (1.0 - THRESHOLD_MOMENTUM))?
+                + f64::from(sel.theta) * THRESHOLD_MOMENTUM)?;
             self.threshold.set(&updated)?;
         }
-        Ok((f, pre))
+        Ok(Encoding {
+            acts: FeatureActs::Sparse {
+                values,
+                indices: sel.indices,
+                d_sae: self.cfg.d_sae,
+            },
+            hidden_pre: Some(pre),
+        })
     }
 
     /// AuxK over the batch's pre-activations.
@@ -52,8 +60,95 @@ impl BatchTopKSae {
         ctx: &LossContext,
     ) -> Result<(&'static str, Tensor)> {
         let pre = enc.pre()?;
-        let values_at = |indices: &Tensor| Ok(pre.gather(indices, 1)?);
+        let values_at = |indices: &Tensor| self.params.pre_acts_at(x, pre, indices);
         auxk_term(&self.params, x, pre, sae_out, ctx, &values_at)
+    }
+}
+
+/// Candidates each input offers to the batch selection, per unit of `k`: an input rarely holds
+/// more than twice its share of the batch's top activations, and when one does the selection
+/// widens and repeats (see [`batch_select`]).
+const CANDIDATES_PER_K: usize = 2;
+
+/// A batch-level top-k selection in per-input form.
+pub(crate) struct BatchSelection {
+    /// `(b, width)`: each input's best features first; `width` is the most any input keeps.
+    pub indices: Tensor,
+    /// `(b, width)`: 1 where the feature is kept, 0 for the padding after an input's last.
+    pub mask: Tensor,
+    /// The smallest kept value (0 when fewer than `total` values were positive).
+    pub theta: f32,
+}
+
+/// The `total` largest positive values of `pre` `(b, n)` across the whole batch (ties at the
+/// smallest included), as per-input sparse indices. Each input offers its `cap` largest as
+/// candidates. That is exact unless an input has every candidate kept, when it may hold more
+/// beyond them; the selection then repeats with twice the candidates.
+pub(crate) fn batch_select(pre: &Tensor, total: usize, cap: usize) -> Result<BatchSelection> {
+    let (b, n) = pre.dims2()?;
+    let mut cap = cap.clamp(1, n.max(1));
+    loop {
+        let idx = topk_indices(pre, cap)?;
+        let vals = pre
+            .detach()
+            .gather(&idx, 1)?
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?;
+        let mut positive: Vec<f32> = vals
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|&v| v > 0.0)
+            .collect();
+        let theta = if positive.is_empty() {
+            f32::INFINITY
+        } else if positive.len() > total && total > 0 {
+            *positive
+                .select_nth_unstable_by(total - 1, |a, b| b.total_cmp(a))
+                .1
+        } else if total == 0 {
+            f32::INFINITY
+        } else {
+            positive.iter().copied().fold(f32::INFINITY, f32::min)
+        };
+        let kept = |v: f32| v > 0.0 && v >= theta;
+        // Written so that a NaN candidate counts as possibly hiding kept values behind it.
+        let below = |v: f32| v <= 0.0 || v < theta;
+        if cap < n && vals.iter().any(|row| !row.iter().any(|&v| below(v))) {
+            cap = (2 * cap).min(n);
+            continue;
+        }
+        let idx = idx.to_vec2::<u32>()?;
+        let mut rows: Vec<Vec<(f32, u32)>> = vals
+            .iter()
+            .zip(&idx)
+            .map(|(v, i)| v.iter().copied().zip(i.iter().copied()).collect())
+            .collect();
+        for row in &mut rows {
+            row.sort_by(|a, b| kept(b.0).cmp(&kept(a.0)).then(b.0.total_cmp(&a.0)));
+        }
+        let counts: Vec<usize> = rows
+            .iter()
+            .map(|r| r.iter().filter(|p| kept(p.0)).count())
+            .collect();
+        let width = counts.iter().copied().max().unwrap_or(0).max(1);
+        let mut indices = Vec::with_capacity(b * width);
+        let mut mask = Vec::with_capacity(b * width);
+        for (row, &c) in rows.iter().zip(&counts) {
+            indices.extend(row[..width].iter().map(|p| p.1));
+            mask.extend((0..width).map(|j| f32::from(u8::from(j < c))));
+        }
+        let device = pre.device();
+        return Ok(BatchSelection {
+            indices: Tensor::from_vec(indices, (b, width), device)?,
+            mask: Tensor::from_vec(mask, (b, width), device)?.to_dtype(pre.dtype())?,
+            // Fewer positive values than `total` is the degenerate case θ must not learn from.
+            theta: if positive.len() >= total && theta.is_finite() {
+                theta
+            } else {
+                0.0
+            },
+        });
     }
 }
 
@@ -96,8 +191,7 @@ impl Sae for BatchTopKSae {
         super::jumprelu::jumprelu(&self.params.pre_acts(x)?, self.threshold.as_tensor())
     }
     fn encode_for_training(&self, x: &Tensor, _ctx: &LossContext) -> Result<Encoding> {
-        let (f, pre) = self.batch_topk(x)?;
-        Ok(Encoding::dense(f, pre))
+        self.batch_topk(x)
     }
     fn aux_losses(
         &self,
@@ -110,5 +204,65 @@ impl Sae for BatchTopKSae {
     }
     fn after_step(&self) -> Result<()> {
         self.params.normalize_decoder()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sae::common::normal_vec;
+    use candle_core::Device;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    /// The selection as a dense mask: every value at least the `total`-th largest of the
+    /// whole (rectified) batch, as the paper writes it.
+    fn reference(pre: &[f32], total: usize) -> Vec<f32> {
+        let mut all: Vec<f32> = pre.iter().map(|v| v.max(0.0)).collect();
+        all.sort_by(|a, b| b.total_cmp(a));
+        let kth = all[total - 1];
+        pre.iter()
+            .map(|&v| if v > 0.0 && v >= kth { v } else { 0.0 })
+            .collect()
+    }
+
+    #[test]
+    fn batch_select_keeps_the_batch_top_values_whatever_the_candidates() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let (b, n) = (16, 40);
+        let mut pre = normal_vec(b * n, &mut rng);
+        // One input with most of the batch's large values, so a small cap must widen.
+        for v in &mut pre[..n] {
+            *v = v.abs() + 3.0;
+        }
+        // A tie at the boundary and a NaN, which is never kept.
+        pre[n + 1] = pre[2 * n + 1];
+        pre[3 * n] = f32::NAN;
+        let t = Tensor::from_vec(pre.clone(), (b, n), &Device::Cpu).unwrap();
+        for (total, cap) in [(64, 1), (64, 8), (64, 40), (5, 2), (600, 4)] {
+            let sel = batch_select(&t, total, cap).unwrap();
+            let mut got = vec![0f32; b * n];
+            let idx = sel.indices.to_vec2::<u32>().unwrap();
+            for (r, (idx, mask)) in idx
+                .iter()
+                .zip(sel.mask.to_vec2::<f32>().unwrap())
+                .enumerate()
+            {
+                for (&j, m) in idx.iter().zip(mask) {
+                    if m == 1.0 {
+                        got[r * n + j as usize] = pre[r * n + j as usize];
+                    }
+                }
+            }
+            let want = reference(&pre, total);
+            assert_eq!(got, want, "total {total}, cap {cap}");
+            let kept = want.iter().filter(|&&v| v > 0.0).count();
+            assert!(kept >= total.min(pre.iter().filter(|&&v| v > 0.0).count()));
+        }
+        // Nothing positive: nothing kept, θ not learnt from.
+        let neg = Tensor::full(-1f32, (4, 6), &Device::Cpu).unwrap();
+        let sel = batch_select(&neg, 8, 2).unwrap();
+        assert_eq!(sel.mask.sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        assert_eq!(sel.theta, 0.0);
     }
 }

@@ -369,6 +369,21 @@ impl SaeParams {
         add_row(&xc.matmul(&self.w_enc()?)?, self.b_enc.as_tensor())
     }
 
+    /// The pre-activations at chosen `(batch, k)` indices, differentiable through the sparse
+    /// gather (see [`gather_pre_acts`](super::sparse::gather_pre_acts)); `pre` holds them all,
+    /// detached, and supplies the values.
+    pub fn pre_acts_at(&self, x: &Tensor, pre: &Tensor, indices: &Tensor) -> Result<Tensor> {
+        // The centred input carries b_dec's gradient into the selected values.
+        let xc = sub_row(x, self.b_dec.as_tensor())?;
+        super::sparse::gather_pre_acts(
+            &xc,
+            self.w_enc_t.as_tensor(),
+            self.b_enc.as_tensor(),
+            indices,
+            Some(pre),
+        )
+    }
+
     /// Rescales decoder rows to unit norm (for penalties that a growing decoder would cheat).
     pub fn normalize_decoder(&self) -> Result<()> {
         let w = self.w_dec.as_tensor();

@@ -11,9 +11,11 @@
 use candle_core::{Tensor, Var};
 
 use super::batch_topk::BatchTopKSae;
-use super::common::SaeParams;
+use super::common::{sparse_decode, SaeParams};
 use super::topk::topk_defaults;
-use super::{Encoding, Init, LossContext, Sae, SaeConfig, Sparsity, Variant, VariantDefaults};
+use super::{
+    Encoding, FeatureActs, Init, LossContext, Sae, SaeConfig, Sparsity, Variant, VariantDefaults,
+};
 use crate::{Error, Result};
 
 /// Default nested sizes: `d_sae/16, d_sae/8, d_sae/4, d_sae/2, d_sae`.
@@ -56,6 +58,29 @@ impl MatryoshkaSae {
             partial = (partial + block.matmul(&w_dec.narrow(0, start, end - start)?)?)?;
             losses.push((&partial - x)?.sqr()?.sum(1)?.mean(0)?);
             start = end;
+        }
+        Ok(losses)
+    }
+
+    /// [`prefix_losses`](Self::prefix_losses) of sparse activations: each prefix's
+    /// reconstruction decodes only the selected features below its size.
+    fn sparse_prefix_losses(
+        &self,
+        x: &Tensor,
+        values: &Tensor,
+        indices: &Tensor,
+    ) -> Result<Vec<Tensor>> {
+        let p = &self.inner.params;
+        let mut losses = Vec::new();
+        for &end in &self.prefixes[..self.prefixes.len() - 1] {
+            let inside = indices.lt(end as u32)?.to_dtype(values.dtype())?;
+            let x_hat = sparse_decode(
+                &(values * inside)?,
+                indices,
+                p.w_dec.as_tensor(),
+                p.b_dec.as_tensor(),
+            )?;
+            losses.push((x_hat - x)?.sqr()?.sum(1)?.mean(0)?);
         }
         Ok(losses)
     }
@@ -116,7 +141,12 @@ impl Sae for MatryoshkaSae {
         sae_out: &Tensor,
         ctx: &LossContext,
     ) -> Result<Vec<(&'static str, Tensor)>> {
-        let inner = self.prefix_losses(x, &enc.acts.dense()?)?;
+        let inner = match &enc.acts {
+            FeatureActs::Dense(f) => self.prefix_losses(x, f)?,
+            FeatureActs::Sparse {
+                values, indices, ..
+            } => self.sparse_prefix_losses(x, values, indices)?,
+        };
         let mut terms = Vec::new();
         if !inner.is_empty() {
             terms.push(("prefix_mse", Tensor::stack(&inner, 0)?.sum(0)?));

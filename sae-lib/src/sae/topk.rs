@@ -21,7 +21,6 @@
 use candle_core::Tensor;
 
 use super::common::{auxk_loss, topk_indices, topk_relu, SaeParams};
-use super::sparse::gather_pre_acts;
 use super::{
     Encoding, FeatureActs, Init, LossContext, Sae, SaeConfig, Sparsity, TensorGetter, Variant,
     VariantDefaults,
@@ -83,23 +82,6 @@ pub(crate) fn auxk_term(
     Ok(("auxk", (aux * AUX_COEFFICIENT)?))
 }
 
-impl TopKSae {
-    /// The pre-activations at chosen `(batch, k)` indices, differentiable through the sparse
-    /// gather (see [`gather_pre_acts`]); `pre` holds them all, detached.
-    fn values_at(&self, x: &Tensor, pre: &Tensor, indices: &Tensor) -> Result<Tensor> {
-        let p = &self.params;
-        // The centred input carries b_dec's gradient into the selected values.
-        let xc = super::kernels::sub_row(x, p.b_dec.as_tensor())?;
-        gather_pre_acts(
-            &xc,
-            p.w_enc_t.as_tensor(),
-            p.b_enc.as_tensor(),
-            indices,
-            Some(pre),
-        )
-    }
-}
-
 impl Variant for TopKSae {
     const NAME: &'static str = "topk";
     const SAELENS: &'static str = "topk";
@@ -140,7 +122,7 @@ impl Sae for TopKSae {
         let pre = self.params.pre_acts(x)?.detach();
         let indices = topk_indices(&pre, self.k)?;
         // Select, then ReLU, as SAELens does.
-        let values = self.values_at(x, &pre, &indices)?.relu()?;
+        let values = self.params.pre_acts_at(x, &pre, &indices)?.relu()?;
         Ok(Encoding {
             acts: FeatureActs::Sparse {
                 values,
@@ -158,7 +140,7 @@ impl Sae for TopKSae {
         ctx: &LossContext,
     ) -> Result<Vec<(&'static str, Tensor)>> {
         let pre = enc.pre()?;
-        let values_at = |indices: &Tensor| self.values_at(x, pre, indices);
+        let values_at = |indices: &Tensor| self.params.pre_acts_at(x, pre, indices);
         Ok(vec![auxk_term(
             &self.params,
             x,
