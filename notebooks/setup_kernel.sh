@@ -9,7 +9,10 @@
 #    dependency versions the tests use, and with a cargo config that builds dependencies
 #    (sae-lib, candle, gemm, ...) optimised and without the debug assertions and overflow
 #    checks evcxr turns on for every crate, which made training in a notebook several times
-#    slower than the same code in `sae`.
+#    slower than the same code in `sae`;
+#  - builds sae-lib and its dependencies into that folder now (warm_kernel.py, a progress line
+#    every 15 s), so the first cell of the first notebook a reader opens answers in seconds
+#    instead of sitting at [*] through a silent build of about 16 minutes.
 # Needs: cargo (rustup), python3 with jupyter_client (pip install -r notebooks/requirements.txt).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -45,3 +48,5 @@ spec.setdefault("env", {}).update({"LD_LIBRARY_PATH": libdir, "EVCXR_TMPDIR": bu
 json.dump(spec, open(path, "w"), indent=2)
 print(f"rust kernel: {path} (build folder {build_dir})")
 PY
+# Seconds when the build folder is already warm.
+python3 "$here/warm_kernel.py"
