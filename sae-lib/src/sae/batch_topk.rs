@@ -90,7 +90,6 @@ pub(crate) fn batch_select(pre: &Tensor, total: usize, cap: usize) -> Result<Bat
     loop {
         let idx = topk_indices(pre, cap)?;
         let vals = pre
-            .detach()
             .gather(&idx, 1)?
             .to_dtype(DType::F32)?
             .to_vec2::<f32>()?;
@@ -100,14 +99,13 @@ pub(crate) fn batch_select(pre: &Tensor, total: usize, cap: usize) -> Result<Bat
             .copied()
             .filter(|&v| v > 0.0)
             .collect();
-        let theta = if positive.is_empty() {
+        // θ: the `total`-th largest positive candidate, or the smallest when there are fewer.
+        let theta = if total == 0 || positive.is_empty() {
             f32::INFINITY
-        } else if positive.len() > total && total > 0 {
+        } else if positive.len() > total {
             *positive
                 .select_nth_unstable_by(total - 1, |a, b| b.total_cmp(a))
                 .1
-        } else if total == 0 {
-            f32::INFINITY
         } else {
             positive.iter().copied().fold(f32::INFINITY, f32::min)
         };
