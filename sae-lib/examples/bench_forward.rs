@@ -2,11 +2,12 @@
 //! pythia-70m-deduped's exact shape. Run through `scripts/bench/forward.sh`, which runs the
 //! PyTorch reference on the same work in the same run and prints the ratios.
 //!
-//! Prints one JSON line per batch size: {"impl":"candle","batch":B,"seq":T,"tokens_per_s":...}.
+//! Prints one JSON line per batch size: {"impl":"candle","device":D,"batch":B,"seq":T,"tokens_per_s":...}.
+//! `SAE_DEVICE=cuda` runs it on the GPU (a `--features cuda` build).
 
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use sae_lib::hooks::{HookPoint, Hooks};
 use sae_lib::model::gpt_neox::{Config, GptNeoX};
@@ -24,9 +25,21 @@ fn main() -> anyhow::Result<()> {
     } else {
         batches
     };
-    let device = Device::Cpu;
+    let device_name = std::env::var("SAE_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let device = sae_lib::device::parse_device(&device_name)?;
     let cfg = Config::pythia_70m_deduped();
     let varmap = VarMap::new();
+    // The loader looks for the output head before it builds the model; an empty map has none.
+    varmap.get(
+        (cfg.vocab_size, cfg.hidden_size),
+        "embed_out.weight",
+        candle_nn::Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        },
+        DType::F32,
+        &device,
+    )?;
     let model = GptNeoX::load(VarBuilder::from_varmap(&varmap, DType::F32, &device), &cfg)?;
     let hook = HookPoint::mlp_out(5);
     for b in batches {
@@ -44,9 +57,10 @@ fn main() -> anyhow::Result<()> {
         for _ in 0..iters {
             run()?;
         }
+        device.synchronize()?;
         let secs = start.elapsed().as_secs_f64();
         let tokens_per_s = (iters * b * seq) as f64 / secs;
-        println!("{{\"impl\":\"candle\",\"batch\":{b},\"seq\":{seq},\"tokens_per_s\":{tokens_per_s:.1}}}");
+        println!("{{\"impl\":\"candle\",\"device\":\"{device_name}\",\"batch\":{b},\"seq\":{seq},\"tokens_per_s\":{tokens_per_s:.1}}}");
     }
     Ok(())
 }

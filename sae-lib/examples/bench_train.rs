@@ -3,7 +3,7 @@
 //! which times the same loss and optimiser in PyTorch in the same run.
 //!
 //! Usage: bench_train [ARCH] [STEPS] [D_SAE] [D_IN] [BATCH]   (ARCH: relu, topk, ...; TopK-style
-//! use k = 32; D_IN and BATCH default to 512 and 4096)
+//! use k = 32; D_IN and BATCH default to 512 and 4096; `SAE_DEVICE=cuda` trains on the GPU)
 
 use std::time::Instant;
 
@@ -45,7 +45,9 @@ fn main() -> anyhow::Result<()> {
         checkpoint_every: None,
         ..Default::default()
     };
-    let mut trainer = Trainer::new(cfg, train, &data, &Device::Cpu)?;
+    let device_name = std::env::var("SAE_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let device = sae_lib::device::parse_device(&device_name)?;
+    let mut trainer = Trainer::new(cfg, train, &data, &device)?;
     for _ in 0..2 {
         trainer.train_step()?; // warm-up
     }
@@ -53,9 +55,10 @@ fn main() -> anyhow::Result<()> {
     for _ in 0..steps {
         trainer.train_step()?;
     }
+    device.synchronize()?;
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "{{\"impl\":\"candle\",\"work\":\"train\",\"variant\":\"{}\",\"d_in\":{d_in},\"d_sae\":{d_sae},\"batch\":{batch},\"samples_per_s\":{:.1}}}",
+        "{{\"impl\":\"candle\",\"device\":\"{device_name}\",\"work\":\"train\",\"variant\":\"{}\",\"d_in\":{d_in},\"d_sae\":{d_sae},\"batch\":{batch},\"samples_per_s\":{:.1}}}",
         arch.name(),
         (steps as usize * batch) as f64 / secs
     );

@@ -31,9 +31,14 @@ pub fn parse_device(name: &str) -> Result<Device> {
         None => (name, 0),
     };
     let unavailable = |what: &str, feature: &str| {
+        let hint = match feature {
+            "cuda" if cfg!(feature = "cuda") => "is the NVIDIA driver loaded? see `nvidia-smi`",
+            "metal" if cfg!(feature = "metal") => "this Mac has no Metal device",
+            _ => "build sae-lib with `--features {feature}`",
+        }
+        .replace("{feature}", feature);
         Error::Input(format!(
-            "device `{name}` is not available: {what} (build sae-lib with `--features {feature}`), \
-             or use --device cpu"
+            "device `{name}` is not available: {what} ({hint}), or use --device cpu"
         ))
     };
     match kind {

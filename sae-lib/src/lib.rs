@@ -32,6 +32,7 @@ pub mod hooks;
 pub mod hub;
 pub mod io;
 pub mod model;
+pub mod ops;
 pub mod output;
 pub mod plot;
 pub mod progress;

@@ -2,9 +2,10 @@
 pythia-70m-deduped-shaped GPT-NeoX, run up to blocks.5.hook_mlp_out (a forward hook on
 gpt_neox.layers[5].mlp that stops the forward, so neither side computes later layers or logits).
 
-Prints one JSON line per batch size, like the Rust side.
+Prints one JSON line per batch size, like the Rust side. DEVICE=cuda runs it on the GPU.
 """
 import json
+import os
 import sys
 import time
 
@@ -27,7 +28,8 @@ def main():
         intermediate_size=2048, rotary_pct=0.25, rotary_emb_base=10000,
         max_position_embeddings=2048, use_parallel_residual=True, hidden_act="gelu",
     )
-    model = GPTNeoXForCausalLM(cfg).eval()
+    device = os.environ.get("DEVICE", "cpu")
+    model = GPTNeoXForCausalLM(cfg).eval().to(device)
     captured = []
 
     def hook(_module, _inp, out):
@@ -46,14 +48,16 @@ def main():
 
     with torch.inference_mode():
         for b in batches:
-            ids = torch.randint(0, cfg.vocab_size, (b, seq))
+            ids = torch.randint(0, cfg.vocab_size, (b, seq), device=device)
             run(ids)  # warm-up
             iters = max(256 // b, 3)
             start = time.perf_counter()
             for _ in range(iters):
                 run(ids)
+            if device != "cpu":
+                torch.cuda.synchronize()
             secs = time.perf_counter() - start
-            print(json.dumps({"impl": "torch", "batch": b, "seq": seq,
+            print(json.dumps({"impl": "torch", "device": device, "batch": b, "seq": seq,
                               "tokens_per_s": round(iters * b * seq / secs, 1),
                               "threads": threads, "torch": torch.__version__}))
 

@@ -2,9 +2,10 @@
 the same loss (sum-over-d MSE + lambda * sum_i f_i ||W_dec,i||, Anthropic April 2024), Adam,
 global grad-norm clipping at 1, batch 4096 of random activations. Prints samples/s.
 
-Usage: train_torch.py THREADS [STEPS]
+Usage: [DEVICE=cuda] train_torch.py THREADS [STEPS]
 """
 import json
+import os
 import sys
 import time
 
@@ -16,6 +17,8 @@ def main():
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 20
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    device = os.environ.get("DEVICE", "cpu")
+    torch.set_default_device(device)
     d_in, d_sae, batch = 512, 4096, 4096
     data = torch.randn(4 * batch, d_in)
     w_dec = torch.randn(d_sae, d_in)
@@ -44,7 +47,7 @@ def main():
     for i in range(steps):
         step(i)
     secs = time.perf_counter() - start
-    print(json.dumps({"impl": "torch", "work": "train", "d_in": d_in, "d_sae": d_sae, "batch": batch,
+    print(json.dumps({"impl": "torch", "device": device, "work": "train", "d_in": d_in, "d_sae": d_sae, "batch": batch,
                       "samples_per_s": round(steps * batch / secs, 1), "threads": threads,
                       "torch": torch.__version__}))
 

@@ -51,7 +51,7 @@ impl Activation {
 
     pub fn forward(self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Self::Gelu if x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous() => {
+            Self::Gelu if crate::ops::host_f32(&[x]) && x.is_contiguous() => {
                 x.apply_op1_no_bwd(&ParallelGeluErf)?
             }
             Self::Gelu => x.gelu_erf()?,

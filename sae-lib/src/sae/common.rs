@@ -255,7 +255,7 @@ fn select_top(mut pairs: Vec<(f32, u32)>, k: usize) -> (Vec<u32>, f32) {
 /// differentiable (it only ever feeds a comparison).
 pub fn kth_largest(x: &Tensor, k: usize) -> Result<Tensor> {
     let x32 = x.detach().to_dtype(DType::F32)?.contiguous()?;
-    let kth = if x32.device().is_cpu() {
+    let kth = if crate::ops::host_f32(&[&x32]) {
         x32.apply_op1_no_bwd(&RowSelect {
             k,
             what: Selected::KthValue,
@@ -387,7 +387,7 @@ impl SaeParams {
     /// Rescales decoder rows to unit norm (for penalties that a growing decoder would cheat).
     pub fn normalize_decoder(&self) -> Result<()> {
         let w = self.w_dec.as_tensor();
-        if w.device().is_cpu() && w.dtype() == DType::F32 && w.is_contiguous() {
+        if crate::ops::host_f32(&[w]) && w.is_contiguous() {
             // In place, one pass (the stock ops below make three temporaries of W_dec's size).
             return Ok(w.inplace_op1(&super::kernels::UnitRows)?);
         }
@@ -400,7 +400,7 @@ impl SaeParams {
 /// Indices `(rows, k)` of each row's `k` largest values (not differentiable).
 pub fn topk_indices(x: &Tensor, k: usize) -> Result<Tensor> {
     let x32 = x.detach().to_dtype(DType::F32)?.contiguous()?;
-    if x32.device().is_cpu() {
+    if crate::ops::host_f32(&[&x32]) {
         Ok(x32.apply_op1_no_bwd(&RowSelect {
             k,
             what: Selected::Indices,
@@ -431,7 +431,7 @@ pub fn sparse_decode(
 /// `(4096, 16384)` zero matrix was a tenth of a TopK training step.
 pub fn densify(values: &Tensor, indices: &Tensor, n: usize) -> Result<Tensor> {
     let (b, _) = values.dims2()?;
-    if values.device().is_cpu() && values.dtype() == DType::F32 {
+    if crate::ops::host_f32(&[values]) {
         use rayon::prelude::*;
         let v = values.detach().to_vec2::<f32>()?;
         let idx = indices.to_vec2::<u32>()?;

@@ -178,10 +178,9 @@ impl candle_core::CustomOp2 for AddRow {
 }
 
 /// `x + bias` with `bias` `(d,)` added to every row of `x` `(rows, d)`: [`AddRow`] for f32 on
-/// the CPU, `broadcast_add` elsewhere.
+/// the CPU, `broadcast_add` elsewhere ([`crate::ops`]).
 pub fn add_row(x: &Tensor, bias: &Tensor) -> crate::Result<Tensor> {
-    let host = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32;
-    if host(x) && host(bias) && x.rank() == 2 && bias.rank() == 1 {
+    if crate::ops::host_f32(&[x, bias]) && x.rank() == 2 && bias.rank() == 1 {
         return Ok(x.contiguous()?.apply_op2(&bias.contiguous()?, AddRow)?);
     }
     Ok(x.broadcast_add(bias)?)

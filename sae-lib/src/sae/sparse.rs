@@ -213,7 +213,7 @@ impl candle_core::CustomOp2 for SparseDecode {
 /// directions read only the selected rows, elsewhere stock ops gather them.
 pub fn decode_rows(values: &Tensor, indices: &Tensor, w_dec: &Tensor) -> Result<Tensor> {
     let (b, k) = values.dims2()?;
-    if values.device().is_cpu() && values.dtype() == DType::F32 && w_dec.dtype() == DType::F32 {
+    if crate::ops::host_f32(&[values, w_dec]) {
         let op = SparseDecode {
             indices: indices.flatten_all()?.to_vec1::<u32>()?,
             k,
@@ -241,10 +241,7 @@ pub fn gather_pre_acts(
     pre: Option<&Tensor>,
 ) -> Result<Tensor> {
     let (b, k) = indices.dims2()?;
-    let sparse_ok = [xc, w_enc_t, b_enc]
-        .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
-    if !sparse_ok {
+    if !crate::ops::host_f32(&[xc, w_enc_t, b_enc]) {
         let pre = xc.matmul(&w_enc_t.t()?)?.broadcast_add(b_enc)?;
         return Ok(pre.gather(&indices.contiguous()?, 1)?);
     }

@@ -80,9 +80,10 @@ impl Moments {
     }
 }
 
-/// Whether `t` is a contiguous f32 tensor on the CPU (the fused paths' precondition).
+/// Whether `t` is a contiguous f32 tensor on the CPU and the fused path is not switched off
+/// ([`crate::ops`]).
 fn host_f32(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous()
+    crate::ops::host_f32(&[t]) && t.is_contiguous()
 }
 
 /// Adam over named variables.
@@ -91,9 +92,6 @@ pub struct Adam {
     moments: Vec<Moments>,
     steps: u64,
     pub params: AdamParams,
-    /// Use stock candle ops even where the fused CPU update applies (to test one against the
-    /// other: the stock path is what runs on a GPU).
-    pub generic: bool,
 }
 
 impl Adam {
@@ -107,7 +105,6 @@ impl Adam {
             moments,
             steps: 0,
             params,
-            generic: false,
         })
     }
 
@@ -125,9 +122,7 @@ impl Adam {
     /// L2 norm is at most `max_norm` (as `torch.nn.utils.clip_grad_norm_`). Returns the norm
     /// before clipping.
     pub fn step_clipped(&mut self, grads: &GradStore, max_norm: Option<f64>) -> Result<f64> {
-        let fused = |g: &Tensor, m: &Moments| {
-            !self.generic && host_f32(g) && matches!(m, Moments::Host { .. })
-        };
+        let fused = |g: &Tensor, m: &Moments| host_f32(g) && matches!(m, Moments::Host { .. });
         let mut total = 0f64;
         for ((_, var), m) in self.vars.iter().zip(&self.moments) {
             if let Some(g) = grads.get(var.as_tensor()) {
@@ -155,13 +150,12 @@ impl Adam {
         let p = self.params;
         let t = self.steps as i32;
         let (bc1, bc2) = (1.0 - p.beta1.powi(t), 1.0 - p.beta2.powi(t));
-        let generic = self.generic;
         for ((_, var), moments) in self.vars.iter().zip(self.moments.iter_mut()) {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
             match moments {
-                Moments::Host { m, v } if !generic && host_f32(g) => {
+                Moments::Host { m, v } if host_f32(g) => {
                     with_host(g, "a gradient", |g| {
                         var.as_tensor().inplace_op1(&FusedAdam {
                             g,
@@ -363,10 +357,10 @@ mod tests {
             (want[0] - unclipped[0]).abs() > 1e-4,
             "the case must depend on clipping"
         );
-        for generic in [false, true] {
+        for stock in [false, true] {
             let x = Var::new(&[x0[0] as f32, x0[1] as f32], &Device::Cpu).unwrap();
             let mut opt = Adam::new(vec![("x", x.clone())], p).unwrap();
-            opt.generic = generic;
+            let _stock = stock.then(crate::ops::StockOps::on);
             for (step, c) in [10.0, 1.0].into_iter().enumerate() {
                 let loss = (x.as_tensor().sqr().unwrap().sum_all().unwrap() * c).unwrap();
                 let norm = opt
@@ -391,10 +385,10 @@ mod tests {
         let start: Vec<f32> = (0..70_000)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 30.0)
             .collect();
-        let run = |generic: bool| {
+        let run = |stock: bool| {
             let x = Var::new(start.as_slice(), &Device::Cpu).unwrap();
             let mut opt = Adam::new(vec![("x", x.clone())], AdamParams::default()).unwrap();
-            opt.generic = generic;
+            let _stock = stock.then(crate::ops::StockOps::on);
             let mut norms = vec![];
             for step in 0..5 {
                 let loss =

@@ -9,6 +9,7 @@ mod gguf;
 mod model;
 mod outputs;
 mod sae;
+mod stock_ops;
 mod tokenizer;
 mod variants;
 mod walkthrough;

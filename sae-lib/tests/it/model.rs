@@ -19,7 +19,7 @@ fn run_all_hooks(model: &Model, batch: &TokenBatch) -> (Tensor, Hooks<'static>) 
     (logits, hooks)
 }
 
-fn check_parity(model_dir: &str, expected_dir: &str) {
+pub fn check_parity(model_dir: &str, expected_dir: &str) {
     let model = load_fixture_model(model_dir);
     let exp = expected(expected_dir);
     // Unpadded single sequence: every position.

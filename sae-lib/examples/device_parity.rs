@@ -1,0 +1,149 @@
+//! Parity on a device against the CPU, for `scripts/gpu/check.sh`: the GPT-NeoX and Llama
+//! fixtures' hooked activations and logits, and a short TopK training run's weights.
+//!
+//! ```sh
+//! cargo run --release --features cuda --example device_parity -- cuda
+//! cargo run --release --example device_parity -- cpu   # the CPU's stock-op path against its kernels
+//! ```
+//!
+//! On `cpu` the reference is the CPU's hand-written kernels and the run under test takes the
+//! stock-op path a GPU takes (`sae_lib::ops`). Prints one JSON line per check and exits
+//! non-zero when one fails its tolerance.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use sae_lib::hooks::{HookPoint, Hooks};
+use sae_lib::model::{load_model, Model, ModelSource, TokenBatch};
+use sae_lib::sae::{Architecture, Sae, SaeConfig, SaeMetadata};
+use sae_lib::train::{TrainConfig, Trainer};
+
+const MODEL_TOL: f32 = 1e-3;
+const TRAIN_TOL: f32 = 1e-3;
+
+fn main() -> anyhow::Result<()> {
+    sae_lib::init_cpu_runtime();
+    let name = std::env::args().nth(1).unwrap_or_else(|| "auto".into());
+    let device = sae_lib::device::parse_device(&name)?;
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut failed = 0;
+    let mut report = |check: &str, gap: f32, tol: f32| {
+        let ok = gap.is_finite() && gap < tol;
+        failed += usize::from(!ok);
+        println!(
+            "{{\"check\":\"{check}\",\"device\":\"{name}\",\"max_gap\":{gap:e},\"tolerance\":{tol:e},\"ok\":{ok}}}"
+        );
+    };
+    for model in ["gpt_neox_parallel", "llama_gqa"] {
+        let dir = fixtures.join(model);
+        let gap = on_both(&device, |d| hooked(&dir, d))?
+            .iter()
+            .map(|(a, b)| max_gap(a, b))
+            .collect::<anyhow::Result<Vec<f32>>>()?
+            .into_iter()
+            .fold(0f32, f32::max);
+        report(&format!("{model} hooks and logits"), gap, MODEL_TOL);
+    }
+    // Made once on the CPU (candle's `randn` is not seeded), so both runs see the same numbers.
+    let data = Tensor::randn(0f32, 1.0, (4096, 64), &Device::Cpu)?;
+    let data = (&data * data.abs()?)?; // heavier tails than a Gaussian, as activations have
+    let pairs = on_both(&device, |d| topk_run(&data, d))?;
+    let gap = pairs
+        .iter()
+        .map(|(a, b)| relative_gap(a, b))
+        .collect::<anyhow::Result<Vec<f32>>>()?
+        .into_iter()
+        .fold(0f32, f32::max);
+    report("TopK, 20 training steps", gap, TRAIN_TOL);
+    anyhow::ensure!(failed == 0, "{failed} parity check(s) failed");
+    Ok(())
+}
+
+/// `f` on the CPU's kernels and on `device` (the CPU's stock-op path when `device` is the CPU),
+/// paired output by output.
+fn on_both(
+    device: &Device,
+    f: impl Fn(&Device) -> anyhow::Result<Vec<Tensor>>,
+) -> anyhow::Result<Vec<(Tensor, Tensor)>> {
+    let reference = f(&Device::Cpu)?;
+    let tested = if device.is_cpu() {
+        sae_lib::ops::with_stock_ops(|| f(device))?
+    } else {
+        f(device)?
+    };
+    Ok(reference.into_iter().zip(tested).collect())
+}
+
+/// Every hook point's activation and the logits for a padded batch.
+fn hooked(dir: &Path, device: &Device) -> anyhow::Result<Vec<Tensor>> {
+    let model: Model = load_model(
+        &ModelSource::Dir(dir.to_path_buf()),
+        device,
+        DType::F32,
+        &sae_lib::hub::HubOptions::from_env(),
+    )?;
+    let ids = Tensor::new(
+        &[[3u32, 17, 5, 9, 60, 2, 8, 1], [4, 4, 31, 7, 0, 0, 0, 0]],
+        device,
+    )?;
+    let mask = Tensor::new(
+        &[[1u32, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0, 0]],
+        device,
+    )?;
+    let batch = TokenBatch::new(&ids, Some(&mask))?;
+    let points = HookPoint::all(model.n_layers());
+    let mut hooks = points.iter().fold(Hooks::new(), |h, &p| h.capture(p));
+    let logits = model
+        .forward(&batch, &mut hooks)?
+        .ok_or_else(|| anyhow::anyhow!("no logits"))?;
+    let mut out: Vec<Tensor> = points
+        .into_iter()
+        .map(|p| hooks.take(p))
+        .collect::<Result<_, _>>()?;
+    out.push(logits);
+    Ok(out)
+}
+
+/// A TopK SAE's tensors after 20 steps on `data` `(rows, 64)`.
+fn topk_run(data: &Tensor, device: &Device) -> anyhow::Result<Vec<Tensor>> {
+    let cfg = SaeConfig {
+        k: Some(8),
+        ..SaeConfig::new(Architecture::TopK, 64, 512, SaeMetadata::default())
+    };
+    let train = TrainConfig {
+        steps: 20,
+        batch_size: 256,
+        log_every: 1_000_000,
+        checkpoint_every: None,
+        ..Default::default()
+    };
+    let mut trainer = Trainer::new(cfg, train, data, device)?;
+    trainer.train(None, None)?;
+    Ok(trainer
+        .sae()
+        .vars()
+        .into_iter()
+        .map(|(_, v)| v.as_tensor().clone())
+        .collect())
+}
+
+/// Largest absolute difference.
+fn max_gap(a: &Tensor, b: &Tensor) -> anyhow::Result<f32> {
+    let b = b.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+    Ok((a.to_dtype(DType::F32)? - b)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()?)
+}
+
+/// Largest absolute difference over the reference's largest magnitude.
+fn relative_gap(a: &Tensor, b: &Tensor) -> anyhow::Result<f32> {
+    let scale = a
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()?
+        .max(1e-12);
+    Ok(max_gap(a, b)? / scale)
+}

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The GPU check: parity with the CPU, then ours against PyTorch on the same GPU, in one run.
+#
+#   here (no GPU needed):  bash sae-lib/scripts/gpu/check.sh --pack
+#       builds the three examples below with CUDA (cuda_toolchain.sh) into target-cuda and packs
+#       them, stripped, into .cache/gpu-check.tar.xz (small enough to carry to the GPU machine);
+#   there:                 bash sae-lib/scripts/gpu/check.sh [--device cuda]
+#       unpacks that archive when present and runs the check;
+#   on the CPU:            bash sae-lib/scripts/gpu/check.sh --device cpu
+#       the same steps at small sizes: parity is then the CPU's stock-op path (what a GPU runs)
+#       against its hand-written kernels.
+#
+# Steps: 1. device_parity (GPT-NeoX and Llama fixtures, hooks and logits within 1e-3; 20 TopK
+# training steps); 2. bench_forward to blocks.5.hook_mlp_out at pythia-70m's shape, batch 64
+# x 128, against transformers (forward_torch.py); 3. bench_train: ReLU at 4,096 features
+# against the same loss and Adam in PyTorch (train_torch.py), and TopK k 32 at 16,384 features;
+# 4. one table of ratios (ratios.py). Python rows need torch (and transformers for step 2) in
+# python3; without them they are skipped with a message.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../../.." && pwd)
+cd "$root"
+bench=sae-lib/scripts/bench
+pack=$root/.cache/gpu-check.tar.xz
+device=cuda
+bin=
+while [ $# -gt 0 ]; do
+    case $1 in
+        --pack)
+            eval "$(bash sae-lib/scripts/cuda_toolchain.sh)"
+            CARGO_TARGET_DIR=target-cuda cargo build --release --locked --features cuda \
+                --example device_parity --example bench_forward --example bench_train
+            staging=$(mktemp -d)
+            for e in device_parity bench_forward bench_train; do
+                strip -o "$staging/$e" "target-cuda/release/examples/$e"
+            done
+            tar -C "$staging" -cJf "$pack" device_parity bench_forward bench_train
+            rm -rf "$staging"
+            echo "packed: $pack ($(du -h "$pack" | cut -f1)); carry .cache/gpu-check.tar.xz"
+            exit 0
+            ;;
+        --device) device=$2; shift ;;
+        --bin) bin=$2; shift ;;
+        *) echo "check.sh: unknown argument $1 (see the header of this script)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+if [ -z "$bin" ]; then
+    if [ "$device" != cpu ] && [ -f "$pack" ]; then
+        bin=$(mktemp -d)
+        tar -C "$bin" -xJf "$pack"
+    else
+        cargo build --release --locked --example device_parity --example bench_forward \
+            --example bench_train
+        bin=target/release/examples
+    fi
+fi
+if [ "$device" = cpu ]; then
+    batch=8 steps=3 threads=$(nproc)
+else
+    batch=64 steps=50 threads=$(nproc)
+    if command -v nvidia-smi >/dev/null; then
+        nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    fi
+    eval "$(bash sae-lib/scripts/cuda_toolchain.sh --runtime)"
+fi
+export SAE_DEVICE=$device DEVICE=$device RAYON_NUM_THREADS=$threads
+
+echo "== 1. parity on $device"
+"$bin/device_parity" "$device"
+
+have() { python3 -c "import $1" 2>/dev/null; }
+lines=$(mktemp)
+echo "== 2. forward to blocks.5.hook_mlp_out, batch $batch x 128"
+"$bin/bench_forward" "$batch" | tee -a "$lines"
+if have transformers; then
+    python3 "$bench/forward_torch.py" "$threads" "$batch" | tee -a "$lines"
+else
+    echo "skipped: transformers (and torch) are not importable by python3"
+fi
+echo "== 3. SAE training, d_in 512, batch 4096, $steps steps"
+"$bin/bench_train" relu "$steps" 4096 | tee -a "$lines"
+"$bin/bench_train" topk "$steps" 16384 | tee -a "$lines"
+if have torch; then
+    python3 "$bench/train_torch.py" "$threads" "$steps" | tee -a "$lines"
+else
+    echo "skipped: torch is not importable by python3"
+fi
+echo "== 4. ratios (ours / PyTorch)"
+python3 "$bench/ratios.py" <"$lines"
+rm -f "$lines"

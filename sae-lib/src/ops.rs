@@ -1,0 +1,71 @@
+//! Which implementation an operation takes: sae-lib's hand-written CPU kernels, which read
+//! contiguous f32 host memory (top-k selection, the sparse encoder and decoder, the bias op,
+//! fused Adam, GELU, decoder renormalisation), or stock candle ops, which run on every device.
+//!
+//! A GPU always takes the stock path. So that `cargo test` covers the code a GPU runs, the CPU
+//! can be told to take it too: [`StockOps::on`] or [`with_stock_ops`] on the current thread, or
+//! `SAE_STOCK_OPS=1` in the environment for a whole process (`sae train`, the GPU check
+//! script's `--device cpu` run).
+
+use std::cell::Cell;
+
+use candle_core::{DType, Tensor};
+
+thread_local! {
+    static STOCK: Cell<bool> = Cell::new(
+        std::env::var("SAE_STOCK_OPS").is_ok_and(|v| !v.is_empty() && v != "0"),
+    );
+}
+
+/// Whether the CPU kernels apply: every tensor is f32 in host memory and stock ops were not
+/// asked for.
+pub fn host_f32(tensors: &[&Tensor]) -> bool {
+    !stock_ops()
+        && tensors
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// Whether this thread takes the stock-op path on the CPU too.
+pub fn stock_ops() -> bool {
+    STOCK.with(Cell::get)
+}
+
+/// While alive, every op on this thread takes its stock-op path, as on a GPU; dropping it
+/// restores what was set before.
+#[must_use = "the stock path lasts only while the guard lives"]
+pub struct StockOps(bool);
+
+impl StockOps {
+    /// Switches this thread to the stock-op path.
+    pub fn on() -> Self {
+        Self(STOCK.with(|s| s.replace(true)))
+    }
+}
+
+impl Drop for StockOps {
+    fn drop(&mut self) {
+        STOCK.with(|s| s.set(self.0));
+    }
+}
+
+/// Runs `f` with every op on this thread taking its stock-op path.
+pub fn with_stock_ops<T>(f: impl FnOnce() -> T) -> T {
+    let _stock = StockOps::on();
+    f()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_switch_is_scoped_to_the_closure() {
+        let t = Tensor::zeros(3, DType::F32, &candle_core::Device::Cpu).unwrap();
+        let before = host_f32(&[&t]);
+        assert!(with_stock_ops(|| !host_f32(&[&t])));
+        assert_eq!(host_f32(&[&t]), before);
+        let half = t.to_dtype(DType::BF16).unwrap();
+        assert!(!host_f32(&[&t, &half]));
+    }
+}
