@@ -261,10 +261,7 @@ pub fn kth_largest(x: &Tensor, k: usize) -> Result<Tensor> {
             what: Selected::KthValue,
         })?
     } else {
-        let n = x32.dim(1)?;
-        x32.sort_last_dim(false)?
-            .0
-            .narrow(1, k.clamp(1, n) - 1, 1)?
+        super::select::kth_largest_blocked(&x32, k)?
     };
     Ok(kth.to_dtype(x.dtype())?)
 }
@@ -406,11 +403,7 @@ pub fn topk_indices(x: &Tensor, k: usize) -> Result<Tensor> {
             what: Selected::Indices,
         })?)
     } else {
-        let n = x32.dim(1)?;
-        Ok(x32
-            .arg_sort_last_dim(false)?
-            .narrow(1, 0, k.clamp(1, n))?
-            .contiguous()?)
+        super::select::topk_indices_blocked(&x32, k)
     }
 }
 

@@ -14,6 +14,7 @@ pub mod jumprelu;
 pub mod kernels;
 pub mod matryoshka;
 pub mod relu;
+pub mod select;
 pub mod sparse;
 pub mod topk;
 

@@ -68,16 +68,15 @@ fn every_variant_trains_the_same_on_the_stock_path() {
     }
 }
 
-/// The two paths really differ in what they run: with no hand-written kernel, the same run
-/// must still take every step (a NaN or a missing gradient would show here), and the
-/// selection is exact, so TopK keeps `k` features per input on both.
+/// A dictionary wider than one stock sort (`sae::select::SORT_WIDTH`), so the selection is
+/// blocked: the run takes every step and TopK keeps `k` features per input.
 #[test]
 fn the_stock_path_keeps_k_features_per_input() {
     let _stock = StockOps::on();
     let syn = synthetic(96, 32, 4.0, 512, 3);
     let sae = SaeConfig {
         k: Some(6),
-        ..SaeConfig::new(Architecture::TopK, 32, 128, SaeMetadata::default())
+        ..SaeConfig::new(Architecture::TopK, 32, 3000, SaeMetadata::default())
     };
     let cfg = TrainConfig {
         steps: 5,
