@@ -132,6 +132,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="data, SAE init and batch order")
     p.add_argument("--sae", default=str(common.DEFAULT_BIN), help="our `sae` binary")
     p.add_argument("--out", default=str(common.ROOT / "out" / "bench" / "synthetic"))
+    p.add_argument("--resume", action="store_true",
+                   help="keep the architectures already in --out/results.json from a run "
+                        "with the same settings and train only the others")
     args = p.parse_args(argv)
     args.archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     bad = [a for a in args.archs if a not in ARCHS]
@@ -392,6 +395,26 @@ def report(result: dict, args) -> str:
     return "\n".join(parts)
 
 
+def settings(result: dict) -> str:
+    """What a run in --out must share with this one for --resume to keep its results."""
+    args = {k: v for k, v in result["args"].items() if k not in ("archs", "resume")}
+    return json.dumps([args, result["coeffs"], result["data"]["folder"], result["versions"]],
+                      sort_keys=True, default=str)
+
+
+def resumable(out: Path, result: dict) -> dict:
+    """The finished architectures of an earlier run in `out` with the same settings."""
+    path = out / "results.json"
+    if not path.exists():
+        return {}
+    with open(path) as f:
+        old = json.load(f)
+    if settings(old) != settings(json.loads(json.dumps(result, default=str))):
+        print(f"--resume: {path} has other settings; starting afresh", file=sys.stderr)
+        return {}
+    return old["runs"]
+
+
 def save(result: dict, args, out: Path):
     common.write_json(out / "results.json", result)
     if result["runs"]:
@@ -419,9 +442,13 @@ def main(argv=None):
               "data": {k: v for k, v in data.items()
                        if k not in ("feature_dict", "test_features", "config")},
               "synthetic_config": data["config"], "load_before": load_before, "runs": {}}
+    done = resumable(out, result) if args.resume else {}
     for arch in args.archs:
-        result["runs"][arch] = run_arch(arch, x_train, data, args, out / "runs")
-        save(result, args, out)  # partial results survive an interrupted run
+        if arch in done:
+            print(f"{arch}: kept from {out / 'results.json'} (--resume)", file=sys.stderr)
+        result["runs"][arch] = done.get(arch) or run_arch(arch, x_train, data, args,
+                                                          out / "runs")
+        save(result, args, out)  # partial results survive an interrupted run (--resume)
     result["load_after"] = common.machine_load()
     save(result, args, out)
     print(report(result, args))
