@@ -192,7 +192,7 @@ pub struct Provenance {
 
 /// Batched collection into an activation store in `out`: documents packed into `batch_size`
 /// rows of up to `max_len` tokens per forward, padding excluded, memory bounded by a pool of a
-/// few batches plus one shard.
+/// few batches plus one shard. Rows are written in document order.
 pub fn collect_to_store(
     model: &Model,
     tokenizer: &Tokenizer,
@@ -220,74 +220,20 @@ pub fn collect_to_store(
     let mut writer = StoreWriter::create(out, meta, cfg.shard_rows, cfg.dtype)?;
     let progress = Progress::new("collect", cfg.max_docs.map(|n| n as u64), "docs");
     let mut tokens_seen = 0usize;
-    // Documents are read in pools of several batches' worth of tokens and packed within a
-    // pool, so short documents share rows instead of each padding one; rows are still written
-    // in document order.
-    let pool_tokens = cfg.batch_size.max(1) * cfg.max_len.max(1) * POOL_BATCHES;
-    let mut pool: Vec<(u32, Vec<u32>)> = Vec::new();
     let mut docs = docs
         .into_iter()
         .take(cfg.max_docs.unwrap_or(usize::MAX))
         .enumerate()
         .peekable();
     while docs.peek().is_some() {
-        pool.clear();
-        let mut tokens = 0;
-        for (i, doc) in docs.by_ref() {
-            let ids = tokenizer.encode(&doc?, Some(cfg.max_len))?;
-            if ids.is_empty() {
-                writer.skip_empty();
-            } else {
-                tokens += ids.len();
-                pool.push((i as u32, ids));
-            }
-            if tokens >= pool_tokens {
-                break;
-            }
-        }
-        let mut rows: Vec<Option<(Vec<u32>, Vec<f32>)>> = vec![None; pool.len()];
-        let packed = pack(&pool, cfg.pack.then_some(cfg.max_len));
-        for chunk in packed.chunks(cfg.batch_size.max(1)) {
-            let seqs: Vec<Vec<&[u32]>> = chunk
-                .iter()
-                .map(|docs| docs.iter().map(|&i| pool[i].1.as_slice()).collect())
-                .collect();
-            let batch = TokenBatch::packed(&seqs, cfg.padding, tokenizer.pad_id(), model.device())?;
-            let mut hooks = Hooks::new().capture(cfg.hook).stop_at(cfg.hook);
-            model.forward(&batch, &mut hooks)?;
-            let acts = hooks
-                .take(cfg.hook)?
-                .to_dtype(DType::F32)?
-                .to_device(&Device::Cpu)?; // (b, t, d)
-            let (_, t, d) = acts.dims3()?;
-            let flat = acts.flatten_all()?.to_vec1::<f32>()?;
-            for (row, (docs, mask)) in chunk.iter().zip(batch.mask()).enumerate() {
-                // Columns of the real tokens, in order (left padding shifts them); each
-                // packed document takes the next `len` of them.
-                let columns: Vec<usize> = (0..t).filter(|&c| mask[c] == 1).collect();
-                let mut offset = 0;
-                for &i in docs {
-                    let len = pool[i].1.len();
-                    let keep: Vec<usize> = match cfg.mode {
-                        CollectMode::Middle => vec![len / 2],
-                        CollectMode::All => (usize::from(cfg.exclude_first)..len).collect(),
-                    };
-                    let mut values = Vec::with_capacity(keep.len() * d);
-                    for &k in &keep {
-                        let start = (row * t + columns[offset + k]) * d;
-                        values.extend_from_slice(&flat[start..start + d]);
-                    }
-                    rows[i] = Some((keep.iter().map(|&k| k as u32).collect(), values));
-                    offset += len;
-                }
-            }
-        }
-        for ((doc_index, ids), row) in pool.iter().zip(rows) {
-            let (positions, values) = row.expect("every pooled document was run");
-            writer.add_document(*doc_index, ids, &positions, &values)?;
+        let pool = read_pool(&mut docs, tokenizer, cfg)?;
+        (0..pool.skipped_empty).for_each(|_| writer.skip_empty());
+        let rows = run_pool(model, tokenizer, &pool.docs, &[cfg.hook], cfg)?;
+        for ((doc_index, ids), row) in pool.docs.iter().zip(rows) {
+            writer.add_document(*doc_index, ids, &row.positions, &row.values[0])?;
             tokens_seen += ids.len();
         }
-        progress.inc(pool.len() as u64);
+        progress.inc((pool.docs.len() + pool.skipped_empty) as u64);
         progress.set_message(format!(
             "{} rows, {:.0} tokens/s",
             writer.rows(),
@@ -296,4 +242,123 @@ pub fn collect_to_store(
     }
     progress.finish();
     writer.finish()
+}
+
+/// Documents read for one round of packing: several batches' worth of tokens.
+pub(crate) struct Pool {
+    /// (dataset index, token ids) of each non-empty document.
+    pub docs: Vec<(u32, Vec<u32>)>,
+    /// Empty documents read on the way.
+    pub skipped_empty: usize,
+}
+
+/// Reads and tokenises documents until the pool holds `POOL_BATCHES` batches' worth of tokens
+/// or `docs` ends. Short documents then share rows instead of each padding one.
+pub(crate) fn read_pool(
+    docs: &mut impl Iterator<Item = (usize, Result<String>)>,
+    tokenizer: &Tokenizer,
+    cfg: &CollectConfig,
+) -> Result<Pool> {
+    let pool_tokens = cfg.batch_size.max(1) * cfg.max_len.max(1) * POOL_BATCHES;
+    let mut pool = Pool {
+        docs: Vec::new(),
+        skipped_empty: 0,
+    };
+    let mut tokens = 0;
+    for (i, doc) in docs.by_ref() {
+        let ids = tokenizer.encode(&doc?, Some(cfg.max_len))?;
+        if ids.is_empty() {
+            pool.skipped_empty += 1;
+        } else {
+            tokens += ids.len();
+            pool.docs.push((i as u32, ids));
+        }
+        if tokens >= pool_tokens {
+            break;
+        }
+    }
+    Ok(pool)
+}
+
+/// What one document of a pool gave.
+pub(crate) struct DocRows {
+    /// The token positions kept (per `cfg.mode`).
+    pub positions: Vec<u32>,
+    /// Per hook (in the order asked), `positions.len() × d` activations, row-major.
+    pub values: Vec<Vec<f32>>,
+}
+
+/// Runs a pool through the model, packed into `cfg.batch_size` rows per forward, and returns
+/// each document's kept rows at every hook in `hooks`, in the pool's order. One forward serves
+/// all hooks and stops at the deepest.
+pub(crate) fn run_pool(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    pool: &[(u32, Vec<u32>)],
+    hooks: &[HookPoint],
+    cfg: &CollectConfig,
+) -> Result<Vec<DocRows>> {
+    let deepest = *hooks
+        .iter()
+        .max()
+        .ok_or_else(|| Error::Input("no hook to collect at".into()))?;
+    let mut rows: Vec<Option<DocRows>> = (0..pool.len()).map(|_| None).collect();
+    let packed = pack(pool, cfg.pack.then_some(cfg.max_len));
+    for chunk in packed.chunks(cfg.batch_size.max(1)) {
+        let seqs: Vec<Vec<&[u32]>> = chunk
+            .iter()
+            .map(|docs| docs.iter().map(|&i| pool[i].1.as_slice()).collect())
+            .collect();
+        let batch = TokenBatch::packed(&seqs, cfg.padding, tokenizer.pad_id(), model.device())?;
+        let mut captured = hooks
+            .iter()
+            .fold(Hooks::new(), |h, &p| h.capture(p))
+            .stop_at(deepest);
+        model.forward(&batch, &mut captured)?;
+        let mut flats = Vec::with_capacity(hooks.len());
+        let mut dims = (0, 0);
+        for &hook in hooks {
+            let acts = captured
+                .take(hook)?
+                .to_dtype(DType::F32)?
+                .to_device(&Device::Cpu)?; // (b, t, d)
+            let (_, t, d) = acts.dims3()?;
+            dims = (t, d);
+            flats.push(acts.flatten_all()?.to_vec1::<f32>()?);
+        }
+        let (t, d) = dims;
+        for (row, (docs, mask)) in chunk.iter().zip(batch.mask()).enumerate() {
+            // Columns of the real tokens, in order (left padding shifts them); each packed
+            // document takes the next `len` of them.
+            let columns: Vec<usize> = (0..t).filter(|&c| mask[c] == 1).collect();
+            let mut offset = 0;
+            for &i in docs {
+                let len = pool[i].1.len();
+                let keep: Vec<usize> = match cfg.mode {
+                    CollectMode::Middle => vec![len / 2],
+                    CollectMode::All => (usize::from(cfg.exclude_first)..len).collect(),
+                };
+                let values = flats
+                    .iter()
+                    .map(|flat| {
+                        let mut v = Vec::with_capacity(keep.len() * d);
+                        for &k in &keep {
+                            let start = (row * t + columns[offset + k]) * d;
+                            v.extend_from_slice(&flat[start..start + d]);
+                        }
+                        v
+                    })
+                    .collect();
+                rows[i] = Some(DocRows {
+                    positions: keep.iter().map(|&k| k as u32).collect(),
+                    values,
+                });
+                offset += len;
+            }
+        }
+    }
+    Ok(rows
+        .into_iter()
+        .map(|r| r.expect("every pooled document was run"))
+        .collect())
 }

@@ -234,6 +234,13 @@ pub fn existing_run(dir: &Path) -> Option<String> {
             modified(&dir.join("meta.json"))
         ));
     }
+    if let Some(s) = json("stream.json") {
+        return Some(format!(
+            "a streaming training job ({} buffer generations so far), written {}",
+            s["generations"].as_array().map_or(0, Vec::len),
+            modified(&dir.join("stream.json"))
+        ));
+    }
     if json("sweep.json").is_some() {
         return Some(format!(
             "a sweep, written {}",
@@ -265,8 +272,9 @@ pub fn refuse_existing(dir: &Path, overwrite: bool) -> Result<()> {
 /// Removes the files of an earlier run from `dir` (the `--overwrite` of a folder), leaving
 /// anything else there alone.
 pub fn clear_run(dir: &Path) -> Result<()> {
-    const RUN_FILES: [&str; 8] = [
+    const RUN_FILES: [&str; 9] = [
         "trainer.json",
+        "stream.json",
         "cfg.json",
         "sae_weights.safetensors",
         "sparsity.safetensors",

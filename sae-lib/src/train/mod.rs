@@ -1,11 +1,15 @@
 //! Training: the loop, its optimiser, its schedules and where its batches come from.
 
 pub mod health;
+pub mod job;
 pub mod optim;
 pub mod schedule;
 pub mod source;
+pub mod stream;
 pub mod trainer;
 
 pub use health::{diagnose, RunSummary};
-pub use source::ActivationSource;
+pub use job::StreamJob;
+pub use source::{ActivationSource, BatchSource, StoreBatches};
+pub use stream::{ActivationStream, StreamConfig};
 pub use trainer::{metrics_frame, BDecInit, MetricsRow, TrainConfig, TrainReport, Trainer};

@@ -1,5 +1,7 @@
-//! Where training batches come from: an on-disk activation store or an in-memory tensor (the
-//! tutorial's middle-token activations), both read in the same seeded shuffle.
+//! Where training batches come from. The trainer asks a [`BatchSource`] for the rows of step
+//! `s` and nothing else: [`StoreBatches`] reads them from an on-disk activation store or an
+//! in-memory tensor (the tutorial's middle-token activations) in a seeded shuffle, and
+//! [`super::stream`] makes them from a model running over a dataset.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -55,6 +57,55 @@ impl ActivationSource for Tensor {
             .index_select(&idx, 0)?
             .to_dtype(DType::F32)?
             .to_device(device)?)
+    }
+}
+
+/// What a trainer reads: the rows of each step, and a sample for its initialisation. Step `s`
+/// must always get the same rows for the same settings, so a resumed run is exact.
+pub trait BatchSource {
+    /// Width of a row.
+    fn d(&self) -> usize;
+    /// Rows per step (a store's last batch of an epoch may be shorter).
+    fn batch_size(&self) -> usize;
+    /// The rows of step `step`, unscaled, as an f32 tensor `(rows, d)` on `device`.
+    fn batch(&mut self, step: u64, device: &Device) -> Result<Tensor>;
+    /// Up to `n` rows drawn with `seed`, for the input scale and `b_dec`'s initialisation.
+    fn sample(&mut self, n: usize, seed: u64, device: &Device) -> Result<Tensor>;
+}
+
+/// Batches of an [`ActivationSource`] in the seeded shuffle of a [`BatchPlan`].
+pub struct StoreBatches<'a> {
+    data: &'a dyn ActivationSource,
+    plan: BatchPlan,
+}
+
+impl<'a> StoreBatches<'a> {
+    pub fn new(data: &'a dyn ActivationSource, batch_size: usize, seed: u64) -> Result<Self> {
+        if data.len() == 0 {
+            return Err(Error::Training("no activations to train on".into()));
+        }
+        Ok(Self {
+            plan: BatchPlan::new(data.len(), batch_size, seed),
+            data,
+        })
+    }
+}
+
+impl BatchSource for StoreBatches<'_> {
+    fn d(&self) -> usize {
+        self.data.d()
+    }
+    fn batch_size(&self) -> usize {
+        self.plan.batch_size()
+    }
+    fn batch(&mut self, step: u64, device: &Device) -> Result<Tensor> {
+        let rows = self.plan.rows(step).to_vec();
+        self.data.gather(&rows, device)
+    }
+    fn sample(&mut self, n: usize, seed: u64, device: &Device) -> Result<Tensor> {
+        // Its own permutation (epoch u64::MAX), apart from the training order.
+        let order = permutation(self.data.len(), seed, u64::MAX);
+        self.data.gather(&order[..n.min(order.len())], device)
     }
 }
 

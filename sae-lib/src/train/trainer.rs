@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::optim::{Adam, AdamParams};
 use super::schedule;
-use super::source::{ActivationSource, BatchPlan};
+use super::source::{ActivationSource, BatchSource, StoreBatches};
 use crate::eval::metrics;
 use crate::progress::Progress;
 use crate::sae::common::geometric_median;
@@ -216,13 +216,12 @@ struct TrainerState {
     state_file: String,
 }
 
-/// Trains one SAE on one activation source.
+/// Trains one SAE on one source of batches (a store, or a model streaming activations).
 pub struct Trainer<'a> {
     sae: AnySae,
     opt: Adam,
     cfg: TrainConfig,
-    data: &'a dyn ActivationSource,
-    plan: BatchPlan,
+    source: Box<dyn BatchSource + 'a>,
     device: Device,
     step: u64,
     /// Inputs are multiplied by this before the SAE sees them.
@@ -274,30 +273,36 @@ pub fn new_sae(
 }
 
 impl<'a> Trainer<'a> {
-    /// A new run: estimates the input scale and `b_dec` from a sample, then initialises the SAE
-    /// from `cfg.seed`.
+    /// A new run on `data` in its seeded shuffle ([`StoreBatches`]).
     pub fn new(
         sae_cfg: SaeConfig,
         cfg: TrainConfig,
         data: &'a dyn ActivationSource,
         device: &Device,
     ) -> Result<Self> {
+        let source = StoreBatches::new(data, cfg.batch_size, cfg.seed)?;
+        Self::with_source(sae_cfg, cfg, Box::new(source), device)
+    }
+
+    /// A new run on any source of batches: estimates the input scale and `b_dec` from a
+    /// sample, then initialises the SAE from `cfg.seed`.
+    pub fn with_source(
+        sae_cfg: SaeConfig,
+        cfg: TrainConfig,
+        mut source: Box<dyn BatchSource + 'a>,
+        device: &Device,
+    ) -> Result<Self> {
         sae_cfg.validate()?;
         cfg.validate(!sae_cfg.architecture.uses_k())?;
-        if data.len() == 0 {
-            return Err(Error::Training("no activations to train on".into()));
-        }
-        if data.d() != sae_cfg.d_in {
+        if source.d() != sae_cfg.d_in {
             return Err(Error::Training(format!(
                 "the activations have width {} but the SAE's d_in is {}",
-                data.d(),
+                source.d(),
                 sae_cfg.d_in
             )));
         }
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-        let sample_rows = &crate::data::store::permutation(data.len(), cfg.seed, u64::MAX)
-            [..cfg.init_sample.min(data.len())];
-        let sample = data.gather(sample_rows, device)?;
+        let sample = source.sample(cfg.init_sample, cfg.seed, device)?;
         let scale = if cfg.normalize_inputs {
             input_scale(&sample, sae_cfg.d_in)?
         } else {
@@ -316,11 +321,10 @@ impl<'a> Trainer<'a> {
         let opt = Adam::new(sae.vars(), cfg.adam)?;
         let d_sae = sae_cfg.d_sae;
         Ok(Self {
-            plan: BatchPlan::new(data.len(), cfg.batch_size, cfg.seed),
+            source,
             sae,
             opt,
             cfg,
-            data,
             device: device.clone(),
             step: 0,
             scale,
@@ -333,6 +337,30 @@ impl<'a> Trainer<'a> {
 
     /// Continues the run checkpointed in `dir` (same data source expected).
     pub fn resume(dir: &Path, data: &'a dyn ActivationSource, device: &Device) -> Result<Self> {
+        let train = Self::checkpointed_config(dir)?;
+        let source = StoreBatches::new(data, train.batch_size, train.seed)?;
+        Self::resume_with_source(dir, Box::new(source), device)
+    }
+
+    /// The training configuration of the run checkpointed in `dir`.
+    pub fn checkpointed_config(dir: &Path) -> Result<TrainConfig> {
+        let state: TrainerState = io::read_json(&dir.join("trainer.json"))?;
+        Ok(state.train)
+    }
+
+    /// The step the run checkpointed in `dir` reached.
+    pub fn checkpointed_step(dir: &Path) -> Result<u64> {
+        let state: TrainerState = io::read_json(&dir.join("trainer.json"))?;
+        Ok(state.step)
+    }
+
+    /// Continues the run checkpointed in `dir` on `source`, which must give the batches the
+    /// interrupted run had.
+    pub fn resume_with_source(
+        dir: &Path,
+        source: Box<dyn BatchSource + 'a>,
+        device: &Device,
+    ) -> Result<Self> {
         let state: TrainerState = io::read_json(&dir.join("trainer.json"))?;
         let tensors_path = dir.join(&state.state_file);
         let tensors =
@@ -340,7 +368,7 @@ impl<'a> Trainer<'a> {
                 path: tensors_path.clone(),
                 message: format!("cannot read checkpoint ({e})"),
             })?;
-        let mut trainer = Self::new_from_state(&state, data, device)?;
+        let mut trainer = Self::new_from_state(&state, source, device)?;
         for (name, var) in trainer.sae.vars() {
             let t = tensors.get(&format!("sae.{name}")).ok_or_else(|| {
                 Error::Training(format!(
@@ -374,18 +402,17 @@ impl<'a> Trainer<'a> {
 
     fn new_from_state(
         state: &TrainerState,
-        data: &'a dyn ActivationSource,
+        source: Box<dyn BatchSource + 'a>,
         device: &Device,
     ) -> Result<Self> {
         let mut rng = ChaCha8Rng::seed_from_u64(state.train.seed);
         let sae = new_sae(&state.sae, &state.train, &mut rng, device)?;
         let opt = Adam::new(sae.vars(), state.train.adam)?;
         Ok(Self {
-            plan: BatchPlan::new(data.len(), state.train.batch_size, state.train.seed),
+            source,
             sae,
             opt,
             cfg: state.train.clone(),
-            data,
             device: device.clone(),
             step: state.step,
             scale: state.scale,
@@ -440,25 +467,43 @@ impl<'a> Trainer<'a> {
                     row.loss, row.l0, row.fvu
                 ));
             }
-            if let (Some(dir), Some(every)) = (out, self.cfg.checkpoint_every) {
-                if self.step % every == 0 && self.step < total {
-                    self.save_checkpoint(dir)?;
-                }
+            if let Some(dir) = out.filter(|_| self.checkpoint_due()) {
+                self.save_checkpoint(dir)?;
             }
         }
         progress.finish();
         if let Some(dir) = out {
-            self.save_checkpoint(dir)?;
-            if self.step >= total {
-                io::write_json(
-                    &dir.join("metrics.json"),
-                    &TrainReport {
-                        step: self.step,
-                        final_metrics: self.metrics.last().cloned(),
-                        warnings: self.warnings(),
-                    },
-                )?;
-            }
+            self.save_final(dir)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the step just taken is one to checkpoint at (`cfg.checkpoint_every`; the last
+    /// step is saved by [`save_final`](Self::save_final)).
+    pub fn checkpoint_due(&self) -> bool {
+        self.cfg
+            .checkpoint_every
+            .is_some_and(|every| self.step % every == 0 && self.step < self.cfg.steps)
+    }
+
+    /// Whether every planned step has been taken.
+    pub fn is_done(&self) -> bool {
+        self.step >= self.cfg.steps
+    }
+
+    /// Saves a checkpoint into `dir` and, when the run is complete, `metrics.json`
+    /// ([`TrainReport`]).
+    pub fn save_final(&self, dir: &Path) -> Result<()> {
+        self.save_checkpoint(dir)?;
+        if self.is_done() {
+            io::write_json(
+                &dir.join("metrics.json"),
+                &TrainReport {
+                    step: self.step,
+                    final_metrics: self.metrics.last().cloned(),
+                    warnings: self.warnings(),
+                },
+            )?;
         }
         Ok(())
     }
@@ -466,8 +511,7 @@ impl<'a> Trainer<'a> {
     /// One optimiser step; returns a metrics row when this step is logged.
     pub fn train_step(&mut self) -> Result<Option<MetricsRow>> {
         let (step, total) = (self.step, self.cfg.steps);
-        let rows = self.plan.rows(step).to_vec();
-        let x = (self.data.gather(&rows, &self.device)? * self.scale)?;
+        let x = (self.source.batch(step, &self.device)? * self.scale)?;
         let lr = schedule::learning_rate(step, total, self.cfg.adam.lr, self.cfg.lr_decay_frac);
         let coefficient = schedule::sparsity_coefficient(
             step,
@@ -499,7 +543,7 @@ impl<'a> Trainer<'a> {
         self.opt.step_clipped(&grads, self.cfg.grad_clip)?;
         self.sae.after_step()?;
 
-        let batch = rows.len() as u64;
+        let batch = x.dim(0)? as u64;
         let counts = out.feature_acts.firing_counts()?;
         for (i, &c) in counts.iter().enumerate() {
             self.since_fired[i] = if c > 0.0 {
@@ -554,7 +598,7 @@ impl<'a> Trainer<'a> {
     /// (and AuxK, which feeds on it) means something; at least one batch, and never more than
     /// the inputs seen so far (a feature that has never fired is dead).
     pub fn dead_window(&self) -> u64 {
-        let batch = self.plan.batch_size() as u64;
+        let batch = self.source.batch_size() as u64;
         let run = self.cfg.steps.saturating_mul(batch);
         self.cfg
             .dead_window

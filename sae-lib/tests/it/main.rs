@@ -10,6 +10,7 @@ mod model;
 mod outputs;
 mod sae;
 mod stock_ops;
+mod stream;
 mod tokenizer;
 mod variants;
 mod walkthrough;

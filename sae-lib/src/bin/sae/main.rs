@@ -1,6 +1,7 @@
 //! `sae`: the command-line face of sae-lib. Each subcommand is a thin call into the library.
 
 mod report;
+mod stream;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -279,9 +280,11 @@ struct CollectArgs {
 
 #[derive(Args)]
 struct TrainArgs {
-    /// Activation store made by `sae collect`.
-    #[arg(long)]
-    acts: PathBuf,
+    /// Activation store made by `sae collect` (or train from a model with --model).
+    #[arg(long, required_unless_present = "model")]
+    acts: Option<PathBuf>,
+    #[command(flatten)]
+    stream: stream::StreamArgs,
     #[command(flatten)]
     sae: SaeArgs,
     #[arg(long, default_value_t = 50)]
@@ -306,7 +309,7 @@ struct TrainArgs {
 
 /// The SAE and its training, shared by `train` and `walkthrough`. Unset values take the
 /// architecture's defaults (README, "Defaults").
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct SaeArgs {
     /// relu, topk, batchtopk, jumprelu, gated or matryoshka.
     #[arg(long, default_value = "relu")]
@@ -516,6 +519,27 @@ fn take_output(out: &Path, overwrite: bool) -> Result<OutputLock> {
 }
 
 fn train(args: TrainArgs) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // Ctrl-C: finish the current step, save a checkpoint, exit.
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .context("installing the Ctrl-C handler")?;
+    }
+    if args.stream.model.is_some() {
+        stream::train(&args, &stop)?;
+        if stop.load(Ordering::SeqCst) {
+            eprintln!(
+                "interrupted: checkpoints saved in {}; continue with the same command and --resume",
+                args.out.display()
+            );
+        }
+        return Ok(());
+    }
+    let acts = args
+        .acts
+        .as_deref()
+        .context("--acts or --model is required")?;
     let device = sae_lib::device::parse_device(&args.device)?;
     // Every number is checked before any work starts.
     let fresh = if args.resume {
@@ -532,7 +556,7 @@ fn train(args: TrainArgs) -> Result<()> {
         cfg.validate(!architecture.uses_k())?;
         Some((architecture, k, cfg))
     };
-    let store = ActivationStore::open(&args.acts)?;
+    let store = ActivationStore::open(acts)?;
     let _lock = match fresh {
         None => {
             let lock = OutputLock::acquire(&args.out)?;
@@ -547,13 +571,6 @@ fn train(args: TrainArgs) -> Result<()> {
         }
         Some(_) => take_output(&args.out, args.overwrite)?,
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        // Ctrl-C: finish the current step, save a checkpoint, exit.
-        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
-            .context("installing the Ctrl-C handler")?;
-    }
     let mut trainer = match fresh {
         None => Trainer::resume(&args.out, &store, &device)?,
         Some((architecture, k, cfg)) => {

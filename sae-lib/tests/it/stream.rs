@@ -1,0 +1,441 @@
+//! Streaming training: the stream's rows are the store's rows, one forward feeds every hook and
+//! SAE without changing any of them, and a resumed job ends with the uninterrupted weights.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use sae_lib::collect::{collect_to_store, CollectConfig, Provenance};
+use sae_lib::data::{ActivationStore, CollectMode, DatasetOptions, DatasetSource};
+use sae_lib::hooks::HookPoint;
+use sae_lib::model::{load_tokenizer, Model, ModelSource};
+use sae_lib::sae::{Architecture, SaeConfig, SaeMetadata};
+use sae_lib::tokenizer::Tokenizer;
+use sae_lib::train::stream::{DocIter, OpenDocs};
+use sae_lib::train::{ActivationStream, StreamConfig, StreamJob, TrainConfig};
+
+use crate::common::*;
+
+const MODEL: &str = "gpt_neox_parallel";
+
+fn tokenizer() -> Tokenizer {
+    load_tokenizer(&ModelSource::Dir(fixture(MODEL)), &offline_hub()).unwrap()
+}
+
+/// The corpus fixture's paragraphs, opened afresh on every pass.
+fn open_corpus<'m>() -> OpenDocs<'m> {
+    Box::new(|| -> sae_lib::Result<DocIter<'m>> {
+        let source = DatasetSource::Path(fixture("corpus.txt"));
+        Ok(Box::new(
+            source.documents(&DatasetOptions::default(), &offline_hub())?,
+        ))
+    })
+}
+
+fn hooks() -> Vec<HookPoint> {
+    vec![HookPoint::mlp_out(1), HookPoint::resid_post(0)]
+}
+
+fn collect_cfg(max_docs: Option<usize>) -> CollectConfig {
+    CollectConfig {
+        mode: CollectMode::All,
+        max_len: 48,
+        batch_size: 4,
+        max_docs,
+        ..Default::default()
+    }
+}
+
+fn stream_cfg(buffer_rows: usize, batch_size: usize) -> StreamConfig {
+    StreamConfig {
+        hooks: hooks(),
+        collect: collect_cfg(Some(12)),
+        buffer_rows,
+        batch_size,
+        seed: 11,
+    }
+}
+
+/// Rows of `t` as bit patterns, sorted: a multiset to compare exactly.
+fn sorted_rows(t: &Tensor) -> Vec<Vec<u32>> {
+    let mut rows: Vec<Vec<u32>> = t
+        .to_vec2::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.into_iter().map(f32::to_bits).collect())
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn one_forward_gives_each_hook_exactly_the_rows_collect_stores() {
+    let (model, tok) = (load_fixture_model(MODEL), tokenizer());
+    let dir = tempfile::tempdir().unwrap();
+    let max_docs = Some(30);
+    let mut stores = Vec::new();
+    for hook in hooks() {
+        let out = dir.path().join(hook.to_string());
+        let docs = open_corpus()().unwrap();
+        let cfg = CollectConfig {
+            hook,
+            ..collect_cfg(max_docs)
+        };
+        collect_to_store(&model, &tok, docs, &cfg, &Provenance::default(), &out).unwrap();
+        stores.push(ActivationStore::open(&out).unwrap());
+    }
+    let rows = stores[0].len();
+    assert!(rows > 100, "the fixture gave only {rows} rows");
+    // A buffer of exactly one pass: the first generation is the whole of it.
+    let cfg = StreamConfig {
+        collect: collect_cfg(max_docs),
+        ..stream_cfg(rows, 16)
+    };
+    let mut stream = ActivationStream::new(&model, &tok, open_corpus(), cfg).unwrap();
+    for (i, store) in stores.iter().enumerate() {
+        let all: Vec<u32> = (0..rows as u32).collect();
+        let stored = store.gather(&all, &Device::Cpu).unwrap();
+        let streamed = stream.sample(i, usize::MAX, 5).unwrap();
+        assert_eq!(
+            sorted_rows(&streamed),
+            sorted_rows(&stored),
+            "hook {}",
+            hooks()[i]
+        );
+    }
+    assert_eq!(stream.generations()[0].rows as usize, rows);
+    // Each row is served once per generation: its batches hold distinct rows.
+    let b0 = stream.batch(0).unwrap()[0].clone();
+    let b1 = stream.batch(1).unwrap()[0].clone();
+    let both = sorted_rows(&Tensor::cat(&[&b0, &b1], 0).unwrap());
+    let mut distinct = both.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), both.len());
+    assert!(stream.batch(0).is_err(), "a stream cannot go back");
+}
+
+fn sae_cfg(arch: Architecture, k: Option<usize>, hook: HookPoint) -> SaeConfig {
+    SaeConfig {
+        architecture: arch,
+        d_in: 32,
+        d_sae: 64,
+        k,
+        prefixes: None,
+        metadata: SaeMetadata {
+            hook_name: hook.to_string(),
+            ..Default::default()
+        },
+    }
+}
+
+fn train_cfg(arch: Architecture, steps: u64) -> TrainConfig {
+    TrainConfig {
+        steps,
+        batch_size: 64,
+        checkpoint_every: Some(5),
+        log_every: 2,
+        seed: 4,
+        ..TrainConfig::for_architecture(arch, 64)
+    }
+}
+
+/// The job's SAEs: TopK and ReLU on the first hook, BatchTopK on the second.
+fn runs() -> Vec<(HookPoint, Architecture, Option<usize>, &'static str)> {
+    let h = hooks();
+    vec![
+        (h[0], Architecture::TopK, Some(4), "a"),
+        (h[0], Architecture::Relu, None, "b"),
+        (h[1], Architecture::BatchTopK, Some(4), "c"),
+    ]
+}
+
+/// Buffers of 200 rows over the corpus' first 12 documents: a generation every few steps and
+/// several passes.
+const BUFFER: usize = 200;
+const STEPS: u64 = 23;
+
+fn new_job<'m>(model: &'m Model, tok: &'m Tokenizer, out: &Path, which: &[usize]) -> StreamJob<'m> {
+    let stream = ActivationStream::new(model, tok, open_corpus(), stream_cfg(BUFFER, 64)).unwrap();
+    let mut job = StreamJob::new(stream, Some(out), &Device::Cpu).unwrap();
+    for &i in which {
+        let (hook, arch, k, name) = runs()[i];
+        job.add(
+            hook,
+            sae_cfg(arch, k, hook),
+            train_cfg(arch, STEPS),
+            Some(out.join(name)),
+        )
+        .unwrap();
+    }
+    job
+}
+
+fn resume_job<'m>(model: &'m Model, tok: &'m Tokenizer, out: &Path) -> StreamJob<'m> {
+    let stream = ActivationStream::new(model, tok, open_corpus(), stream_cfg(BUFFER, 64)).unwrap();
+    let dirs: Vec<(HookPoint, PathBuf)> = runs().iter().map(|r| (r.0, out.join(r.3))).collect();
+    StreamJob::resume(stream, out, &dirs, &Device::Cpu).unwrap()
+}
+
+fn weights(dir: &Path) -> Vec<u8> {
+    std::fs::read(dir.join("sae_weights.safetensors")).unwrap()
+}
+
+#[test]
+fn many_saes_on_one_forward_each_train_as_if_alone() {
+    let (model, tok) = (load_fixture_model(MODEL), tokenizer());
+    let dir = tempfile::tempdir().unwrap();
+    let together = dir.path().join("together");
+    let mut job = new_job(&model, &tok, &together, &[0, 1, 2]);
+    job.train(None).unwrap();
+    let shared = job.stats();
+    assert!(shared.passes >= 3, "the test should wrap the corpus");
+    assert!(job.runs().iter().all(|r| r.trainer.step() == STEPS));
+    for i in [1, 2] {
+        let alone = dir.path().join(format!("alone{i}"));
+        let mut job = new_job(&model, &tok, &alone, &[i]);
+        job.train(None).unwrap();
+        // The same tokens went through the model, once, whatever the number of SAEs.
+        assert_eq!(job.stats().tokens_forwarded, shared.tokens_forwarded);
+        let name = runs()[i].3;
+        assert!(
+            weights(&together.join(name)) == weights(&alone.join(name)),
+            "{name} differs when it shares the stream"
+        );
+    }
+    assert!(shared.mean_docs_per_batch() > 2.0);
+}
+
+#[test]
+fn a_resumed_job_ends_with_the_uninterrupted_weights() {
+    let (model, tok) = (load_fixture_model(MODEL), tokenizer());
+    let dir = tempfile::tempdir().unwrap();
+    let whole = dir.path().join("whole");
+    new_job(&model, &tok, &whole, &[0, 1, 2])
+        .train(None)
+        .unwrap();
+
+    // Stopped mid-generation at step 7, resumed to 12, and the second run's folder then
+    // put back to its step-7 checkpoint: a kill between two runs' checkpoints leaves them
+    // at different steps, and the stream must rewind to the earliest.
+    let part = dir.path().join("part");
+    new_job(&model, &tok, &part, &[0, 1, 2])
+        .train_to(7, None)
+        .unwrap();
+    let saved = dir.path().join("b-at-7");
+    copy_dir(&part.join("b"), &saved);
+    resume_job(&model, &tok, &part).train_to(12, None).unwrap();
+    std::fs::remove_dir_all(part.join("b")).unwrap();
+    copy_dir(&saved, &part.join("b"));
+    let mut job = resume_job(&model, &tok, &part);
+    let steps: Vec<u64> = job.runs().iter().map(|r| r.trainer.step()).collect();
+    assert_eq!(steps, vec![12, 7, 12]);
+    job.train(None).unwrap();
+    for (_, _, _, name) in runs() {
+        assert!(
+            weights(&whole.join(name)) == weights(&part.join(name)),
+            "{name} differs after the resumes"
+        );
+    }
+}
+
+#[test]
+fn a_resume_with_other_settings_is_refused() {
+    let (model, tok) = (load_fixture_model(MODEL), tokenizer());
+    let dir = tempfile::tempdir().unwrap();
+    new_job(&model, &tok, dir.path(), &[0])
+        .train_to(3, None)
+        .unwrap();
+    let stream =
+        ActivationStream::new(&model, &tok, open_corpus(), stream_cfg(BUFFER * 2, 64)).unwrap();
+    let dirs = vec![(hooks()[0], dir.path().join("a"))];
+    let err = StreamJob::resume(stream, dir.path(), &dirs, &Device::Cpu)
+        .err()
+        .expect("other buffer size")
+        .to_string();
+    assert!(err.contains("other stream settings"), "{err}");
+}
+
+#[test]
+fn bad_stream_settings_are_refused() {
+    let (model, tok) = (load_fixture_model(MODEL), tokenizer());
+    let cases = [
+        (stream_cfg(10, 64), "must hold at least one batch"),
+        (
+            StreamConfig {
+                hooks: vec![],
+                ..stream_cfg(BUFFER, 64)
+            },
+            "at least one hook",
+        ),
+        (
+            StreamConfig {
+                hooks: vec![HookPoint::mlp_out(9)],
+                ..stream_cfg(BUFFER, 64)
+            },
+            "does not exist",
+        ),
+    ];
+    for (cfg, want) in cases {
+        let err = ActivationStream::new(&model, &tok, open_corpus(), cfg)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains(want), "{err}");
+    }
+    let empty: OpenDocs = Box::new(|| -> sae_lib::Result<DocIter> {
+        Ok(Box::new((0..3).map(|_| Ok(String::new()))))
+    });
+    let mut stream = ActivationStream::new(&model, &tok, empty, stream_cfg(BUFFER, 64)).unwrap();
+    let err = stream.batch(0).err().unwrap().to_string();
+    assert!(err.contains("no non-empty documents"), "{err}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// `sae train` streaming from the fixture model over the corpus: two hooks, two SAEs each.
+fn cli_args<'a>(out: &'a Path, tokens: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "train",
+        "--model",
+        fixture_str(MODEL),
+        "--dataset",
+        corpus_str(),
+        "--hook",
+        "blocks.1.hook_mlp_out",
+        "--hook",
+        "blocks.0.hook_resid_post",
+        "--sae",
+        "arch=topk,k=8",
+        "--sae",
+        "arch=relu,l1=1",
+        "--d-sae",
+        "64",
+        "--batch-size",
+        "128",
+        "--tokens",
+        tokens,
+        "--buffer-rows",
+        "1000",
+        "--max-len",
+        "48",
+        "--device",
+        "cpu",
+        "--out",
+        crate::cli::s(out),
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+fn fixture_str(name: &str) -> &'static str {
+    Box::leak(
+        fixture(name)
+            .to_string_lossy()
+            .into_owned()
+            .into_boxed_str(),
+    )
+}
+
+fn corpus_str() -> &'static str {
+    fixture_str("corpus.txt")
+}
+
+const CLI_RUNS: [&str; 4] = [
+    "blocks.1.hook_mlp_out/topk-64-k8",
+    "blocks.1.hook_mlp_out/relu-64-l1",
+    "blocks.0.hook_resid_post/topk-64-k8",
+    "blocks.0.hook_resid_post/relu-64-l1",
+];
+
+fn step_of(dir: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join("trainer.json")).ok()?;
+    serde_json::from_str::<serde_json::Value>(&text).ok()?["step"].as_u64()
+}
+
+#[test]
+fn cli_kill_9_mid_stream_then_resume_ends_with_the_uninterrupted_weights() {
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = "64000"; // 500 steps
+    let whole = dir.path().join("whole");
+    let o = crate::cli::sae(&cli_args(&whole, tokens, &["--checkpoint-every", "7"]));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(stdout.matches("step 500, FVU").count(), 4, "{stdout}");
+
+    let killed = dir.path().join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sae"))
+        .args(cli_args(&killed, tokens, &["--checkpoint-every", "7"]))
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while step_of(&killed.join(CLI_RUNS[3])).unwrap_or(0) < 30 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "training finished before it could be killed"
+        );
+        assert!(start.elapsed() < Duration::from_secs(120));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let at: Vec<Option<u64>> = CLI_RUNS.iter().map(|r| step_of(&killed.join(r))).collect();
+    assert!(
+        at.iter().all(|s| s.unwrap() < 500),
+        "killed after the end: {at:?}"
+    );
+    let o = crate::cli::sae(&cli_args(
+        &killed,
+        tokens,
+        &["--checkpoint-every", "7", "--resume"],
+    ));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for run in CLI_RUNS {
+        for f in ["sae_weights.safetensors", "sparsity.safetensors"] {
+            assert!(
+                std::fs::read(whole.join(run).join(f)).unwrap()
+                    == std::fs::read(killed.join(run).join(f)).unwrap(),
+                "{run}/{f} differs after kill -9 at steps {at:?} and --resume"
+            );
+        }
+    }
+    // A second start without --resume or --overwrite is refused, naming the job.
+    let o = crate::cli::sae(&cli_args(&killed, tokens, &[]));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && stderr.contains("streaming training job"),
+        "{stderr}"
+    );
+}
+
+fn peak_rss(out: &Path) -> f64 {
+    let text = std::fs::read_to_string(out.join("stream_summary.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["peak_rss_bytes"]
+        .as_f64()
+        .expect("peak RSS is reported on Linux")
+}
+
+#[test]
+fn cli_streaming_memory_does_not_grow_with_the_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut peaks = Vec::new();
+    for tokens in ["25600", "256000"] {
+        let out = dir.path().join(tokens);
+        let o = crate::cli::sae(&cli_args(&out, tokens, &[]));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        peaks.push(peak_rss(&out));
+    }
+    // Ten times the tokens (about 50 passes over the corpus): the same buffers, SAEs and model.
+    assert!(
+        peaks[1] < peaks[0] * 1.15,
+        "peak RSS grew from {:.1} MB to {:.1} MB with ten times the tokens",
+        peaks[0] / 1e6,
+        peaks[1] / 1e6
+    );
+}
