@@ -47,6 +47,9 @@ pub struct StreamConfig {
     pub buffer_rows: usize,
     /// Rows per training step.
     pub batch_size: usize,
+    /// Steps the stream will serve, when known: a generation then reads no more rows than the
+    /// remaining steps use (a short run need not fill a whole buffer).
+    pub steps: Option<u64>,
     pub seed: u64,
 }
 
@@ -316,7 +319,11 @@ impl<'m> ActivationStream<'m> {
         self.row_doc.clear();
         self.current = None;
         let mut docs = 0;
-        while self.row_doc.len() < self.cfg.buffer_rows {
+        let remaining = self.cfg.steps.map_or(u64::MAX, |total| {
+            total.saturating_sub(first_step).max(1) * self.cfg.batch_size as u64
+        });
+        let target = (self.cfg.buffer_rows as u64).min(remaining) as usize;
+        while self.row_doc.len() < target {
             let iter = self.docs.as_mut().expect("seek opened the dataset");
             if iter.peek().is_none() {
                 if self.pass_rows == 0 {

@@ -51,6 +51,7 @@ fn stream_cfg(buffer_rows: usize, batch_size: usize) -> StreamConfig {
         collect: collect_cfg(Some(12)),
         buffer_rows,
         batch_size,
+        steps: None,
         seed: 11,
     }
 }
@@ -438,4 +439,93 @@ fn cli_streaming_memory_does_not_grow_with_the_tokens() {
         peaks[0] / 1e6,
         peaks[1] / 1e6
     );
+}
+
+#[test]
+fn a_short_run_reads_only_the_rows_it_uses() {
+    let (model, tok) = (load_fixture_model(MODEL), tokenizer());
+    let cfg = StreamConfig {
+        steps: Some(2),
+        collect: CollectConfig {
+            batch_size: 1,
+            ..collect_cfg(None)
+        },
+        ..stream_cfg(100_000, 64)
+    };
+    let mut stream = ActivationStream::new(&model, &tok, open_corpus(), cfg).unwrap();
+    stream.batch(0).unwrap();
+    let rows = stream.generations()[0].rows;
+    // Two batches of 64, plus at most one pool of 8 forward rows of 48 tokens.
+    assert!((128..128 + 8 * 48).contains(&rows), "{rows} rows read");
+}
+
+#[test]
+fn a_streamed_sae_is_as_good_as_one_trained_from_the_store() {
+    use sae_lib::train::Trainer;
+    let (model, tok) = (load_fixture_model(MODEL), tokenizer());
+    let dir = tempfile::tempdir().unwrap();
+    let collect = |docs: DocIter, out: &Path| {
+        let cfg = CollectConfig {
+            hook: hooks()[0],
+            ..collect_cfg(None)
+        };
+        collect_to_store(&model, &tok, docs, &cfg, &Provenance::default(), out).unwrap();
+        ActivationStore::open(out).unwrap()
+    };
+    let train_docs = 32;
+    let train = collect(
+        Box::new(open_corpus()().unwrap().take(train_docs)),
+        &dir.path().join("train"),
+    );
+    let held_out = collect(
+        Box::new(open_corpus()().unwrap().skip(train_docs)),
+        &dir.path().join("held-out"),
+    );
+    assert!(held_out.len() > 200);
+    let arch = Architecture::TopK;
+    let steps = 3 * train.len() as u64 / 64; // three passes
+    let cfg = TrainConfig {
+        checkpoint_every: None,
+        ..train_cfg(arch, steps)
+    };
+    let sae = sae_cfg(arch, Some(8), hooks()[0]);
+    let from_store = dir.path().join("from-store");
+    Trainer::new(sae.clone(), cfg.clone(), &train, &Device::Cpu)
+        .unwrap()
+        .train(Some(&from_store), None)
+        .unwrap();
+    // A buffer of a third of the data: batches mix a third of the documents at a time.
+    let stream_cfg = StreamConfig {
+        hooks: vec![hooks()[0]],
+        collect: collect_cfg(Some(train_docs)),
+        buffer_rows: train.len() / 3,
+        batch_size: 64,
+        steps: Some(steps),
+        seed: 11,
+    };
+    let stream = ActivationStream::new(&model, &tok, open_corpus(), stream_cfg).unwrap();
+    let streamed = dir.path().join("streamed");
+    let mut job = StreamJob::new(stream, Some(&streamed), &Device::Cpu).unwrap();
+    job.add(hooks()[0], sae, cfg, Some(streamed.join("a")))
+        .unwrap();
+    job.train(None).unwrap();
+    let score = |dir: &Path| {
+        let sae = sae_lib::sae::format::load(dir, &Device::Cpu).unwrap();
+        sae_lib::eval::score(&held_out, &sae, &Device::Cpu, &mut |_| {}).unwrap()
+    };
+    let (a, b) = (score(&from_store), score(&streamed.join("a")));
+    let gap = (b.fvu - a.fvu) / a.fvu;
+    assert!(
+        gap.abs() < 0.05,
+        "held-out FVU: store {:.4}, stream {:.4} ({:+.1}%)",
+        a.fvu,
+        b.fvu,
+        100.0 * gap
+    );
+    assert!(
+        a.fvu < 0.5,
+        "the SAEs should have learned something ({:.3})",
+        a.fvu
+    );
+    println!("held-out FVU: store {:.4}, stream {:.4}", a.fvu, b.fvu);
 }

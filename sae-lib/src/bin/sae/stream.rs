@@ -168,6 +168,7 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> Result<()> {
         },
         buffer_rows: s.buffer_rows,
         batch_size,
+        steps: Some(steps),
         seed: args.sae.seed,
     };
     let open: sae_lib::train::stream::OpenDocs<'_> =
