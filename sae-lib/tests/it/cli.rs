@@ -368,7 +368,7 @@ pub(crate) fn train_args<'a>(acts: &'a Path, out: &'a Path, steps: &'a str) -> V
     ]
 }
 
-fn checkpoint_step(out: &Path) -> Option<u64> {
+pub(crate) fn checkpoint_step(out: &Path) -> Option<u64> {
     let text = std::fs::read_to_string(out.join("trainer.json")).ok()?;
     serde_json::from_str::<serde_json::Value>(&text).ok()?["step"].as_u64()
 }

@@ -352,11 +352,6 @@ const CLI_RUNS: [&str; 4] = [
     "blocks.0.hook_resid_post/relu-64-l1",
 ];
 
-fn step_of(dir: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(dir.join("trainer.json")).ok()?;
-    serde_json::from_str::<serde_json::Value>(&text).ok()?["step"].as_u64()
-}
-
 #[test]
 fn cli_kill_9_mid_stream_then_resume_ends_with_the_uninterrupted_weights() {
     use std::process::Command;
@@ -375,7 +370,7 @@ fn cli_kill_9_mid_stream_then_resume_ends_with_the_uninterrupted_weights() {
         .spawn()
         .unwrap();
     let start = Instant::now();
-    while step_of(&killed.join(CLI_RUNS[3])).unwrap_or(0) < 30 {
+    while crate::cli::checkpoint_step(&killed.join(CLI_RUNS[3])).unwrap_or(0) < 30 {
         assert!(
             child.try_wait().unwrap().is_none(),
             "training finished before it could be killed"
@@ -385,7 +380,10 @@ fn cli_kill_9_mid_stream_then_resume_ends_with_the_uninterrupted_weights() {
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let at: Vec<Option<u64>> = CLI_RUNS.iter().map(|r| step_of(&killed.join(r))).collect();
+    let at: Vec<Option<u64>> = CLI_RUNS
+        .iter()
+        .map(|r| crate::cli::checkpoint_step(&killed.join(r)))
+        .collect();
     assert!(
         at.iter().all(|s| s.unwrap() < 500),
         "killed after the end: {at:?}"
