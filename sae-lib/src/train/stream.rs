@@ -24,6 +24,7 @@ use crate::collect::{read_pool, run_pool, CollectConfig};
 use crate::data::store::permutation;
 use crate::hooks::HookPoint;
 use crate::model::Model;
+use crate::progress::Progress;
 use crate::tokenizer::Tokenizer;
 use crate::{io, Error, Result};
 
@@ -43,7 +44,9 @@ pub struct StreamConfig {
     /// Tokenising, packing and forward batching as `sae collect` does them (its `hook`,
     /// `shard_rows` and `dtype` are not used; `max_docs` limits each pass over the dataset).
     pub collect: CollectConfig,
-    /// Rows each buffer fills to before it is shuffled and served.
+    /// Rows each buffer fills to before it is shuffled and served. It fills a pool of
+    /// documents at a time (eight forward batches, 32,768 tokens at the defaults), so a
+    /// smaller buffer holds one pool.
     pub buffer_rows: usize,
     /// Rows per training step.
     pub batch_size: usize,
@@ -323,6 +326,8 @@ impl<'m> ActivationStream<'m> {
             total.saturating_sub(first_step).max(1) * self.cfg.batch_size as u64
         });
         let target = (self.cfg.buffer_rows as u64).min(remaining) as usize;
+        let progress = Progress::new(&format!("buffer {index}"), Some(target as u64), "rows");
+        let mut shown = 0;
         while self.row_doc.len() < target {
             let iter = self.docs.as_mut().expect("seek opened the dataset");
             if iter.peek().is_none() {
@@ -361,7 +366,11 @@ impl<'m> ActivationStream<'m> {
             self.cursor.doc += read;
             self.stats.docs_read += read;
             docs += read;
+            let now = self.row_doc.len().min(target) as u64;
+            progress.inc(now - shown);
+            shown = now;
         }
+        progress.finish();
         let rows = self.row_doc.len() as u64;
         let g = Generation {
             index,

@@ -501,11 +501,16 @@ fn a_streamed_sae_is_as_good_as_one_trained_from_the_store() {
         steps: Some(steps),
         seed: 11,
     };
-    let stream = ActivationStream::new(&model, &tok, open_corpus(), stream_cfg).unwrap();
+    let stream = ActivationStream::new(&model, &tok, open_corpus(), stream_cfg.clone()).unwrap();
     let streamed = dir.path().join("streamed");
     let mut job = StreamJob::new(stream, Some(&streamed), &Device::Cpu).unwrap();
-    job.add(hooks()[0], sae, cfg, Some(streamed.join("a")))
-        .unwrap();
+    job.add(
+        hooks()[0],
+        sae.clone(),
+        cfg.clone(),
+        Some(streamed.join("a")),
+    )
+    .unwrap();
     job.train(None).unwrap();
     let score = |dir: &Path| {
         let sae = sae_lib::sae::format::load(dir, &Device::Cpu).unwrap();
@@ -526,4 +531,42 @@ fn a_streamed_sae_is_as_good_as_one_trained_from_the_store() {
         a.fvu
     );
     println!("held-out FVU: store {:.4}, stream {:.4}", a.fvu, b.fvu);
+}
+
+#[test]
+fn one_pass_through_a_buffer_that_holds_it_all_is_the_stores_run_bit_for_bit() {
+    use sae_lib::train::Trainer;
+    let (model, tok) = (load_fixture_model(MODEL), tokenizer());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = CollectConfig {
+        hook: hooks()[0],
+        ..collect_cfg(Some(32))
+    };
+    let out = dir.path().join("train");
+    let docs = open_corpus()().unwrap();
+    collect_to_store(&model, &tok, docs, &cfg, &Provenance::default(), &out).unwrap();
+    let train = ActivationStore::open(&out).unwrap();
+    let arch = Architecture::TopK;
+    let train_cfg = train_cfg(arch, train.len() as u64 / 64); // one pass, whole batches
+    let sae = sae_cfg(arch, Some(8), hooks()[0]);
+    let from_store = dir.path().join("from-store");
+    Trainer::new(sae.clone(), train_cfg.clone(), &train, &Device::Cpu)
+        .unwrap()
+        .train(Some(&from_store), None)
+        .unwrap();
+    let stream_cfg = StreamConfig {
+        hooks: vec![hooks()[0]],
+        collect: collect_cfg(Some(32)),
+        buffer_rows: train.len(),
+        batch_size: 64,
+        steps: Some(train_cfg.steps),
+        seed: train_cfg.seed,
+    };
+    let stream = ActivationStream::new(&model, &tok, open_corpus(), stream_cfg).unwrap();
+    let streamed = dir.path().join("streamed");
+    let mut job = StreamJob::new(stream, Some(&streamed), &Device::Cpu).unwrap();
+    job.add(hooks()[0], sae, train_cfg, Some(streamed.join("a")))
+        .unwrap();
+    job.train(None).unwrap();
+    assert!(weights(&from_store) == weights(&streamed.join("a")));
 }

@@ -36,7 +36,8 @@ pub struct StreamArgs {
     /// give the rest); repeat for several SAEs on every hook [default: the flags alone].
     #[arg(long = "sae", requires = "model")]
     saes: Vec<String>,
-    /// Rows each hook's shuffle buffer fills to before it is shuffled and served.
+    /// Rows each hook's shuffle buffer fills to before it is shuffled and served (at least
+    /// one pool of eight forward batches).
     #[arg(long, default_value_t = DEFAULT_BUFFER_ROWS)]
     buffer_rows: usize,
     /// Tokens kept per document.
