@@ -459,7 +459,6 @@ fn a_short_run_reads_only_the_rows_it_uses() {
 
 #[test]
 fn a_streamed_sae_is_as_good_as_one_trained_from_the_store() {
-    use sae_lib::train::Trainer;
     let (model, tok) = (load_fixture_model(MODEL), tokenizer());
     let dir = tempfile::tempdir().unwrap();
     let collect = |docs: DocIter, out: &Path| {
@@ -486,37 +485,21 @@ fn a_streamed_sae_is_as_good_as_one_trained_from_the_store() {
         checkpoint_every: None,
         ..train_cfg(arch, steps)
     };
-    let sae = sae_cfg(arch, Some(8), hooks()[0]);
-    let from_store = dir.path().join("from-store");
-    Trainer::new(sae.clone(), cfg.clone(), &train, &Device::Cpu)
-        .unwrap()
-        .train(Some(&from_store), None)
-        .unwrap();
     // A buffer of a third of the data: batches mix a third of the documents at a time.
-    let stream_cfg = StreamConfig {
-        hooks: vec![hooks()[0]],
-        collect: collect_cfg(Some(train_docs)),
-        buffer_rows: train.len() / 3,
-        batch_size: 64,
-        steps: Some(steps),
-        seed: 11,
-    };
-    let stream = ActivationStream::new(&model, &tok, open_corpus(), stream_cfg.clone()).unwrap();
-    let streamed = dir.path().join("streamed");
-    let mut job = StreamJob::new(stream, Some(&streamed), &Device::Cpu).unwrap();
-    job.add(
-        hooks()[0],
-        sae.clone(),
-        cfg.clone(),
-        Some(streamed.join("a")),
-    )
-    .unwrap();
-    job.train(None).unwrap();
+    let (from_store, streamed) = store_and_stream(
+        &model,
+        &tok,
+        &train,
+        cfg,
+        train_docs,
+        train.len() / 3,
+        dir.path(),
+    );
     let score = |dir: &Path| {
         let sae = sae_lib::sae::format::load(dir, &Device::Cpu).unwrap();
         sae_lib::eval::score(&held_out, &sae, &Device::Cpu, &mut |_| {}).unwrap()
     };
-    let (a, b) = (score(&from_store), score(&streamed.join("a")));
+    let (a, b) = (score(&from_store), score(&streamed));
     let gap = (b.fvu - a.fvu) / a.fvu;
     assert!(
         gap.abs() < 0.05,
@@ -535,7 +518,6 @@ fn a_streamed_sae_is_as_good_as_one_trained_from_the_store() {
 
 #[test]
 fn one_pass_through_a_buffer_that_holds_it_all_is_the_stores_run_bit_for_bit() {
-    use sae_lib::train::Trainer;
     let (model, tok) = (load_fixture_model(MODEL), tokenizer());
     let dir = tempfile::tempdir().unwrap();
     let cfg = CollectConfig {
@@ -548,25 +530,42 @@ fn one_pass_through_a_buffer_that_holds_it_all_is_the_stores_run_bit_for_bit() {
     let train = ActivationStore::open(&out).unwrap();
     let arch = Architecture::TopK;
     let train_cfg = train_cfg(arch, train.len() as u64 / 64); // one pass, whole batches
-    let sae = sae_cfg(arch, Some(8), hooks()[0]);
-    let from_store = dir.path().join("from-store");
-    Trainer::new(sae.clone(), train_cfg.clone(), &train, &Device::Cpu)
+    let (from_store, streamed) =
+        store_and_stream(&model, &tok, &train, train_cfg, 32, train.len(), dir.path());
+    assert!(weights(&from_store) == weights(&streamed));
+}
+
+/// A TopK SAE trained with `cfg` from `train` (the store of the corpus' first `docs`
+/// documents) and streamed from the same documents through a buffer of `buffer_rows`: the
+/// folders of the two.
+fn store_and_stream(
+    model: &Model,
+    tok: &Tokenizer,
+    train: &ActivationStore,
+    cfg: TrainConfig,
+    docs: usize,
+    buffer_rows: usize,
+    dir: &Path,
+) -> (PathBuf, PathBuf) {
+    let sae = sae_cfg(Architecture::TopK, Some(8), hooks()[0]);
+    let from_store = dir.join("from-store");
+    sae_lib::train::Trainer::new(sae.clone(), cfg.clone(), train, &Device::Cpu)
         .unwrap()
         .train(Some(&from_store), None)
         .unwrap();
     let stream_cfg = StreamConfig {
         hooks: vec![hooks()[0]],
-        collect: collect_cfg(Some(32)),
-        buffer_rows: train.len(),
-        batch_size: 64,
-        steps: Some(train_cfg.steps),
-        seed: train_cfg.seed,
+        collect: collect_cfg(Some(docs)),
+        buffer_rows,
+        batch_size: cfg.batch_size,
+        steps: Some(cfg.steps),
+        seed: cfg.seed,
     };
-    let stream = ActivationStream::new(&model, &tok, open_corpus(), stream_cfg).unwrap();
-    let streamed = dir.path().join("streamed");
+    let stream = ActivationStream::new(model, tok, open_corpus(), stream_cfg).unwrap();
+    let streamed = dir.join("streamed");
     let mut job = StreamJob::new(stream, Some(&streamed), &Device::Cpu).unwrap();
-    job.add(hooks()[0], sae, train_cfg, Some(streamed.join("a")))
+    job.add(hooks()[0], sae, cfg, Some(streamed.join("a")))
         .unwrap();
     job.train(None).unwrap();
-    assert!(weights(&from_store) == weights(&streamed.join("a")));
+    (from_store, streamed.join("a"))
 }
