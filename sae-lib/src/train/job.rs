@@ -126,12 +126,11 @@ impl<'m> StreamJob<'m> {
         if self.runs.is_empty() {
             return Err(Error::Input("the job has no SAE to train".into()));
         }
-        let total = last;
         let start = self.stream.borrow().step();
         let batch = self.stream.borrow().config().batch_size as f64;
-        let progress = Progress::new("stream-train", Some(total), "steps");
+        let progress = Progress::new("stream-train", Some(last), "steps");
         progress.inc(start);
-        for step in start..total {
+        for step in start..last {
             if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
                 break;
             }

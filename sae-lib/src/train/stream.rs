@@ -229,7 +229,7 @@ impl<'m> ActivationStream<'m> {
         Ok(self)
     }
 
-    /// Width of a row at hook `i`.
+    /// Width of a row (the model's `d_model`, at every hook).
     pub fn d(&self) -> usize {
         self.model.d_model()
     }

@@ -216,6 +216,11 @@ struct TrainerState {
     state_file: String,
 }
 
+/// The `trainer.json` of the run checkpointed in `dir`.
+fn read_state(dir: &Path) -> Result<TrainerState> {
+    io::read_json(&dir.join("trainer.json"))
+}
+
 /// Trains one SAE on one source of batches (a store, or a model streaming activations).
 pub struct Trainer<'a> {
     sae: AnySae,
@@ -344,14 +349,12 @@ impl<'a> Trainer<'a> {
 
     /// The training configuration of the run checkpointed in `dir`.
     pub fn checkpointed_config(dir: &Path) -> Result<TrainConfig> {
-        let state: TrainerState = io::read_json(&dir.join("trainer.json"))?;
-        Ok(state.train)
+        Ok(read_state(dir)?.train)
     }
 
     /// The step the run checkpointed in `dir` reached.
     pub fn checkpointed_step(dir: &Path) -> Result<u64> {
-        let state: TrainerState = io::read_json(&dir.join("trainer.json"))?;
-        Ok(state.step)
+        Ok(read_state(dir)?.step)
     }
 
     /// Continues the run checkpointed in `dir` on `source`, which must give the batches the
@@ -361,7 +364,7 @@ impl<'a> Trainer<'a> {
         source: Box<dyn BatchSource + 'a>,
         device: &Device,
     ) -> Result<Self> {
-        let state: TrainerState = io::read_json(&dir.join("trainer.json"))?;
+        let state = read_state(dir)?;
         let tensors_path = dir.join(&state.state_file);
         let tensors =
             candle_core::safetensors::load(&tensors_path, device).map_err(|e| Error::Weights {

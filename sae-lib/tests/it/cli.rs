@@ -373,6 +373,25 @@ pub(crate) fn checkpoint_step(out: &Path) -> Option<u64> {
     serde_json::from_str::<serde_json::Value>(&text).ok()?["step"].as_u64()
 }
 
+/// Runs `sae args` and SIGKILLs it once `dir` holds a checkpoint at step `step` or later.
+pub(crate) fn kill_9_after_checkpoint(args: &[&str], dir: &Path, step: u64) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sae"))
+        .args(args)
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while checkpoint_step(dir).unwrap_or(0) < step {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "training finished before it could be killed"
+        );
+        assert!(start.elapsed() < Duration::from_secs(120));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
 #[test]
 fn kill_9_then_resume_ends_with_the_uninterrupted_weights() {
     let dir = tempfile::tempdir().unwrap();
@@ -383,21 +402,7 @@ fn kill_9_then_resume_ends_with_the_uninterrupted_weights() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     let killed = dir.path().join("killed");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sae"))
-        .args(train_args(&acts, &killed, steps))
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while checkpoint_step(&killed).unwrap_or(0) < 14 {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "training finished before it could be killed"
-        );
-        assert!(start.elapsed() < Duration::from_secs(120));
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill_9_after_checkpoint(&train_args(&acts, &killed, steps), &killed, 14);
     let at = checkpoint_step(&killed).unwrap();
     assert!(at < 400, "killed after the end");
     let mut args = train_args(&acts, &killed, steps);

@@ -354,8 +354,6 @@ const CLI_RUNS: [&str; 4] = [
 
 #[test]
 fn cli_kill_9_mid_stream_then_resume_ends_with_the_uninterrupted_weights() {
-    use std::process::Command;
-    use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     let tokens = "64000"; // 500 steps
     let whole = dir.path().join("whole");
@@ -365,21 +363,8 @@ fn cli_kill_9_mid_stream_then_resume_ends_with_the_uninterrupted_weights() {
     assert_eq!(stdout.matches("step 500, FVU").count(), 4, "{stdout}");
 
     let killed = dir.path().join("killed");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sae"))
-        .args(cli_args(&killed, tokens, &["--checkpoint-every", "7"]))
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while crate::cli::checkpoint_step(&killed.join(CLI_RUNS[3])).unwrap_or(0) < 30 {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "training finished before it could be killed"
-        );
-        assert!(start.elapsed() < Duration::from_secs(120));
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    let args = cli_args(&killed, tokens, &["--checkpoint-every", "7"]);
+    crate::cli::kill_9_after_checkpoint(&args, &killed.join(CLI_RUNS[3]), 30);
     let at: Vec<Option<u64>> = CLI_RUNS
         .iter()
         .map(|r| crate::cli::checkpoint_step(&killed.join(r)))
