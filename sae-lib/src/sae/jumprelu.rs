@@ -9,12 +9,20 @@
 //! written as `value + (g − g.detach())` terms so candle's autograd carries them. θ is learned
 //! directly, not as `exp(log θ)`, which Adam barely moves (SAELens PR #718). Saved as SAELens
 //! "jumprelu" with `threshold`.
+//!
+//! Training is sparse past the encoder's dense matmul, as TopK's is: only pre-activations at
+//! least `θ − ε` can carry a value or a gradient (the kernel is zero below `θ − ε/2`), and once
+//! θ has risen they are a few dozen of `d_sae` per input. Those are gathered per input
+//! (`candidates`), and the loss decodes and differentiates only them. While they are many
+//! (early in training, θ still small) the step stays dense.
 
 use candle_core::{Tensor, Var};
 
 use super::common::SaeParams;
+use super::kernels::with_host;
 use super::{
-    Encoding, Init, LossContext, Sae, SaeConfig, Sparsity, TensorGetter, Variant, VariantDefaults,
+    Encoding, FeatureActs, Init, LossContext, Sae, SaeConfig, Sparsity, TensorGetter, Variant,
+    VariantDefaults,
 };
 use crate::Result;
 
@@ -28,6 +36,9 @@ pub const INIT_THRESHOLD: f64 = 0.1;
 pub const BANDWIDTH: f64 = 0.05;
 /// The default L0 coefficient λ.
 pub const DEFAULT_L0: f64 = 3.0;
+
+/// The sparse step's limit: beyond this share of `d_sae` candidates per input, dense is cheaper.
+const SPARSE_UP_TO: usize = 8;
 
 /// A JumpReLU SAE.
 #[derive(Debug, Clone)]
@@ -70,6 +81,57 @@ impl JumpReluSae {
     pub fn threshold(&self) -> &Var {
         &self.threshold
     }
+
+    /// θ at `indices` `(batch, m)`, differentiable in θ.
+    fn threshold_at(&self, indices: &Tensor) -> Result<Tensor> {
+        let theta = self.threshold.as_tensor();
+        Ok(theta
+            .index_select(&indices.flatten_all()?, 0)?
+            .reshape(indices.shape())?)
+    }
+}
+
+/// For the sparse step: each input's features with `pre ≥ θ − ε`, as `(batch, m)` indices where
+/// `m` is the batch's largest count; shorter rows are padded with a feature below `θ − ε`, which
+/// has neither a value nor a gradient. `None` off the CPU kernels' path, or when some input has
+/// more than `d_sae / SPARSE_UP_TO` candidates.
+fn candidates(pre: &Tensor, theta: &Tensor, eps: f64) -> Result<Option<Tensor>> {
+    if !crate::ops::host_f32(&[pre, theta]) {
+        return Ok(None);
+    }
+    let (b, d_sae) = pre.dims2()?;
+    let floor: Vec<f32> = theta
+        .to_vec1::<f32>()?
+        .iter()
+        .map(|t| t - eps as f32)
+        .collect();
+    let rows: Vec<Vec<u32>> = with_host(pre, "the pre-activations", |p| {
+        use rayon::prelude::*;
+        Ok(p.par_chunks(d_sae)
+            .map(|row| {
+                let mut picked: Vec<u32> = (0..d_sae as u32)
+                    .filter(|&j| row[j as usize] >= floor[j as usize])
+                    .collect();
+                if picked.len() < d_sae {
+                    // Any feature below its floor pads the row.
+                    let pad = (0..d_sae).find(|&j| row[j] < floor[j]).unwrap_or(0) as u32;
+                    picked.push(pad);
+                }
+                picked
+            })
+            .collect())
+    })?;
+    // Every row carries at least its pad, so m >= 1; the pad itself is not a candidate.
+    let m = rows.iter().map(Vec::len).max().unwrap_or(1);
+    if m > d_sae / SPARSE_UP_TO {
+        return Ok(None);
+    }
+    let mut idx = Vec::with_capacity(b * m);
+    for row in rows {
+        let pad = *row.last().expect("a row holds at least its pad");
+        idx.extend(row.iter().copied().chain(std::iter::repeat(pad)).take(m));
+    }
+    Ok(Some(Tensor::from_vec(idx, (b, m), pre.device())?))
 }
 
 impl Variant for JumpReluSae {
@@ -127,9 +189,23 @@ impl Sae for JumpReluSae {
         jumprelu(&self.params.pre_acts(x)?, self.threshold.as_tensor())
     }
     fn encode_for_training(&self, x: &Tensor, _ctx: &LossContext) -> Result<Encoding> {
+        let theta = self.threshold.as_tensor();
         let pre = self.params.pre_acts(x)?;
-        let f = jumprelu_ste(&pre, self.threshold.as_tensor(), self.bandwidth)?;
-        Ok(Encoding::dense(f, pre))
+        let detached = pre.detach();
+        let Some(indices) = candidates(&detached, theta, self.bandwidth)? else {
+            let f = jumprelu_ste(&pre, theta, self.bandwidth)?;
+            return Ok(Encoding::dense(f, pre));
+        };
+        let pre_at = self.params.pre_acts_at(x, &detached, &indices)?;
+        let values = jumprelu_ste(&pre_at, &self.threshold_at(&indices)?, self.bandwidth)?;
+        Ok(Encoding {
+            acts: FeatureActs::Sparse {
+                values,
+                indices,
+                d_sae: self.cfg.d_sae,
+            },
+            hidden_pre: Some(detached),
+        })
     }
     fn aux_losses(
         &self,
@@ -138,13 +214,124 @@ impl Sae for JumpReluSae {
         _sae_out: &Tensor,
         ctx: &LossContext,
     ) -> Result<Vec<(&'static str, Tensor)>> {
-        let l0 = step_l0_ste(enc.pre()?, self.threshold.as_tensor(), self.bandwidth)?.mean(0)?;
-        Ok(vec![("l0", (l0 * ctx.sparsity_coefficient)?)])
+        let l0 = match &enc.acts {
+            // Features outside the candidates count 0 and have no gradient.
+            FeatureActs::Sparse { indices, .. } => step_l0_ste(
+                &enc.pre()?.gather(indices, 1)?,
+                &self.threshold_at(indices)?,
+                self.bandwidth,
+            )?,
+            FeatureActs::Dense(_) => {
+                step_l0_ste(enc.pre()?, self.threshold.as_tensor(), self.bandwidth)?
+            }
+        };
+        Ok(vec![("l0", (l0.mean(0)? * ctx.sparsity_coefficient)?)])
     }
     /// θ stays positive (a negative threshold would let every feature fire).
     fn after_step(&self) -> Result<()> {
         self.threshold
             .set(&self.threshold.as_tensor().clamp(1e-6, f64::MAX)?)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sae::{Architecture, SaeMetadata, SparsityPenalty};
+    use candle_core::{DType, Device};
+    use rand::SeedableRng;
+
+    /// Every loss term and every parameter's gradient, on the chosen path.
+    fn loss_and_grads(sae: &JumpReluSae, x: &Tensor, stock: bool) -> (Vec<f32>, Vec<Vec<f32>>) {
+        let _stock = stock.then(crate::ops::StockOps::on);
+        let ctx = LossContext {
+            sparsity_coefficient: 0.7,
+            dead: None,
+        };
+        let out = sae.loss(x, &ctx).unwrap();
+        assert_eq!(
+            matches!(out.feature_acts, FeatureActs::Sparse { .. }),
+            !stock,
+            "the CPU kernels' path must be the sparse one here, the stock path dense"
+        );
+        let terms = out
+            .terms
+            .iter()
+            .map(|(_, t)| t.to_scalar::<f32>().unwrap())
+            .collect();
+        let grads = out.total.backward().unwrap();
+        let grads = sae
+            .vars()
+            .iter()
+            .map(|(_, v)| {
+                let g = grads
+                    .get(v.as_tensor())
+                    .expect("every parameter has a gradient");
+                g.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            })
+            .collect();
+        (terms, grads)
+    }
+
+    /// The sparse step (only the features within ε below θ or above) gives the dense step's
+    /// loss and gradients, θ's pseudo-derivatives included.
+    #[test]
+    fn the_sparse_step_equals_the_dense_step() {
+        let dev = Device::Cpu;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let (b, d_in, d_sae) = (24, 16, 256);
+        let cfg = SaeConfig::new(Architecture::JumpRelu, d_in, d_sae, SaeMetadata::default());
+        let mut init = Init {
+            rng: &mut rng,
+            dtype: DType::F32,
+            device: &dev,
+            penalty: SparsityPenalty::DecoderNorm,
+        };
+        let sae = JumpReluSae::init(cfg, &mut init).unwrap();
+        // Unit-norm encoder rows against inputs of norm about 4: pre-activations about N(0, 1).
+        sae.params
+            .w_enc_t
+            .set(
+                &super::super::common::random_rows(d_sae, d_in, 1.0, &mut rng, DType::F32, &dev)
+                    .unwrap(),
+            )
+            .unwrap();
+        // θ around 2: a few candidates per input, some inside the kernel's window.
+        let theta: Vec<f32> = (0..d_sae)
+            .map(|j| 1.8 + 0.4 * (j as f32 / d_sae as f32))
+            .collect();
+        sae.threshold
+            .set(&Tensor::from_vec(theta, d_sae, &dev).unwrap())
+            .unwrap();
+        let x = Tensor::randn(0f32, 1., (b, d_in), &dev).unwrap();
+        let pre = sae.params.pre_acts(&x).unwrap();
+        let u = ((pre.broadcast_sub(sae.threshold.as_tensor()).unwrap()) / BANDWIDTH)
+            .unwrap()
+            .abs()
+            .unwrap();
+        let in_window = u.le(0.5).unwrap().to_dtype(DType::F32).unwrap();
+        assert!(in_window.sum_all().unwrap().to_scalar::<f32>().unwrap() >= 3.0);
+
+        let (sparse_terms, sparse_grads) = loss_and_grads(&sae, &x, false);
+        let (dense_terms, dense_grads) = loss_and_grads(&sae, &x, true);
+        for (s, d) in sparse_terms.iter().zip(&dense_terms) {
+            assert!(
+                (s - d).abs() <= 1e-4 * d.abs().max(1.0),
+                "loss term {s} vs {d}"
+            );
+        }
+        for ((name, _), (s, d)) in sae.vars().iter().zip(sparse_grads.iter().zip(&dense_grads)) {
+            let scale = d.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+            let gap = s
+                .iter()
+                .zip(d)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                gap <= 1e-4 * scale,
+                "{name}: gradients differ by {gap} (scale {scale})"
+            );
+        }
     }
 }
