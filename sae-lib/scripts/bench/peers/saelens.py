@@ -46,8 +46,9 @@ Peer threads: torch.set_num_threads(--threads), OMP_WAIT_POLICY=PASSIVE unless s
 explains why).
 
 Ours (`sae train`, timed as a whole subprocess with RAYON_NUM_THREADS=--threads) keeps its own
-recipe: inputs scaled to E‖x‖ = √d_in, geometric-median b_dec, unit-norm decoder for TopK
-variants, λ warm-up over 5% of steps, lr decay over the last 20%, grad-norm clip 1.
+recipe: inputs scaled to E‖x‖ = √d_in, geometric-median b_dec, free decoder norms for TopK
+variants (unit-norm for the penalty variants), λ warm-up over 5% of steps, lr decay over the
+last 20%, grad-norm clip 1.
 
 Penalty-based variants (standard, gated, jumprelu): a coefficient means different things in
 the two tools (ours acts on scaled inputs), so the same λ gives different L0. Pass lists:
