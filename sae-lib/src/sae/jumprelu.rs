@@ -109,23 +109,25 @@ fn candidates(pre: &Tensor, theta: &Tensor, eps: f64) -> Result<Option<Tensor>> 
         use rayon::prelude::*;
         Ok(p.par_chunks(d_sae)
             .map(|row| {
-                let mut picked: Vec<u32> = (0..d_sae as u32)
-                    .filter(|&j| row[j as usize] >= floor[j as usize])
+                // (NaN is no candidate, and may pad.)
+                let candidate = |j: usize| row[j] >= floor[j];
+                let mut picked: Vec<u32> = (0..d_sae)
+                    .filter(|&j| candidate(j))
+                    .map(|j| j as u32)
                     .collect();
-                if picked.len() < d_sae {
-                    // Any feature below its floor pads the row.
-                    let pad = (0..d_sae).find(|&j| row[j] < floor[j]).unwrap_or(0) as u32;
-                    picked.push(pad);
+                // Any feature not picked pads the row.
+                if let Some(pad) = (0..d_sae).find(|&j| !candidate(j)) {
+                    picked.push(pad as u32);
                 }
                 picked
             })
             .collect())
     })?;
-    // Every row carries at least its pad, so m >= 1; the pad itself is not a candidate.
     let m = rows.iter().map(Vec::len).max().unwrap_or(1);
     if m > d_sae / SPARSE_UP_TO {
         return Ok(None);
     }
+    // From here every row has fewer than d_sae candidates, so it ends with its pad.
     let mut idx = Vec::with_capacity(b * m);
     for row in rows {
         let pad = *row.last().expect("a row holds at least its pad");
