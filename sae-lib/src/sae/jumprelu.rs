@@ -93,8 +93,8 @@ impl JumpReluSae {
 
 /// For the sparse step: each input's features with `pre ≥ θ − ε`, as `(batch, m)` indices where
 /// `m` is the batch's largest count; shorter rows are padded with a feature below `θ − ε`, which
-/// has neither a value nor a gradient. `None` off the CPU kernels' path, or when some input has
-/// more than `d_sae / SPARSE_UP_TO` candidates.
+/// has neither a value nor a gradient. `None` off the CPU kernels' path, or when some input's
+/// candidates and pad do not fit in `d_sae / SPARSE_UP_TO` (it then stops at the first such one).
 fn candidates(pre: &Tensor, theta: &Tensor, eps: f64) -> Result<Option<Tensor>> {
     if !crate::ops::host_f32(&[pre, theta]) {
         return Ok(None);
@@ -105,33 +105,44 @@ fn candidates(pre: &Tensor, theta: &Tensor, eps: f64) -> Result<Option<Tensor>> 
         .iter()
         .map(|t| t - eps as f32)
         .collect();
-    let rows: Vec<Vec<u32>> = with_host(pre, "the pre-activations", |p| {
+    let limit = d_sae / SPARSE_UP_TO;
+    if limit == 0 {
+        return Ok(None);
+    }
+    // Each row's candidates and a feature that is not one (its pad), or `None` as soon as the
+    // row reaches `limit` candidates: with its pad it would not fit.
+    let rows: Option<Vec<(Vec<u32>, u32)>> = with_host(pre, "the pre-activations", |p| {
         use rayon::prelude::*;
         Ok(p.par_chunks(d_sae)
             .map(|row| {
-                // (NaN is no candidate, and may pad.)
-                let candidate = |j: usize| row[j] >= floor[j];
-                let mut picked: Vec<u32> = (0..d_sae)
-                    .filter(|&j| candidate(j))
-                    .map(|j| j as u32)
-                    .collect();
-                // Any feature not picked pads the row.
-                if let Some(pad) = (0..d_sae).find(|&j| !candidate(j)) {
-                    picked.push(pad as u32);
+                let mut picked = Vec::new();
+                let mut pad = None;
+                for (j, (&v, &f)) in row.iter().zip(&floor).enumerate() {
+                    // (NaN is no candidate, and may pad.)
+                    if v >= f {
+                        if picked.len() + 1 == limit {
+                            return None;
+                        }
+                        picked.push(j as u32);
+                    } else if pad.is_none() {
+                        pad = Some(j as u32);
+                    }
                 }
-                picked
+                Some((picked, pad?))
             })
             .collect())
     })?;
-    let m = rows.iter().map(Vec::len).max().unwrap_or(1);
-    if m > d_sae / SPARSE_UP_TO {
+    let Some(rows) = rows else {
         return Ok(None);
-    }
-    // From here every row has fewer than d_sae candidates, so it ends with its pad.
+    };
+    let m = 1 + rows
+        .iter()
+        .map(|(picked, _)| picked.len())
+        .max()
+        .unwrap_or(0);
     let mut idx = Vec::with_capacity(b * m);
-    for row in rows {
-        let pad = *row.last().expect("a row holds at least its pad");
-        idx.extend(row.iter().copied().chain(std::iter::repeat(pad)).take(m));
+    for (picked, pad) in rows {
+        idx.extend(picked.into_iter().chain(std::iter::repeat(pad)).take(m));
     }
     Ok(Some(Tensor::from_vec(idx, (b, m), pre.device())?))
 }
@@ -295,7 +306,7 @@ mod tests {
         sae.params
             .w_enc_t
             .set(
-                &super::super::common::random_rows(d_sae, d_in, 1.0, &mut rng, DType::F32, &dev)
+                &crate::sae::common::random_rows(d_sae, d_in, 1.0, &mut rng, DType::F32, &dev)
                     .unwrap(),
             )
             .unwrap();
