@@ -48,11 +48,15 @@ pub use error::{Error, Result};
 pub use data::ActivationStore;
 pub use hooks::{HookPoint, Hooks};
 pub use model::{Model, Padding, TokenBatch};
-pub use plot::{Chart, Html, ParetoMetric};
+pub use plot::{Chart, Html, ParetoMetric, Table};
 pub use sae::{AnySae, Architecture, Sae, SaeConfig};
-pub use sweep::{pareto_chart, run_sweep, sweep_frame, SweepConfig};
+#[cfg(feature = "polars")]
+pub use sweep::sweep_frame;
+pub use sweep::{pareto_chart, run_sweep, sweep_table, SweepConfig};
 pub use tokenizer::Tokenizer;
-pub use train::{metrics_frame, MetricsRow, TrainConfig, Trainer};
+#[cfg(feature = "polars")]
+pub use train::metrics_frame;
+pub use train::{metrics_table, MetricsRow, TrainConfig, Trainer};
 pub use walkthrough::WalkthroughConfig;
 
 /// Process-wide CPU settings that candle's defaults get wrong for this workload; the `sae`

@@ -3,13 +3,12 @@
 //! measured the same way (L0 and FVU on the same rows; CE loss recovered when a model is given).
 
 use candle_core::Device;
-use polars::prelude::{Column, DataFrame};
 use serde::{Deserialize, Serialize};
 
 use crate::eval::{metrics, splice_eval};
 use crate::hooks::HookPoint;
 use crate::model::Model;
-use crate::plot::{Chart, ParetoMetric, ParetoPoint};
+use crate::plot::{Chart, ParetoMetric, ParetoPoint, Table, Values};
 use crate::sae::{Architecture, Sae, SaeConfig, SaeMetadata, Sparsity};
 use crate::train::{ActivationSource, TrainConfig, Trainer};
 use crate::{Error, Result};
@@ -221,36 +220,28 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
     Ok(dir)
 }
 
+/// The sweep as a table, one row per trained SAE.
+pub fn sweep_table(points: &[SweepPoint]) -> Table {
+    let float = |get: fn(&SweepPoint) -> f64| Values::Float(points.iter().map(get).collect());
+    Table::default()
+        .with(
+            "architecture",
+            Values::Text(points.iter().map(|p| p.architecture.clone()).collect()),
+        )
+        .with("sparsity_setting", float(|p| p.sparsity_setting))
+        .with("l0", float(|p| p.l0))
+        .with("fvu", float(|p| p.fvu))
+        .with("dead_fraction", float(|p| p.dead_fraction))
+        .with(
+            "ce_loss_score",
+            Values::MaybeFloat(points.iter().map(|p| p.ce_loss_score).collect()),
+        )
+}
+
 /// The sweep as a polars table, one row per trained SAE.
-pub fn sweep_frame(points: &[SweepPoint]) -> Result<DataFrame> {
-    let col = |name: &str, v: Vec<f64>| Column::new(name.into(), v);
-    DataFrame::new(
-        points.len(),
-        vec![
-            Column::new(
-                "architecture".into(),
-                points
-                    .iter()
-                    .map(|p| p.architecture.clone())
-                    .collect::<Vec<_>>(),
-            ),
-            col(
-                "sparsity_setting",
-                points.iter().map(|p| p.sparsity_setting).collect(),
-            ),
-            col("l0", points.iter().map(|p| p.l0).collect()),
-            col("fvu", points.iter().map(|p| p.fvu).collect()),
-            col(
-                "dead_fraction",
-                points.iter().map(|p| p.dead_fraction).collect(),
-            ),
-            Column::new(
-                "ce_loss_score".into(),
-                points.iter().map(|p| p.ce_loss_score).collect::<Vec<_>>(),
-            ),
-        ],
-    )
-    .map_err(|e| Error::Input(format!("building the sweep table: {e}")))
+#[cfg(feature = "polars")]
+pub fn sweep_frame(points: &[SweepPoint]) -> Result<polars::prelude::DataFrame> {
+    sweep_table(points).frame()
 }
 
 /// The Pareto chart of a sweep: L0 against FVU, or against CE loss recovered.

@@ -7,8 +7,6 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use polars::prelude::{ParquetReader, SerReader};
-
 use crate::hub::{HubOptions, HubRepo, RepoKind};
 use crate::{Error, Result};
 
@@ -194,33 +192,56 @@ pub fn read_file(path: &Path, opts: &DatasetOptions) -> Result<Vec<String>> {
 }
 
 fn read_parquet(path: &Path, column: &str) -> Result<Vec<String>> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::Field;
+    use parquet::schema::types::Type;
+
     let err = |message: String| Error::Dataset {
         path: path.display().to_string(),
         message,
     };
     let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
-    let mut reader = ParquetReader::new(file);
-    let schema = reader
-        .schema()
+    let reader = SerializedFileReader::new(file)
         .map_err(|e| err(format!("not a readable parquet file: {e}")))?;
-    let names: Vec<String> = schema.iter_names().map(|n| n.to_string()).collect();
-    if !names.iter().any(|n| n == column) {
+    let schema = reader.metadata().file_metadata().schema();
+    let Some(field) = schema.get_fields().iter().find(|f| f.name() == column) else {
+        let names: Vec<&str> = schema.get_fields().iter().map(|f| f.name()).collect();
         return Err(err(format!(
             "no column `{column}`; the columns are: {} (choose one with --column)",
             names.join(", ")
         )));
+    };
+    // Read only the text column.
+    let projection = Type::group_type_builder(schema.name())
+        .with_fields(vec![field.clone()])
+        .build()
+        .map_err(|e| err(e.to_string()))?;
+    let unreadable = |e: parquet::errors::ParquetError| {
+        let hint = match e {
+            parquet::errors::ParquetError::General(ref m) if m.contains("brotli") => {
+                " (brotli is left out of this build: re-save the file with snappy or zstd)"
+            }
+            _ => "",
+        };
+        err(format!("cannot read column `{column}`: {e}{hint}"))
+    };
+    let rows = reader.get_row_iter(Some(projection)).map_err(unreadable)?;
+    let mut docs = Vec::new();
+    for row in rows {
+        let row = row.map_err(unreadable)?;
+        match row.get_column_iter().next().map(|(_, value)| value) {
+            Some(Field::Str(text)) => docs.push(text.clone()),
+            // A missing document is an empty one, which collection skips.
+            Some(Field::Null) | None => docs.push(String::new()),
+            Some(other) => {
+                return Err(err(format!(
+                    "column `{column}` holds values such as `{other}`, not text \
+                     (choose the text column with --column)"
+                )))
+            }
+        }
     }
-    let df = reader
-        .with_columns(Some(vec![column.to_string()]))
-        .finish()
-        .map_err(|e| err(format!("cannot read column `{column}`: {e}")))?;
-    let col = df.column(column).map_err(|e| err(e.to_string()))?;
-    let text = col
-        .str()
-        .map_err(|_| err(format!("column `{column}` holds {}, not text", col.dtype())))?;
-    Ok((0..text.len())
-        .map(|i| text.get(i).unwrap_or_default().to_string())
-        .collect())
+    Ok(docs)
 }
 
 fn read_jsonl(path: &Path, field: &str) -> Result<Vec<String>> {

@@ -3,6 +3,7 @@
 //! Every chart has a title, axis labels and units.
 
 mod charts;
+mod table;
 
 use std::path::Path;
 use std::sync::Once;
@@ -11,6 +12,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 pub use charts::*;
+pub use table::{Table, Values};
 
 use crate::{io, Error, Result};
 

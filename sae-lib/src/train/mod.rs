@@ -12,4 +12,6 @@ pub use health::{diagnose, RunSummary};
 pub use job::StreamJob;
 pub use source::{ActivationSource, BatchSource, StoreBatches};
 pub use stream::{ActivationStream, StreamConfig};
-pub use trainer::{metrics_frame, BDecInit, MetricsRow, TrainConfig, TrainReport, Trainer};
+#[cfg(feature = "polars")]
+pub use trainer::metrics_frame;
+pub use trainer::{metrics_table, BDecInit, MetricsRow, TrainConfig, TrainReport, Trainer};

@@ -13,6 +13,7 @@ use super::optim::{Adam, AdamParams};
 use super::schedule;
 use super::source::{ActivationSource, BatchSource, StoreBatches};
 use crate::eval::metrics;
+use crate::plot::{Table, Values};
 use crate::progress::Progress;
 use crate::sae::common::geometric_median;
 use crate::sae::{
@@ -665,8 +666,14 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// The logged metrics as a polars table, one row per logged step (columns as
-    /// [`MetricsRow`]'s fields).
+    /// The logged metrics as a table, one row per logged step (columns as [`MetricsRow`]'s
+    /// fields).
+    pub fn metrics_table(&self) -> Table {
+        metrics_table(&self.metrics)
+    }
+
+    /// The logged metrics as a polars table, one row per logged step.
+    #[cfg(feature = "polars")]
     pub fn metrics_frame(&self) -> Result<polars::prelude::DataFrame> {
         metrics_frame(&self.metrics)
     }
@@ -743,31 +750,27 @@ impl<'a> Trainer<'a> {
     }
 }
 
+/// Metric rows as a table, one column per [`MetricsRow`] field.
+pub fn metrics_table(rows: &[MetricsRow]) -> Table {
+    let int = |get: fn(&MetricsRow) -> u64| Values::Int(rows.iter().map(get).collect());
+    let float = |get: fn(&MetricsRow) -> f64| Values::Float(rows.iter().map(get).collect());
+    Table::default()
+        .with("step", int(|r| r.step))
+        .with("tokens", int(|r| r.tokens))
+        .with("loss", float(|r| r.loss))
+        .with("mse", float(|r| r.mse))
+        .with("fvu", float(|r| r.fvu))
+        .with("explained_variance", float(|r| r.explained_variance))
+        .with("l0", float(|r| r.l0))
+        .with("l1", float(|r| r.l1))
+        .with("dead_frac", float(|r| r.dead_frac))
+        .with("dense_frac", float(|r| r.dense_frac))
+        .with("lr", float(|r| r.lr))
+        .with("sparsity_coefficient", float(|r| r.sparsity_coefficient))
+}
+
 /// Metric rows as a polars table, one column per [`MetricsRow`] field.
+#[cfg(feature = "polars")]
 pub fn metrics_frame(rows: &[MetricsRow]) -> Result<polars::prelude::DataFrame> {
-    use polars::prelude::{Column, DataFrame};
-    let f = |name: &str, get: fn(&MetricsRow) -> f64| {
-        Column::new(name.into(), rows.iter().map(get).collect::<Vec<f64>>())
-    };
-    let u = |name: &str, get: fn(&MetricsRow) -> u64| {
-        Column::new(name.into(), rows.iter().map(get).collect::<Vec<u64>>())
-    };
-    DataFrame::new(
-        rows.len(),
-        vec![
-            u("step", |r| r.step),
-            u("tokens", |r| r.tokens),
-            f("loss", |r| r.loss),
-            f("mse", |r| r.mse),
-            f("fvu", |r| r.fvu),
-            f("explained_variance", |r| r.explained_variance),
-            f("l0", |r| r.l0),
-            f("l1", |r| r.l1),
-            f("dead_frac", |r| r.dead_frac),
-            f("dense_frac", |r| r.dense_frac),
-            f("lr", |r| r.lr),
-            f("sparsity_coefficient", |r| r.sparsity_coefficient),
-        ],
-    )
-    .map_err(|e| Error::Training(format!("building the metrics table: {e}")))
+    metrics_table(rows).frame()
 }

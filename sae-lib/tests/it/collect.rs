@@ -34,6 +34,19 @@ fn docs() -> Vec<sae_lib::Result<String>> {
 }
 
 fn write_parquet(path: &Path, column: &str, docs: &[&str]) {
+    let docs: Vec<Option<&str>> = docs.iter().map(|d| Some(*d)).collect();
+    write_parquet_with(path, column, &docs, Default::default(), None);
+}
+
+/// A parquet file written by polars (an independent writer): a text column with an integer
+/// column beside it.
+fn write_parquet_with(
+    path: &Path,
+    column: &str,
+    docs: &[Option<&str>],
+    compression: polars::prelude::ParquetCompression,
+    row_group_rows: Option<usize>,
+) {
     use polars::prelude::*;
     let mut df = DataFrame::new(
         docs.len(),
@@ -44,8 +57,55 @@ fn write_parquet(path: &Path, column: &str, docs: &[&str]) {
     )
     .unwrap();
     ParquetWriter::new(std::fs::File::create(path).unwrap())
+        .with_compression(compression)
+        .with_row_group_size(row_group_rows)
         .finish(&mut df)
         .unwrap();
+}
+
+#[test]
+fn parquet_reads_every_row_group_codec_and_null() {
+    use polars::prelude::ParquetCompression;
+    let dir = tempfile::tempdir().unwrap();
+    // Long documents over several row groups, with a null (read as an empty document).
+    let long: Vec<String> = (0..300)
+        .map(|i| format!("document {i}: {}", "the quick brown fox ".repeat(i % 17)))
+        .collect();
+    let mut docs: Vec<Option<&str>> = long.iter().map(|d| Some(d.as_str())).collect();
+    docs[7] = None;
+    let expected: Vec<String> = docs.iter().map(|d| d.unwrap_or("").to_string()).collect();
+    let codecs = [
+        ("snappy", ParquetCompression::Snappy),
+        ("zstd", ParquetCompression::Zstd(None)),
+        ("lz4", ParquetCompression::Lz4Raw),
+        ("gzip", ParquetCompression::Gzip(None)),
+        ("none", ParquetCompression::Uncompressed),
+    ];
+    for (name, codec) in codecs {
+        let path = dir.path().join(format!("{name}.parquet"));
+        write_parquet_with(&path, "text", &docs, codec, Some(64));
+        let got = sae_lib::data::dataset::read_file(&path, &DatasetOptions::default()).unwrap();
+        assert_eq!(got, expected, "{name}");
+    }
+    // A number column is refused, naming the column and what to do.
+    let opts = DatasetOptions {
+        column: "meta".into(),
+        ..Default::default()
+    };
+    let err = sae_lib::data::dataset::read_file(&dir.path().join("zstd.parquet"), &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`meta`") && err.contains("not text"), "{err}");
+    // A codec left out of the build is one clear error, not a panic.
+    let path = dir.path().join("brotli.parquet");
+    write_parquet_with(&path, "text", &docs, ParquetCompression::Brotli(None), None);
+    let err = sae_lib::data::dataset::read_file(&path, &DatasetOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("re-save the file with snappy or zstd"),
+        "{err}"
+    );
 }
 
 #[test]
