@@ -3,13 +3,14 @@
 //! which times the same loss and optimiser in PyTorch in the same run.
 //!
 //! Usage: bench_train [ARCH] [STEPS] [D_SAE] [D_IN] [BATCH]   (ARCH: relu, topk, ...; TopK-style
-//! use k = 32; D_IN and BATCH default to 512 and 4096; `SAE_DEVICE=cuda` trains on the GPU)
+//! use k = 32; D_IN and BATCH default to 512 and 4096; `SAE_DEVICE=cuda` trains on the GPU,
+//! `SAE_DTYPE=bf16` in mixed precision)
 
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use sae_lib::sae::{Architecture, SaeConfig, SaeMetadata};
-use sae_lib::train::{TrainConfig, Trainer};
+use sae_lib::train::{Compute, TrainConfig, Trainer};
 
 fn main() -> anyhow::Result<()> {
     sae_lib::init_cpu_runtime();
@@ -38,7 +39,14 @@ fn main() -> anyhow::Result<()> {
         k: arch.uses_k().then_some(32),
         ..SaeConfig::new(arch, d_in, d_sae, SaeMetadata::default())
     };
+    let dtype = std::env::var("SAE_DTYPE").unwrap_or_else(|_| "f32".into());
+    let compute = match dtype.as_str() {
+        "f32" => Compute::F32,
+        "bf16" => Compute::Bf16,
+        other => anyhow::bail!("SAE_DTYPE must be f32 or bf16, not {other}"),
+    };
     let train = TrainConfig {
+        compute,
         steps: steps + 2,
         batch_size: batch,
         log_every: 1_000_000,
@@ -58,7 +66,7 @@ fn main() -> anyhow::Result<()> {
     device.synchronize()?;
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "{{\"impl\":\"candle\",\"device\":\"{device_name}\",\"work\":\"train\",\"variant\":\"{}\",\"d_in\":{d_in},\"d_sae\":{d_sae},\"batch\":{batch},\"samples_per_s\":{:.1}}}",
+        "{{\"impl\":\"candle\",\"device\":\"{device_name}\",\"work\":\"train\",\"dtype\":\"{dtype}\",\"variant\":\"{}\",\"d_in\":{d_in},\"d_sae\":{d_sae},\"batch\":{batch},\"samples_per_s\":{:.1}}}",
         arch.name(),
         (steps as usize * batch) as f64 / secs
     );

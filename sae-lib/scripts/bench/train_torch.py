@@ -2,7 +2,9 @@
 the same loss (sum-over-d MSE + lambda * sum_i f_i ||W_dec,i||, Anthropic April 2024), Adam,
 global grad-norm clipping at 1, batch 4096 of random activations. Prints samples/s.
 
-Usage: [DEVICE=cuda] train_torch.py THREADS [STEPS]
+Usage: [DEVICE=cuda] [DTYPE=bf16] train_torch.py THREADS [STEPS]
+DTYPE=bf16 runs the forward pass and loss under torch.autocast(bfloat16) with the weights and
+Adam's state in f32, as `sae train --dtype bf16` does.
 """
 import json
 import os
@@ -18,6 +20,9 @@ def main():
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     device = os.environ.get("DEVICE", "cpu")
+    dtype = os.environ.get("DTYPE", "f32")
+    if dtype not in ("f32", "bf16"):
+        sys.exit(f"DTYPE must be f32 or bf16, not {dtype}")
     torch.set_default_device(device)
     d_in, d_sae, batch = 512, 4096, 4096
     data = torch.randn(4 * batch, d_in)
@@ -31,9 +36,11 @@ def main():
 
     def step(i):
         x = data[(i % 4) * batch:(i % 4 + 1) * batch]
-        f = torch.relu((x - b_dec) @ w_enc + b_enc)
-        x_hat = f @ w_dec + b_dec
-        loss = (x_hat - x).pow(2).sum(1).mean() + 5.0 * (f @ w_dec.norm(dim=1)).mean()
+        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
+                            enabled=dtype == "bf16"):
+            f = torch.relu((x - b_dec) @ w_enc + b_enc)
+            x_hat = f @ w_dec + b_dec
+            loss = (x_hat.float() - x).pow(2).sum(1).mean() + 5.0 * (f @ w_dec.norm(dim=1)).float().mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -47,7 +54,7 @@ def main():
     for i in range(steps):
         step(i)
     secs = time.perf_counter() - start
-    print(json.dumps({"impl": "torch", "device": device, "work": "train", "d_in": d_in, "d_sae": d_sae, "batch": batch,
+    print(json.dumps({"impl": "torch", "device": device, "work": "train", "dtype": dtype, "d_in": d_in, "d_sae": d_sae, "batch": batch,
                       "samples_per_s": round(steps * batch / secs, 1), "threads": threads,
                       "torch": torch.__version__}))
 

@@ -3,7 +3,8 @@
 #
 #   here (no GPU needed):  bash sae-lib/scripts/gpu/check.sh --pack
 #       builds the three examples below with CUDA (cuda_toolchain.sh) into target-cuda and packs
-#       them, stripped, into .cache/gpu-check.tar.xz (small enough to carry to the GPU machine);
+#       them, stripped, into .cache/gpu-check.tar.xz (small enough to carry to the GPU machine)
+#       with the pure-Python wheels of sparsify's model that the GPU image lacks;
 #   there:                 bash sae-lib/scripts/gpu/check.sh [--device cuda]
 #       unpacks that archive when present and runs the check;
 #   on the CPU:            bash sae-lib/scripts/gpu/check.sh --device cpu
@@ -13,9 +14,11 @@
 # Steps: 1. device_parity (GPT-NeoX and Llama fixtures, hooks and logits within 1e-3; 20 TopK
 # training steps); 2. bench_forward to blocks.5.hook_mlp_out at pythia-70m's shape, batch 64
 # x 128, against transformers (forward_torch.py); 3. bench_train: ReLU at 4,096 features
-# against the same loss and Adam in PyTorch (train_torch.py), and TopK k 32 at 16,384 features;
-# 4. one table of ratios (ratios.py). Python rows need torch (and transformers for step 2) in
-# python3; without them they are skipped with a message.
+# against the same loss and Adam in PyTorch (train_torch.py), in f32 and in bf16 mixed precision
+# (`--dtype bf16`; torch.autocast there), and TopK k 32 at 16,384 features against sparsify's
+# SparseCoder with its Triton decoder (train_sparsify.py); 4. one table of ratios (ratios.py).
+# Python rows need torch (and transformers for step 2, sparsify for its row) in python3;
+# without them they are skipped with a message.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../../.." && pwd)
 cd "$root"
@@ -33,7 +36,11 @@ while [ $# -gt 0 ]; do
             for e in device_parity bench_forward bench_train; do
                 strip -o "$staging/$e" "target-cuda/release/examples/$e"
             done
-            tar -C "$staging" -cJf "$pack" device_parity bench_forward bench_train
+            # sparsify 1.3.3 and what its model modules import beyond the GPU image
+            python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+                -d "$staging/wheels" eai-sparsify==1.3.3 natsort==8.4.0 simple-parsing==0.1.9 \
+                docstring-parser==0.18.0
+            tar -C "$staging" -cJf "$pack" device_parity bench_forward bench_train wheels
             rm -rf "$staging"
             echo "packed: $pack ($(du -h "$pack" | cut -f1)); carry .cache/gpu-check.tar.xz"
             exit 0
@@ -70,6 +77,12 @@ echo "== 1. parity on $device"
 "$bin/device_parity" "$device"
 
 have() { python3 -c "import $1" 2>/dev/null; }
+if ! have sparsify && [ -d "$bin/wheels" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target "$bin/site" \
+        "$bin"/wheels/*.whl && export PYTHONPATH=$bin/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+# sparsify's package imports its trainer (datasets, ...); train_sparsify.py needs its model only
+have_sparsify() { python3 -c "import importlib.util as u; assert u.find_spec('sparsify')" 2>/dev/null; }
 lines=$(mktemp)
 echo "== 2. forward to blocks.5.hook_mlp_out, batch $batch x 128"
 "$bin/bench_forward" "$batch" | tee -a "$lines"
@@ -80,9 +93,16 @@ else
 fi
 echo "== 3. SAE training, d_in 512, batch 4096, $steps steps"
 "$bin/bench_train" relu "$steps" 4096 | tee -a "$lines"
+SAE_DTYPE=bf16 "$bin/bench_train" relu "$steps" 4096 | tee -a "$lines"
 "$bin/bench_train" topk "$steps" 16384 | tee -a "$lines"
 if have torch; then
     python3 "$bench/train_torch.py" "$threads" "$steps" | tee -a "$lines"
+    DTYPE=bf16 python3 "$bench/train_torch.py" "$threads" "$steps" | tee -a "$lines"
+    if have_sparsify; then
+        python3 "$bench/train_sparsify.py" "$threads" "$steps" 16384 | tee -a "$lines"
+    else
+        echo "skipped: sparsify is not importable by python3 (pip install eai-sparsify==1.3.3)"
+    fi
 else
     echo "skipped: torch is not importable by python3"
 fi

@@ -360,10 +360,11 @@ impl SaeParams {
         Ok(self.w_enc_t.as_tensor().t()?)
     }
 
-    /// `(x − b_dec) W_enc + b_enc`.
+    /// `(x − b_dec) W_enc + b_enc`, in `x`'s dtype.
     pub fn pre_acts(&self, x: &Tensor) -> Result<Tensor> {
-        let xc = sub_row(x, self.b_dec.as_tensor())?;
-        add_row(&xc.matmul(&self.w_enc()?)?, self.b_enc.as_tensor())
+        let xc = sub_row(x, &cast_as(&self.b_dec, x)?)?;
+        let w_enc = cast_as(&self.w_enc_t, x)?.t()?;
+        add_row(&xc.matmul(&w_enc)?, &cast_as(&self.b_enc, x)?)
     }
 
     /// The pre-activations at chosen `(batch, k)` indices, differentiable through the sparse
@@ -371,11 +372,11 @@ impl SaeParams {
     /// detached, and supplies the values.
     pub fn pre_acts_at(&self, x: &Tensor, pre: &Tensor, indices: &Tensor) -> Result<Tensor> {
         // The centred input carries b_dec's gradient into the selected values.
-        let xc = sub_row(x, self.b_dec.as_tensor())?;
+        let xc = sub_row(x, &cast_as(&self.b_dec, x)?)?;
         super::sparse::gather_pre_acts(
             &xc,
-            self.w_enc_t.as_tensor(),
-            self.b_enc.as_tensor(),
+            &cast_as(&self.w_enc_t, x)?,
+            &cast_as(&self.b_enc, x)?,
             indices,
             Some(pre),
         )
@@ -392,6 +393,14 @@ impl SaeParams {
             .set(&w.broadcast_div(&row_norms(w)?.unsqueeze(1)?)?)?;
         Ok(())
     }
+}
+
+/// `var` in `x`'s dtype. Mixed-precision training hands the SAE bf16 activations while its
+/// weights stay f32 (`TrainConfig::dtype`): each use casts the weight to the activations'
+/// dtype, and the cast is differentiable, so gradients reach the f32 weights and Adam updates
+/// those. No copy when the dtypes agree.
+pub fn cast_as(var: &candle_core::Var, x: &Tensor) -> Result<Tensor> {
+    Ok(var.as_tensor().to_dtype(x.dtype())?)
 }
 
 /// Indices `(rows, k)` of each row's `k` largest values (not differentiable).

@@ -15,7 +15,7 @@
 use super::kernels::{add_row, sub_row};
 use candle_core::{Tensor, Var};
 
-use super::common::SaeParams;
+use super::common::{cast_as, SaeParams};
 use super::{
     Encoding, Init, LossContext, Sae, SaeConfig, Sparsity, TensorGetter, Variant, VariantDefaults,
 };
@@ -77,11 +77,12 @@ impl Variant for GatedSae {
 impl GatedSae {
     /// `(π_gate, π_mag)`.
     fn paths(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let z = sub_row(x, self.params.b_dec.as_tensor())?.matmul(&self.params.w_enc()?)?;
-        let gate = add_row(&z, self.params.b_enc.as_tensor())?;
+        let p = &self.params;
+        let z = sub_row(x, &cast_as(&p.b_dec, x)?)?.matmul(&cast_as(&p.w_enc_t, x)?.t()?)?;
+        let gate = add_row(&z, &cast_as(&p.b_enc, x)?)?;
         let mag = add_row(
-            &z.broadcast_mul(&self.r_mag.as_tensor().exp()?)?,
-            self.b_mag.as_tensor(),
+            &z.broadcast_mul(&cast_as(&self.r_mag, x)?.exp()?)?,
+            &cast_as(&self.b_mag, x)?,
         )?;
         Ok((gate, mag))
     }
@@ -124,8 +125,8 @@ impl Sae for GatedSae {
         let gate_acts = enc.pre()?.relu()?;
         let l1 = (gate_acts.sum(1)?.mean(0)? * ctx.sparsity_coefficient)?;
         let frozen = gate_acts
-            .matmul(&self.params.w_dec.as_tensor().detach())?
-            .broadcast_add(&self.params.b_dec.as_tensor().detach())?;
+            .matmul(&cast_as(&self.params.w_dec, x)?.detach())?
+            .broadcast_add(&cast_as(&self.params.b_dec, x)?.detach())?;
         let aux = (frozen - x)?.sqr()?.sum(1)?.mean(0)?;
         Ok(vec![("l1", l1), ("aux", aux)])
     }

@@ -16,7 +16,7 @@
 //! (`candidates`), and the loss decodes and differentiates only them. While they are many
 //! (early in training, θ still small) the step stays dense.
 
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 
 use super::common::SaeParams;
 use super::kernels::with_host;
@@ -57,6 +57,7 @@ fn kernel(pre: &Tensor, theta: &Tensor, eps: f64) -> Result<Tensor> {
 
 /// Inference JumpReLU: `pre · H(pre − θ)` (ReLU'd, as SAELens does), per feature θ.
 pub fn jumprelu(pre: &Tensor, theta: &Tensor) -> Result<Tensor> {
+    let theta = &theta.to_dtype(pre.dtype())?;
     let h = pre.broadcast_gt(theta)?.to_dtype(pre.dtype())?;
     Ok((pre.relu()? * h)?)
 }
@@ -64,6 +65,7 @@ pub fn jumprelu(pre: &Tensor, theta: &Tensor) -> Result<Tensor> {
 /// JumpReLU activations with θ's pseudo-derivative: value `pre · H(pre − θ)`; gradient
 /// `H` to `pre` and `−(θ/ε) K` to θ.
 pub fn jumprelu_ste(pre: &Tensor, theta: &Tensor, eps: f64) -> Result<Tensor> {
+    let theta = &theta.to_dtype(pre.dtype())?; // f32 θ meets bf16 pre-activations in mixed precision
     let h = pre.broadcast_gt(theta)?.to_dtype(pre.dtype())?;
     let c = kernel(pre, theta, eps)?.broadcast_mul(&theta.detach())?; // (θ/ε) K, constant
     let g = c.broadcast_mul(theta)?.neg()?; // d/dθ = −c
@@ -71,10 +73,12 @@ pub fn jumprelu_ste(pre: &Tensor, theta: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 /// Per-input L0 `Σ_i H(pre_i − θ_i)` with θ's pseudo-derivative `−(1/ε) K`, shape `(b,)`.
+/// Counted in f32: bf16 holds integers exactly only up to 256.
 pub fn step_l0_ste(pre: &Tensor, theta: &Tensor, eps: f64) -> Result<Tensor> {
+    let theta = &theta.to_dtype(pre.dtype())?;
     let h = pre.broadcast_gt(theta)?.to_dtype(pre.dtype())?;
     let g = kernel(pre, theta, eps)?.broadcast_mul(theta)?.neg()?;
-    Ok((h + (&g - g.detach())?)?.sum(1)?)
+    Ok((h + (&g - g.detach())?)?.to_dtype(DType::F32)?.sum(1)?)
 }
 
 impl JumpReluSae {

@@ -8,10 +8,10 @@
 //! absorption and splitting as the dictionary grows. Activations are BatchTopK's, and it is
 //! saved the same way (SAELens "jumprelu" with `threshold`).
 
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 
 use super::batch_topk::BatchTopKSae;
-use super::common::{sparse_decode, SaeParams};
+use super::common::{cast_as, sparse_decode, SaeParams};
 use super::topk::topk_defaults;
 use super::{
     Encoding, FeatureActs, Init, LossContext, Sae, SaeConfig, Sparsity, Variant, VariantDefaults,
@@ -44,10 +44,8 @@ impl MatryoshkaSae {
     /// the reconstruction from the first `m_j` features only, accumulated block by block.
     pub fn prefix_losses(&self, x: &Tensor, f: &Tensor) -> Result<Vec<Tensor>> {
         let p = &self.inner.params;
-        let w_dec = p.w_dec.as_tensor();
-        let mut partial = p
-            .b_dec
-            .as_tensor()
+        let w_dec = cast_as(&p.w_dec, f)?;
+        let mut partial = cast_as(&p.b_dec, f)?
             .unsqueeze(0)?
             .broadcast_as(x.shape())?
             .contiguous()?;
@@ -56,7 +54,7 @@ impl MatryoshkaSae {
         for &end in &self.prefixes[..self.prefixes.len() - 1] {
             let block = f.narrow(1, start, end - start)?;
             partial = (partial + block.matmul(&w_dec.narrow(0, start, end - start)?)?)?;
-            losses.push((&partial - x)?.sqr()?.sum(1)?.mean(0)?);
+            losses.push(squared_error(&partial, x)?);
             start = end;
         }
         Ok(losses)
@@ -77,13 +75,20 @@ impl MatryoshkaSae {
             let x_hat = sparse_decode(
                 &(values * inside)?,
                 indices,
-                p.w_dec.as_tensor(),
-                p.b_dec.as_tensor(),
+                &cast_as(&p.w_dec, values)?,
+                &cast_as(&p.b_dec, values)?,
             )?;
-            losses.push((x_hat - x)?.sqr()?.sum(1)?.mean(0)?);
+            losses.push(squared_error(&x_hat, x)?);
         }
         Ok(losses)
     }
+}
+
+/// `‖x − x̂‖²` summed over `d_in` and averaged over the batch, reduced in f32 (see
+/// [`Sae::loss`]).
+fn squared_error(x_hat: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let d = (x_hat - x)?.to_dtype(DType::F32)?;
+    Ok(d.sqr()?.sum(1)?.mean(0)?)
 }
 
 impl Variant for MatryoshkaSae {

@@ -18,7 +18,7 @@ pub mod select;
 pub mod sparse;
 pub mod topk;
 
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 
 pub use common::SaeParams;
 use serde::{Deserialize, Serialize};
@@ -399,12 +399,14 @@ impl FeatureActs {
     /// The reconstruction `f W_dec + b_dec`; sparse activations read only their `k` decoder
     /// rows per input.
     pub fn decode(&self, params: &SaeParams) -> Result<Tensor> {
-        let (w_dec, b_dec) = (params.w_dec.as_tensor(), params.b_dec.as_tensor());
+        let acts = self.values();
+        let w_dec = common::cast_as(&params.w_dec, acts)?;
+        let b_dec = common::cast_as(&params.b_dec, acts)?;
         match self {
-            Self::Dense(f) => kernels::add_row(&f.matmul(w_dec)?, b_dec),
+            Self::Dense(f) => kernels::add_row(&f.matmul(&w_dec)?, &b_dec),
             Self::Sparse {
                 values, indices, ..
-            } => common::sparse_decode(values, indices, w_dec, b_dec),
+            } => common::sparse_decode(values, indices, &w_dec, &b_dec),
         }
     }
 
@@ -547,13 +549,17 @@ pub trait Sae {
     }
 
     /// Reconstruction error `‖x − x̂‖²` summed over `d_in`, averaged over the batch, plus the
-    /// variant's own terms.
+    /// variant's own terms. The SAE computes in `x`'s dtype; the terms and their total are
+    /// reduced in f32 (as autocast does), so bf16 training sums no long bf16 series.
     fn loss(&self, x: &Tensor, ctx: &LossContext) -> Result<LossOutput> {
         let enc = self.encode_for_training(x, ctx)?;
         let sae_out = enc.acts.decode(self.params())?;
-        let mse = (&sae_out - x)?.sqr()?.sum(1)?.mean(0)?;
+        let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+        let mse = (f32(&sae_out)? - f32(x)?)?.sqr()?.sum(1)?.mean(0)?;
         let mut terms = vec![("mse", mse)];
-        terms.extend(self.aux_losses(x, &enc, &sae_out, ctx)?);
+        for (name, t) in self.aux_losses(x, &enc, &sae_out, ctx)? {
+            terms.push((name, f32(&t)?));
+        }
         let mut total = terms[0].1.clone();
         for (_, t) in &terms[1..] {
             total = (total + t)?;

@@ -114,7 +114,11 @@ impl Sae for ReluSae {
         // f ≥ 0, so Σ|f_i| = Σ f_i; weight by decoder norms as one matmul: (b, d_sae) · (d_sae, 1).
         let l1 = match self.penalty {
             SparsityPenalty::DecoderNorm => f
-                .matmul(&row_norms(self.params.w_dec.as_tensor())?.unsqueeze(1)?)?
+                .matmul(
+                    &row_norms(self.params.w_dec.as_tensor())?
+                        .to_dtype(f.dtype())?
+                        .unsqueeze(1)?,
+                )?
                 .mean_all()?,
             SparsityPenalty::L1UnitDecoder => f.sum(1)?.mean(0)?,
         };

@@ -22,7 +22,7 @@
 
 use candle_core::Tensor;
 
-use super::common::{auxk_loss, topk_indices, topk_relu, SaeParams};
+use super::common::{auxk_loss, cast_as, topk_indices, topk_relu, SaeParams};
 use super::{
     Encoding, FeatureActs, Init, LossContext, Sae, SaeConfig, Sparsity, TensorGetter, Variant,
     VariantDefaults,
@@ -77,7 +77,7 @@ pub(crate) fn auxk_term(
         pre,
         ctx.dead.as_ref(),
         &(x - sae_out)?,
-        params.w_dec.as_tensor(),
+        &cast_as(&params.w_dec, x)?,
         x.dim(1)? / 2,
         values_at,
     )?;

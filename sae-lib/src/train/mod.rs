@@ -14,4 +14,6 @@ pub use source::{ActivationSource, BatchSource, StoreBatches};
 pub use stream::{ActivationStream, StreamConfig};
 #[cfg(feature = "polars")]
 pub use trainer::metrics_frame;
-pub use trainer::{metrics_table, BDecInit, MetricsRow, TrainConfig, TrainReport, Trainer};
+pub use trainer::{
+    metrics_table, BDecInit, Compute, MetricsRow, TrainConfig, TrainReport, Trainer,
+};

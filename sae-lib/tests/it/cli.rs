@@ -448,3 +448,28 @@ fn ctrl_c_saves_a_checkpoint() {
     assert!(step > 0 && step < 100000);
     sae_lib::sae::format::load(&out, &candle_core::Device::Cpu).unwrap();
 }
+
+/// `--dtype bf16` trains in mixed precision: the checkpoint records it (so `--resume` goes on
+/// in bf16), and the saved SAE holds f32 weights that reconstruct the store.
+#[test]
+fn bf16_training_saves_f32_weights_and_records_its_dtype() {
+    let dir = tempfile::tempdir().unwrap();
+    let acts = make_store(dir.path());
+    let out = dir.path().join("bf16");
+    let mut args = train_args(&acts, &out, "40");
+    args.extend(["--dtype", "bf16"]);
+    let o = sae(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("trainer.json")).unwrap()).unwrap();
+    assert_eq!(state["train"]["compute"], "bf16", "{state}");
+    use sae_lib::sae::Sae;
+    let sae = sae_lib::sae::format::load(&out, &candle_core::Device::Cpu).unwrap();
+    for (name, v) in sae.vars() {
+        assert_eq!(v.dtype(), candle_core::DType::F32, "{name}");
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let fvu = report["final_metrics"]["fvu"].as_f64().unwrap();
+    assert!(fvu.is_finite() && fvu < 0.9, "FVU {fvu}");
+}

@@ -6,6 +6,7 @@ mod common;
 mod defaults;
 mod eval;
 mod gguf;
+mod mixed_precision;
 mod model;
 mod outputs;
 mod sae;

@@ -19,7 +19,7 @@ use sae_lib::model::{load_model, load_tokenizer, ModelSource};
 use sae_lib::output::{self, OutputLock};
 use sae_lib::sae::{Architecture, Sae, SaeConfig, SaeMetadata, SparsityPenalty};
 use sae_lib::tokenizer::Tokenizer;
-use sae_lib::train::{TrainConfig, Trainer};
+use sae_lib::train::{Compute, TrainConfig, Trainer};
 
 #[derive(Parser)]
 #[command(
@@ -335,6 +335,16 @@ struct SaeArgs {
     /// decoder-norm (Anthropic, April 2024) or l1-unit-decoder (tutorial-style).
     #[arg(long, value_enum, default_value_t = PenaltyArg::DecoderNorm)]
     penalty: PenaltyArg,
+    /// Training arithmetic: f32, or bf16 with the weights and Adam's state in f32 (mixed
+    /// precision, for GPUs; slower on the CPU, where candle widens bf16 matmuls to f32).
+    #[arg(long, value_enum, default_value_t = ComputeArg::F32)]
+    dtype: ComputeArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ComputeArg {
+    F32,
+    Bf16,
 }
 
 impl SaeArgs {
@@ -358,6 +368,10 @@ impl SaeArgs {
             penalty: match self.penalty {
                 PenaltyArg::DecoderNorm => SparsityPenalty::DecoderNorm,
                 PenaltyArg::L1UnitDecoder => SparsityPenalty::L1UnitDecoder,
+            },
+            compute: match self.dtype {
+                ComputeArg::F32 => Compute::F32,
+                ComputeArg::Bf16 => Compute::Bf16,
             },
             ..TrainConfig::for_architecture(arch, self.d_sae)
         };
