@@ -403,6 +403,15 @@ pub fn cast_as(var: &candle_core::Var, x: &Tensor) -> Result<Tensor> {
     Ok(var.as_tensor().to_dtype(x.dtype())?)
 }
 
+/// `t` in f32 when it is in half precision (bf16, f16), else unchanged (an f64 loss stays
+/// f64): losses are reduced in at least f32.
+pub fn widen(t: &Tensor) -> Result<Tensor> {
+    Ok(match t.dtype() {
+        DType::BF16 | DType::F16 => t.to_dtype(DType::F32)?,
+        _ => t.clone(),
+    })
+}
+
 /// Indices `(rows, k)` of each row's `k` largest values (not differentiable).
 pub fn topk_indices(x: &Tensor, k: usize) -> Result<Tensor> {
     let x32 = x.detach().to_dtype(DType::F32)?.contiguous()?;

@@ -16,7 +16,7 @@
 //! (`candidates`), and the loss decodes and differentiates only them. While they are many
 //! (early in training, θ still small) the step stays dense.
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::{Tensor, Var};
 
 use super::common::SaeParams;
 use super::kernels::with_host;
@@ -73,12 +73,12 @@ pub fn jumprelu_ste(pre: &Tensor, theta: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 /// Per-input L0 `Σ_i H(pre_i − θ_i)` with θ's pseudo-derivative `−(1/ε) K`, shape `(b,)`.
-/// Counted in f32: bf16 holds integers exactly only up to 256.
+/// Counted in at least f32: bf16 holds integers exactly only up to 256.
 pub fn step_l0_ste(pre: &Tensor, theta: &Tensor, eps: f64) -> Result<Tensor> {
     let theta = &theta.to_dtype(pre.dtype())?;
     let h = pre.broadcast_gt(theta)?.to_dtype(pre.dtype())?;
     let g = kernel(pre, theta, eps)?.broadcast_mul(theta)?.neg()?;
-    Ok((h + (&g - g.detach())?)?.to_dtype(DType::F32)?.sum(1)?)
+    Ok(super::common::widen(&(h + (&g - g.detach())?)?)?.sum(1)?)
 }
 
 impl JumpReluSae {

@@ -8,10 +8,10 @@
 //! absorption and splitting as the dictionary grows. Activations are BatchTopK's, and it is
 //! saved the same way (SAELens "jumprelu" with `threshold`).
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::{Tensor, Var};
 
 use super::batch_topk::BatchTopKSae;
-use super::common::{cast_as, sparse_decode, SaeParams};
+use super::common::{cast_as, sparse_decode, widen, SaeParams};
 use super::topk::topk_defaults;
 use super::{
     Encoding, FeatureActs, Init, LossContext, Sae, SaeConfig, Sparsity, Variant, VariantDefaults,
@@ -87,7 +87,7 @@ impl MatryoshkaSae {
 /// `‖x − x̂‖²` summed over `d_in` and averaged over the batch, reduced in f32 (see
 /// [`Sae::loss`]).
 fn squared_error(x_hat: &Tensor, x: &Tensor) -> Result<Tensor> {
-    let d = (x_hat - x)?.to_dtype(DType::F32)?;
+    let d = widen(&(x_hat - x)?)?;
     Ok(d.sqr()?.sum(1)?.mean(0)?)
 }
 

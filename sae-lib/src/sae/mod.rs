@@ -18,7 +18,7 @@ pub mod select;
 pub mod sparse;
 pub mod topk;
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::{Tensor, Var};
 
 pub use common::SaeParams;
 use serde::{Deserialize, Serialize};
@@ -554,11 +554,13 @@ pub trait Sae {
     fn loss(&self, x: &Tensor, ctx: &LossContext) -> Result<LossOutput> {
         let enc = self.encode_for_training(x, ctx)?;
         let sae_out = enc.acts.decode(self.params())?;
-        let f32 = |t: &Tensor| t.to_dtype(DType::F32);
-        let mse = (f32(&sae_out)? - f32(x)?)?.sqr()?.sum(1)?.mean(0)?;
+        let mse = (common::widen(&sae_out)? - common::widen(x)?)?
+            .sqr()?
+            .sum(1)?
+            .mean(0)?;
         let mut terms = vec![("mse", mse)];
         for (name, t) in self.aux_losses(x, &enc, &sae_out, ctx)? {
-            terms.push((name, f32(&t)?));
+            terms.push((name, common::widen(&t)?));
         }
         let mut total = terms[0].1.clone();
         for (_, t) in &terms[1..] {
