@@ -70,15 +70,12 @@ def main():
         since_fired.add_(batch).masked_fill_(fired, 0)
         return out.fvu.item()
 
-    for i in range(2):
-        step(i)
-    if device != "cpu":
-        torch.cuda.synchronize()
+    sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
+    step(0), step(1), sync()  # warm-up
     start = time.perf_counter()
     for i in range(steps):
         step(i)
-    if device != "cpu":
-        torch.cuda.synchronize()
+    sync()
     secs = time.perf_counter() - start
     print(json.dumps({"impl": "torch", "device": device, "work": "train", "dtype": "f32",
                       "variant": "topk", "d_in": d_in, "d_sae": d_sae, "batch": batch,

@@ -7,11 +7,14 @@
 //! reconstructs held-out activations at least as well at equal L0):
 //! - `b_dec` starts at the geometric median of a sample (sparsify: the first batch's mean);
 //! - inputs are scaled to `E‖x − x̄‖ = √d_in` (sparsify: raw), the scale folded back on save;
-//! - decoder rows start at unit norm and are then left free: no renormalisation and no removal
-//!   of the gradient along each row (sparsify and the paper keep them at unit norm; SAELens
-//!   trains the norms but selects by `pre·‖W_dec,i‖`). Keeping them at unit norm after each step
-//!   cost held-out FVU on SmolLM2 (0.3625 against 0.3598) and recovery of SAELens' synthetic
-//!   ground truth (MCC 0.422 against 0.461); BENCHMARKS.md has both;
+//! - decoder rows start at norm 0.5 (sparsify: 1; SAELens: 0.1), `W_enc = W_decᵀ`, and are then
+//!   left free: no renormalisation and no removal of the gradient along each row (sparsify and
+//!   the paper keep them at unit norm; SAELens trains the norms but selects by `pre·‖W_dec,i‖`).
+//!   Keeping them at unit norm after each step cost held-out FVU on SmolLM2 (0.3625 against
+//!   0.3598) and recovery of SAELens' synthetic ground truth (MCC 0.422 against 0.461). Starting
+//!   at 0.5 instead of 1 took the same SmolLM2 run from 0.3598 to 0.3377 at the same speed; 0.3
+//!   and 0.1 reached 0.333–0.334 but let features die early, and AuxK reviving them made the run
+//!   1.2–1.6× slower (BENCHMARKS.md has all of these);
 //! - no learning-rate warm-up, a linear decay over the last 20% of steps, and the global
 //!   gradient norm clipped at 1 (sparsify: 1,000 warm-up steps, then a linear decay; no clip);
 //! - a feature is dead for AuxK after a tenth of the run without firing, at most 10M inputs
@@ -28,6 +31,9 @@ use super::{
     VariantDefaults,
 };
 use crate::{Error, Result};
+
+/// Norm of the decoder rows at initialisation (see the header).
+const INIT_DECODER_NORM: f64 = 0.5;
 
 /// AuxK's weight in the loss (the paper's α).
 pub const AUX_COEFFICIENT: f64 = 1.0 / 32.0;
@@ -63,7 +69,7 @@ pub(crate) fn topk_defaults(d_sae: usize) -> VariantDefaults {
 }
 
 /// AuxK for any TopK-style variant: `pre` chooses the dead features' `d_in / 2` largest
-/// pre-activations, `values_at` gives them differentiably, and they must reconstruct the main
+/// pre-activations, taken differentiably from the encoder, and they must reconstruct the main
 /// reconstruction's residual.
 pub(crate) fn auxk_term(
     params: &SaeParams,
@@ -71,15 +77,15 @@ pub(crate) fn auxk_term(
     pre: &Tensor,
     sae_out: &Tensor,
     ctx: &LossContext,
-    values_at: &dyn Fn(&Tensor) -> Result<Tensor>,
 ) -> Result<(&'static str, Tensor)> {
+    let values_at = |indices: &Tensor| params.pre_acts_at(x, pre, indices);
     let aux = auxk_loss(
         pre,
         ctx.dead.as_ref(),
         &(x - sae_out)?,
         &cast_as(&params.w_dec, x)?,
         x.dim(1)? / 2,
-        values_at,
+        &values_at,
     )?;
     Ok(("auxk", (aux * AUX_COEFFICIENT)?))
 }
@@ -95,7 +101,7 @@ impl Variant for TopKSae {
 
     fn init(cfg: SaeConfig, init: &mut Init) -> Result<Self> {
         let k = required_k(&cfg)?;
-        let params = SaeParams::init(cfg.d_in, cfg.d_sae, 1.0, init)?;
+        let params = SaeParams::init(cfg.d_in, cfg.d_sae, INIT_DECODER_NORM, init)?;
         Ok(Self { cfg, params, k })
     }
 
@@ -141,15 +147,6 @@ impl Sae for TopKSae {
         sae_out: &Tensor,
         ctx: &LossContext,
     ) -> Result<Vec<(&'static str, Tensor)>> {
-        let pre = enc.pre()?;
-        let values_at = |indices: &Tensor| self.params.pre_acts_at(x, pre, indices);
-        Ok(vec![auxk_term(
-            &self.params,
-            x,
-            pre,
-            sae_out,
-            ctx,
-            &values_at,
-        )?])
+        Ok(vec![auxk_term(&self.params, x, enc.pre()?, sae_out, ctx)?])
     }
 }

@@ -641,8 +641,9 @@ impl<'a> Trainer<'a> {
 
     /// Dead features get a fresh direction: a badly reconstructed input of the current batch
     /// (chosen with probability ∝ squared error, Anthropic 2023), at the mean live decoder norm
-    /// and 0.2× the mean live encoder norm, with zeroed bias, the variant's own per-feature
-    /// tensors reset, and zeroed optimiser moments.
+    /// and 0.2× the mean live encoder norm (1× for the TopK family, where a feature fires only
+    /// among an input's k largest and at 0.2× rarely gets there), with zeroed bias, the
+    /// variant's own per-feature tensors reset, and zeroed optimiser moments.
     fn resample_dead(&mut self, x: &Tensor, x_hat: &Tensor) -> Result<()> {
         let window = self.dead_window();
         let dead: Vec<u32> = (0..self.since_fired.len() as u32)
@@ -665,12 +666,18 @@ impl<'a> Trainer<'a> {
         let alive: Vec<usize> = (0..w_dec.len()).filter(|&i| !is_dead(i)).collect();
         let dec_norm = alive.iter().map(|&i| norm(&w_dec[i])).sum::<f32>() / alive.len() as f32;
         let enc_norm = alive.iter().map(|&i| norm(&w_enc[i])).sum::<f32>() / alive.len() as f32;
+        let enc_norm = enc_norm
+            * if self.sae.config().architecture.uses_k() {
+                1.0
+            } else {
+                0.2
+            };
         for &f in &dead {
             use rand::distr::Distribution;
             let v = &inputs[weights.sample(&mut rng)];
             let n = norm(v).max(1e-8);
             w_dec[f as usize] = v.iter().map(|a| a / n * dec_norm).collect();
-            w_enc[f as usize] = v.iter().map(|a| a / n * enc_norm * 0.2).collect();
+            w_enc[f as usize] = v.iter().map(|a| a / n * enc_norm).collect();
             b_enc[f as usize] = 0.0;
             self.since_fired[f as usize] = 0;
         }

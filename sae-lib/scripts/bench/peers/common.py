@@ -132,6 +132,37 @@ def evaluate_folder(path: str | Path, x: torch.Tensor) -> dict:
     return out
 
 
+def evaluate_folder_at_l0(path: str | Path, x: torch.Tensor, target_l0: float,
+                          iters: int = 40) -> dict | None:
+    """Scores a threshold SAE (SAELens "jumprelu": BatchTopK, Matryoshka, JumpReLU) at a given
+    held-out L0: every θ is multiplied by one factor, found by bisection, until L0 on `x` is
+    `target_l0`, as one would calibrate a threshold to a sparsity budget. Two such SAEs can then
+    be compared at equal L0. None for an SAE without thresholds."""
+    sae = load_saelens_folder(path)
+    sae.eval()
+    theta = getattr(sae, "threshold", None)
+    if theta is None:
+        return None
+    base = theta.data.clone()
+
+    def at(scale: float) -> dict:
+        theta.data = base * scale
+        return evaluate(sae.encode, sae.decode, x, sae.cfg.d_sae)
+
+    lo, hi = 0.0, 1.0  # L0 falls as the factor grows
+    while at(hi)["l0"] > target_l0 and hi < 1e6:
+        lo, hi = hi, hi * 2
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        if at(mid)["l0"] > target_l0:
+            lo = mid
+        else:
+            hi = mid
+    out = at(hi)
+    out["theta_scale"] = hi
+    return out
+
+
 def save_saelens_folder(path: str | Path, architecture: str, tensors: dict, *,
                         store: dict | None = None, extra_cfg: dict | None = None,
                         trained_with: str = "") -> Path:

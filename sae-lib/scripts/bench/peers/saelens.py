@@ -236,6 +236,9 @@ def main(argv=None):
                 r.update(common.evaluate_folder(out_dir / f"ours-{tag}", x_test))
                 print(f"ours {tag}: {r['train_s']:.1f}s, FVU {r['fvu']:.4f}, "
                       f"L0 {r['l0']:.1f}", file=sys.stderr)
+                if not penalty:  # BatchTopK-style: also at the peer's L0 (θ scaled)
+                    r["at_peer_l0"] = common.evaluate_folder_at_l0(
+                        out_dir / f"ours-{tag}", x_test, runs["peer"][0]["l0"])
                 runs["ours"].append(r)
         result["runs"][arch] = runs
     result["load_after"] = common.machine_load()
@@ -279,6 +282,12 @@ def report(result: dict, args) -> str:
     if pair_rows:
         lines.append(common.markdown_table(common.PAIR_HEADERS, pair_rows))
         lines.append("")
+    for arch, runs in result["runs"].items():
+        at = runs["ours"][0].get("at_peer_l0") if runs["ours"] else None
+        if at:
+            lines += [f"{arch}: ours at the peer's L0 (every θ × {at['theta_scale']:.3f}): "
+                      f"L0 {at['l0']:.1f}, FVU {at['fvu']:.4f} against the peer's "
+                      f"{runs['peer'][0]['fvu']:.4f}", ""]
     if curve_rows:
         lines.append(common.markdown_table(
             ["run", "λ", "L0", "FVU", "dead %", "train s", "peer FVU @ this L0",
