@@ -550,7 +550,7 @@ pub trait Sae {
 
     /// Reconstruction error `‖x − x̂‖²` summed over `d_in`, averaged over the batch, plus the
     /// variant's own terms. The SAE computes in `x`'s dtype; the terms and their total are
-    /// reduced in f32 (as autocast does), so bf16 training sums no long bf16 series.
+    /// reduced in at least f32 (as autocast does), so bf16 training sums no long bf16 series.
     fn loss(&self, x: &Tensor, ctx: &LossContext) -> Result<LossOutput> {
         let enc = self.encode_for_training(x, ctx)?;
         let sae_out = enc.acts.decode(self.params())?;
