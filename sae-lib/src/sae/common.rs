@@ -306,7 +306,7 @@ pub fn auxk_loss(
         .reshape((b, k))?;
     let values = values_at(&indices)?.relu()?;
     let e_hat = super::sparse::decode_rows(&values, &indices, w_dec)?;
-    Ok((residual.detach() - e_hat)?.sqr()?.sum(1)?.mean(0)?)
+    squared_error(&e_hat, &residual.detach())
 }
 
 /// The encoder and decoder every variant has: `W_encᵀ` `(d_sae, d_in)`, `b_enc` `(d_sae,)`,
@@ -396,7 +396,7 @@ impl SaeParams {
 }
 
 /// `var` in `x`'s dtype. Mixed-precision training hands the SAE bf16 activations while its
-/// weights stay f32 (`TrainConfig::dtype`): each use casts the weight to the activations'
+/// weights stay f32 (`TrainConfig::compute`): each use casts the weight to the activations'
 /// dtype, and the cast is differentiable, so gradients reach the f32 weights and Adam updates
 /// those. No copy when the dtypes agree.
 pub fn cast_as(var: &candle_core::Var, x: &Tensor) -> Result<Tensor> {
@@ -410,6 +410,12 @@ pub fn widen(t: &Tensor) -> Result<Tensor> {
         DType::BF16 | DType::F16 => t.to_dtype(DType::F32)?,
         _ => t.clone(),
     })
+}
+
+/// `‖x − x̂‖²` summed over `d_in` and averaged over the batch, `(b, d_in)` in, a scalar out,
+/// computed in at least f32: the reconstruction terms of every loss.
+pub fn squared_error(x_hat: &Tensor, x: &Tensor) -> Result<Tensor> {
+    Ok((widen(x_hat)? - widen(x)?)?.sqr()?.sum(1)?.mean(0)?)
 }
 
 /// Indices `(rows, k)` of each row's `k` largest values (not differentiable).

@@ -15,7 +15,7 @@
 use super::kernels::{add_row, sub_row};
 use candle_core::{Tensor, Var};
 
-use super::common::{cast_as, SaeParams};
+use super::common::{cast_as, squared_error, SaeParams};
 use super::{
     Encoding, Init, LossContext, Sae, SaeConfig, Sparsity, TensorGetter, Variant, VariantDefaults,
 };
@@ -127,7 +127,7 @@ impl Sae for GatedSae {
         let frozen = gate_acts
             .matmul(&cast_as(&self.params.w_dec, x)?.detach())?
             .broadcast_add(&cast_as(&self.params.b_dec, x)?.detach())?;
-        let aux = (frozen - x)?.sqr()?.sum(1)?.mean(0)?;
+        let aux = squared_error(&frozen, x)?;
         Ok(vec![("l1", l1), ("aux", aux)])
     }
     fn after_step(&self) -> Result<()> {

@@ -11,7 +11,7 @@
 use candle_core::{Tensor, Var};
 
 use super::batch_topk::BatchTopKSae;
-use super::common::{cast_as, sparse_decode, widen, SaeParams};
+use super::common::{cast_as, sparse_decode, squared_error, SaeParams};
 use super::topk::topk_defaults;
 use super::{
     Encoding, FeatureActs, Init, LossContext, Sae, SaeConfig, Sparsity, Variant, VariantDefaults,
@@ -82,13 +82,6 @@ impl MatryoshkaSae {
         }
         Ok(losses)
     }
-}
-
-/// `‖x − x̂‖²` summed over `d_in` and averaged over the batch, reduced in f32 (see
-/// [`Sae::loss`]).
-fn squared_error(x_hat: &Tensor, x: &Tensor) -> Result<Tensor> {
-    let d = widen(&(x_hat - x)?)?;
-    Ok(d.sqr()?.sum(1)?.mean(0)?)
 }
 
 impl Variant for MatryoshkaSae {

@@ -554,11 +554,7 @@ pub trait Sae {
     fn loss(&self, x: &Tensor, ctx: &LossContext) -> Result<LossOutput> {
         let enc = self.encode_for_training(x, ctx)?;
         let sae_out = enc.acts.decode(self.params())?;
-        let mse = (common::widen(&sae_out)? - common::widen(x)?)?
-            .sqr()?
-            .sum(1)?
-            .mean(0)?;
-        let mut terms = vec![("mse", mse)];
+        let mut terms = vec![("mse", common::squared_error(&sae_out, x)?)];
         for (name, t) in self.aux_losses(x, &enc, &sae_out, ctx)? {
             terms.push((name, common::widen(&t)?));
         }
