@@ -137,6 +137,70 @@ mod tests {
         }
     }
 
+    /// AuxK on the CPU reads only the chosen dead features with positive pre-activations;
+    /// its loss and gradients equal the stock path's, which decodes all `k_aux` of them.
+    #[test]
+    fn auxk_skips_only_features_the_relu_zeroes() {
+        let dev = Device::Cpu;
+        let (b, d_in, d_sae, k_aux) = (9, 12, 40, 8);
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let mut var = |n: usize, shape: (usize, usize)| {
+            let t = Tensor::from_vec(normal_vec(n, &mut rng), shape, &dev).unwrap();
+            candle_core::Var::from_tensor(&t).unwrap()
+        };
+        let (w_t, w_dec) = (
+            var(d_sae * d_in, (d_sae, d_in)),
+            var(d_sae * d_in, (d_sae, d_in)),
+        );
+        let (x, residual) = (var(b * d_in, (b, d_in)), var(b * d_in, (b, d_in)));
+        let (x, residual) = (x.as_tensor().detach(), residual.as_tensor().detach());
+        // Every third feature dead: 14 of them, more than k_aux.
+        let dead: Vec<f32> = (0..d_sae).map(|j| (j % 3 == 0) as u8 as f32).collect();
+        let dead = Tensor::new(dead.as_slice(), &dev).unwrap();
+        let b_enc = Tensor::zeros(d_sae, DType::F32, &dev).unwrap();
+        let run = |stock: bool| {
+            let _guard = stock.then(crate::ops::StockOps::on);
+            // Shifted down so that most chosen pre-activations are negative.
+            let pre = (x.matmul(&w_t.as_tensor().t().unwrap()).unwrap() - 1.5).unwrap();
+            let values_at = |idx: &Tensor| {
+                let b_enc = (&b_enc - 1.5).unwrap();
+                super::super::sparse::gather_pre_acts(&x, w_t.as_tensor(), &b_enc, idx, None)
+            };
+            let loss = auxk_loss(
+                &pre,
+                Some(&dead),
+                &residual,
+                w_dec.as_tensor(),
+                k_aux,
+                &values_at,
+            )
+            .unwrap();
+            let grads = loss.backward().unwrap();
+            let g = |v: &candle_core::Var| {
+                grads
+                    .get(v.as_tensor())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            };
+            (loss.to_scalar::<f32>().unwrap(), g(&w_t), g(&w_dec))
+        };
+        let (fast, stock) = (run(false), run(true));
+        let (a, b) = (fast.0, stock.0);
+        assert!(a > 0.0 && (a - b).abs() <= 1e-5 * b, "loss {a} against {b}");
+        for (a, b) in [(&fast.1, &stock.1), (&fast.2, &stock.2)] {
+            assert!(a.iter().any(|v| *v != 0.0));
+            let worst = a
+                .iter()
+                .zip(b)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-4, "max abs diff {worst}");
+        }
+    }
+
     #[test]
     fn random_rows_have_the_asked_norm_and_are_seeded() {
         let mut a = ChaCha8Rng::seed_from_u64(3);
@@ -299,7 +363,11 @@ pub fn auxk_loss(
     }
     // Choose among the dead features' columns only, then map back to feature ids.
     let dead_ids = Tensor::new(dead_ids.as_slice(), pre.device())?;
-    let local = topk_indices(&pre.detach().index_select(&dead_ids, 1)?, k_aux)?;
+    let dead_pre = pre.detach().index_select(&dead_ids, 1)?;
+    let mut local = topk_indices(&dead_pre, k_aux)?;
+    if crate::ops::host_f32(&[&dead_pre]) {
+        local = positive_first(&local, &dead_pre)?;
+    }
     let (b, k) = local.dims2()?;
     let indices = dead_ids
         .index_select(&local.flatten_all()?, 0)?
@@ -307,6 +375,31 @@ pub fn auxk_loss(
     let values = values_at(&indices)?.relu()?;
     let e_hat = super::sparse::decode_rows(&values, &indices, w_dec)?;
     squared_error(&e_hat, &residual.detach())
+}
+
+/// `chosen` `(batch, k)` columns of `pre` reordered per row with the positive pre-activations
+/// first, and cut to the most any row has (at least one): the others are zero after the ReLU
+/// and give neither output nor gradient. Few dead features have positive pre-activations, so
+/// AuxK reads a fraction of its `k_aux` decoder rows.
+fn positive_first(chosen: &Tensor, pre: &Tensor) -> Result<Tensor> {
+    let ((b, k), device) = (chosen.dims2()?, chosen.device().clone());
+    let (chosen, pre) = (chosen.to_vec2::<u32>()?, pre.to_vec2::<f32>()?);
+    let mut rows: Vec<Vec<u32>> = chosen
+        .into_iter()
+        .zip(&pre)
+        .map(|(mut row, p)| {
+            row.sort_by_key(|&j| p[j as usize] <= 0.0);
+            row
+        })
+        .collect();
+    let keep = (rows.iter())
+        .zip(&pre)
+        .map(|(row, p)| row.iter().filter(|&&j| p[j as usize] > 0.0).count())
+        .max()
+        .unwrap_or(0)
+        .clamp(1, k);
+    let flat: Vec<u32> = rows.iter_mut().flat_map(|r| r.drain(..keep)).collect();
+    Ok(Tensor::from_vec(flat, (b, keep), &device)?)
 }
 
 /// The encoder and decoder every variant has: `W_encᵀ` `(d_sae, d_in)`, `b_enc` `(d_sae,)`,

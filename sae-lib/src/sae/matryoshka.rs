@@ -11,7 +11,8 @@
 use candle_core::{Tensor, Var};
 
 use super::batch_topk::BatchTopKSae;
-use super::common::{cast_as, sparse_decode, squared_error, SaeParams};
+use super::common::{cast_as, squared_error, SaeParams};
+use super::nested::nested_decode;
 use super::topk::topk_defaults;
 use super::{
     Encoding, FeatureActs, Init, LossContext, Sae, SaeConfig, Sparsity, Variant, VariantDefaults,
@@ -60,8 +61,8 @@ impl MatryoshkaSae {
         Ok(losses)
     }
 
-    /// [`prefix_losses`](Self::prefix_losses) of sparse activations: each prefix's
-    /// reconstruction decodes only the selected features below its size.
+    /// [`prefix_losses`](Self::prefix_losses) of sparse activations: each selected decoder
+    /// row is read once for all prefixes (`nested.rs`).
     fn sparse_prefix_losses(
         &self,
         x: &Tensor,
@@ -69,18 +70,20 @@ impl MatryoshkaSae {
         indices: &Tensor,
     ) -> Result<Vec<Tensor>> {
         let p = &self.inner.params;
-        let mut losses = Vec::new();
-        for &end in &self.prefixes[..self.prefixes.len() - 1] {
-            let inside = indices.lt(end as u32)?.to_dtype(values.dtype())?;
-            let x_hat = sparse_decode(
-                &(values * inside)?,
-                indices,
-                &cast_as(&p.w_dec, values)?,
-                &cast_as(&p.b_dec, values)?,
-            )?;
-            losses.push(squared_error(&x_hat, x)?);
+        let inner = &self.prefixes[..self.prefixes.len() - 1];
+        if inner.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(losses)
+        nested_decode(
+            values,
+            indices,
+            &cast_as(&p.w_dec, values)?,
+            &cast_as(&p.b_dec, values)?,
+            inner,
+        )?
+        .iter()
+        .map(|x_hat| squared_error(x_hat, x))
+        .collect()
     }
 }
 

@@ -13,6 +13,7 @@ pub mod gated;
 pub mod jumprelu;
 pub mod kernels;
 pub mod matryoshka;
+pub mod nested;
 pub mod relu;
 pub mod select;
 pub mod sparse;

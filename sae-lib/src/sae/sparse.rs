@@ -36,6 +36,19 @@ fn feature_rows(
     coef: &[f32],
     rows: &[f32],
 ) -> Vec<f32> {
+    feature_rows_by(indices, d_sae, d, coef, rows, &|p| Some(p / k))
+}
+
+/// [`feature_rows`] with the input row of selection `p` given by `row_of` (`None`: the
+/// selection adds nothing), and zero coefficients skipped.
+pub(super) fn feature_rows_by(
+    indices: &[u32],
+    d_sae: usize,
+    d: usize,
+    coef: &[f32],
+    rows: &[f32],
+    row_of: &(dyn Fn(usize) -> Option<usize> + Sync),
+) -> Vec<f32> {
     let mut start = vec![0usize; d_sae + 1];
     for &j in indices {
         start[j as usize + 1] += 1;
@@ -52,8 +65,10 @@ fn feature_rows(
     let mut out = vec![0f32; d_sae * d];
     out.par_chunks_mut(d).enumerate().for_each(|(j, out)| {
         for &p in &by_feature[start[j]..start[j + 1]] {
-            let r = p as usize / k;
-            axpy(out, coef[p as usize], &rows[r * d..(r + 1) * d]);
+            let c = coef[p as usize];
+            if let (Some(r), true) = (row_of(p as usize), c != 0.0) {
+                axpy(out, c, &rows[r * d..(r + 1) * d]);
+            }
         }
     });
     out
@@ -114,8 +129,10 @@ impl candle_core::CustomOp3 for GatherPreActs {
                         .for_each(|(r, out)| {
                             let span = r * k..(r + 1) * k;
                             for (&j, &gv) in self.indices[span.clone()].iter().zip(&g[span]) {
-                                let j = j as usize;
-                                axpy(out, gv, &wt[j * d_in..(j + 1) * d_in]);
+                                if gv != 0.0 {
+                                    let j = j as usize;
+                                    axpy(out, gv, &wt[j * d_in..(j + 1) * d_in]);
+                                }
                             }
                         });
                     // d b_enc[j] = Σ over (b, i) with idx[b, i] = j of g[b, i]
