@@ -402,6 +402,56 @@ fn positive_first(chosen: &Tensor, pre: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_vec(flat, (b, keep), &device)?)
 }
 
+/// Test support: a variant's sparse training step (the CPU kernels' path) gives the dense
+/// step's (the stock path's) loss terms and every parameter's gradient.
+#[cfg(test)]
+pub(crate) fn assert_sparse_step_equals_dense_step(sae: &impl super::Sae, x: &Tensor) {
+    use super::{FeatureActs, LossContext};
+    let run = |stock: bool| {
+        let _stock = stock.then(crate::ops::StockOps::on);
+        let ctx = LossContext {
+            sparsity_coefficient: 0.7,
+            dead: None,
+        };
+        let out = sae.loss(x, &ctx).unwrap();
+        assert_eq!(
+            matches!(out.feature_acts, FeatureActs::Sparse { .. }),
+            !stock,
+            "the CPU kernels' path must be the sparse one here, the stock path dense"
+        );
+        let terms: Vec<f32> = (out.terms.iter())
+            .map(|(_, t)| t.to_scalar::<f32>().unwrap())
+            .collect();
+        let grads = out.total.backward().unwrap();
+        let grads: Vec<Vec<f32>> = (sae.vars().iter())
+            .map(|(_, v)| {
+                let g = grads
+                    .get(v.as_tensor())
+                    .expect("every parameter has a gradient");
+                g.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            })
+            .collect();
+        (terms, grads)
+    };
+    let ((sparse_terms, sparse_grads), (dense_terms, dense_grads)) = (run(false), run(true));
+    for (s, d) in sparse_terms.iter().zip(&dense_terms) {
+        assert!(
+            (s - d).abs() <= 1e-4 * d.abs().max(1.0),
+            "loss term {s} vs {d}"
+        );
+    }
+    for ((name, _), (s, d)) in sae.vars().iter().zip(sparse_grads.iter().zip(&dense_grads)) {
+        let scale = d.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        let gap = (s.iter().zip(d))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            gap <= 1e-4 * scale,
+            "{name}: gradients differ by {gap} (scale {scale})"
+        );
+    }
+}
+
 /// The encoder and decoder every variant has: `W_encᵀ` `(d_sae, d_in)`, `b_enc` `(d_sae,)`,
 /// `W_dec` `(d_sae, d_in)`, `b_dec` `(d_in,)`.
 ///
@@ -464,15 +514,13 @@ impl SaeParams {
     /// gather (see [`gather_pre_acts`](super::sparse::gather_pre_acts)); `pre` holds them all,
     /// detached, and supplies the values.
     pub fn pre_acts_at(&self, x: &Tensor, pre: &Tensor, indices: &Tensor) -> Result<Tensor> {
-        // The centred input carries b_dec's gradient into the selected values.
-        let xc = sub_row(x, &cast_as(&self.b_dec, x)?)?;
-        super::sparse::gather_pre_acts(
-            &xc,
-            &cast_as(&self.w_enc_t, x)?,
-            &cast_as(&self.b_enc, x)?,
-            indices,
-            Some(pre),
-        )
+        // (x − b_dec)·w_j + b_enc,j = x·w_j + (b_enc,j − b_dec·w_j): with the centring folded
+        // into a per-feature bias, the sparse op's input is the data, which needs no gradient,
+        // and b_dec's gradient is one matrix–vector product rather than a row per selection.
+        let w = cast_as(&self.w_enc_t, x)?;
+        let b_dec = cast_as(&self.b_dec, x)?.unsqueeze(1)?;
+        let bias = (cast_as(&self.b_enc, x)? - w.matmul(&b_dec)?.squeeze(1)?)?;
+        super::sparse::gather_pre_acts(x, &w, &bias, indices, Some(pre))
     }
 
     /// Rescales decoder rows to unit norm (for penalties that a growing decoder would cheat).

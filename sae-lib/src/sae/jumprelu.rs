@@ -19,7 +19,7 @@
 use candle_core::{Tensor, Var};
 
 use super::common::SaeParams;
-use super::kernels::with_host;
+use super::sparse::candidates;
 use super::{
     Encoding, FeatureActs, Init, LossContext, Sae, SaeConfig, Sparsity, TensorGetter, Variant,
     VariantDefaults,
@@ -36,9 +36,6 @@ pub const INIT_THRESHOLD: f64 = 0.1;
 pub const BANDWIDTH: f64 = 0.05;
 /// The default L0 coefficient λ.
 pub const DEFAULT_L0: f64 = 3.0;
-
-/// The sparse step's limit: beyond this share of `d_sae` candidates per input, dense is cheaper.
-const SPARSE_UP_TO: usize = 8;
 
 /// A JumpReLU SAE.
 #[derive(Debug, Clone)]
@@ -93,62 +90,6 @@ impl JumpReluSae {
             .index_select(&indices.flatten_all()?, 0)?
             .reshape(indices.shape())?)
     }
-}
-
-/// For the sparse step: each input's features with `pre ≥ θ − ε`, as `(batch, m)` indices where
-/// `m` is the batch's largest count; shorter rows are padded with a feature below `θ − ε`, which
-/// has neither a value nor a gradient. `None` off the CPU kernels' path, or when some input's
-/// candidates and pad do not fit in `d_sae / SPARSE_UP_TO` (it then stops at the first such one).
-fn candidates(pre: &Tensor, theta: &Tensor, eps: f64) -> Result<Option<Tensor>> {
-    if !crate::ops::host_f32(&[pre, theta]) {
-        return Ok(None);
-    }
-    let (b, d_sae) = pre.dims2()?;
-    let floor: Vec<f32> = theta
-        .to_vec1::<f32>()?
-        .iter()
-        .map(|t| t - eps as f32)
-        .collect();
-    let limit = d_sae / SPARSE_UP_TO;
-    if limit == 0 {
-        return Ok(None);
-    }
-    // Each row's candidates and a feature that is not one (its pad), or `None` as soon as the
-    // row reaches `limit` candidates: with its pad it would not fit.
-    let rows: Option<Vec<(Vec<u32>, u32)>> = with_host(pre, "the pre-activations", |p| {
-        use rayon::prelude::*;
-        Ok(p.par_chunks(d_sae)
-            .map(|row| {
-                let mut picked = Vec::new();
-                let mut pad = None;
-                for (j, (&v, &f)) in row.iter().zip(&floor).enumerate() {
-                    // (NaN is no candidate, and may pad.)
-                    if v >= f {
-                        if picked.len() + 1 == limit {
-                            return None;
-                        }
-                        picked.push(j as u32);
-                    } else if pad.is_none() {
-                        pad = Some(j as u32);
-                    }
-                }
-                Some((picked, pad?))
-            })
-            .collect())
-    })?;
-    let Some(rows) = rows else {
-        return Ok(None);
-    };
-    let m = 1 + rows
-        .iter()
-        .map(|(picked, _)| picked.len())
-        .max()
-        .unwrap_or(0);
-    let mut idx = Vec::with_capacity(b * m);
-    for (picked, pad) in rows {
-        idx.extend(picked.into_iter().chain(std::iter::repeat(pad)).take(m));
-    }
-    Ok(Some(Tensor::from_vec(idx, (b, m), pre.device())?))
 }
 
 impl Variant for JumpReluSae {
@@ -209,7 +150,9 @@ impl Sae for JumpReluSae {
         let theta = self.threshold.as_tensor();
         let pre = self.params.pre_acts(x)?;
         let detached = pre.detach();
-        let Some(indices) = candidates(&detached, theta, self.bandwidth)? else {
+        // Only pre-activations at least θ − ε can carry a value or a gradient.
+        let floor = (theta - self.bandwidth)?;
+        let Some(indices) = candidates(&detached, &floor)? else {
             let f = jumprelu_ste(&pre, theta, self.bandwidth)?;
             return Ok(Encoding::dense(f, pre));
         };
@@ -259,38 +202,6 @@ mod tests {
     use candle_core::{DType, Device};
     use rand::SeedableRng;
 
-    /// Every loss term and every parameter's gradient, on the chosen path.
-    fn loss_and_grads(sae: &JumpReluSae, x: &Tensor, stock: bool) -> (Vec<f32>, Vec<Vec<f32>>) {
-        let _stock = stock.then(crate::ops::StockOps::on);
-        let ctx = LossContext {
-            sparsity_coefficient: 0.7,
-            dead: None,
-        };
-        let out = sae.loss(x, &ctx).unwrap();
-        assert_eq!(
-            matches!(out.feature_acts, FeatureActs::Sparse { .. }),
-            !stock,
-            "the CPU kernels' path must be the sparse one here, the stock path dense"
-        );
-        let terms = out
-            .terms
-            .iter()
-            .map(|(_, t)| t.to_scalar::<f32>().unwrap())
-            .collect();
-        let grads = out.total.backward().unwrap();
-        let grads = sae
-            .vars()
-            .iter()
-            .map(|(_, v)| {
-                let g = grads
-                    .get(v.as_tensor())
-                    .expect("every parameter has a gradient");
-                g.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-            })
-            .collect();
-        (terms, grads)
-    }
-
     /// The sparse step (only the features within ε below θ or above) gives the dense step's
     /// loss and gradients, θ's pseudo-derivatives included.
     #[test]
@@ -330,25 +241,6 @@ mod tests {
         let in_window = u.le(0.5).unwrap().to_dtype(DType::F32).unwrap();
         assert!(in_window.sum_all().unwrap().to_scalar::<f32>().unwrap() >= 3.0);
 
-        let (sparse_terms, sparse_grads) = loss_and_grads(&sae, &x, false);
-        let (dense_terms, dense_grads) = loss_and_grads(&sae, &x, true);
-        for (s, d) in sparse_terms.iter().zip(&dense_terms) {
-            assert!(
-                (s - d).abs() <= 1e-4 * d.abs().max(1.0),
-                "loss term {s} vs {d}"
-            );
-        }
-        for ((name, _), (s, d)) in sae.vars().iter().zip(sparse_grads.iter().zip(&dense_grads)) {
-            let scale = d.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-            let gap = s
-                .iter()
-                .zip(d)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            assert!(
-                gap <= 1e-4 * scale,
-                "{name}: gradients differ by {gap} (scale {scale})"
-            );
-        }
+        crate::sae::common::assert_sparse_step_equals_dense_step(&sae, &x);
     }
 }

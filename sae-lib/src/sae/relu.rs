@@ -14,8 +14,10 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::common::{row_norms, SaeParams};
+use super::sparse::candidates;
 use super::{
-    Encoding, Init, LossContext, Sae, SaeConfig, Sparsity, TensorGetter, Variant, VariantDefaults,
+    Encoding, FeatureActs, Init, LossContext, Sae, SaeConfig, Sparsity, TensorGetter, Variant,
+    VariantDefaults,
 };
 use crate::Result;
 
@@ -98,9 +100,25 @@ impl Sae for ReluSae {
         Ok(self.params.pre_acts(x)?.relu()?)
     }
 
+    /// Sparse past the encoder's dense matmul once few features fire: the positive
+    /// pre-activations are gathered per input, and the loss reads and differentiates only
+    /// those (`sparse.rs`). While many fire, early in training, the step stays dense.
     fn encode_for_training(&self, x: &Tensor, _ctx: &LossContext) -> Result<Encoding> {
         let pre = self.params.pre_acts(x)?;
-        Ok(Encoding::dense(pre.relu()?, pre))
+        let detached = pre.detach();
+        let floor = Tensor::zeros(self.cfg.d_sae, pre.dtype(), pre.device())?;
+        let Some(indices) = candidates(&detached, &floor)? else {
+            return Ok(Encoding::dense(pre.relu()?, pre));
+        };
+        let values = self.params.pre_acts_at(x, &detached, &indices)?.relu()?;
+        Ok(Encoding {
+            acts: FeatureActs::Sparse {
+                values,
+                indices,
+                d_sae: self.cfg.d_sae,
+            },
+            hidden_pre: Some(detached),
+        })
     }
 
     fn aux_losses(
@@ -110,17 +128,25 @@ impl Sae for ReluSae {
         _sae_out: &Tensor,
         ctx: &LossContext,
     ) -> Result<Vec<(&'static str, Tensor)>> {
-        let f = enc.acts.dense()?;
-        // f ≥ 0, so Σ|f_i| = Σ f_i; weight by decoder norms as one matmul: (b, d_sae) · (d_sae, 1).
-        let l1 = match self.penalty {
-            SparsityPenalty::DecoderNorm => f
-                .matmul(
-                    &row_norms(self.params.w_dec.as_tensor())?
-                        .to_dtype(f.dtype())?
-                        .unsqueeze(1)?,
-                )?
-                .mean_all()?,
-            SparsityPenalty::L1UnitDecoder => f.sum(1)?.mean(0)?,
+        // f ≥ 0, so Σ|f_i| = Σ f_i.
+        let norms = || Ok::<_, crate::Error>(row_norms(self.params.w_dec.as_tensor())?);
+        let l1 = match (&enc.acts, self.penalty) {
+            (FeatureActs::Dense(f), SparsityPenalty::DecoderNorm) => {
+                // Weighted by decoder norms as one matmul: (b, d_sae) · (d_sae, 1).
+                let norms = norms()?.to_dtype(f.dtype())?.unsqueeze(1)?;
+                f.matmul(&norms)?.mean_all()?
+            }
+            (
+                FeatureActs::Sparse {
+                    values, indices, ..
+                },
+                SparsityPenalty::DecoderNorm,
+            ) => {
+                let at = norms()?.index_select(&indices.flatten_all()?, 0)?;
+                let at = at.reshape(indices.shape())?.to_dtype(values.dtype())?;
+                (values * at)?.sum(1)?.mean(0)?
+            }
+            (acts, SparsityPenalty::L1UnitDecoder) => acts.values().sum(1)?.mean(0)?,
         };
         Ok(vec![("l1", (l1 * ctx.sparsity_coefficient)?)])
     }
@@ -130,5 +156,40 @@ impl Sae for ReluSae {
             self.params.normalize_decoder()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sae::{Architecture, SaeMetadata};
+    use candle_core::{DType, Device};
+    use rand::SeedableRng;
+
+    /// The sparse step (only the positive pre-activations, gathered) gives the dense step's
+    /// loss and gradients, under both penalties.
+    #[test]
+    fn the_sparse_step_equals_the_dense_step() {
+        let dev = Device::Cpu;
+        let (b, d_in, d_sae) = (24, 16, 256);
+        for penalty in [SparsityPenalty::DecoderNorm, SparsityPenalty::L1UnitDecoder] {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+            let cfg = SaeConfig::new(Architecture::Relu, d_in, d_sae, SaeMetadata::default());
+            let mut init = Init {
+                rng: &mut rng,
+                dtype: DType::F32,
+                device: &dev,
+                penalty,
+            };
+            let sae = ReluSae::init(cfg, &mut init).unwrap();
+            // Unit-norm encoder rows against inputs of norm about 4, shifted by −1.5:
+            // pre-activations about N(−1.5, 1), a few positive per input.
+            let w = super::super::common::random_rows(d_sae, d_in, 1.0, &mut rng, DType::F32, &dev);
+            sae.params.w_enc_t.set(&w.unwrap()).unwrap();
+            let b_enc = Tensor::full(-1.5f32, d_sae, &dev).unwrap();
+            sae.params.b_enc.set(&b_enc).unwrap();
+            let x = Tensor::randn(0f32, 1., (b, d_in), &dev).unwrap();
+            super::super::common::assert_sparse_step_equals_dense_step(&sae, &x);
+        }
     }
 }

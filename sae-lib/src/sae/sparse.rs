@@ -121,20 +121,24 @@ impl candle_core::CustomOp3 for GatherPreActs {
         let (grad_x, grad_wt, grad_b) = with_host(xc, "the input", |x| {
             with_host(grad, "the gradient", |g| {
                 with_host(w_enc_t, "W_encᵀ", |wt| {
-                    // d xc[b, :] = Σ_i g[b, i] · W_encᵀ[idx[b, i], :]
-                    let mut grad_x = vec![0f32; b * d_in];
-                    grad_x
-                        .par_chunks_mut(d_in)
-                        .enumerate()
-                        .for_each(|(r, out)| {
-                            let span = r * k..(r + 1) * k;
-                            for (&j, &gv) in self.indices[span.clone()].iter().zip(&g[span]) {
-                                if gv != 0.0 {
-                                    let j = j as usize;
-                                    axpy(out, gv, &wt[j * d_in..(j + 1) * d_in]);
+                    // d xc[b, :] = Σ_i g[b, i] · W_encᵀ[idx[b, i], :], when xc has a gradient
+                    // to take (the data itself has none).
+                    let grad_x = xc.track_op().then(|| {
+                        let mut grad_x = vec![0f32; b * d_in];
+                        grad_x
+                            .par_chunks_mut(d_in)
+                            .enumerate()
+                            .for_each(|(r, out)| {
+                                let span = r * k..(r + 1) * k;
+                                for (&j, &gv) in self.indices[span.clone()].iter().zip(&g[span]) {
+                                    if gv != 0.0 {
+                                        let j = j as usize;
+                                        axpy(out, gv, &wt[j * d_in..(j + 1) * d_in]);
+                                    }
                                 }
-                            }
-                        });
+                            });
+                        grad_x
+                    });
                     // d b_enc[j] = Σ over (b, i) with idx[b, i] = j of g[b, i]
                     let mut grad_b = vec![0f32; d_sae];
                     for (&j, &gv) in self.indices.iter().zip(g) {
@@ -148,7 +152,9 @@ impl candle_core::CustomOp3 for GatherPreActs {
         })?;
         let device = xc.device();
         Ok((
-            Some(Tensor::from_vec(grad_x, (b, d_in), device)?),
+            grad_x
+                .map(|g| Tensor::from_vec(g, (b, d_in), device))
+                .transpose()?,
             Some(Tensor::from_vec(grad_wt, (d_sae, d_in), device)?),
             Some(Tensor::from_vec(grad_b, d_sae, device)?.to_dtype(b_enc.dtype())?),
         ))
@@ -278,6 +284,62 @@ pub fn gather_pre_acts(
     Ok(xc
         .contiguous()?
         .apply_op3(&w_enc_t.contiguous()?, &b_enc.contiguous()?, op)?)
+}
+
+/// The sparse step's limit: beyond this share of `d_sae` candidates per input, dense is cheaper.
+const SPARSE_UP_TO: usize = 4;
+
+/// For a sparse training step: each input's features with `pre ≥ floor` (per feature, `(d_sae,)`),
+/// as `(batch, m)` indices where `m` is the batch's largest count; shorter rows are padded with
+/// a feature below its floor. The caller's activation must give features below the floor
+/// neither a value nor a gradient (a ReLU's floor is 0, a JumpReLU's `θ − ε`). `None` off the
+/// CPU kernels' path, or when some input's candidates and pad do not fit in
+/// `d_sae / SPARSE_UP_TO` (it then stops at the first such one): the step is then dense.
+pub fn candidates(pre: &Tensor, floor: &Tensor) -> Result<Option<Tensor>> {
+    if !crate::ops::host_f32(&[pre, floor]) {
+        return Ok(None);
+    }
+    let (b, d_sae) = pre.dims2()?;
+    let floor = floor.to_vec1::<f32>()?;
+    let limit = d_sae / SPARSE_UP_TO;
+    if limit == 0 {
+        return Ok(None);
+    }
+    // Each row's candidates and a feature that is not one (its pad), or `None` as soon as the
+    // row reaches `limit` candidates: with its pad it would not fit.
+    let rows: Option<Vec<(Vec<u32>, u32)>> = with_host(pre, "the pre-activations", |p| {
+        Ok(p.par_chunks(d_sae)
+            .map(|row| {
+                let mut picked = Vec::new();
+                let mut pad = None;
+                for (j, (&v, &f)) in row.iter().zip(&floor).enumerate() {
+                    // (NaN is no candidate, and may pad.)
+                    if v >= f {
+                        if picked.len() + 1 == limit {
+                            return None;
+                        }
+                        picked.push(j as u32);
+                    } else if pad.is_none() {
+                        pad = Some(j as u32);
+                    }
+                }
+                Some((picked, pad?))
+            })
+            .collect())
+    })?;
+    let Some(rows) = rows else {
+        return Ok(None);
+    };
+    let m = 1 + rows
+        .iter()
+        .map(|(picked, _)| picked.len())
+        .max()
+        .unwrap_or(0);
+    let mut idx = Vec::with_capacity(b * m);
+    for (picked, pad) in rows {
+        idx.extend(picked.into_iter().chain(std::iter::repeat(pad)).take(m));
+    }
+    Ok(Some(Tensor::from_vec(idx, (b, m), pre.device())?))
 }
 
 #[cfg(test)]
