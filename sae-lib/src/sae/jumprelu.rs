@@ -158,14 +158,7 @@ impl Sae for JumpReluSae {
         };
         let pre_at = self.params.pre_acts_at(x, &detached, &indices)?;
         let values = jumprelu_ste(&pre_at, &self.threshold_at(&indices)?, self.bandwidth)?;
-        Ok(Encoding {
-            acts: FeatureActs::Sparse {
-                values,
-                indices,
-                d_sae: self.cfg.d_sae,
-            },
-            hidden_pre: Some(detached),
-        })
+        Encoding::sparse(values, indices, detached)
     }
     fn aux_losses(
         &self,

@@ -361,6 +361,20 @@ impl Encoding {
         }
     }
 
+    /// Each input's selected activations `values` at `indices`, both `(batch, k)`, among the
+    /// `d_sae` columns of the pre-activations `hidden_pre` they came from.
+    pub fn sparse(values: Tensor, indices: Tensor, hidden_pre: Tensor) -> Result<Self> {
+        let d_sae = hidden_pre.dim(1)?;
+        Ok(Self {
+            acts: FeatureActs::Sparse {
+                values,
+                indices,
+                d_sae,
+            },
+            hidden_pre: Some(hidden_pre),
+        })
+    }
+
     /// The hidden pre-activations.
     pub fn pre(&self) -> Result<&Tensor> {
         self.hidden_pre

@@ -111,14 +111,7 @@ impl Sae for ReluSae {
             return Ok(Encoding::dense(pre.relu()?, pre));
         };
         let values = self.params.pre_acts_at(x, &detached, &indices)?.relu()?;
-        Ok(Encoding {
-            acts: FeatureActs::Sparse {
-                values,
-                indices,
-                d_sae: self.cfg.d_sae,
-            },
-            hidden_pre: Some(detached),
-        })
+        Encoding::sparse(values, indices, detached)
     }
 
     fn aux_losses(

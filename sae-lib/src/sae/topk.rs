@@ -27,8 +27,7 @@ use candle_core::Tensor;
 
 use super::common::{auxk_loss, cast_as, topk_indices, topk_relu, SaeParams};
 use super::{
-    Encoding, FeatureActs, Init, LossContext, Sae, SaeConfig, Sparsity, TensorGetter, Variant,
-    VariantDefaults,
+    Encoding, Init, LossContext, Sae, SaeConfig, Sparsity, TensorGetter, Variant, VariantDefaults,
 };
 use crate::{Error, Result};
 
@@ -131,14 +130,7 @@ impl Sae for TopKSae {
         let indices = topk_indices(&pre, self.k)?;
         // Select, then ReLU, as SAELens does.
         let values = self.params.pre_acts_at(x, &pre, &indices)?.relu()?;
-        Ok(Encoding {
-            acts: FeatureActs::Sparse {
-                values,
-                indices,
-                d_sae: self.cfg.d_sae,
-            },
-            hidden_pre: Some(pre),
-        })
+        Encoding::sparse(values, indices, pre)
     }
     fn aux_losses(
         &self,
