@@ -198,7 +198,7 @@ mod tests {
             let grads = loss.backward().unwrap();
             let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let g = |var: &Var| flat(grads.get(var.as_tensor()).unwrap());
-            let outs: Vec<f32> = outs.iter().flat_map(|o| flat(o)).collect();
+            let outs: Vec<f32> = outs.iter().flat_map(flat).collect();
             (outs, g(&values), g(&w_dec), g(&b_dec))
         };
         let (fused, stock) = (run(false), run(true));

@@ -122,7 +122,7 @@ impl Sae for ReluSae {
         ctx: &LossContext,
     ) -> Result<Vec<(&'static str, Tensor)>> {
         // f ≥ 0, so Σ|f_i| = Σ f_i.
-        let norms = || Ok::<_, crate::Error>(row_norms(self.params.w_dec.as_tensor())?);
+        let norms = || row_norms(self.params.w_dec.as_tensor());
         let l1 = match (&enc.acts, self.penalty) {
             (FeatureActs::Dense(f), SparsityPenalty::DecoderNorm) => {
                 // Weighted by decoder norms as one matmul: (b, d_sae) · (d_sae, 1).
