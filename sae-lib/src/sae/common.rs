@@ -190,14 +190,12 @@ mod tests {
         let (fast, stock) = (run(false), run(true));
         let (a, b) = (fast.0, stock.0);
         assert!(a > 0.0 && (a - b).abs() <= 1e-5 * b, "loss {a} against {b}");
-        for (a, b) in [(&fast.1, &stock.1), (&fast.2, &stock.2)] {
-            assert!(a.iter().any(|v| *v != 0.0));
-            let worst = a
-                .iter()
-                .zip(b)
-                .map(|(p, q)| (p - q).abs())
-                .fold(0f32, f32::max);
-            assert!(worst < 1e-4, "max abs diff {worst}");
+        for (a, b, what) in [
+            (&fast.1, &stock.1, "grad W_encT"),
+            (&fast.2, &stock.2, "grad W_dec"),
+        ] {
+            assert!(a.iter().any(|v| *v != 0.0), "{what}: all zero");
+            assert_close(a, b, what);
         }
     }
 
@@ -400,6 +398,16 @@ fn positive_first(chosen: &Tensor, pre: &Tensor) -> Result<Tensor> {
         .clamp(1, k);
     let flat: Vec<u32> = rows.iter_mut().flat_map(|r| r.drain(..keep)).collect();
     Ok(Tensor::from_vec(flat, (b, keep), &device)?)
+}
+
+/// Test support: `a` and `b` have the same length and differ by less than 1e-4 anywhere.
+#[cfg(test)]
+pub(crate) fn assert_close(a: &[f32], b: &[f32], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    let worst = (a.iter().zip(b))
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-4, "{what}: max abs diff {worst}");
 }
 
 /// Test support: a variant's sparse training step (the CPU kernels' path) gives the dense

@@ -208,12 +208,7 @@ mod tests {
             (&fused.2, &stock.2, "grad W_dec"),
             (&fused.3, &stock.3, "grad b_dec"),
         ] {
-            let worst = a
-                .iter()
-                .zip(b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max);
-            assert!(worst < 1e-4, "{what}: max abs diff {worst}");
+            super::super::common::assert_close(a, b, what);
         }
     }
 }

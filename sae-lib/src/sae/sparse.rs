@@ -344,21 +344,12 @@ pub fn candidates(pre: &Tensor, floor: &Tensor) -> Result<Option<Tensor>> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::common::assert_close as close;
     use super::*;
     use candle_core::{Device, Var};
 
     fn to_vec(t: &Tensor) -> Vec<f32> {
         t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-    }
-
-    fn close(a: &[f32], b: &[f32], what: &str) {
-        assert_eq!(a.len(), b.len(), "{what}: lengths");
-        let worst = a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
-        assert!(worst < 1e-4, "{what}: max abs diff {worst}");
     }
 
     /// Distinct indices per row, some features chosen by several rows, some by none.
