@@ -160,7 +160,41 @@ def click_menu(page, menu, item):
     page.get_by_role("menuitem", name=re.compile("^" + re.escape(item))).first.click()
 
 
-def check(page, base, token, name, timeout, out):
+def wait_for_kernel(page, base, token, start, log, notes):
+    """Seconds from `start` until the notebook's kernel is idle. The notebooks name the rust
+    kernel; JupyterLab asks only when it cannot find it. Run All waits for the kernel, as a
+    reader does: clicked while the toolbar still says "No Kernel" (whose status also reads
+    idle), it opens the kernel chooser. A kernel that has not answered after 90 s (in `.ci/run`
+    a kernel has sat at status "unknown" for minutes beside the CUDA compile, once in a run,
+    while the next one started in seconds) is shut down and the page reloaded, as a reader
+    would; that is reported as a note with the server log's last lines, and a second stall
+    fails the notebook."""
+    for attempt in (1, 2):
+        deadline = time.time() + 90
+        while True:
+            state = page.evaluate(STATE_JS)
+            if any("Select Kernel" in d for d in state["dialogs"]):
+                page.locator(".jp-Dialog select").select_option(label="Rust")
+                page.locator(".jp-Dialog").get_by_role("button", name="Select").click()
+            elif state["kernel"] not in ("", "No Kernel") and state["status"] == "idle":
+                return time.time() - start
+            if time.time() > deadline:
+                break
+            time.sleep(0.25)
+        stall = (f"kernel not ready after 90 s: {state['kernel']} {state['status']}"
+                 + "".join(f"; dialog: {' '.join(d.split())[:120]}" for d in state["dialogs"]))
+        if attempt == 2:
+            raise TimeoutError(stall + " (twice)")
+        log.flush()
+        tail = open(log.name, errors="replace").read().splitlines()[-8:]
+        notes.append(stall + "; shut it down and reloaded the page. Server log before:\n"
+                     + "\n".join("        " + line[:200] for line in tail))
+        shut_down_kernels(base, token)
+        page.reload(timeout=120_000)
+        page.wait_for_selector(f"{PANEL} .jp-CodeCell", timeout=120_000)
+
+
+def check(page, base, token, name, timeout, out, log, notes):
     """Opens, runs and inspects one notebook; returns (seconds, first_open, problems, charts)."""
     start = time.time()
     # A workspace of its own, so JupyterLab does not reopen (and start kernels for) the tabs of
@@ -168,24 +202,7 @@ def check(page, base, token, name, timeout, out):
     workspace = "check-" + re.sub(r"\W", "-", name)
     page.goto(f"{base}/lab/workspaces/{workspace}/tree/{name}?token={token}", timeout=120_000)
     page.wait_for_selector(f"{PANEL} .jp-CodeCell", timeout=120_000)
-    # The notebooks name the rust kernel; JupyterLab asks only when it cannot find it. Run All
-    # waits for the kernel, as a reader does: clicked while the toolbar still says "No Kernel"
-    # (whose status also reads idle), it opens the kernel chooser.
-    # Four minutes: in `.ci/run` the CUDA compile check shares the two cores, and a kernel once
-    # took over two to start beside it.
-    deadline = time.time() + 240
-    while True:
-        state = page.evaluate(STATE_JS)
-        if any("Select Kernel" in d for d in state["dialogs"]):
-            page.locator(".jp-Dialog select").select_option(label="Rust")
-            page.locator(".jp-Dialog").get_by_role("button", name="Select").click()
-        elif state["kernel"] not in ("", "No Kernel") and state["status"] == "idle":
-            kernel_ready = time.time() - start
-            break
-        if time.time() > deadline:
-            raise TimeoutError(f"kernel not ready after 4 minutes: {state['kernel']} "
-                               f"{state['status']}")
-        time.sleep(0.25)
+    kernel_ready = wait_for_kernel(page, base, token, start, log, notes)
     # Fold the file browser away, as a reader would, so the notebook gets the page's width.
     files_tab = page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab.lm-mod-current")
     if files_tab.count():
@@ -260,14 +277,14 @@ def screenshot(page, path):
     page.set_viewport_size({"width": 1280, "height": 900})
 
 
-def run_one(browser, base, token, name, timeout, out):
+def run_one(browser, base, token, name, timeout, out, log, notes):
     """check() in a tab of its own; a page that never loads or a menu that never opens counts
     as a failure of that notebook, and its kernel is shut down whatever happened, since two
     kernels would contend for the one build folder."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     start = time.time()
     try:
-        return check(page, base, token, name, timeout, out)
+        return check(page, base, token, name, timeout, out, log, notes)
     except Exception as e:  # playwright's TimeoutError, or our own
         page.screenshot(path=png_path(out, name))
         return time.time() - start, None, [f"{type(e).__name__}: {str(e).splitlines()[0]}"], 0
@@ -319,8 +336,9 @@ def main():
                     print(f"{name}: FAILED: no such notebook in notebooks/")
                     failed += 1
                     continue
+                notes = []
                 seconds, first_open, problems, charts = run_one(
-                    browser, base, token, name, args.timeout, out)
+                    browser, base, token, name, args.timeout, out, log, notes)
                 limit = args.max_first_open
                 if n == 0 and first_open and limit and first_open[0] > limit:
                     problems.append(f"first open took over {limit} s")
@@ -330,6 +348,8 @@ def main():
                     print(f"    first open: {first_open[0]:.1f} s from opening {name} to its first "
                           f"code cell's result (the page and an idle kernel after "
                           f"{first_open[1]:.1f} s; the target is under 30 s)", flush=True)
+                for note in notes:
+                    print(f"    note: {note}")
                 for problem in problems:
                     print(f"    {problem}")
                 failed += bool(problems)
