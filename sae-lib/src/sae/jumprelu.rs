@@ -20,6 +20,7 @@ use candle_core::{Tensor, Var};
 
 use super::common::SaeParams;
 use super::sparse::candidates;
+use super::step;
 use super::{
     Encoding, FeatureActs, Init, LossContext, Sae, SaeConfig, Sparsity, TensorGetter, Variant,
     VariantDefaults,
@@ -60,8 +61,12 @@ pub fn jumprelu(pre: &Tensor, theta: &Tensor) -> Result<Tensor> {
 }
 
 /// JumpReLU activations with θ's pseudo-derivative: value `pre · H(pre − θ)`; gradient
-/// `H` to `pre` and `−(θ/ε) K` to θ.
+/// `H` to `pre` and `−(θ/ε) K` to θ. One fused op for `(batch, d_sae)` f32 on the CPU
+/// (`step.rs`).
 pub fn jumprelu_ste(pre: &Tensor, theta: &Tensor, eps: f64) -> Result<Tensor> {
+    if step::fused(pre, theta) {
+        return step::jump_act(pre, theta, eps);
+    }
     let theta = &theta.to_dtype(pre.dtype())?; // f32 θ meets bf16 pre-activations in mixed precision
     let h = pre.broadcast_gt(theta)?.to_dtype(pre.dtype())?;
     let c = kernel(pre, theta, eps)?.broadcast_mul(&theta.detach())?; // (θ/ε) K, constant
@@ -70,8 +75,12 @@ pub fn jumprelu_ste(pre: &Tensor, theta: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 /// Per-input L0 `Σ_i H(pre_i − θ_i)` with θ's pseudo-derivative `−(1/ε) K`, shape `(b,)`.
-/// Counted in at least f32: bf16 holds integers exactly only up to 256.
+/// Counted in at least f32: bf16 holds integers exactly only up to 256. Fused as
+/// [`jumprelu_ste`] is.
 pub fn step_l0_ste(pre: &Tensor, theta: &Tensor, eps: f64) -> Result<Tensor> {
+    if step::fused(pre, theta) {
+        return step::step_count(pre, theta, eps);
+    }
     let theta = &theta.to_dtype(pre.dtype())?;
     let h = pre.broadcast_gt(theta)?.to_dtype(pre.dtype())?;
     let g = kernel(pre, theta, eps)?.broadcast_mul(theta)?.neg()?;

@@ -17,6 +17,7 @@ pub mod nested;
 pub mod relu;
 pub mod select;
 pub mod sparse;
+pub mod step;
 pub mod topk;
 
 use candle_core::{Tensor, Var};
