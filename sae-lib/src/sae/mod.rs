@@ -507,6 +507,11 @@ pub trait Sae {
         vec![]
     }
 
+    /// Variables that learn at a multiple of the learning rate, by name (the others at 1×).
+    fn lr_scales(&self) -> Vec<(&'static str, f64)> {
+        vec![]
+    }
+
     /// Every tensor under its SAELens name (the encoder as [`W_ENC_T`], transposed): the shared
     /// four, then the variant's own.
     fn vars(&self) -> Vec<(&'static str, Var)> {
@@ -602,6 +607,9 @@ impl Sae for AnySae {
     }
     fn feature_vars(&self) -> Vec<(Var, f64)> {
         self.inner().feature_vars()
+    }
+    fn lr_scales(&self) -> Vec<(&'static str, f64)> {
+        self.inner().lr_scales()
     }
     fn encode(&self, x: &Tensor) -> Result<Tensor> {
         self.inner().encode(x)

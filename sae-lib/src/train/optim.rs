@@ -89,6 +89,8 @@ fn host_f32(t: &Tensor) -> bool {
 /// Adam over named variables.
 pub struct Adam {
     vars: Vec<(&'static str, Var)>,
+    /// Each variable's learning rate as a multiple of `params.lr`.
+    lr_scales: Vec<f64>,
     moments: Vec<Moments>,
     steps: u64,
     pub params: AdamParams,
@@ -101,11 +103,26 @@ impl Adam {
             .map(|(_, v)| Moments::zeros(v))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
+            lr_scales: vec![1.0; vars.len()],
             vars,
             moments,
             steps: 0,
             params,
         })
+    }
+
+    /// Lets the named variables learn at a multiple of the learning rate (the others keep
+    /// 1×); a name the optimiser does not hold is an error.
+    pub fn with_lr_scales(mut self, scales: &[(&str, f64)]) -> Result<Self> {
+        for &(name, scale) in scales {
+            let Some(i) = self.vars.iter().position(|(n, _)| *n == name) else {
+                return Err(Error::Training(format!(
+                    "a learning-rate scale for `{name}`, which the optimiser does not hold"
+                )));
+            };
+            self.lr_scales[i] = scale;
+        }
+        Ok(self)
     }
 
     /// Number of updates taken.
@@ -150,9 +167,14 @@ impl Adam {
         let p = self.params;
         let t = self.steps as i32;
         let (bc1, bc2) = (1.0 - p.beta1.powi(t), 1.0 - p.beta2.powi(t));
-        for ((_, var), moments) in self.vars.iter().zip(self.moments.iter_mut()) {
+        let vars = self.vars.iter().zip(&self.lr_scales);
+        for (((_, var), &lr_scale), moments) in vars.zip(self.moments.iter_mut()) {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
+            };
+            let p = AdamParams {
+                lr: p.lr * lr_scale,
+                ..p
             };
             match moments {
                 Moments::Host { m, v } if host_f32(g) => {
@@ -376,6 +398,38 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A variable with an lr scale takes Adam's first step (lr · sign g, as `m̂/√v̂` = ±1)
+    /// times its scale, on both paths; the others take plain lr; an unknown name is refused.
+    #[test]
+    fn lr_scales_multiply_a_variables_step() {
+        let p = AdamParams {
+            lr: 0.01,
+            ..Default::default()
+        };
+        for stock in [false, true] {
+            let _stock = stock.then(crate::ops::StockOps::on);
+            let a = Var::new(&[1f32, -1.0], &Device::Cpu).unwrap();
+            let b = Var::new(&[1f32, -1.0], &Device::Cpu).unwrap();
+            let mut opt = Adam::new(vec![("a", a.clone()), ("b", b.clone())], p)
+                .unwrap()
+                .with_lr_scales(&[("b", 25.0)])
+                .unwrap();
+            let loss = (a.as_tensor().sqr().unwrap() + b.as_tensor().sqr().unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            opt.step(&loss.backward().unwrap()).unwrap();
+            let moved = |v: &Var| 1.0 - v.as_tensor().to_vec1::<f32>().unwrap()[0];
+            assert!((moved(&a) - 0.01).abs() < 1e-5, "{}", moved(&a));
+            assert!((moved(&b) - 0.25).abs() < 1e-5, "{}", moved(&b));
+        }
+        let x = Var::new(&[1f32], &Device::Cpu).unwrap();
+        let err = Adam::new(vec![("x", x)], p)
+            .unwrap()
+            .with_lr_scales(&[("y", 2.0)]);
+        assert!(err.is_err());
     }
 
     /// The fused CPU update against the stock-op path a GPU runs: same parameters and moments

@@ -351,7 +351,7 @@ impl<'a> Trainer<'a> {
         if let Some(b) = b_dec {
             sae.params().b_dec.set(&b.to_device(device)?)?;
         }
-        let opt = Adam::new(sae.vars(), cfg.adam)?;
+        let opt = Adam::new(sae.vars(), cfg.adam)?.with_lr_scales(&sae.lr_scales())?;
         let d_sae = sae_cfg.d_sae;
         Ok(Self {
             source,
@@ -438,7 +438,7 @@ impl<'a> Trainer<'a> {
     ) -> Result<Self> {
         let mut rng = ChaCha8Rng::seed_from_u64(state.train.seed);
         let sae = new_sae(&state.sae, &state.train, &mut rng, device)?;
-        let opt = Adam::new(sae.vars(), state.train.adam)?;
+        let opt = Adam::new(sae.vars(), state.train.adam)?.with_lr_scales(&sae.lr_scales())?;
         Ok(Self {
             source,
             sae,

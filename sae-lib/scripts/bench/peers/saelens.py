@@ -37,7 +37,8 @@ SAELens defaults kept (LanguageModelSAERunnerConfig / the *TrainingSAEConfig cla
   nesting d_sae/16, /8, /4, /2, d_sae, since SAELens has no default), use_matryoshka_aux_loss
   False;
 - jumprelu: jumprelu_sparsity_loss_mode "step" (DeepMind L0), bandwidth 0.05, init threshold
-  0.01, l0_warm_up_steps 0, no pre-act loss, STE to threshold only;
+  0.01 (--peer-init-threshold sets another), l0_warm_up_steps 0, no pre-act loss, STE to
+  threshold only;
 - gated: l1 on the gate path times ‖W_dec‖ plus the gate-path reconstruction loss.
 Shared and passed to both: d_sae, k, lr, steps, batch size, seed, and the batches' rows per
 step (common.BatchPlan mirrors ours: per-epoch permutation, short last batch).
@@ -119,6 +120,8 @@ def parse_args(argv=None):
                    default=None, help="default d_sae/16,/8,/4,/2,d_sae (ours)")
     p.add_argument("--normalize-activations", default="none",
                    choices=["none", "expected_average_only_in"])
+    p.add_argument("--peer-init-threshold", type=float, default=None,
+                   help="SAELens' jumprelu_init_threshold (default: SAELens' own, 0.01)")
     p.add_argument("--skip-ours", action="store_true", help="peer only (development)")
     args = p.parse_args(argv)
     args.arch = [a.strip() for a in args.arch.split(",") if a.strip()]
@@ -150,7 +153,9 @@ def make_sae(arch: str, d_in: int, args, coeff: float | None):
         cfg = saes.GatedTrainingSAEConfig(**common_kw, l1_coefficient=coeff)
         return saes.GatedTrainingSAE(cfg)
     if arch == "jumprelu":
-        cfg = saes.JumpReLUTrainingSAEConfig(**common_kw, l0_coefficient=coeff)
+        init = {} if args.peer_init_threshold is None else {
+            "jumprelu_init_threshold": args.peer_init_threshold}
+        cfg = saes.JumpReLUTrainingSAEConfig(**common_kw, l0_coefficient=coeff, **init)
         return saes.JumpReLUTrainingSAE(cfg)
     if arch == "topk":
         return saes.TopKTrainingSAE(saes.TopKTrainingSAEConfig(**common_kw, k=args.k))
