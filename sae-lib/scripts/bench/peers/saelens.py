@@ -153,8 +153,8 @@ def make_sae(arch: str, d_in: int, args, coeff: float | None):
         cfg = saes.GatedTrainingSAEConfig(**common_kw, l1_coefficient=coeff)
         return saes.GatedTrainingSAE(cfg)
     if arch == "jumprelu":
-        init = {} if args.peer_init_threshold is None else {
-            "jumprelu_init_threshold": args.peer_init_threshold}
+        theta = getattr(args, "peer_init_threshold", None)  # synthetic.py's args lack it
+        init = {} if theta is None else {"jumprelu_init_threshold": theta}
         cfg = saes.JumpReLUTrainingSAEConfig(**common_kw, l0_coefficient=coeff, **init)
         return saes.JumpReLUTrainingSAE(cfg)
     if arch == "topk":
