@@ -86,7 +86,7 @@ DEFAULT_COEFFS = {
     ("peer", "standard"): [4.0, 4.5],
     ("ours", "standard"): [4.5, 5.0],
     ("peer", "jumprelu"): [10.0, 20.0],
-    ("ours", "jumprelu"): [2.0, 3.0],
+    ("ours", "jumprelu"): [0.3, 0.5],
     ("peer", "gated"): [4.5, 5.5],
     ("ours", "gated"): [3.0, 3.5],
 }
