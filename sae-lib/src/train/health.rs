@@ -75,7 +75,7 @@ pub fn diagnose(s: &RunSummary) -> Vec<String> {
     }
     if s.l0 >= NOT_SPARSE * s.d_sae as f64 {
         let fix = if penalty {
-            // JumpReLU's threshold moves about one learning rate per step: short runs stay dense.
+            // JumpReLU's threshold moves a bounded step (lr × its scale): short runs stay dense.
             format!(
                 "raise the sparsity coefficient (--l1, now {}) or train longer (--steps)",
                 s.sparsity_coefficient
