@@ -21,7 +21,7 @@ use super::kernels::{add_row, sub_row};
 use candle_core::{Tensor, Var};
 
 use super::common::{cast_as, sparse_decode, squared_error, SaeParams};
-use super::sparse::candidates;
+use super::sparse::{candidates, per_feature_at};
 use super::{
     Encoding, FeatureActs, Init, LossContext, Sae, SaeConfig, Sparsity, TensorGetter, Variant,
     VariantDefaults,
@@ -102,12 +102,6 @@ impl GatedSae {
         let scale = cast_as(&self.r_mag, z)?.exp()?;
         add_row(&z.broadcast_mul(&scale)?, &cast_as(&self.b_mag, z)?)
     }
-
-    /// `v[indices]` `(batch, m)` for a per-feature `v` `(d_sae,)`, differentiable in `v`.
-    fn at(v: &Tensor, indices: &Tensor) -> Result<Tensor> {
-        Ok(v.index_select(&indices.flatten_all()?, 0)?
-            .reshape(indices.shape())?)
-    }
 }
 
 impl Sae for GatedSae {
@@ -143,10 +137,10 @@ impl Sae for GatedSae {
         };
         // π_mag at the open gates: their shared part is π_gate − b_gate.
         let gate_at = self.params.pre_acts_at(x, &detached, &indices)?;
-        let b_gate = Self::at(&cast_as(&self.params.b_enc, x)?, &indices)?;
-        let scale = Self::at(&cast_as(&self.r_mag, x)?.exp()?, &indices)?;
+        let b_gate = per_feature_at(&cast_as(&self.params.b_enc, x)?, &indices)?;
+        let scale = per_feature_at(&cast_as(&self.r_mag, x)?.exp()?, &indices)?;
         let mag_at =
-            ((&gate_at - b_gate)? * scale)? + Self::at(&cast_as(&self.b_mag, x)?, &indices)?;
+            ((&gate_at - b_gate)? * scale)? + per_feature_at(&cast_as(&self.b_mag, x)?, &indices)?;
         let open = gate_at.gt(0f64)?.to_dtype(gate_at.dtype())?;
         Encoding::sparse((open * mag_at?.relu()?)?, indices, detached)
     }

@@ -29,7 +29,7 @@
 use candle_core::{Tensor, Var};
 
 use super::common::SaeParams;
-use super::sparse::candidates;
+use super::sparse::{candidates, per_feature_at};
 use super::step;
 use super::{
     Encoding, FeatureActs, Init, LossContext, Sae, SaeConfig, Sparsity, TensorGetter, Variant,
@@ -103,14 +103,6 @@ impl JumpReluSae {
     pub fn threshold(&self) -> &Var {
         &self.threshold
     }
-
-    /// θ at `indices` `(batch, m)`, differentiable in θ.
-    fn threshold_at(&self, indices: &Tensor) -> Result<Tensor> {
-        let theta = self.threshold.as_tensor();
-        Ok(theta
-            .index_select(&indices.flatten_all()?, 0)?
-            .reshape(indices.shape())?)
-    }
 }
 
 impl Variant for JumpReluSae {
@@ -181,7 +173,11 @@ impl Sae for JumpReluSae {
             return Ok(Encoding::dense(f, pre));
         };
         let pre_at = self.params.pre_acts_at(x, &detached, &indices)?;
-        let values = jumprelu_ste(&pre_at, &self.threshold_at(&indices)?, self.bandwidth)?;
+        let values = jumprelu_ste(
+            &pre_at,
+            &per_feature_at(self.threshold.as_tensor(), &indices)?,
+            self.bandwidth,
+        )?;
         Encoding::sparse(values, indices, detached)
     }
     fn aux_losses(
@@ -195,7 +191,7 @@ impl Sae for JumpReluSae {
             // Features outside the candidates count 0 and have no gradient.
             FeatureActs::Sparse { indices, .. } => step_l0_ste(
                 &enc.pre()?.gather(indices, 1)?,
-                &self.threshold_at(indices)?,
+                &per_feature_at(self.threshold.as_tensor(), indices)?,
                 self.bandwidth,
             )?,
             FeatureActs::Dense(_) => {

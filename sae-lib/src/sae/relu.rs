@@ -14,7 +14,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::common::{row_norms, SaeParams};
-use super::sparse::candidates;
+use super::sparse::{candidates, per_feature_at};
 use super::{
     Encoding, FeatureActs, Init, LossContext, Sae, SaeConfig, Sparsity, TensorGetter, Variant,
     VariantDefaults,
@@ -135,8 +135,7 @@ impl Sae for ReluSae {
                 },
                 SparsityPenalty::DecoderNorm,
             ) => {
-                let at = norms()?.index_select(&indices.flatten_all()?, 0)?;
-                let at = at.reshape(indices.shape())?.to_dtype(values.dtype())?;
+                let at = per_feature_at(&norms()?, indices)?.to_dtype(values.dtype())?;
                 (values * at)?.sum(1)?.mean(0)?
             }
             (acts, SparsityPenalty::L1UnitDecoder) => acts.values().sum(1)?.mean(0)?,
