@@ -49,6 +49,36 @@ pub fn l1(feature_acts: &Tensor) -> Result<f64> {
 
 /// How many inputs each feature fired on, `(d_sae,)`.
 pub fn firing_counts(feature_acts: &Tensor) -> Result<Vec<f32>> {
+    if crate::ops::host_f32(&[feature_acts]) && feature_acts.rank() == 2 && feature_acts.dim(1)? > 0
+    {
+        // A row at a time (candle's sum over rows reads column by column): the trainer
+        // counts every dense step's `(batch, d_sae)` activations.
+        use rayon::prelude::*;
+        let d = feature_acts.dim(1)?;
+        return Ok(crate::sae::kernels::with_host(
+            feature_acts,
+            "the activations",
+            |f| {
+                let partials: Vec<Vec<u32>> = f
+                    .par_chunks(64 * d)
+                    .map(|block| {
+                        let mut counts = vec![0u32; d];
+                        for row in block.chunks(d) {
+                            for (c, &v) in counts.iter_mut().zip(row) {
+                                *c += u32::from(v != 0.0);
+                            }
+                        }
+                        counts
+                    })
+                    .collect();
+                let mut counts = vec![0f32; d];
+                for p in partials {
+                    counts.iter_mut().zip(p).for_each(|(c, n)| *c += n as f32);
+                }
+                Ok(counts)
+            },
+        )?);
+    }
     Ok(feature_acts
         .ne(0f32)?
         .to_dtype(DType::F32)?
@@ -78,6 +108,17 @@ pub fn dead_and_dense(frequencies: &[f64], dense_above: f64) -> (f64, f64) {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// The row-block count against the stock ops' count, over more rows than one block.
+    #[test]
+    fn firing_counts_match_the_stock_count() {
+        let x = Tensor::randn(0f32, 1., (150, 9), &Device::Cpu).unwrap();
+        let f = x.relu().unwrap();
+        let fast = firing_counts(&f).unwrap();
+        let stock = crate::ops::with_stock_ops(|| firing_counts(&f)).unwrap();
+        assert_eq!(fast, stock);
+        assert!(fast.iter().all(|&c| c > 30.0 && c < 120.0), "{fast:?}");
+    }
 
     #[test]
     fn fvu_is_centered_and_scale_invariant() {

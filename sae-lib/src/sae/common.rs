@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor, D};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::kernels::{add_row, sub_row};
+use super::kernels::add_row;
 use crate::Result;
 
 /// `n` standard normal samples (Box–Muller), reproducible from `rng` on any machine.
@@ -39,6 +39,9 @@ pub fn random_rows(
 
 /// L2 norm of each row of a matrix, `(rows,)`.
 pub fn row_norms(w: &Tensor) -> Result<Tensor> {
+    if crate::ops::host_f32(&[w]) && w.rank() == 2 {
+        return Ok(w.contiguous()?.apply_op1(super::kernels::RowNorms)?);
+    }
     Ok(w.sqr()?.sum(D::Minus1)?.sqrt()?)
 }
 
@@ -414,6 +417,13 @@ pub(crate) fn assert_close(a: &[f32], b: &[f32], what: &str) {
 /// step's (the stock path's) loss terms and every parameter's gradient.
 #[cfg(test)]
 pub(crate) fn assert_sparse_step_equals_dense_step(sae: &impl super::Sae, x: &Tensor) {
+    assert_kernels_match_stock_ops(sae, x, true)
+}
+
+/// Test support: a variant's training step on the CPU kernels' path, sparse or dense as
+/// `sparse` says it must be here, gives the stock path's loss terms and every gradient.
+#[cfg(test)]
+pub(crate) fn assert_kernels_match_stock_ops(sae: &impl super::Sae, x: &Tensor, sparse: bool) {
     use super::{FeatureActs, LossContext};
     let run = |stock: bool| {
         let _stock = stock.then(crate::ops::StockOps::on);
@@ -424,8 +434,9 @@ pub(crate) fn assert_sparse_step_equals_dense_step(sae: &impl super::Sae, x: &Te
         let out = sae.loss(x, &ctx).unwrap();
         assert_eq!(
             matches!(out.feature_acts, FeatureActs::Sparse { .. }),
-            !stock,
-            "the CPU kernels' path must be the sparse one here, the stock path dense"
+            !stock && sparse,
+            "the CPU kernels' path must be the {} one here, the stock path dense",
+            if sparse { "sparse" } else { "dense" }
         );
         let terms: Vec<f32> = (out.terms.iter())
             .map(|(_, t)| t.to_scalar::<f32>().unwrap())
@@ -513,22 +524,43 @@ impl SaeParams {
 
     /// `(x − b_dec) W_enc + b_enc`, in `x`'s dtype.
     pub fn pre_acts(&self, x: &Tensor) -> Result<Tensor> {
-        let xc = sub_row(x, &cast_as(&self.b_dec, x)?)?;
-        let w_enc = cast_as(&self.w_enc_t, x)?.t()?;
-        add_row(&xc.matmul(&w_enc)?, &cast_as(&self.b_enc, x)?)
+        add_row(&self.centred(x)?, &cast_as(&self.b_enc, x)?)
+    }
+
+    /// `(x − b_dec) W_enc`, differentiated without a gradient for the data
+    /// ([`centred_matmul`](super::dense::centred_matmul)).
+    pub fn centred(&self, x: &Tensor) -> Result<Tensor> {
+        let b_dec = cast_as(&self.b_dec, x)?;
+        super::dense::centred_matmul(x, Some(&b_dec), &cast_as(&self.w_enc_t, x)?)
     }
 
     /// The pre-activations at chosen `(batch, k)` indices, differentiable through the sparse
     /// gather (see [`gather_pre_acts`](super::sparse::gather_pre_acts)); `pre` holds them all,
     /// detached, and supplies the values.
     pub fn pre_acts_at(&self, x: &Tensor, pre: &Tensor, indices: &Tensor) -> Result<Tensor> {
-        // (x − b_dec)·w_j + b_enc,j = x·w_j + (b_enc,j − b_dec·w_j): with the centring folded
-        // into a per-feature bias, the sparse op's input is the data, which needs no gradient,
-        // and b_dec's gradient is one matrix–vector product rather than a row per selection.
+        let (w, bias) = self.folded(x)?;
+        super::sparse::gather_pre_acts(x, &w, &bias, indices, Some(pre))
+    }
+
+    /// `ReLU` of the pre-activations `pre` (differentiable, all of them), with one fused
+    /// backward on the CPU kernels' path (see [`relu_at`](super::dense::relu_at)).
+    pub fn relu_acts(&self, x: &Tensor, pre: &Tensor) -> Result<Tensor> {
+        if !crate::ops::host_f32(&[x, pre]) {
+            return Ok(pre.relu()?);
+        }
+        let (w, bias) = self.folded(x)?;
+        super::dense::relu_at(x, &w, &bias, &pre.detach())
+    }
+
+    /// `(W_encᵀ, b_enc − W_encᵀ b_dec)` in `x`'s dtype. `(x − b_dec)·w_j + b_enc,j =
+    /// x·w_j + (b_enc,j − b_dec·w_j)`: with the centring folded into a per-feature bias, the
+    /// encoder's input is the data, which needs no gradient, and b_dec's gradient through the
+    /// encoder is one matrix–vector product rather than a matmul over the batch.
+    fn folded(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let w = cast_as(&self.w_enc_t, x)?;
         let b_dec = cast_as(&self.b_dec, x)?.unsqueeze(1)?;
         let bias = (cast_as(&self.b_enc, x)? - w.matmul(&b_dec)?.squeeze(1)?)?;
-        super::sparse::gather_pre_acts(x, &w, &bias, indices, Some(pre))
+        Ok((w, bias))
     }
 
     /// Rescales decoder rows to unit norm (for penalties that a growing decoder would cheat).

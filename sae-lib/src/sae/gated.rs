@@ -17,7 +17,8 @@
 //! and no gradient through any of them, so only the open gates are gathered per input
 //! (`candidates`) and the loss reads and differentiates only their rows.
 
-use super::kernels::{add_row, sub_row};
+use super::dense::centred_matmul;
+use super::kernels::add_row;
 use candle_core::{Tensor, Var};
 
 use super::common::{cast_as, sparse_decode, squared_error, SaeParams};
@@ -93,8 +94,7 @@ impl GatedSae {
 
     /// `(x − b_dec) W_enc`, which both paths read.
     fn shared(&self, x: &Tensor) -> Result<Tensor> {
-        let p = &self.params;
-        Ok(sub_row(x, &cast_as(&p.b_dec, x)?)?.matmul(&cast_as(&p.w_enc_t, x)?.t()?)?)
+        self.params.centred(x)
     }
 
     /// `π_mag` from the shared part, dense.
@@ -164,7 +164,8 @@ impl Sae for GatedSae {
             }
             FeatureActs::Dense(_) => {
                 let acts = enc.pre()?.relu()?;
-                let frozen = acts.matmul(&w_dec)?.broadcast_add(&b_dec)?;
+                // (W_dec's gradient, which a stock matmul would compute, is not read.)
+                let frozen = centred_matmul(&acts, None, &w_dec.t()?)?.broadcast_add(&b_dec)?;
                 (acts, frozen)
             }
         };
@@ -185,7 +186,8 @@ mod tests {
     use rand::SeedableRng;
 
     /// The sparse step (only the open gates, gathered) gives the dense step's loss terms and
-    /// every gradient, the magnitude path's `r_mag` and `b_mag` included.
+    /// every gradient, the magnitude path's `r_mag` and `b_mag` included; so does the dense
+    /// step on the CPU kernels' path.
     #[test]
     fn the_sparse_step_equals_the_dense_step() {
         let dev = Device::Cpu;
@@ -212,5 +214,11 @@ mod tests {
         sae.b_mag.set(&per_feature(-0.2, 0.05)).unwrap();
         let x = Tensor::randn(0f32, 1., (b, d_in), &dev).unwrap();
         super::super::common::assert_sparse_step_equals_dense_step(&sae, &x);
+        // Most gates open (b_gate +1.5, b_dec off zero): the dense step, through the centred
+        // matmul and the frozen decoder's, against the stock ops'.
+        sae.params.b_enc.set(&per_feature(1.5, 0.0)).unwrap();
+        let b_dec = Tensor::randn(0f32, 0.5, d_in, &dev).unwrap();
+        sae.params.b_dec.set(&b_dec).unwrap();
+        super::super::common::assert_kernels_match_stock_ops(&sae, &x, false);
     }
 }

@@ -255,5 +255,12 @@ mod tests {
         assert!(in_window.sum_all().unwrap().to_scalar::<f32>().unwrap() >= 3.0);
 
         crate::sae::common::assert_sparse_step_equals_dense_step(&sae, &x);
+        // θ around 0.1 with b_dec off zero: most features fire and the step is dense, through
+        // the centred matmul's backward.
+        let low = Tensor::full(0.1f32, d_sae, &dev).unwrap();
+        sae.threshold.set(&low).unwrap();
+        let b_dec = Tensor::randn(0f32, 0.5, d_in, &dev).unwrap();
+        sae.params.b_dec.set(&b_dec).unwrap();
+        crate::sae::common::assert_kernels_match_stock_ops(&sae, &x, false);
     }
 }

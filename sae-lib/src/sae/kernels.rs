@@ -110,9 +110,62 @@ impl candle_core::InplaceOp1 for UnitRows {
     }
 }
 
+/// The L2 norm of each row of a contiguous f32 `(rows, d)` CPU matrix, `(rows,)`, with a
+/// one-pass backward, `d w[j, :] = g[j] · w[j, :] / ‖w[j, :]‖` (stock ops differentiate
+/// square, sum and root through three temporaries of the matrix's size).
+pub(crate) struct RowNorms;
+
+impl candle_core::CustomOp1 for RowNorms {
+    fn name(&self) -> &'static str {
+        "row-norms"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let (rows, d) = l.shape().dims2()?;
+        let w = contiguous_f32(s, l, "matrix")?;
+        let norms: Vec<f32> = if d == 0 {
+            vec![0.0; rows]
+        } else {
+            w.par_chunks(d).map(|r| dot(r, r).sqrt()).collect()
+        };
+        Ok((CpuStorage::F32(norms), rows.into()))
+    }
+
+    fn bwd(
+        &self,
+        w: &Tensor,
+        norms: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        use rayon::prelude::*;
+        let (rows, d) = w.dims2()?;
+        let out = with_host(w, "the matrix", |w| {
+            with_host(norms, "the norms", |n| {
+                with_host(grad, "the gradient", |g| {
+                    let mut out = vec![0f32; rows * d];
+                    if d > 0 {
+                        out.par_chunks_mut(d).enumerate().for_each(|(j, o)| {
+                            // A zero row's norm has no gradient (stock ops would give NaN).
+                            let s = if n[j] > 0.0 { g[j] / n[j] } else { 0.0 };
+                            axpy(o, s, &w[j * d..(j + 1) * d]);
+                        });
+                    }
+                    Ok(out)
+                })
+            })
+        })?;
+        Ok(Some(Tensor::from_vec(out, (rows, d), w.device())?))
+    }
+}
+
 /// The sums of the rows of `g` `(rows, d)`: blocks of rows summed in parallel, then the
 /// blocks' sums added in order, so the result does not depend on scheduling.
-fn column_sums(g: &[f32], d: usize) -> Vec<f32> {
+pub(crate) fn column_sums(g: &[f32], d: usize) -> Vec<f32> {
     use rayon::prelude::*;
     const ROWS: usize = 64;
     let partials: Vec<Vec<f32>> = g
@@ -155,10 +208,15 @@ impl candle_core::CustomOp2 for AddRow {
         if bias.len() != d {
             candle_core::bail!("add-row: a bias of {} for rows of {d}", bias.len())
         }
-        let mut out = x.to_vec();
+        let mut out = vec![0f32; x.len()];
         if d > 0 {
             out.par_chunks_mut(d)
-                .for_each(|row| row.iter_mut().zip(bias).for_each(|(o, b)| *o += b));
+                .zip(x.par_chunks(d))
+                .for_each(|(o, x)| {
+                    for ((o, x), b) in o.iter_mut().zip(x).zip(bias) {
+                        *o = x + b;
+                    }
+                });
         }
         Ok((CpuStorage::F32(out), (rows, d).into()))
     }
@@ -258,6 +316,28 @@ mod tests {
                 .fold(0f32, f32::max);
             assert!(worst < 1e-5, "max relative diff {worst}");
         }
+    }
+
+    /// The norms and their gradient against square, sum and root.
+    #[test]
+    fn row_norms_match_stock_ops() {
+        use candle_core::{Device, Var};
+        let w =
+            Var::from_tensor(&Tensor::randn(0f32, 1., (40, 21), &Device::Cpu).unwrap()).unwrap();
+        let c = Tensor::randn(0f32, 1., 40, &Device::Cpu).unwrap();
+        let run = |fast: bool| {
+            let n = if fast {
+                crate::sae::common::row_norms(w.as_tensor()).unwrap()
+            } else {
+                crate::ops::with_stock_ops(|| crate::sae::common::row_norms(w.as_tensor())).unwrap()
+            };
+            let g = (&n * &c).unwrap().sum_all().unwrap().backward().unwrap();
+            let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            (v(&n), v(g.get(w.as_tensor()).unwrap()))
+        };
+        let (fast, stock) = (run(true), run(false));
+        crate::sae::common::assert_close(&fast.0, &stock.0, "norms");
+        crate::sae::common::assert_close(&fast.1, &stock.1, "gradient");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod batch_topk;
 pub mod common;
+pub mod dense;
 pub mod format;
 pub mod gated;
 pub mod jumprelu;

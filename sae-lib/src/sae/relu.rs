@@ -108,7 +108,7 @@ impl Sae for ReluSae {
         let detached = pre.detach();
         let floor = Tensor::zeros(self.cfg.d_sae, pre.dtype(), pre.device())?;
         let Some(indices) = candidates(&detached, &floor)? else {
-            return Ok(Encoding::dense(pre.relu()?, pre));
+            return Ok(Encoding::dense(self.params.relu_acts(x, &pre)?, detached));
         };
         let values = self.params.pre_acts_at(x, &detached, &indices)?.relu()?;
         Encoding::sparse(values, indices, detached)
@@ -159,7 +159,7 @@ mod tests {
     use rand::SeedableRng;
 
     /// The sparse step (only the positive pre-activations, gathered) gives the dense step's
-    /// loss and gradients, under both penalties.
+    /// loss and gradients, under both penalties, and so does the fused dense step.
     #[test]
     fn the_sparse_step_equals_the_dense_step() {
         let dev = Device::Cpu;
@@ -182,6 +182,13 @@ mod tests {
             sae.params.b_enc.set(&b_enc).unwrap();
             let x = Tensor::randn(0f32, 1., (b, d_in), &dev).unwrap();
             super::super::common::assert_sparse_step_equals_dense_step(&sae, &x);
+            // Shifted by +1.5 instead, most features fire and the step is dense: the fused
+            // ReLU's gradients (b_dec's through the folded bias) against the stock ops'.
+            let x = (x * 2.0).unwrap();
+            sae.params.b_enc.set(&b_enc.neg().unwrap()).unwrap();
+            let b_dec = Tensor::randn(0f32, 0.5, d_in, &dev).unwrap();
+            sae.params.b_dec.set(&b_dec).unwrap();
+            super::super::common::assert_kernels_match_stock_ops(&sae, &x, false);
         }
     }
 }
