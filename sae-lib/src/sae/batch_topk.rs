@@ -57,6 +57,7 @@ impl BatchTopKSae {
                 values,
                 indices: sel.indices,
                 d_sae: self.cfg.d_sae,
+                flat_at_zero: false,
             },
             hidden_pre: Some(pre),
         })

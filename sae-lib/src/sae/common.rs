@@ -374,7 +374,7 @@ pub fn auxk_loss(
         .index_select(&local.flatten_all()?, 0)?
         .reshape((b, k))?;
     let values = values_at(&indices)?.relu()?;
-    let e_hat = super::sparse::decode_rows(&values, &indices, w_dec)?;
+    let e_hat = super::sparse::decode_rows(&values, &indices, w_dec, false)?;
     squared_error(&e_hat, &residual.detach())
 }
 
@@ -620,8 +620,10 @@ pub fn sparse_decode(
     indices: &Tensor,
     w_dec: &Tensor,
     b_dec: &Tensor,
+    flat_at_zero: bool,
 ) -> Result<Tensor> {
-    add_row(&super::sparse::decode_rows(values, indices, w_dec)?, b_dec)
+    let out = super::sparse::decode_rows(values, indices, w_dec, flat_at_zero)?;
+    add_row(&out, b_dec)
 }
 
 /// Dense `(batch, n)` feature activations from sparse `(batch, k)` values at `indices` (not

@@ -142,7 +142,7 @@ impl Sae for GatedSae {
         let mag_at =
             ((&gate_at - b_gate)? * scale)? + per_feature_at(&cast_as(&self.b_mag, x)?, &indices)?;
         let open = gate_at.gt(0f64)?.to_dtype(gate_at.dtype())?;
-        Encoding::sparse((open * mag_at?.relu()?)?, indices, detached)
+        Ok(Encoding::sparse((open * mag_at?.relu()?)?, indices, detached)?.flat_at_zero())
     }
     /// The L1 penalty on the gate's activations, and the gate's own reconstruction through a
     /// frozen copy of the decoder.
@@ -159,7 +159,7 @@ impl Sae for GatedSae {
             // The open gates again, differentiable (the encoding keeps only f's values).
             FeatureActs::Sparse { indices, .. } => {
                 let acts = self.params.pre_acts_at(x, enc.pre()?, indices)?.relu()?;
-                let frozen = sparse_decode(&acts, indices, &w_dec, &b_dec)?;
+                let frozen = sparse_decode(&acts, indices, &w_dec, &b_dec, true)?;
                 (acts, frozen)
             }
             FeatureActs::Dense(_) => {

@@ -372,9 +372,20 @@ impl Encoding {
                 values,
                 indices,
                 d_sae,
+                flat_at_zero: false,
             },
             hidden_pre: Some(hidden_pre),
         })
+    }
+
+    /// The same encoding, declaring that its zero activations pass no gradient back (a ReLU
+    /// is flat below zero): the sparse decoder then skips their gradients, one dot product
+    /// per padded candidate.
+    pub fn flat_at_zero(mut self) -> Self {
+        if let FeatureActs::Sparse { flat_at_zero, .. } = &mut self.acts {
+            *flat_at_zero = true;
+        }
+        self
     }
 
     /// The hidden pre-activations.
@@ -392,11 +403,13 @@ pub enum FeatureActs {
     /// `(batch, d_sae)`.
     Dense(Tensor),
     /// Each input's selected features: `values` at `indices`, both `(batch, k)`, among `d_sae`.
-    /// A zero value is a feature that was selected but did not fire.
+    /// A zero value is a feature that was selected but did not fire; with `flat_at_zero` it
+    /// also takes no gradient (JumpReLU's threshold learns from zeros just below it).
     Sparse {
         values: Tensor,
         indices: Tensor,
         d_sae: usize,
+        flat_at_zero: bool,
     },
 }
 
@@ -409,6 +422,7 @@ impl FeatureActs {
                 values,
                 indices,
                 d_sae,
+                ..
             } => common::densify(values, indices, *d_sae),
         }
     }
@@ -422,8 +436,11 @@ impl FeatureActs {
         match self {
             Self::Dense(f) => kernels::add_row(&f.matmul(&w_dec)?, &b_dec),
             Self::Sparse {
-                values, indices, ..
-            } => common::sparse_decode(values, indices, &w_dec, &b_dec),
+                values,
+                indices,
+                flat_at_zero,
+                ..
+            } => common::sparse_decode(values, indices, &w_dec, &b_dec, *flat_at_zero),
         }
     }
 
@@ -435,10 +452,12 @@ impl FeatureActs {
                 values,
                 indices,
                 d_sae,
+                flat_at_zero,
             } => Self::Sparse {
                 values: values.detach(),
                 indices: indices.clone(),
                 d_sae: *d_sae,
+                flat_at_zero: *flat_at_zero,
             },
         }
     }
@@ -451,6 +470,7 @@ impl FeatureActs {
                 values,
                 indices,
                 d_sae,
+                ..
             } => {
                 let mut counts = vec![0f32; *d_sae];
                 let values = values.flatten_all()?.to_dtype(candle_core::DType::F32)?;

@@ -132,7 +132,7 @@ pub fn nested_decode(
             .iter()
             .map(|&end| {
                 let inside = indices.lt(end as u32)?.to_dtype(values.dtype())?;
-                super::common::sparse_decode(&(values * inside)?, indices, w_dec, b_dec)
+                super::common::sparse_decode(&(values * inside)?, indices, w_dec, b_dec, false)
             })
             .collect();
     }

@@ -111,7 +111,7 @@ impl Sae for ReluSae {
             return Ok(Encoding::dense(self.params.relu_acts(x, &pre)?, detached));
         };
         let values = self.params.pre_acts_at(x, &detached, &indices)?.relu()?;
-        Encoding::sparse(values, indices, detached)
+        Ok(Encoding::sparse(values, indices, detached)?.flat_at_zero())
     }
 
     fn aux_losses(

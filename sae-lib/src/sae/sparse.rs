@@ -168,6 +168,8 @@ impl candle_core::CustomOp3 for GatherPreActs {
 struct SparseDecode {
     indices: Vec<u32>,
     k: usize,
+    /// A zero value's gradient is not read (see `Encoding::flat_at_zero`): left at zero.
+    flat_at_zero: bool,
 }
 
 impl candle_core::CustomOp2 for SparseDecode {
@@ -214,8 +216,15 @@ impl candle_core::CustomOp2 for SparseDecode {
                     let mut grad_v = vec![0f32; b * k];
                     grad_v.par_chunks_mut(k).enumerate().for_each(|(r, out)| {
                         let gr = &g[r * d_in..(r + 1) * d_in];
-                        for (o, &j) in out.iter_mut().zip(&self.indices[r * k..(r + 1) * k]) {
-                            *o = dot(gr, &w[j as usize * d_in..(j as usize + 1) * d_in]);
+                        let span = r * k..(r + 1) * k;
+                        for ((o, &j), &vi) in out
+                            .iter_mut()
+                            .zip(&self.indices[span.clone()])
+                            .zip(&v[span])
+                        {
+                            if vi != 0.0 || !self.flat_at_zero {
+                                *o = dot(gr, &w[j as usize * d_in..(j as usize + 1) * d_in]);
+                            }
                         }
                     });
                     // d W_dec[j, :] = Σ over (b, i) with idx[b, i] = j of values[b, i] · g[b, :],
@@ -239,13 +248,20 @@ impl candle_core::CustomOp2 for SparseDecode {
 
 /// `Σ_i values[b, i] · W_dec[indices[b, i], :]`, `(batch, d_in)`, with no bias: `values` and
 /// `indices` are `(batch, k)`. Differentiable in `values` and `W_dec`; on the CPU in f32 both
-/// directions read only the selected rows, elsewhere stock ops gather them.
-pub fn decode_rows(values: &Tensor, indices: &Tensor, w_dec: &Tensor) -> Result<Tensor> {
+/// directions read only the selected rows, elsewhere stock ops gather them. `flat_at_zero`:
+/// the gradient of a zero value is not read, and the CPU path leaves it at zero.
+pub fn decode_rows(
+    values: &Tensor,
+    indices: &Tensor,
+    w_dec: &Tensor,
+    flat_at_zero: bool,
+) -> Result<Tensor> {
     let (b, k) = values.dims2()?;
     if crate::ops::host_f32(&[values, w_dec]) {
         let op = SparseDecode {
             indices: indices.flatten_all()?.to_vec1::<u32>()?,
             k,
+            flat_at_zero,
         };
         return Ok(values.contiguous()?.apply_op2(&w_dec.contiguous()?, op)?);
     }
@@ -471,7 +487,7 @@ mod tests {
         let target = Tensor::randn(0f32, 1., (b, d_in), &dev).unwrap();
         let run = |sparse: bool| {
             let out = if sparse {
-                decode_rows(values.as_tensor(), &idx, w_dec.as_tensor()).unwrap()
+                decode_rows(values.as_tensor(), &idx, w_dec.as_tensor(), false).unwrap()
             } else {
                 // Σ_i values[b, i] · (the gathered decoder rows), by broadcasting.
                 let rows = w_dec

@@ -304,7 +304,7 @@ fn sparse_decoding_equals_dense_decoding_with_the_same_gradients() {
         dense.to_vec2::<f32>().unwrap(),
         reference.to_vec2::<f32>().unwrap()
     );
-    let sparse_out = sparse_decode(&values, &indices, w_dec.as_tensor(), &b_dec).unwrap();
+    let sparse_out = sparse_decode(&values, &indices, w_dec.as_tensor(), &b_dec, false).unwrap();
     let dense_out = reference
         .matmul(w_dec.as_tensor())
         .unwrap()
