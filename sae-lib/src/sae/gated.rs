@@ -142,7 +142,17 @@ impl Sae for GatedSae {
         let mag_at =
             ((&gate_at - b_gate)? * scale)? + per_feature_at(&cast_as(&self.b_mag, x)?, &indices)?;
         let open = gate_at.gt(0f64)?.to_dtype(gate_at.dtype())?;
-        Ok(Encoding::sparse((open * mag_at?.relu()?)?, indices, detached)?.flat_at_zero())
+        // The gate's pre-activations the auxiliary losses read are these same ones, so both
+        // uses' gradients meet here and leave through one sparse backward.
+        Ok(Encoding {
+            acts: FeatureActs::Sparse {
+                values: (open * mag_at?.relu()?)?,
+                indices,
+                d_sae: self.cfg.d_sae,
+                flat_at_zero: true,
+            },
+            hidden_pre: Some(gate_at),
+        })
     }
     /// The L1 penalty on the gate's activations, and the gate's own reconstruction through a
     /// frozen copy of the decoder.
@@ -155,18 +165,15 @@ impl Sae for GatedSae {
     ) -> Result<Vec<(&'static str, Tensor)>> {
         let w_dec = cast_as(&self.params.w_dec, x)?.detach();
         let b_dec = cast_as(&self.params.b_dec, x)?.detach();
-        let (gate_acts, frozen) = match &enc.acts {
-            // The open gates again, differentiable (the encoding keeps only f's values).
+        // π_gate: every feature's when dense, the candidates' when sparse.
+        let gate_acts = enc.pre()?.relu()?;
+        let frozen = match &enc.acts {
             FeatureActs::Sparse { indices, .. } => {
-                let acts = self.params.pre_acts_at(x, enc.pre()?, indices)?.relu()?;
-                let frozen = sparse_decode(&acts, indices, &w_dec, &b_dec, true)?;
-                (acts, frozen)
+                sparse_decode(&gate_acts, indices, &w_dec, &b_dec, true)?
             }
+            // (W_dec's gradient, which a stock matmul would compute, is not read.)
             FeatureActs::Dense(_) => {
-                let acts = enc.pre()?.relu()?;
-                // (W_dec's gradient, which a stock matmul would compute, is not read.)
-                let frozen = centred_matmul(&acts, None, &w_dec.t()?)?.broadcast_add(&b_dec)?;
-                (acts, frozen)
+                centred_matmul(&gate_acts, None, &w_dec.t()?)?.broadcast_add(&b_dec)?
             }
         };
         let l1 = (gate_acts.sum(1)?.mean(0)? * ctx.sparsity_coefficient)?;

@@ -350,7 +350,8 @@ pub struct LossOutput {
 pub struct Encoding {
     /// The feature activations, differentiable.
     pub acts: FeatureActs,
-    /// The pre-activations the variant's auxiliary losses read (the gate's, for Gated).
+    /// The pre-activations the variant's auxiliary losses read: `(batch, d_sae)`, or for
+    /// Gated's sparse step the gate's at the selected features only, `(batch, k)`.
     pub hidden_pre: Option<Tensor>,
 }
 
