@@ -15,6 +15,12 @@ fn wide() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
 }
 
+/// Whether it also has AVX-512F: the same loops, sixteen lanes to a register.
+#[cfg(target_arch = "x86_64")]
+fn widest() -> bool {
+    wide() && is_x86_feature_detected!("avx512f")
+}
+
 /// Sixteen independent partial sums, so the loop vectorises without reassociation.
 #[inline(always)]
 fn dot_body(a: &[f32], b: &[f32], fma: bool) -> f32 {
@@ -61,8 +67,25 @@ unsafe fn axpy_wide(out: &mut [f32], alpha: f32, x: &[f32]) {
     axpy_body(out, alpha, x, true)
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn dot_widest(a: &[f32], b: &[f32]) -> f32 {
+    dot_body(a, b, true)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn axpy_widest(out: &mut [f32], alpha: f32, x: &[f32]) {
+    axpy_body(out, alpha, x, true)
+}
+
 /// `Σ a[i] · b[i]` over the shorter of the two.
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if widest() {
+        // SAFETY: the CPU has the features `dot_widest` was compiled for.
+        return unsafe { dot_widest(a, b) };
+    }
     #[cfg(target_arch = "x86_64")]
     if wide() {
         // SAFETY: the CPU has the features `dot_wide` was compiled for.
@@ -73,6 +96,11 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// `out += alpha · x`.
 pub(crate) fn axpy(out: &mut [f32], alpha: f32, x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if widest() {
+        // SAFETY: as in `dot`.
+        return unsafe { axpy_widest(out, alpha, x) };
+    }
     #[cfg(target_arch = "x86_64")]
     if wide() {
         // SAFETY: as in `dot`.
