@@ -19,7 +19,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::kernels::{column_sums, contiguous_f32, with_host};
+use super::kernels::{column_sums, contiguous_f32, plus_row, with_host};
 use crate::Result;
 
 /// `(x − c) · w_tᵀ` for `x` `(n, k)`, `c` `(k,)` and `w_t` `(m, k)`, f32 on the CPU, `w_t` with
@@ -52,12 +52,8 @@ impl candle_core::CustomOp3 for CentredMatmul {
                 c.len()
             )
         }
-        let mut xc = x.to_vec();
-        if k > 0 {
-            xc.par_chunks_mut(k)
-                .for_each(|row| row.iter_mut().zip(c).for_each(|(v, c)| *v -= c));
-        }
-        let out = CpuStorage::F32(xc).matmul(
+        let minus_c: Vec<f32> = c.iter().map(|v| -v).collect();
+        let out = CpuStorage::F32(plus_row(x, &minus_c)).matmul(
             s3,
             (1, n, m, k),
             &Layout::contiguous((n, k)),

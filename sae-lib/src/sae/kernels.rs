@@ -227,7 +227,6 @@ impl candle_core::CustomOp2 for AddRow {
         s2: &CpuStorage,
         l2: &candle_core::Layout,
     ) -> candle_core::Result<(CpuStorage, candle_core::Shape)> {
-        use rayon::prelude::*;
         let (rows, d) = l1.shape().dims2()?;
         let (x, bias) = (
             contiguous_f32(s1, l1, "input")?,
@@ -236,17 +235,7 @@ impl candle_core::CustomOp2 for AddRow {
         if bias.len() != d {
             candle_core::bail!("add-row: a bias of {} for rows of {d}", bias.len())
         }
-        let mut out = vec![0f32; x.len()];
-        if d > 0 {
-            out.par_chunks_mut(d)
-                .zip(x.par_chunks(d))
-                .for_each(|(o, x)| {
-                    for ((o, x), b) in o.iter_mut().zip(x).zip(bias) {
-                        *o = x + b;
-                    }
-                });
-        }
-        Ok((CpuStorage::F32(out), (rows, d).into()))
+        Ok((CpuStorage::F32(plus_row(x, bias)), (rows, d).into()))
     }
 
     fn bwd(
@@ -261,6 +250,23 @@ impl candle_core::CustomOp2 for AddRow {
         let sums = Tensor::from_vec(sums, d, grad.device())?;
         Ok((Some(grad.clone()), Some(sums)))
     }
+}
+
+/// `x + bias` for the rows of `x` (each as long as `bias`), in one pass.
+pub(crate) fn plus_row(x: &[f32], bias: &[f32]) -> Vec<f32> {
+    use rayon::prelude::*;
+    let d = bias.len();
+    let mut out = vec![0f32; x.len()];
+    if d > 0 {
+        out.par_chunks_mut(d)
+            .zip(x.par_chunks(d))
+            .for_each(|(o, x)| {
+                for ((o, x), b) in o.iter_mut().zip(x).zip(bias) {
+                    *o = x + b;
+                }
+            });
+    }
+    out
 }
 
 /// `x + bias` with `bias` `(d,)` added to every row of `x` `(rows, d)`: [`AddRow`] for f32 on
