@@ -180,13 +180,19 @@ mod tests {
             sae.params.w_enc_t.set(&w.unwrap()).unwrap();
             let b_enc = Tensor::full(-1.5f32, d_sae, &dev).unwrap();
             sae.params.b_enc.set(&b_enc).unwrap();
-            let x = Tensor::randn(0f32, 1., (b, d_in), &dev).unwrap();
+            // Seeded inputs: a pre-activation within rounding of 0 would fire on one path
+            // only, and the global RNG of `Tensor::randn` made that a rare flake.
+            let normal = |n: usize, rng: &mut rand_chacha::ChaCha8Rng| {
+                super::super::common::normal_vec(n, rng)
+            };
+            let x = Tensor::from_vec(normal(b * d_in, &mut rng), (b, d_in), &dev).unwrap();
             super::super::common::assert_sparse_step_equals_dense_step(&sae, &x);
             // Shifted by +1.5 instead, most features fire and the step is dense: the fused
             // ReLU's gradients (b_dec's through the folded bias) against the stock ops'.
             let x = (x * 2.0).unwrap();
             sae.params.b_enc.set(&b_enc.neg().unwrap()).unwrap();
-            let b_dec = Tensor::randn(0f32, 0.5, d_in, &dev).unwrap();
+            let b_dec =
+                (Tensor::from_vec(normal(d_in, &mut rng), d_in, &dev).unwrap() * 0.5).unwrap();
             sae.params.b_dec.set(&b_dec).unwrap();
             super::super::common::assert_kernels_match_stock_ops(&sae, &x, false);
         }
