@@ -28,7 +28,8 @@ pub struct SweepConfig {
     pub l0_coefficients: Option<Vec<f64>>,
     /// Learning rate for every run (default: each architecture's own).
     pub lr: Option<f64>,
-    /// Shared by every run (steps, batch, seed; the learning rate is set per architecture).
+    /// Shared by every run (steps, batch, seed); the learning rate, its decay and `b_dec`'s
+    /// start are each architecture's own ([`Architecture::defaults`]).
     pub train: TrainConfig,
     /// Rows used to measure L0 and FVU.
     pub eval_rows: usize,
@@ -162,10 +163,9 @@ pub fn run_sweep(
                 k: arch.uses_k().then_some(setting as usize),
                 ..SaeConfig::new(arch, data.d(), cfg.d_sae, cfg.metadata.clone())
             };
-            let mut train = TrainConfig {
-                sparsity_coefficient: setting,
-                ..cfg.train.clone()
-            };
+            let mut train = cfg.train.clone();
+            train.take_defaults(&defaults);
+            train.sparsity_coefficient = setting;
             train.adam.lr = cfg.lr.unwrap_or(defaults.lr);
             let mut trainer = Trainer::new(sae_cfg, train, data, device)?;
             trainer.train(None, None)?;

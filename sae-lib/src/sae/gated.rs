@@ -50,11 +50,7 @@ impl Variant for GatedSae {
     const SPARSITY: Sparsity = Sparsity::L1;
 
     fn defaults(d_sae: usize) -> VariantDefaults {
-        VariantDefaults {
-            lr: super::default_lr(d_sae),
-            sparsity_coefficient: DEFAULT_L1,
-            k: None,
-        }
+        VariantDefaults::shared(d_sae, DEFAULT_L1)
     }
 
     fn init(cfg: SaeConfig, init: &mut Init) -> Result<Self> {

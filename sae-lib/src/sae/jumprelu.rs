@@ -111,11 +111,7 @@ impl Variant for JumpReluSae {
     const SPARSITY: Sparsity = Sparsity::L0;
 
     fn defaults(d_sae: usize) -> VariantDefaults {
-        VariantDefaults {
-            lr: super::default_lr(d_sae),
-            sparsity_coefficient: DEFAULT_L0,
-            k: None,
-        }
+        VariantDefaults::shared(d_sae, DEFAULT_L0)
     }
 
     fn init(cfg: SaeConfig, init: &mut Init) -> Result<Self> {

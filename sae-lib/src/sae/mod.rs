@@ -56,6 +56,25 @@ pub struct VariantDefaults {
     pub sparsity_coefficient: f64,
     /// Active features per input (`k`-sparsity variants).
     pub k: Option<usize>,
+    /// Fraction of steps at the end over which the learning rate decays to 0.
+    pub lr_decay_frac: f64,
+    /// How `b_dec` starts.
+    pub b_dec_init: crate::train::BDecInit,
+}
+
+impl VariantDefaults {
+    /// The shared recipe at `d_sae` features with penalty coefficient `coefficient`: the
+    /// width's rate ([`default_lr`]), the learning rate decaying to 0 over the last 20% of
+    /// steps (Anthropic, April 2024) and `b_dec` at the inputs' geometric median.
+    pub fn shared(d_sae: usize, coefficient: f64) -> Self {
+        Self {
+            lr: default_lr(d_sae),
+            sparsity_coefficient: coefficient,
+            k: None,
+            lr_decay_frac: 0.2,
+            b_dec_init: crate::train::BDecInit::GeometricMedian,
+        }
+    }
 }
 
 /// The default learning rate for a dictionary of `d_sae` features, for every architecture:

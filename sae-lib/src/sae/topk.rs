@@ -61,9 +61,8 @@ pub fn default_k(d_sae: usize) -> usize {
 /// The TopK family's defaults.
 pub(crate) fn topk_defaults(d_sae: usize) -> VariantDefaults {
     VariantDefaults {
-        lr: super::default_lr(d_sae),
-        sparsity_coefficient: 0.0,
         k: Some(default_k(d_sae)),
+        ..VariantDefaults::shared(d_sae, 0.0)
     }
 }
 

@@ -135,8 +135,7 @@ impl WalkthroughConfig {
         // The architecture's own defaults, before any explicit value.
         let defaults = cfg.architecture.defaults(cfg.d_sae);
         cfg.k = defaults.k;
-        cfg.train.adam.lr = defaults.lr;
-        cfg.train.sparsity_coefficient = defaults.sparsity_coefficient;
+        cfg.train.take_defaults(&defaults);
         if let Some(v) = var("SAE_K") {
             cfg.k = Some(parse("SAE_K", v)?);
         }
@@ -220,7 +219,8 @@ impl WalkthroughConfig {
     }
 
     /// The same settings for another architecture, with that architecture's own defaults
-    /// (`k`, learning rate, sparsity coefficient); steps, batch and seed stay.
+    /// (`k`, learning rate and its decay, sparsity coefficient, `b_dec`'s start); steps, batch
+    /// and seed stay.
     pub fn with_architecture(&self, architecture: Architecture) -> Self {
         let d = architecture.defaults(self.d_sae);
         let mut cfg = Self {
@@ -228,8 +228,7 @@ impl WalkthroughConfig {
             k: d.k,
             ..self.clone()
         };
-        cfg.train.adam.lr = d.lr;
-        cfg.train.sparsity_coefficient = d.sparsity_coefficient;
+        cfg.train.take_defaults(&d);
         cfg
     }
 

@@ -9,7 +9,7 @@ use sae_lib::sae::{
     format, AnySae, Architecture, Init, LossContext, ReluSae, Sae, SaeConfig, SaeMetadata,
     SparsityPenalty, Variant,
 };
-use sae_lib::train::{TrainConfig, Trainer};
+use sae_lib::train::{BDecInit, TrainConfig, Trainer};
 
 use crate::common::*;
 
@@ -507,4 +507,31 @@ fn resampling_revives_features_forced_dead_in_every_architecture() {
             "{arch:?}: resampled features stay silent: {after:?}"
         );
     }
+}
+
+/// ReLU's `b_dec` starts at zero on rows without a dominant shared offset, and at their
+/// geometric median once an offset longer than their spread is added.
+#[test]
+fn relu_b_dec_starts_at_zero_unless_the_rows_share_a_large_offset() {
+    let syn = synthetic(32, 16, 3.0, 2000, 5);
+    let cfg = TrainConfig {
+        steps: 10,
+        batch_size: 64,
+        ..TrainConfig::default()
+    };
+    assert_eq!(cfg.b_dec_init, BDecInit::ZerosUnlessOffset);
+    // b_dec in the rows' own units (the trainer holds it for the scaled inputs)
+    let b_dec = |data: &Tensor| -> Vec<f32> {
+        let sae = sae_cfg(Architecture::Relu, 16, 64);
+        let t = Trainer::new(sae, cfg.clone(), data, &Device::Cpu).unwrap();
+        let b = t.sae().params().b_dec.as_tensor();
+        (b / t.scale()).unwrap().to_vec1().unwrap()
+    };
+    assert!(b_dec(&syn.data).iter().all(|&v| v == 0.0));
+
+    let offset = Tensor::full(5f32, 16, &Device::Cpu).unwrap(); // norm 20, spread about 1.7
+    let shifted = syn.data.broadcast_add(&offset).unwrap();
+    let got = b_dec(&shifted);
+    let dist = got.iter().map(|v| (v - 5.0).powi(2)).sum::<f32>().sqrt();
+    assert!(dist < 1.0, "b_dec {got:?} is {dist} from the offset");
 }

@@ -19,7 +19,7 @@ use sae_lib::model::{load_model, load_tokenizer, ModelSource};
 use sae_lib::output::{self, OutputLock};
 use sae_lib::sae::{Architecture, Sae, SaeConfig, SaeMetadata, SparsityPenalty};
 use sae_lib::tokenizer::Tokenizer;
-use sae_lib::train::{Compute, TrainConfig, Trainer};
+use sae_lib::train::{BDecInit, Compute, TrainConfig, Trainer};
 
 #[derive(Parser)]
 #[command(
@@ -335,10 +335,29 @@ struct SaeArgs {
     /// decoder-norm (Anthropic, April 2024) or l1-unit-decoder (tutorial-style).
     #[arg(long, value_enum, default_value_t = PenaltyArg::DecoderNorm)]
     penalty: PenaltyArg,
+    /// Fraction of the steps at the end over which the learning rate decays linearly to 0
+    /// [default: the architecture's; README, "Defaults"].
+    #[arg(long)]
+    lr_decay: Option<f64>,
+    /// How b_dec starts [default: the architecture's; README, "Defaults"].
+    #[arg(long, value_enum)]
+    b_dec_init: Option<BDecInitArg>,
     /// Training arithmetic: f32, or bf16 with the weights and Adam's state in f32 (mixed
     /// precision, for GPUs; slower on the CPU, where candle widens bf16 matmuls to f32).
     #[arg(long, value_enum, default_value_t = ComputeArg::F32)]
     dtype: ComputeArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BDecInitArg {
+    /// The geometric median of a sample of the (scaled) inputs.
+    GeometricMedian,
+    /// Their mean.
+    Mean,
+    /// Zero.
+    Zeros,
+    /// Zero unless the inputs' mean is longer than their typical distance from it.
+    ZerosUnlessOffset,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -380,6 +399,17 @@ impl SaeArgs {
         }
         if let Some(lr) = self.lr {
             cfg.adam.lr = lr;
+        }
+        if let Some(frac) = self.lr_decay {
+            cfg.lr_decay_frac = frac;
+        }
+        if let Some(init) = self.b_dec_init {
+            cfg.b_dec_init = match init {
+                BDecInitArg::GeometricMedian => BDecInit::GeometricMedian,
+                BDecInitArg::Mean => BDecInit::Mean,
+                BDecInitArg::Zeros => BDecInit::Zeros,
+                BDecInitArg::ZerosUnlessOffset => BDecInit::ZerosUnlessOffset,
+            };
         }
         Ok((arch, k, cfg))
     }
