@@ -311,3 +311,8 @@ def write_json(path: str | Path | None, obj: dict):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w") as f:
             json.dump(obj, f, indent=1, default=str)
+
+
+def read_json(path: str | Path) -> dict:
+    with open(path) as f:
+        return json.load(f)

@@ -47,9 +47,10 @@ Peer threads: torch.set_num_threads(--threads), OMP_WAIT_POLICY=PASSIVE unless s
 explains why).
 
 Ours (`sae train`, timed as a whole subprocess with RAYON_NUM_THREADS=--threads) keeps its own
-recipe: inputs scaled to E‖x‖ = √d_in, geometric-median b_dec, free decoder norms for TopK
-variants (unit-norm for the penalty variants), λ warm-up over 5% of steps, lr decay over the
-last 20%, grad-norm clip 1.
+recipe: inputs scaled to E‖x − x̄‖ = √d_in, free decoder norms for TopK variants (unit-norm
+for the penalty variants), λ warm-up over 5% of steps, grad-norm clip 1; b_dec from the
+geometric median and lr decay over the last 20% of steps, except relu's: b_dec from zero
+(unless the inputs' mean outweighs their spread) and a constant lr.
 
 Penalty-based variants (standard, gated, jumprelu): a coefficient means different things in
 the two tools (ours acts on scaled inputs), so the same λ gives different L0. Pass lists:
@@ -123,6 +124,11 @@ def parse_args(argv=None):
     p.add_argument("--peer-init-threshold", type=float, default=None,
                    help="SAELens' jumprelu_init_threshold (default: SAELens' own, 0.01)")
     p.add_argument("--skip-ours", action="store_true", help="peer only (development)")
+    p.add_argument("--peer-from", nargs="+", default=[], metavar="JSON",
+                   help="reuse the peer runs recorded in these earlier --json files (same "
+                        "stores, width, k, steps, batch, lr, seed and threads; a run not "
+                        "found there is trained): SAELens is deterministic under the seed and "
+                        "its runs take most of a pair's time")
     args = p.parse_args(argv)
     args.arch = [a.strip() for a in args.arch.split(",") if a.strip()]
     bad = [a for a in args.arch if a not in OURS]
@@ -196,6 +202,27 @@ def train_peer(arch: str, x: torch.Tensor, args, coeff: float | None, out: Path)
             "saelens_cfg": {k: v for k, v in sae.cfg.to_dict().items() if k != "metadata"}}
 
 
+# What must match for a recorded peer run to stand in for a new one.
+SAME = ("train", "test", "d_sae", "k", "steps", "batch_size", "lr", "threads", "seed",
+        "matryoshka_widths", "normalize_activations", "peer_init_threshold")
+
+
+def recorded_peer_runs(args) -> dict:
+    """(arch, coefficient) -> a peer run from the --peer-from files made with the same
+    settings; a file made with others is refused, naming the first difference."""
+    found = {}
+    for path in args.peer_from:
+        rec = common.read_json(path)
+        for key in SAME:
+            if rec["args"].get(key) != getattr(args, key):
+                sys.exit(f"--peer-from {path}: it was run with {key} = "
+                         f"{rec['args'].get(key)!r}, this run has {getattr(args, key)!r}")
+        for arch, runs in rec["runs"].items():
+            for r in runs["peer"]:
+                found[(arch, r["coefficient"])] = {**r, "from": path}
+    return found
+
+
 def main(argv=None):
     args = parse_args(argv)
     common.set_threads(args.threads)
@@ -216,6 +243,7 @@ def main(argv=None):
               "d_in": x_train.shape[1], "threads": args.threads,
               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "load_before": load_before,
               "runs": {}}
+    recorded = recorded_peer_runs(args)
     for arch in args.arch:
         penalty = arch in COEFF_NAME
         peer_coeffs = args.peer_l1 if penalty else [None]
@@ -223,10 +251,12 @@ def main(argv=None):
         runs = {"peer": [], "ours": []}
         for c in peer_coeffs:
             tag = f"{arch}" + (f"-l{c:g}" if c is not None else "")
-            r = train_peer(arch, x_train, args, c, out_dir / f"peer-{tag}")
-            r.update(common.evaluate_folder(out_dir / f"peer-{tag}", x_test))
-            print(f"peer {tag}: {r['train_s']:.1f}s, FVU {r['fvu']:.4f}, L0 {r['l0']:.1f}",
-                  file=sys.stderr)
+            r = recorded.get((arch, c))
+            if r is None:
+                r = train_peer(arch, x_train, args, c, out_dir / f"peer-{tag}")
+                r.update(common.evaluate_folder(out_dir / f"peer-{tag}", x_test))
+            print(f"peer {tag}: {r['train_s']:.1f}s, FVU {r['fvu']:.4f}, L0 {r['l0']:.1f}"
+                  + (f" (from {r['from']})" if "from" in r else ""), file=sys.stderr)
             runs["peer"].append(r)
         if not args.skip_ours:
             for c in our_coeffs:
