@@ -84,7 +84,7 @@ PENALTY = set(peer.COEFF_NAME)
 # Other data or step counts need other values (--coeffs).
 DEFAULT_COEFFS = {
     ("peer", "standard"): [4.0, 4.5],
-    ("ours", "standard"): [4.5, 5.0],
+    ("ours", "standard"): [3.0, 4.0],
     ("peer", "jumprelu"): [10.0, 20.0],
     ("ours", "jumprelu"): [0.3, 0.5],
     ("peer", "gated"): [4.5, 5.5],
