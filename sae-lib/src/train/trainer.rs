@@ -61,11 +61,12 @@ impl Compute {
     }
 }
 
-/// Training hyperparameters. `Default` is the ReLU SAE's defaults at 4,096 features
-/// (`for_architecture` gives any architecture's): Anthropic's April 2024 recipe (decoder-norm
-/// penalty with warm-up, clip at 1) at the learning rate and sparsity coefficient our sweep
-/// chose for default-length runs (BENCHMARKS.md), batch 4096, with the variant's learning-rate
-/// decay and `b_dec` start ([`VariantDefaults`](crate::sae::VariantDefaults)).
+/// Training hyperparameters. `Default` is the shared recipe at 4,096 features with ReLU's λ
+/// (`for_architecture` gives any architecture's own, ReLU's included): Anthropic's April 2024
+/// recipe (decoder-norm penalty with warm-up, lr decay over the last 20%, clip at 1) at the
+/// learning rate and sparsity coefficient our sweep chose for default-length runs
+/// (BENCHMARKS.md), batch 4096. A variant may change the decay and `b_dec`'s start
+/// ([`VariantDefaults`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     pub steps: u64,
@@ -104,7 +105,7 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        Self::for_architecture(Architecture::Relu, 4096)
+        Self::with_defaults(&VariantDefaults::shared(4096, crate::sae::relu::DEFAULT_L1))
     }
 }
 
@@ -113,6 +114,10 @@ impl TrainConfig {
     /// decay and `b_dec` start for a dictionary of `d_sae` features
     /// ([`Architecture::defaults`]).
     pub fn for_architecture(arch: Architecture, d_sae: usize) -> Self {
+        Self::with_defaults(&arch.defaults(d_sae))
+    }
+
+    fn with_defaults(d: &VariantDefaults) -> Self {
         let mut cfg = Self {
             steps: 2000,
             batch_size: 4096,
@@ -133,7 +138,7 @@ impl TrainConfig {
             dense_above: 0.1,
             compute: Compute::F32,
         };
-        cfg.take_defaults(&arch.defaults(d_sae));
+        cfg.take_defaults(d);
         cfg
     }
 

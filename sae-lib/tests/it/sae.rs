@@ -517,7 +517,7 @@ fn relu_b_dec_starts_at_zero_unless_the_rows_share_a_large_offset() {
     let cfg = TrainConfig {
         steps: 10,
         batch_size: 64,
-        ..TrainConfig::default()
+        ..TrainConfig::for_architecture(Architecture::Relu, 64)
     };
     assert_eq!(cfg.b_dec_init, BDecInit::ZerosUnlessOffset);
     // b_dec in the rows' own units (the trainer holds it for the scaled inputs)
