@@ -284,15 +284,15 @@ pub struct Trainer<'a> {
     metrics: Vec<MetricsRow>,
 }
 
-/// The factor that brings inputs to `E‖x − x̄‖ = √d_in`, measured on `sample`. The mean is
-/// left out (unlike SAELens' `expected_average_only_in`): `b_dec` absorbs it, and a sparsity
-/// coefficient then means the same whether the activations carry a large shared offset (a
-/// random model's residual stream) or none. Rows all equal fall back to the raw norm.
 /// The mean of the rows' L2 norms.
 fn mean_norm(x: &Tensor) -> Result<f64> {
     Ok(x.sqr()?.sum(1)?.sqrt()?.mean_all()?.to_scalar::<f32>()? as f64)
 }
 
+/// The factor that brings inputs to `E‖x − x̄‖ = √d_in`, measured on `sample`. The mean is
+/// left out (unlike SAELens' `expected_average_only_in`): `b_dec` absorbs it, and a sparsity
+/// coefficient then means the same whether the activations carry a large shared offset (a
+/// random model's residual stream) or none. Rows all equal fall back to the raw norm.
 fn input_scale(sample: &Tensor, d_in: usize) -> Result<f64> {
     let centred = mean_norm(&sample.broadcast_sub(&sample.mean_keepdim(0)?)?)?;
     let raw = mean_norm(sample)?;
