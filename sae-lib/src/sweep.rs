@@ -166,7 +166,9 @@ pub fn run_sweep(
             let mut train = cfg.train.clone();
             train.take_defaults(&defaults);
             train.sparsity_coefficient = setting;
-            train.adam.lr = cfg.lr.unwrap_or(defaults.lr);
+            if let Some(lr) = cfg.lr {
+                train.adam.lr = lr;
+            }
             let mut trainer = Trainer::new(sae_cfg, train, data, device)?;
             trainer.train(None, None)?;
             // Measure in the SAE's own (scaled) space; FVU is scale-invariant and L0 unaffected.

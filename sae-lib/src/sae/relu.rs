@@ -189,9 +189,7 @@ mod tests {
             sae.params.b_enc.set(&b_enc).unwrap();
             // Seeded inputs: a pre-activation within rounding of 0 would fire on one path
             // only, and the global RNG of `Tensor::randn` made that a rare flake.
-            let normal = |n: usize, rng: &mut rand_chacha::ChaCha8Rng| {
-                super::super::common::normal_vec(n, rng)
-            };
+            let normal = super::super::common::normal_vec;
             let x = Tensor::from_vec(normal(b * d_in, &mut rng), (b, d_in), &dev).unwrap();
             super::super::common::assert_sparse_step_equals_dense_step(&sae, &x);
             // Shifted by +1.5 instead, most features fire and the step is dense: the fused
