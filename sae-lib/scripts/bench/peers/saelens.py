@@ -56,7 +56,9 @@ Penalty-based variants (standard, gated, jumprelu): a coefficient means differen
 the two tools (ours acts on scaled inputs), so the same λ gives different L0. Pass lists:
 `--l1 a,b,c` for ours and `--peer-l1 x,y,z` for SAELens (default: the same list); every run's
 (L0, FVU) is reported and each of our runs is compared with the peer's FVU interpolated at our
-L0 on the peer's L0–FVU curve (linear in log L0; "–" outside the peer's range).
+L0 on the peer's L0–FVU curve (linear in log L0; "–" outside the peer's range), and each
+peer run that two of ours bracket with ours interpolated at the peer's L0 (so one slow peer
+run can be compared).
 
 Run (from the repository root, stores from make_stores.sh):
   python sae-lib/scripts/bench/peers/saelens.py --arch topk \\
@@ -323,6 +325,14 @@ def report(result: dict, args) -> str:
             lines += [f"{arch}: ours at the peer's L0 (every θ × {at['theta_scale']:.3f}): "
                       f"L0 {at['l0']:.1f}, FVU {at['fvu']:.4f} against the peer's "
                       f"{runs['peer'][0]['fvu']:.4f}", ""]
+    for arch, runs in result["runs"].items():
+        ours_curve = [(o["l0"], o["fvu"]) for o in runs["ours"]]
+        for p in runs["peer"] if arch in COEFF_NAME else []:
+            at = common.interpolate_fvu(ours_curve, p["l0"])
+            if at:  # the other direction: one peer run bracketed by two of ours
+                lines += [f"{arch} λ {p['coefficient']:g}: ours interpolated at the peer's "
+                          f"L0 {p['l0']:.1f}: FVU {at:.4f} against the peer's {p['fvu']:.4f} "
+                          f"(ours/peer {at / p['fvu']:.3f})", ""]
     if curve_rows:
         lines.append(common.markdown_table(
             ["run", "λ", "L0", "FVU", "dead %", "train s", "peer FVU @ this L0",
