@@ -319,17 +319,18 @@ def report(result: dict, args) -> str:
     if pair_rows:
         lines.append(common.markdown_table(common.PAIR_HEADERS, pair_rows))
         lines.append("")
-    for arch, runs in result["runs"].items():
-        at = runs["ours"][0].get("at_peer_l0") if runs["ours"] else None
-        if at:
-            lines += [f"{arch}: ours at the peer's L0 (every θ × {at['theta_scale']:.3f}): "
-                      f"L0 {at['l0']:.1f}, FVU {at['fvu']:.4f} against the peer's "
-                      f"{runs['peer'][0]['fvu']:.4f}", ""]
-    for arch, runs in result["runs"].items():
+    for arch, runs in result["runs"].items():  # ours at the peer's L0, where the runs allow
+        if arch not in COEFF_NAME:  # θ scaled (BatchTopK-style)
+            at = runs["ours"][0].get("at_peer_l0") if runs["ours"] else None
+            if at:
+                lines += [f"{arch}: ours at the peer's L0 (every θ × {at['theta_scale']:.3f}): "
+                          f"L0 {at['l0']:.1f}, FVU {at['fvu']:.4f} against the peer's "
+                          f"{runs['peer'][0]['fvu']:.4f}", ""]
+            continue
         ours_curve = [(o["l0"], o["fvu"]) for o in runs["ours"]]
-        for p in runs["peer"] if arch in COEFF_NAME else []:
+        for p in runs["peer"]:  # a peer run bracketed by two of ours
             at = common.interpolate_fvu(ours_curve, p["l0"])
-            if at:  # the other direction: one peer run bracketed by two of ours
+            if at:
                 lines += [f"{arch} λ {p['coefficient']:g}: ours interpolated at the peer's "
                           f"L0 {p['l0']:.1f}: FVU {at:.4f} against the peer's {p['fvu']:.4f} "
                           f"(ours/peer {at / p['fvu']:.3f})", ""]
