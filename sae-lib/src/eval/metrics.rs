@@ -51,33 +51,21 @@ pub fn l1(feature_acts: &Tensor) -> Result<f64> {
 pub fn firing_counts(feature_acts: &Tensor) -> Result<Vec<f32>> {
     if crate::ops::host_f32(&[feature_acts]) && feature_acts.rank() == 2 && feature_acts.dim(1)? > 0
     {
-        // A row at a time (candle's sum over rows reads column by column): the trainer
-        // counts every dense step's `(batch, d_sae)` activations.
-        use rayon::prelude::*;
+        // A row at a time: the trainer counts every dense step's `(batch, d_sae)` activations.
         let d = feature_acts.dim(1)?;
-        return Ok(crate::sae::kernels::with_host(
-            feature_acts,
-            "the activations",
-            |f| {
-                let partials: Vec<Vec<u32>> = f
-                    .par_chunks(64 * d)
-                    .map(|block| {
-                        let mut counts = vec![0u32; d];
-                        for row in block.chunks(d) {
-                            for (c, &v) in counts.iter_mut().zip(row) {
-                                *c += u32::from(v != 0.0);
-                            }
-                        }
-                        counts
-                    })
-                    .collect();
-                let mut counts = vec![0f32; d];
-                for p in partials {
-                    counts.iter_mut().zip(p).for_each(|(c, n)| *c += n as f32);
-                }
-                Ok(counts)
-            },
-        )?);
+        let counts = crate::sae::kernels::with_host(feature_acts, "the activations", |f| {
+            Ok(crate::sae::kernels::fold_rows(
+                f,
+                d,
+                |c: &mut [u32], row| {
+                    c.iter_mut()
+                        .zip(row)
+                        .for_each(|(c, &v)| *c += u32::from(v != 0.0))
+                },
+                |c, p| c.iter_mut().zip(p).for_each(|(c, &n)| *c += n),
+            ))
+        })?;
+        return Ok(counts.into_iter().map(|n| n as f32).collect());
     }
     Ok(feature_acts
         .ne(0f32)?

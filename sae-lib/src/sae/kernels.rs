@@ -191,22 +191,35 @@ impl candle_core::CustomOp1 for RowNorms {
     }
 }
 
-/// The sums of the rows of `g` `(rows, d)`: blocks of rows summed in parallel, then the
-/// blocks' sums added in order, so the result does not depend on scheduling.
-pub(crate) fn column_sums(g: &[f32], d: usize) -> Vec<f32> {
+/// Folds the rows of `data` `(rows, d)` into one `(d,)` total: each block of 64 rows into
+/// its own accumulator in parallel (`add_row`), then the blocks' accumulators in order
+/// (`add`), so the result does not depend on scheduling. Reading a row at a time is the
+/// point: candle's sums over rows read column by column.
+pub(crate) fn fold_rows<T: Clone + Default + Send>(
+    data: &[f32],
+    d: usize,
+    add_row: impl Fn(&mut [T], &[f32]) + Sync,
+    add: impl Fn(&mut [T], &[T]),
+) -> Vec<T> {
     use rayon::prelude::*;
     const ROWS: usize = 64;
-    let partials: Vec<Vec<f32>> = g
+    let partials: Vec<Vec<T>> = data
         .par_chunks(ROWS * d)
         .map(|block| {
-            let mut acc = vec![0f32; d];
-            block.chunks(d).for_each(|row| axpy(&mut acc, 1.0, row));
+            let mut acc = vec![T::default(); d];
+            block.chunks(d).for_each(|row| add_row(&mut acc, row));
             acc
         })
         .collect();
-    let mut out = vec![0f32; d];
-    partials.iter().for_each(|p| axpy(&mut out, 1.0, p));
+    let mut out = vec![T::default(); d];
+    partials.iter().for_each(|p| add(&mut out, p));
     out
+}
+
+/// The sums of the rows of `g` `(rows, d)`, independent of scheduling ([`fold_rows`]).
+pub(crate) fn column_sums(g: &[f32], d: usize) -> Vec<f32> {
+    let sum = |acc: &mut [f32], row: &[f32]| axpy(acc, 1.0, row);
+    fold_rows(g, d, sum, sum)
 }
 
 /// `x + bias` for `x` `(rows, d)` and `bias` `(d,)`, contiguous f32 on the CPU. Its backward

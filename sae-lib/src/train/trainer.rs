@@ -289,12 +289,19 @@ fn mean_norm(x: &Tensor) -> Result<f64> {
     Ok(x.sqr()?.sum(1)?.sqrt()?.mean_all()?.to_scalar::<f32>()? as f64)
 }
 
+/// The norm of the rows' mean (their shared offset) and the rows' mean norm about it (their
+/// spread).
+fn offset_and_spread(x: &Tensor) -> Result<(f64, f64)> {
+    let mean = x.mean_keepdim(0)?;
+    Ok((mean_norm(&mean)?, mean_norm(&x.broadcast_sub(&mean)?)?))
+}
+
 /// The factor that brings inputs to `E‖x − x̄‖ = √d_in`, measured on `sample`. The mean is
 /// left out (unlike SAELens' `expected_average_only_in`): `b_dec` absorbs it, and a sparsity
 /// coefficient then means the same whether the activations carry a large shared offset (a
 /// random model's residual stream) or none. Rows all equal fall back to the raw norm.
 fn input_scale(sample: &Tensor, d_in: usize) -> Result<f64> {
-    let centred = mean_norm(&sample.broadcast_sub(&sample.mean_keepdim(0)?)?)?;
+    let (_, centred) = offset_and_spread(sample)?;
     let raw = mean_norm(sample)?;
     let norm = if centred > 1e-6 * raw { centred } else { raw };
     if !(norm.is_finite() && norm > 0.0) {
@@ -367,9 +374,8 @@ impl<'a> Trainer<'a> {
             BDecInit::Mean => Some(sample.mean(0)?),
             BDecInit::Zeros => None,
             BDecInit::ZerosUnlessOffset => {
-                let mean = sample.mean_keepdim(0)?;
-                let spread = mean_norm(&sample.broadcast_sub(&mean)?)?;
-                (mean_norm(&mean)? > spread)
+                let (offset, spread) = offset_and_spread(&sample)?;
+                (offset > spread)
                     .then(|| geometric_median(&sample, 100))
                     .transpose()?
             }
