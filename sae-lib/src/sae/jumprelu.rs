@@ -8,7 +8,7 @@
 //!
 //! written as `value + (g − g.detach())` terms so candle's autograd carries them. θ is learned
 //! directly, not as `exp(log θ)`, which Adam barely moves (SAELens PR #718), and at
-//! [`THRESHOLD_LR_SCALE`] times the learning rate. Saved as SAELens "jumprelu" with
+//! [`threshold_lr_scale`] times the learning rate. Saved as SAELens "jumprelu" with
 //! `threshold`.
 //!
 //! Deviation from SAELens and the paper: θ's learning rate. Adam moves a parameter by about one
@@ -19,6 +19,12 @@
 //! 8× the same runs reach L0 68 (λ 3) and 47 (λ 10); at 24× 29 and 17, on the same held-out
 //! FVU-against-L0 curve, but with short runs at the larger learning rates of small SAEs the
 //! thresholds outran the features (39% dead at d_sae 256, lr 1.6e-3, 200 steps).
+//!
+//! θ's rate has a floor, [`THRESHOLD_MIN_LR`]: the default rate falls with width (1/√d_sae), and
+//! at 16,384 features (lr 2e-4) 8× left θ as rate-bound as 1× had at 4,096: L0 289 at λ 3 and
+//! 280 at λ 30, with held-out FVU behind SAELens'. With θ at 3.2e-3 (16× there) λ 3 reached
+//! L0 127 with held-out FVU 3.5% under SAELens' at that L0, in 0.75× the time. θ's scale is set
+//! by the inputs' (scaled to `√d_in`), not by the weights' rate, hence a floor in θ's own units.
 //!
 //! Training is sparse past the encoder's dense matmul, as TopK's is: only pre-activations at
 //! least `θ − ε` can carry a value or a gradient (the kernel is zero below `θ − ε/2`), and once
@@ -47,8 +53,17 @@ pub const INIT_THRESHOLD: f64 = 0.1;
 pub const BANDWIDTH: f64 = 0.05;
 /// The default L0 coefficient λ.
 pub const DEFAULT_L0: f64 = 3.0;
-/// θ's learning rate as a multiple of the run's (see the header).
+/// θ's learning rate as a multiple of the run's (see the header), at least.
 pub const THRESHOLD_LR_SCALE: f64 = 8.0;
+/// The least step size θ learns at, whatever the run's rate: 8 × 4e-4, the default rate at
+/// 4,096 features (see the header).
+pub const THRESHOLD_MIN_LR: f64 = 3.2e-3;
+
+/// θ's learning-rate multiple for a run at `lr`: [`THRESHOLD_LR_SCALE`], or more where that
+/// would leave θ's rate under [`THRESHOLD_MIN_LR`].
+pub fn threshold_lr_scale(lr: f64) -> f64 {
+    THRESHOLD_LR_SCALE.max(THRESHOLD_MIN_LR / lr)
+}
 
 /// A JumpReLU SAE.
 #[derive(Debug, Clone)]
@@ -152,8 +167,8 @@ impl Sae for JumpReluSae {
     fn feature_vars(&self) -> Vec<(Var, f64)> {
         vec![(self.threshold.clone(), INIT_THRESHOLD)]
     }
-    fn lr_scales(&self) -> Vec<(&'static str, f64)> {
-        vec![("threshold", THRESHOLD_LR_SCALE)]
+    fn lr_scales(&self, lr: f64) -> Vec<(&'static str, f64)> {
+        vec![("threshold", threshold_lr_scale(lr))]
     }
     fn encode(&self, x: &Tensor) -> Result<Tensor> {
         jumprelu(&self.params.pre_acts(x)?, self.threshold.as_tensor())
@@ -210,6 +225,27 @@ mod tests {
     use crate::sae::{Architecture, SaeMetadata, SparsityPenalty};
     use candle_core::{DType, Device};
     use rand::SeedableRng;
+
+    /// At the default rates θ learns at 8× up to 4,096 features and at 3.2e-3 a step beyond,
+    /// where 8× would slow it with the width.
+    #[test]
+    fn theta_keeps_its_rate_at_wide_default_rates() {
+        for d_sae in [256, 1024, 4096] {
+            assert_eq!(
+                threshold_lr_scale(crate::sae::default_lr(d_sae)),
+                8.0,
+                "{d_sae}"
+            );
+        }
+        for d_sae in [16384, 65536] {
+            let lr = crate::sae::default_lr(d_sae);
+            let theta_lr = lr * threshold_lr_scale(lr);
+            assert!(
+                (theta_lr - THRESHOLD_MIN_LR).abs() < 1e-12,
+                "{d_sae}: {theta_lr}"
+            );
+        }
+    }
 
     /// The sparse step (only the features within ε below θ or above) gives the dense step's
     /// loss and gradients, θ's pseudo-derivatives included.

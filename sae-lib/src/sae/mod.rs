@@ -548,8 +548,9 @@ pub trait Sae {
         vec![]
     }
 
-    /// Variables that learn at a multiple of the learning rate, by name (the others at 1×).
-    fn lr_scales(&self) -> Vec<(&'static str, f64)> {
+    /// Variables that learn at a multiple of the run's learning rate `lr`, by name (the others
+    /// at 1×).
+    fn lr_scales(&self, _lr: f64) -> Vec<(&'static str, f64)> {
         vec![]
     }
 
@@ -649,8 +650,8 @@ impl Sae for AnySae {
     fn feature_vars(&self) -> Vec<(Var, f64)> {
         self.inner().feature_vars()
     }
-    fn lr_scales(&self) -> Vec<(&'static str, f64)> {
-        self.inner().lr_scales()
+    fn lr_scales(&self, lr: f64) -> Vec<(&'static str, f64)> {
+        self.inner().lr_scales(lr)
     }
     fn encode(&self, x: &Tensor) -> Result<Tensor> {
         self.inner().encode(x)

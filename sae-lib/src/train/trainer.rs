@@ -383,7 +383,7 @@ impl<'a> Trainer<'a> {
         if let Some(b) = b_dec {
             sae.params().b_dec.set(&b.to_device(device)?)?;
         }
-        let opt = Adam::new(sae.vars(), cfg.adam)?.with_lr_scales(&sae.lr_scales())?;
+        let opt = Adam::new(sae.vars(), cfg.adam)?.with_lr_scales(&sae.lr_scales(cfg.adam.lr))?;
         let d_sae = sae_cfg.d_sae;
         Ok(Self {
             source,
@@ -470,7 +470,8 @@ impl<'a> Trainer<'a> {
     ) -> Result<Self> {
         let mut rng = ChaCha8Rng::seed_from_u64(state.train.seed);
         let sae = new_sae(&state.sae, &state.train, &mut rng, device)?;
-        let opt = Adam::new(sae.vars(), state.train.adam)?.with_lr_scales(&sae.lr_scales())?;
+        let opt = Adam::new(sae.vars(), state.train.adam)?
+            .with_lr_scales(&sae.lr_scales(state.train.adam.lr))?;
         Ok(Self {
             source,
             sae,
