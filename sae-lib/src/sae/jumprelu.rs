@@ -55,9 +55,9 @@ pub const BANDWIDTH: f64 = 0.05;
 pub const DEFAULT_L0: f64 = 3.0;
 /// θ's learning rate as a multiple of the run's (see the header), at least.
 pub const THRESHOLD_LR_SCALE: f64 = 8.0;
-/// The least step size θ learns at, whatever the run's rate: 8 × 4e-4, the default rate at
-/// 4,096 features (see the header).
-pub const THRESHOLD_MIN_LR: f64 = 3.2e-3;
+/// The least step size θ learns at, whatever the run's rate: the multiple at 4e-4, the
+/// default rate at 4,096 features (3.2e-3; see the header).
+pub const THRESHOLD_MIN_LR: f64 = THRESHOLD_LR_SCALE * 4e-4;
 
 /// θ's learning-rate multiple for a run at `lr`: [`THRESHOLD_LR_SCALE`], or more where that
 /// would leave θ's rate under [`THRESHOLD_MIN_LR`].
