@@ -473,3 +473,30 @@ fn bf16_training_saves_f32_weights_and_records_its_dtype() {
     let fvu = report["final_metrics"]["fvu"].as_f64().unwrap();
     assert!(fvu.is_finite() && fvu < 0.9, "FVU {fvu}");
 }
+
+/// A run that reads its store many times says its FVU is on training rows and points at
+/// held-out scoring; a run that reads it about once does not.
+#[test]
+fn many_passes_over_a_store_point_at_held_out_scoring() {
+    let dir = tempfile::tempdir().unwrap();
+    let acts = make_store(dir.path());
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(acts.join("meta.json")).unwrap()).unwrap();
+    let rows = meta["rows"].as_u64().unwrap();
+    for (passes, noted) in [(1u64, false), (12, true)] {
+        let out = dir.path().join(format!("passes-{passes}"));
+        let steps = (passes * rows).div_ceil(512).to_string();
+        let o = sae(&train_args(&acts, &out, &steps));
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
+        assert!(o.status.success(), "{stderr}");
+        assert!(stdout.contains("(on training rows)"), "{stdout}");
+        assert_eq!(
+            stderr.contains("sae score --sae"),
+            noted,
+            "{passes} passes: {stderr}"
+        );
+    }
+}

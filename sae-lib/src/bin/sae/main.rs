@@ -641,7 +641,8 @@ fn train(args: TrainArgs) -> Result<()> {
     }
     if let Some(last) = trainer.metrics().last() {
         println!(
-            "step {}: loss {:.4}, FVU {:.4}, L0 {:.1}, dead {:.1}%; SAE saved in {}",
+            "step {}: loss {:.4}, FVU {:.4}, L0 {:.1}, dead {:.1}% (on training rows); SAE saved \
+             in {}",
             last.step,
             last.loss,
             last.fvu,
@@ -649,10 +650,25 @@ fn train(args: TrainArgs) -> Result<()> {
             100.0 * last.dead_frac,
             args.out.display()
         );
+        let passes = (last.step * trainer.config().batch_size as u64) as f64 / store.len() as f64;
+        if passes >= REPEAT_NOTE_PASSES {
+            eprintln!(
+                "note: the run read each of the store's {} rows about {passes:.0} times, so the \
+                 FVU above can be well below the FVU on rows it never saw; score a held-out store \
+                 with `sae score --sae {} --acts <store>`, or collect more rows",
+                store.len(),
+                args.out.display()
+            );
+        }
     }
     warn_all(&trainer.warnings());
     Ok(())
 }
+
+/// Passes over a store from which `sae train` points at held-out scoring: at 20 passes a
+/// 16,384-feature JumpReLU scored FVU 0.09 on its 49,390 training rows and 0.29 held out
+/// (BENCHMARKS.md, JumpReLU against SAELens).
+const REPEAT_NOTE_PASSES: f64 = 10.0;
 
 fn score(args: ScoreArgs) -> Result<()> {
     let device = sae_lib::device::parse_device(&args.device)?;
