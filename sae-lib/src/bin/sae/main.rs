@@ -650,7 +650,7 @@ fn train(args: TrainArgs) -> Result<()> {
             100.0 * last.dead_frac,
             args.out.display()
         );
-        let passes = (last.step * trainer.config().batch_size as u64) as f64 / store.len() as f64;
+        let passes = last.tokens as f64 / store.len() as f64;
         if passes >= REPEAT_NOTE_PASSES {
             eprintln!(
                 "note: the run read each of the store's {} rows about {passes:.0} times, so the \
