@@ -202,6 +202,7 @@ mod tests {
             dtype: DType::F32,
             device: &dev,
             penalty: SparsityPenalty::DecoderNorm,
+            init_threshold: None,
         };
         let sae = GatedSae::init(cfg, &mut init).unwrap();
         // Unit-norm encoder rows against inputs of norm about 4 and a gate bias of −1.5: a

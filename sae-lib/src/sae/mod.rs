@@ -92,6 +92,9 @@ pub struct Init<'a> {
     pub device: &'a candle_core::Device,
     /// The ReLU SAE's penalty (other variants ignore it).
     pub penalty: SparsityPenalty,
+    /// JumpReLU's starting threshold θ₀ (default [`jumprelu::INIT_THRESHOLD`]; other
+    /// variants ignore it).
+    pub init_threshold: Option<f64>,
 }
 
 /// The name [`Sae::vars`] gives the encoder, held as `W_encᵀ` `(d_sae, d_in)`; saved files

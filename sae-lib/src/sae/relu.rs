@@ -179,6 +179,7 @@ mod tests {
                 dtype: DType::F32,
                 device: &dev,
                 penalty,
+                init_threshold: None,
             };
             let sae = ReluSae::init(cfg, &mut init).unwrap();
             // Unit-norm encoder rows against inputs of norm about 4, shifted by −1.5:

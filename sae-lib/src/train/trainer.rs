@@ -82,6 +82,9 @@ pub struct TrainConfig {
     pub grad_clip: Option<f64>,
     pub seed: u64,
     pub penalty: SparsityPenalty,
+    /// JumpReLU's starting threshold θ₀ (`None`: [`crate::sae::jumprelu::INIT_THRESHOLD`]).
+    #[serde(default)]
+    pub init_threshold: Option<f64>,
     /// Scale inputs so `E‖x − x̄‖ = √d_in` (folded back into the weights when saved).
     pub normalize_inputs: bool,
     pub b_dec_init: BDecInit,
@@ -128,6 +131,7 @@ impl TrainConfig {
             grad_clip: Some(1.0),
             seed: 0,
             penalty: SparsityPenalty::DecoderNorm,
+            init_threshold: None,
             normalize_inputs: true,
             b_dec_init: BDecInit::default(),
             init_sample: 4096,
@@ -214,6 +218,9 @@ impl TrainConfig {
         }
         if let Some(every) = self.resample_dead_every {
             at_least("resample dead every", every, 1, "")?;
+        }
+        if let Some(theta) = self.init_threshold {
+            positive("the initial threshold", theta)?;
         }
         at_least("the dead-feature window", self.dead_window, 1, "")?;
         at_least("the initialisation sample", self.init_sample as u64, 1, "")?;
@@ -327,6 +334,7 @@ pub fn new_sae(
             dtype: DType::F32,
             device,
             penalty: train.penalty,
+            init_threshold: train.init_threshold,
         },
     )
 }

@@ -500,3 +500,58 @@ fn many_passes_over_a_store_point_at_held_out_scoring() {
         );
     }
 }
+
+/// `--init-threshold` starts JumpReLU's θ where it says (recorded with the run, so a resumed
+/// run's resampling restarts θ there too), a many-pass JumpReLU run without it points at it,
+/// and it is refused with one clear line where it does not apply or is not a positive number.
+#[test]
+fn init_threshold_is_jumprelus_and_positive() {
+    let dir = tempfile::tempdir().unwrap();
+    let acts = make_store(dir.path());
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(acts.join("meta.json")).unwrap()).unwrap();
+    let twelve_passes = (12 * meta["rows"].as_u64().unwrap())
+        .div_ceil(512)
+        .to_string();
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = train_args(&acts, &out, &twelve_passes);
+        args.extend_from_slice(extra);
+        (sae(&args), out)
+    };
+    let (o, out) = run("given", &["--arch", "jumprelu", "--init-threshold", "0.4"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(!stderr.contains("--init-threshold"), "{stderr}");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("trainer.json")).unwrap()).unwrap();
+    let recorded = state.pointer("/train/init_threshold");
+    assert_eq!(recorded.and_then(|v| v.as_f64()), Some(0.4), "{state}");
+    let (o, _) = run("default", &["--arch", "jumprelu"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("--init-threshold 0.5"), "{stderr}");
+    for (name, extra, expected) in [
+        (
+            "relu",
+            &["--arch", "relu", "--init-threshold", "0.4"][..],
+            "--init-threshold applies to jumprelu",
+        ),
+        (
+            "negative",
+            &["--arch", "jumprelu", "--init-threshold=-1"][..],
+            "the initial threshold must be a finite number above 0",
+        ),
+    ] {
+        let (o, out) = run(name, extra);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{name}: {stderr}");
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+        assert_eq!(
+            stderr.lines().filter(|l| l.starts_with("error:")).count(),
+            1,
+            "{stderr}"
+        );
+        assert!(!out.exists(), "{name}: left {}", out.display());
+    }
+}

@@ -172,6 +172,7 @@ fn relu_loss_gradients_match_finite_differences_in_f64() {
                 dtype: DType::F64,
                 device: &Device::Cpu,
                 penalty,
+                init_threshold: None,
             },
         )
         .unwrap();

@@ -58,7 +58,8 @@ the two tools (ours acts on scaled inputs), so the same λ gives different L0. P
 (L0, FVU) is reported and each of our runs is compared with the peer's FVU interpolated at our
 L0 on the peer's L0–FVU curve (linear in log L0; "–" outside the peer's range), and each
 peer run that two of ours bracket with ours interpolated at the peer's L0 (so one slow peer
-run can be compared).
+run can be compared). JumpReLU's starting threshold: `--peer-init-threshold` for SAELens',
+`--init-threshold` for ours (on our scaled inputs, so the same number is not the same start).
 
 Run (from the repository root, stores from make_stores.sh):
   python sae-lib/scripts/bench/peers/saelens.py --arch topk \\
@@ -125,6 +126,8 @@ def parse_args(argv=None):
                    choices=["none", "expected_average_only_in"])
     p.add_argument("--peer-init-threshold", type=float, default=None,
                    help="SAELens' jumprelu_init_threshold (default: SAELens' own, 0.01)")
+    p.add_argument("--init-threshold", type=float, default=None,
+                   help="our jumprelu --init-threshold (default: ours, 0.1 on scaled inputs)")
     p.add_argument("--skip-ours", action="store_true", help="peer only (development)")
     p.add_argument("--peer-from", nargs="+", default=[], metavar="JSON",
                    help="reuse the peer runs recorded in these earlier --json files (same "
@@ -268,7 +271,7 @@ def main(argv=None):
                     d_sae=args.d_sae, k=None if penalty else args.k, l1=c, steps=args.steps,
                     batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                     threads=args.threads, log=out_dir / f"ours-{tag}.log",
-                    extra=["--penalty", "decoder-norm"] if arch == "standard" else None)
+                    extra=our_extra(arch, args))
                 r["coefficient"] = c
                 r.update(common.evaluate_folder(out_dir / f"ours-{tag}", x_test))
                 print(f"ours {tag}: {r['train_s']:.1f}s, FVU {r['fvu']:.4f}, "
@@ -281,6 +284,17 @@ def main(argv=None):
     result["load_after"] = common.machine_load()
     common.write_json(args.json, result)
     print(report(result, args))
+
+
+def our_extra(arch: str, args) -> list[str] | None:
+    """Flags of ours beyond the shared ones: relu's penalty as SAELens' standard has it, and
+    JumpReLU's starting threshold when one is given."""
+    if arch == "standard":
+        return ["--penalty", "decoder-norm"]
+    theta = getattr(args, "init_threshold", None)
+    if arch == "jumprelu" and theta is not None:
+        return ["--init-threshold", f"{theta:g}"]
+    return None
 
 
 def report(result: dict, args) -> str:

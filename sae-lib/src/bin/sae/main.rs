@@ -342,6 +342,11 @@ struct SaeArgs {
     /// How b_dec starts [default: the architecture's; README, "Defaults"].
     #[arg(long, value_enum)]
     b_dec_init: Option<BDecInitArg>,
+    /// JumpReLU's starting threshold θ₀, on inputs scaled to E‖x − x̄‖ = √d_in [default:
+    /// 0.1]. Higher starts most features below θ: fewer stay alive, and on a small store
+    /// (many passes) those few generalise better (BENCHMARKS.md).
+    #[arg(long)]
+    init_threshold: Option<f64>,
     /// Training arithmetic: f32, or bf16 with the weights and Adam's state in f32 (mixed
     /// precision, for GPUs; slower on the CPU, where candle widens bf16 matmuls to f32).
     #[arg(long, value_enum, default_value_t = ComputeArg::F32)]
@@ -402,6 +407,15 @@ impl SaeArgs {
         }
         if let Some(frac) = self.lr_decay {
             cfg.lr_decay_frac = frac;
+        }
+        if let Some(theta) = self.init_threshold {
+            if arch != Architecture::JumpRelu {
+                anyhow::bail!(
+                    "--init-threshold applies to jumprelu; {} has no learned threshold to start",
+                    arch.name()
+                );
+            }
+            cfg.init_threshold = Some(theta);
         }
         if let Some(init) = self.b_dec_init {
             cfg.b_dec_init = match init {
@@ -659,6 +673,14 @@ fn train(args: TrainArgs) -> Result<()> {
                 store.len(),
                 args.out.display()
             );
+            let jumprelu = trainer.sae().config().architecture == Architecture::JumpRelu;
+            if jumprelu && trainer.config().init_threshold.is_none() {
+                eprintln!(
+                    "note: on so few rows a JumpReLU started from a higher threshold \
+                     (--init-threshold 0.5) keeps fewer features alive, and those generalise \
+                     better (README, \"Defaults\")"
+                );
+            }
         }
     }
     warn_all(&trainer.warnings());
