@@ -35,9 +35,9 @@
 //! alive. Started at 0.5 ([`Init::init_threshold`], `--init-threshold`), a third of ours never
 //! come alive and held-out FVU at L0 176 falls 16% (0.247 to 0.207), 0.81–0.98× SAELens' over
 //! L0 124–308; at SAELens' L0 470 (a nearly dense code of 535 features) ours is still 11%
-//! behind from 0.65 (BENCHMARKS.md). The default stays at 0.1, which the width- and scale-sweep of
-//! defaults needs; `sae train` points at the option when a JumpReLU run reads its store 10
-//! times or more.
+//! behind from 0.65 (BENCHMARKS.md). The default stays at 0.1, which the width- and
+//! scale-sweep of defaults needs; `sae train` points at the option when a JumpReLU run reads
+//! its store 10 times or more.
 //!
 //! Training is sparse past the encoder's dense matmul, as TopK's is: only pre-activations at
 //! least `θ − ε` can carry a value or a gradient (the kernel is zero below `θ − ε/2`), and once
@@ -146,11 +146,7 @@ impl Variant for JumpReluSae {
 
     fn init(cfg: SaeConfig, init: &mut Init) -> Result<Self> {
         let init_threshold = init.init_threshold.unwrap_or(INIT_THRESHOLD);
-        if !(init_threshold.is_finite() && init_threshold > 0.0) {
-            return Err(crate::Error::Input(format!(
-                "JumpReLU's initial threshold must be a positive number (got {init_threshold})"
-            )));
-        }
+        crate::train::trainer::positive("the initial threshold", init_threshold)?;
         let params = SaeParams::init(cfg.d_in, cfg.d_sae, 0.1, init)?;
         let threshold = Var::from_tensor(
             &(Tensor::ones(cfg.d_sae, init.dtype, init.device)? * init_threshold)?,

@@ -157,7 +157,7 @@ impl TrainConfig {
 }
 
 /// `value` must be a finite number above 0.
-fn positive(what: &str, value: f64) -> Result<()> {
+pub(crate) fn positive(what: &str, value: f64) -> Result<()> {
     if value.is_finite() && value > 0.0 {
         Ok(())
     } else {

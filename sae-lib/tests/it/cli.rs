@@ -368,6 +368,15 @@ pub(crate) fn train_args<'a>(acts: &'a Path, out: &'a Path, steps: &'a str) -> V
     ]
 }
 
+/// `--steps` for `passes` reads of the store at [`train_args`]' batch of 512.
+fn steps_for_passes(acts: &Path, passes: u64) -> String {
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(acts.join("meta.json")).unwrap()).unwrap();
+    (passes * meta["rows"].as_u64().unwrap())
+        .div_ceil(512)
+        .to_string()
+}
+
 pub(crate) fn checkpoint_step(out: &Path) -> Option<u64> {
     let text = std::fs::read_to_string(out.join("trainer.json")).ok()?;
     serde_json::from_str::<serde_json::Value>(&text).ok()?["step"].as_u64()
@@ -480,12 +489,9 @@ fn bf16_training_saves_f32_weights_and_records_its_dtype() {
 fn many_passes_over_a_store_point_at_held_out_scoring() {
     let dir = tempfile::tempdir().unwrap();
     let acts = make_store(dir.path());
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(acts.join("meta.json")).unwrap()).unwrap();
-    let rows = meta["rows"].as_u64().unwrap();
     for (passes, noted) in [(1u64, false), (12, true)] {
         let out = dir.path().join(format!("passes-{passes}"));
-        let steps = (passes * rows).div_ceil(512).to_string();
+        let steps = steps_for_passes(&acts, passes);
         let o = sae(&train_args(&acts, &out, &steps));
         let (stdout, stderr) = (
             String::from_utf8_lossy(&o.stdout),
@@ -508,11 +514,7 @@ fn many_passes_over_a_store_point_at_held_out_scoring() {
 fn init_threshold_is_jumprelus_and_positive() {
     let dir = tempfile::tempdir().unwrap();
     let acts = make_store(dir.path());
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(acts.join("meta.json")).unwrap()).unwrap();
-    let twelve_passes = (12 * meta["rows"].as_u64().unwrap())
-        .div_ceil(512)
-        .to_string();
+    let twelve_passes = steps_for_passes(&acts, 12);
     let run = |name: &str, extra: &[&str]| {
         let out = dir.path().join(name);
         let mut args = train_args(&acts, &out, &twelve_passes);
