@@ -532,7 +532,10 @@ fn init_threshold_is_jumprelus_and_positive() {
     let (o, _) = run("default", &["--arch", "jumprelu"]);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{stderr}");
-    assert!(stderr.contains("--init-threshold 0.5"), "{stderr}");
+    assert!(
+        stderr.contains("--init-threshold 0.7 --b-dec-init zeros"),
+        "{stderr}"
+    );
     for (name, extra, expected) in [
         (
             "relu",

@@ -60,6 +60,7 @@ L0 on the peer's L0–FVU curve (linear in log L0; "–" outside the peer's rang
 peer run that two of ours bracket with ours interpolated at the peer's L0 (so one slow peer
 run can be compared). JumpReLU's starting threshold: `--peer-init-threshold` for SAELens',
 `--init-threshold` for ours (on our scaled inputs, so the same number is not the same start).
+`--b-dec-init` sets where our b_dec starts (SAELens' starts at zero).
 
 Run (from the repository root, stores from make_stores.sh):
   python sae-lib/scripts/bench/peers/saelens.py --arch topk \\
@@ -128,6 +129,10 @@ def parse_args(argv=None):
                    help="SAELens' jumprelu_init_threshold (default: SAELens' own, 0.01)")
     p.add_argument("--init-threshold", type=float, default=None,
                    help="our jumprelu --init-threshold (default: ours, 0.1 on scaled inputs)")
+    p.add_argument("--b-dec-init", default=None,
+                   choices=["geometric-median", "mean", "zeros", "zeros-unless-offset"],
+                   help="our --b-dec-init (default: the architecture's; SAELens' b_dec "
+                        "starts at zero)")
     p.add_argument("--skip-ours", action="store_true", help="peer only (development)")
     p.add_argument("--peer-from", nargs="+", default=[], metavar="JSON",
                    help="reuse the peer runs recorded in these earlier --json files (same "
@@ -287,14 +292,15 @@ def main(argv=None):
 
 
 def our_extra(arch: str, args) -> list[str] | None:
-    """Flags of ours beyond the shared ones: relu's penalty as SAELens' standard has it, and
-    JumpReLU's starting threshold when one is given."""
-    if arch == "standard":
-        return ["--penalty", "decoder-norm"]
+    """Flags of ours beyond the shared ones: relu's penalty as SAELens' standard has it,
+    JumpReLU's starting threshold and b_dec's start when given."""
+    extra = ["--penalty", "decoder-norm"] if arch == "standard" else []
     theta = getattr(args, "init_threshold", None)
     if arch == "jumprelu" and theta is not None:
-        return ["--init-threshold", f"{theta:g}"]
-    return None
+        extra += ["--init-threshold", f"{theta:g}"]
+    if getattr(args, "b_dec_init", None) is not None:
+        extra += ["--b-dec-init", args.b_dec_init]
+    return extra or None
 
 
 def report(result: dict, args) -> str:

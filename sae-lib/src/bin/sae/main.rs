@@ -676,9 +676,11 @@ fn train(args: TrainArgs) -> Result<()> {
             let jumprelu = trainer.sae().config().architecture == Architecture::JumpRelu;
             if jumprelu && trainer.config().init_threshold.is_none() {
                 eprintln!(
-                    "note: on so few rows a JumpReLU started from a higher threshold \
-                     (--init-threshold 0.5) keeps fewer features alive, and those generalise \
-                     better (README, \"Defaults\")"
+                    "note: on so few rows a JumpReLU started as SAELens' sparse runs start, \
+                     from a higher threshold and b_dec at zero (--init-threshold 0.7 \
+                     --b-dec-init zeros), keeps a few hundred features alive and those \
+                     generalise better than every feature alive; the dead-feature warning \
+                     will then be expected (README, \"Defaults\")"
                 );
             }
         }
