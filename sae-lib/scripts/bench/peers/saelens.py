@@ -295,10 +295,9 @@ def our_extra(arch: str, args) -> list[str] | None:
     """Flags of ours beyond the shared ones: relu's penalty as SAELens' standard has it,
     JumpReLU's starting threshold and b_dec's start when given."""
     extra = ["--penalty", "decoder-norm"] if arch == "standard" else []
-    theta = getattr(args, "init_threshold", None)
-    if arch == "jumprelu" and theta is not None:
-        extra += ["--init-threshold", f"{theta:g}"]
-    if getattr(args, "b_dec_init", None) is not None:
+    if arch == "jumprelu" and args.init_threshold is not None:
+        extra += ["--init-threshold", f"{args.init_threshold:g}"]
+    if args.b_dec_init is not None:
         extra += ["--b-dec-init", args.b_dec_init]
     return extra or None
 
