@@ -65,8 +65,14 @@ fn main() -> anyhow::Result<()> {
     }
     device.synchronize()?;
     let secs = start.elapsed().as_secs_f64();
+    // SAE_STOCK_OPS=1: without sae-lib's own kernels (`sae_lib::ops`)
+    let impl_ = if sae_lib::ops::stock_ops() {
+        "candle-stock-ops"
+    } else {
+        "candle"
+    };
     println!(
-        "{{\"impl\":\"candle\",\"device\":\"{device_name}\",\"work\":\"train\",\"dtype\":\"{dtype}\",\"variant\":\"{}\",\"d_in\":{d_in},\"d_sae\":{d_sae},\"batch\":{batch},\"samples_per_s\":{:.1}}}",
+        "{{\"impl\":\"{impl_}\",\"device\":\"{device_name}\",\"work\":\"train\",\"dtype\":\"{dtype}\",\"variant\":\"{}\",\"d_in\":{d_in},\"d_sae\":{d_sae},\"batch\":{batch},\"samples_per_s\":{:.1}}}",
         arch.name(),
         (steps as usize * batch) as f64 / secs
     );

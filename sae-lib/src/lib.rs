@@ -24,6 +24,8 @@
 //! ```
 
 pub mod collect;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub mod data;
 pub mod device;
 mod error;

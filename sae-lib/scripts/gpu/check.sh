@@ -12,13 +12,15 @@
 #       against its hand-written kernels.
 #
 # Steps: 1. device_parity (GPT-NeoX and Llama fixtures, hooks and logits within 1e-3; 20 TopK
-# training steps); 2. bench_forward to blocks.5.hook_mlp_out at pythia-70m's shape, batch 64
-# x 128, against transformers (forward_torch.py); 3. bench_train: ReLU at 4,096 features
-# against the same loss and Adam in PyTorch (train_torch.py), in f32 and in bf16 mixed precision
-# (`--dtype bf16`; torch.autocast there), and TopK k 32 at 16,384 features against sparsify's
-# SparseCoder with its Triton decoder (train_sparsify.py); 4. one table of ratios (ratios.py).
-# Python rows need torch (and transformers for step 2, sparsify for its row) in python3;
-# without them they are skipped with a message.
+# training steps; sae-lib's top-k and decoder kernels against stock ops on the device);
+# 2. bench_forward to blocks.5.hook_mlp_out at pythia-70m's shape, batch 64 x 128, against
+# transformers (forward_torch.py); 3. bench_train: ReLU at 4,096 features against the same loss
+# and Adam in PyTorch (train_torch.py), in f32 and in bf16 mixed precision (`--dtype bf16`;
+# torch.autocast there), and TopK k 32 at 16,384 features, with and without sae-lib's kernels,
+# against sparsify's SparseCoder with its Triton decoder (train_sparsify.py); 4. one table of
+# ratios (ratios.py). Python rows need torch (and transformers for step 2, sparsify for its
+# row) in python3; without them they are skipped with a message. A failed step is reported at
+# the end (exit 1) after the others have run.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../../.." && pwd)
 cd "$root"
@@ -73,8 +75,10 @@ else
 fi
 export SAE_DEVICE=$device DEVICE=$device RAYON_NUM_THREADS=$threads
 
+# A failed step is reported and the rest still run: GPU time comes in minutes.
+failed=()
 echo "== 1. parity on $device"
-"$bin/device_parity" "$device"
+"$bin/device_parity" "$device" || failed+=("parity")
 
 have() { python3 -c "import $1" 2>/dev/null; }
 if ! have sparsify && [ -d "$bin/wheels" ]; then
@@ -84,22 +88,27 @@ fi
 # sparsify's package imports its trainer (datasets, ...); train_sparsify.py needs its model only
 have_sparsify() { python3 -c "import importlib.util as u; assert u.find_spec('sparsify')" 2>/dev/null; }
 lines=$(mktemp)
+row() {  # runs one benchmark, keeping its JSON line
+    "$@" | tee -a "$lines" || failed+=("$*")
+}
 echo "== 2. forward to blocks.5.hook_mlp_out, batch $batch x 128"
-"$bin/bench_forward" "$batch" | tee -a "$lines"
+row "$bin/bench_forward" "$batch"
 if have transformers; then
-    python3 "$bench/forward_torch.py" "$threads" "$batch" | tee -a "$lines"
+    row python3 "$bench/forward_torch.py" "$threads" "$batch"
 else
     echo "skipped: transformers (and torch) are not importable by python3"
 fi
 echo "== 3. SAE training, d_in 512, batch 4096, $steps steps"
-"$bin/bench_train" relu "$steps" 4096 | tee -a "$lines"
-SAE_DTYPE=bf16 "$bin/bench_train" relu "$steps" 4096 | tee -a "$lines"
-"$bin/bench_train" topk "$steps" 16384 | tee -a "$lines"
+row "$bin/bench_train" relu "$steps" 4096
+row env SAE_DTYPE=bf16 "$bin/bench_train" relu "$steps" 4096
+row "$bin/bench_train" topk "$steps" 16384
+# the same without sae-lib's top-k and decoder kernels: what they are worth
+row env SAE_STOCK_OPS=1 "$bin/bench_train" topk "$steps" 16384
 if have torch; then
-    python3 "$bench/train_torch.py" "$threads" "$steps" | tee -a "$lines"
-    DTYPE=bf16 python3 "$bench/train_torch.py" "$threads" "$steps" | tee -a "$lines"
+    row python3 "$bench/train_torch.py" "$threads" "$steps"
+    row env DTYPE=bf16 python3 "$bench/train_torch.py" "$threads" "$steps"
     if have_sparsify; then
-        python3 "$bench/train_sparsify.py" "$threads" "$steps" 16384 | tee -a "$lines"
+        row python3 "$bench/train_sparsify.py" "$threads" "$steps" 16384
     else
         echo "skipped: sparsify is not importable by python3 (pip install eai-sparsify==1.3.3)"
     fi
@@ -109,3 +118,7 @@ fi
 echo "== 4. ratios (ours / PyTorch)"
 python3 "$bench/ratios.py" <"$lines"
 rm -f "$lines"
+if [ ${#failed[@]} -gt 0 ]; then
+    printf 'check.sh: failed: %s\n' "${failed[@]}" >&2
+    exit 1
+fi

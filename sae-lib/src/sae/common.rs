@@ -326,7 +326,9 @@ pub fn kth_largest(x: &Tensor, k: usize) -> Result<Tensor> {
             what: Selected::KthValue,
         })?
     } else {
-        super::select::kth_largest_blocked(&x32, k)?
+        let idx = topk_indices(&x32, k)?;
+        let last = idx.dim(1)? - 1;
+        x32.gather(&idx.narrow(1, last, 1)?.contiguous()?, 1)?
     };
     Ok(kth.to_dtype(x.dtype())?)
 }
@@ -608,6 +610,10 @@ pub fn topk_indices(x: &Tensor, k: usize) -> Result<Tensor> {
             what: Selected::Indices,
         })?)
     } else {
+        #[cfg(feature = "cuda")]
+        if crate::cuda::applies(&[&x32]) && k.min(x32.dim(1)?) <= crate::cuda::TOPK_MAX_K {
+            return crate::cuda::topk_indices(&x32, k);
+        }
         super::select::topk_indices_blocked(&x32, k)
     }
 }

@@ -48,21 +48,13 @@ pub fn topk_indices_blocked(x: &Tensor, k: usize) -> Result<Tensor> {
     Ok(candidates.gather(&best, 1)?.contiguous()?)
 }
 
-/// The `k`-th largest value of each row, `(rows, 1)`, from [`topk_indices_blocked`].
-pub fn kth_largest_blocked(x: &Tensor, k: usize) -> Result<Tensor> {
-    let idx = topk_indices_blocked(x, k)?;
-    let last = idx.dim(1)? - 1;
-    Ok(x.contiguous()?
-        .gather(&idx.narrow(1, last, 1)?.contiguous()?, 1)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// Against a full sort of each row, on widths around the block size and k from 1 to
-    /// beyond one block's share.
+    /// Indices and k-th values against a full sort of each row, on widths around the block
+    /// size and k from 1 to beyond one block's share.
     #[test]
     fn blocked_selection_matches_a_full_sort() {
         for (n, ks) in [
@@ -77,7 +69,8 @@ mod tests {
                     .unwrap()
                     .to_vec2::<u32>()
                     .unwrap();
-                let kth = kth_largest_blocked(&x, k)
+                // common's k-th value on the stock path: the last of these indices.
+                let kth = crate::ops::with_stock_ops(|| super::super::common::kth_largest(&x, k))
                     .unwrap()
                     .to_vec2::<f32>()
                     .unwrap();

@@ -265,6 +265,10 @@ pub fn decode_rows(
         };
         return Ok(values.contiguous()?.apply_op2(&w_dec.contiguous()?, op)?);
     }
+    #[cfg(feature = "cuda")]
+    if crate::cuda::applies(&[values, w_dec]) {
+        return crate::cuda::decode_rows(values, indices, w_dec, flat_at_zero);
+    }
     let d_in = w_dec.dim(1)?;
     let rows = w_dec
         .index_select(&indices.flatten_all()?, 0)?

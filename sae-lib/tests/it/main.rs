@@ -3,6 +3,7 @@
 mod cli;
 mod collect;
 mod common;
+mod cuda_kernels;
 mod defaults;
 mod eval;
 mod gguf;

@@ -1,0 +1,121 @@
+// sae-lib's CUDA kernels, run on the CPU through cuda_on_cpu.h, against plain C++ references
+// (a full sort for top-k, loops for the decoder), launched as src/cuda/mod.rs launches them.
+// Prints each failure and exits non-zero on any.
+#include "cuda_on_cpu.h"
+
+#include "decode.cu"
+#include "topk.cu"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+#include <random>
+
+static int failures = 0;
+#define CHECK(cond, ...)                                                                          \
+    do {                                                                                          \
+        if (!(cond)) {                                                                            \
+            std::printf("FAIL: " __VA_ARGS__);                                                    \
+            std::printf("\n");                                                                    \
+            ++failures;                                                                           \
+        }                                                                                         \
+    } while (0)
+
+// rows of n values: kind 0 normal, 1 mostly zeros (many ties at the k-th), 2 all one value,
+// 3 small integers (ties everywhere), with a few -inf.
+static std::vector<float> rows_of(unsigned rows, unsigned n, int kind, std::mt19937 &rng) {
+    std::normal_distribution<float> normal;
+    std::uniform_int_distribution<int> small(-3, 3);
+    std::vector<float> x(size_t(rows) * n);
+    for (auto &v : x) {
+        switch (kind) {
+        case 0: v = normal(rng); break;
+        case 1: v = rng() % 8 == 0 ? std::fabs(normal(rng)) : 0.0f; break;
+        case 2: v = 1.5f; break;
+        default: v = float(small(rng)); break;
+        }
+        if (kind != 2 && rng() % 97 == 0) v = -INFINITY;
+    }
+    return x;
+}
+
+static void check_topk(unsigned rows, unsigned n, unsigned k, int kind, std::mt19937 &rng) {
+    auto x = rows_of(rows, n, kind, rng);
+    std::vector<unsigned> out(size_t(rows) * k, 0xdeadbeef);
+    launch(topk_rows_f32, {rows}, {TOPK_THREADS}, x.data(), out.data(), n, k);
+    for (unsigned r = 0; r < rows; ++r) {
+        const float *row = &x[size_t(r) * n];
+        std::vector<unsigned> order(n);
+        std::iota(order.begin(), order.end(), 0u);
+        std::stable_sort(order.begin(), order.end(),
+                         [&](unsigned a, unsigned b) { return row[a] > row[b]; });
+        for (unsigned i = 0; i < k; ++i) {
+            const unsigned got = out[size_t(r) * k + i];
+            CHECK(got == order[i], "topk n=%u k=%u kind=%d row %u place %u: got %u want %u", n, k,
+                  kind, r, i, got, order[i]);
+            if (got != order[i]) return;
+        }
+    }
+}
+
+static bool close(float a, float b) { return std::fabs(a - b) <= 1e-4f * (1.0f + std::fabs(b)); }
+
+static void check_decode(unsigned batch, unsigned k, unsigned d_sae, unsigned d, bool flat,
+                         std::mt19937 &rng) {
+    std::normal_distribution<float> normal;
+    std::vector<float> v(size_t(batch) * k), w(size_t(d_sae) * d), g(size_t(batch) * d);
+    std::vector<unsigned> idx(v.size());
+    for (auto &e : v) e = rng() % 4 == 0 ? 0.0f : normal(rng);
+    for (auto &e : idx) e = rng() % d_sae;  // repeats: many inputs share a feature
+    for (auto &e : w) e = normal(rng);
+    for (auto &e : g) e = normal(rng);
+    const unsigned col_blocks = (d + DECODE_THREADS - 1) / DECODE_THREADS;
+
+    std::vector<float> out(size_t(batch) * d, NAN), gv(v.size(), NAN), gw(w.size(), 0.0f);
+    launch(decode_rows_f32, {batch, col_blocks}, {DECODE_THREADS}, v.data(), idx.data(),
+           w.data(), out.data(), k, d);
+    launch(decode_grad_values_f32, {batch * k}, {DECODE_THREADS}, g.data(), idx.data(), w.data(),
+           v.data(), gv.data(), k, d, unsigned(flat));
+    launch(decode_grad_weights_f32, {batch * k, col_blocks}, {DECODE_THREADS}, g.data(), v.data(),
+           idx.data(), gw.data(), k, d);
+
+    std::vector<float> want_gw(w.size(), 0.0f);
+    for (unsigned b = 0; b < batch; ++b) {
+        for (unsigned c = 0; c < d; ++c) {
+            float acc = 0.0f;
+            for (unsigned i = 0; i < k; ++i)
+                acc += v[b * k + i] * w[size_t(idx[b * k + i]) * d + c];
+            CHECK(close(out[size_t(b) * d + c], acc), "decode b=%u c=%u: %g vs %g", b, c,
+                  out[size_t(b) * d + c], acc);
+        }
+        for (unsigned i = 0; i < k; ++i) {
+            const unsigned p = b * k + i;
+            float dot = 0.0f;
+            for (unsigned c = 0; c < d; ++c) {
+                dot += g[size_t(b) * d + c] * w[size_t(idx[p]) * d + c];
+                want_gw[size_t(idx[p]) * d + c] += v[p] * g[size_t(b) * d + c];
+            }
+            const float want = flat && v[p] == 0.0f ? 0.0f : dot;
+            CHECK(close(gv[p], want), "grad values p=%u: %g vs %g", p, gv[p], want);
+        }
+    }
+    for (size_t e = 0; e < gw.size(); ++e)
+        CHECK(close(gw[e], want_gw[e]), "grad W_dec element %zu: %g vs %g", e, gw[e], want_gw[e]);
+}
+
+int main() {
+    std::mt19937 rng(7);
+    // widths around the block's 256 threads and up to a 16,384-feature SAE; k from 1 to the
+    // kernel's largest, and k = n.
+    const unsigned shapes[][2] = {{1, 1},      {7, 3},     {256, 32},   {300, 300}, {1000, 1},
+                                  {1000, 257}, {3000, 64}, {4096, 1024}, {16384, 32}};
+    for (auto [n, k] : shapes)
+        for (int kind = 0; kind < 4; ++kind) check_topk(2, n, k, kind, rng);
+    for (bool flat : {false, true}) {
+        check_decode(5, 4, 9, 300, flat, rng);
+        check_decode(3, 32, 64, 512, flat, rng);
+    }
+    std::printf("%s (%d failures)\n", failures ? "FAILED" : "ok", failures);
+    return failures ? 1 : 0;
+}
