@@ -21,10 +21,12 @@ use crate::Result;
 
 const TOPK_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/topk.ptx"));
 const DECODE_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode.ptx"));
-/// `TOPK_THREADS`, `TOPK_MAX_K` and `DECODE_THREADS` in the kernels.
+// These three must equal the `#define`s of the same names in the kernels.
+/// Threads per top-k block (a block per row).
 const TOPK_THREADS: u32 = 256;
 /// The largest `k` the top-k kernel takes (its candidates sit in shared memory).
 pub const TOPK_MAX_K: usize = 1024;
+/// Threads per decoder block.
 const DECODE_THREADS: u32 = 256;
 
 /// Whether the kernels apply: every tensor is f32 on a CUDA device and stock ops were not
@@ -68,6 +70,7 @@ fn tensor<T: CudaDType + DeviceRepr>(
     Tensor::from_storage(storage, shape, BackpropOp::none(), false)
 }
 
+/// The CUDA device `t` lives on.
 fn cuda_device(t: &Tensor) -> candle_core::Result<CudaDevice> {
     match t.device() {
         candle_core::Device::Cuda(d) => Ok(d.clone()),
@@ -75,6 +78,7 @@ fn cuda_device(t: &Tensor) -> candle_core::Result<CudaDevice> {
     }
 }
 
+/// Blocks of [`DECODE_THREADS`] threads over an `(x, y)` grid.
 fn grid(x: usize, y: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (x as u32, y as u32, 1),
@@ -84,13 +88,15 @@ fn grid(x: usize, y: usize) -> LaunchConfig {
 }
 
 /// Indices `(rows, k)` of each row's `k` largest values of `x` `(rows, n)`, largest first
-/// (ties: the lower column first); `k` is clamped to `1..=n` and must be at most
-/// [`TOPK_MAX_K`].
+/// (ties: the lower column first); `k` is clamped to `1..=n`, and then at most [`TOPK_MAX_K`].
 pub fn topk_indices(x: &Tensor, k: usize) -> Result<Tensor> {
     let x = x.contiguous()?;
     let (rows, n) = x.dims2()?;
     let k = k.clamp(1, n.max(1));
-    assert!(k <= TOPK_MAX_K, "the caller checks k against TOPK_MAX_K");
+    if k > TOPK_MAX_K {
+        let msg = format!("the CUDA top-k takes k up to {TOPK_MAX_K}, not {k}");
+        return Err(candle_core::Error::Msg(msg).into());
+    }
     let dev = cuda_device(&x)?;
     if rows == 0 || n == 0 {
         return Ok(Tensor::zeros((rows, k.min(n)), DType::U32, x.device())?);
