@@ -11,7 +11,7 @@
 
 use std::cell::Cell;
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 thread_local! {
     static STOCK: Cell<bool> = Cell::new(
@@ -22,10 +22,21 @@ thread_local! {
 /// Whether the CPU kernels apply: every tensor is f32 in host memory and stock ops were not
 /// asked for.
 pub fn host_f32(tensors: &[&Tensor]) -> bool {
+    own_kernels_on(tensors, Device::is_cpu)
+}
+
+/// Whether the CUDA kernels apply: every tensor is f32 on a CUDA GPU and stock ops were not
+/// asked for.
+pub fn cuda_f32(tensors: &[&Tensor]) -> bool {
+    own_kernels_on(tensors, Device::is_cuda)
+}
+
+/// Whether stock ops were not asked for and every tensor is f32 on a device `on` accepts.
+fn own_kernels_on(tensors: &[&Tensor], on: fn(&Device) -> bool) -> bool {
     !stock_ops()
         && tensors
             .iter()
-            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+            .all(|t| on(t.device()) && t.dtype() == DType::F32)
 }
 
 /// Whether this thread takes the stock-op path on the CPU too.
@@ -63,11 +74,12 @@ mod tests {
 
     #[test]
     fn the_switch_is_scoped_to_the_closure() {
-        let t = Tensor::zeros(3, DType::F32, &candle_core::Device::Cpu).unwrap();
+        let t = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
         let before = host_f32(&[&t]);
         assert!(with_stock_ops(|| !host_f32(&[&t])));
         assert_eq!(host_f32(&[&t]), before);
         let half = t.to_dtype(DType::BF16).unwrap();
         assert!(!host_f32(&[&t, &half]));
+        assert!(!cuda_f32(&[&t]), "a CPU tensor is not the CUDA kernels'");
     }
 }

@@ -29,15 +29,6 @@ pub const TOPK_MAX_K: usize = 1024;
 /// Threads per decoder block.
 const DECODE_THREADS: u32 = 256;
 
-/// Whether the kernels apply: every tensor is f32 on a CUDA device and stock ops were not
-/// asked for (see [`crate::ops`]).
-pub fn applies(tensors: &[&Tensor]) -> bool {
-    !crate::ops::stock_ops()
-        && tensors
-            .iter()
-            .all(|t| t.device().is_cuda() && t.dtype() == DType::F32)
-}
-
 /// A contiguous tensor's device memory, as a view of its `T` elements.
 fn cuda_view<'a, T: CudaDType>(
     storage: &'a CudaStorage,

@@ -611,7 +611,7 @@ pub fn topk_indices(x: &Tensor, k: usize) -> Result<Tensor> {
         })?)
     } else {
         #[cfg(feature = "cuda")]
-        if crate::cuda::applies(&[&x32]) && k.min(x32.dim(1)?) <= crate::cuda::TOPK_MAX_K {
+        if crate::ops::cuda_f32(&[&x32]) && k.min(x32.dim(1)?) <= crate::cuda::TOPK_MAX_K {
             return crate::cuda::topk_indices(&x32, k);
         }
         super::select::topk_indices_blocked(&x32, k)

@@ -266,7 +266,7 @@ pub fn decode_rows(
         return Ok(values.contiguous()?.apply_op2(&w_dec.contiguous()?, op)?);
     }
     #[cfg(feature = "cuda")]
-    if crate::cuda::applies(&[values, w_dec]) {
+    if crate::ops::cuda_f32(&[values, w_dec]) {
         return crate::cuda::decode_rows(values, indices, w_dec, flat_at_zero);
     }
     let d_in = w_dec.dim(1)?;
