@@ -3,8 +3,10 @@
 // A radix select finds the k-th largest value in four passes over the row (one byte of the
 // value's ordered bits per pass, a 256-bin histogram in shared memory), then one more pass
 // gathers the values above it and as many of those equal to it as are needed (the lowest
-// columns first), and a bitonic sort in shared memory orders those k. Reading a row five
-// times costs less than sorting it: a row is 16,384 values at most SAE widths and k is 32-256.
+// columns first), and a bitonic sort in shared memory orders those k. The row is read five
+// times and never sorted (stock ops sort it in blocks of 1,024 columns, twice over); whether
+// that is faster on a GPU is what scripts/gpu/check.sh's TopK rows with and without the
+// kernels measure.
 //
 // Kept to CUDA features the CPU emulation in tests/cuda_on_cpu implements (no warp
 // intrinsics): blockIdx, threadIdx, blockDim, __shared__ arrays, __syncthreads, atomicAdd.
@@ -39,6 +41,8 @@ extern "C" __global__ void topk_rows_f32(const float *x, unsigned *out, unsigned
     if (tid == 0) {
         s_prefix = 0;
         s_need = k;
+        s_count = 0;
+        s_taken = 0;
     }
     for (int shift = 24; shift >= 0; shift -= 8) {
         const unsigned high = shift == 24 ? 0u : 0xffffffffu << (shift + 8);
@@ -56,8 +60,6 @@ extern "C" __global__ void topk_rows_f32(const float *x, unsigned *out, unsigned
             s_prefix = prefix | (digit << shift);
             s_need = need;
             s_ties = hist[digit];
-            s_count = 0;
-            s_taken = 0;
         }
         __syncthreads();
     }
