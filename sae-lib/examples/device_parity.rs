@@ -14,7 +14,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use sae_lib::hooks::{HookPoint, Hooks};
 use sae_lib::model::{load_model, Model, ModelSource, TokenBatch};
 use sae_lib::sae::common::normal_vec;
@@ -98,14 +98,18 @@ fn on_both(
 /// gradients for a `(64, 32)` selection from a `(16384, 512)` decoder, a quarter of the values
 /// zero (flat there).
 fn kernel_pairs(device: &Device) -> anyhow::Result<Vec<(Tensor, Tensor)>> {
+    // Seeded, as the TopK check's data, so a failure on a GPU can be rerun as it was.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let cpu = &Device::Cpu;
-    let pre = Tensor::randn(0f32, 1.0, (256, 16384), cpu)?;
-    let values = Tensor::randn(0f32, 1.0, (64, 32), cpu)?;
+    let mut randn = |shape: (usize, usize)| {
+        Tensor::from_vec(normal_vec(shape.0 * shape.1, &mut rng), shape, cpu)
+    };
+    let pre = randn((256, 16384))?;
+    let values = randn((64, 32))?;
     let values = (&values * values.ge(-0.67)?.to_dtype(DType::F32)?)?;
-    let w_dec = Tensor::randn(0f32, 1.0, (16384, 512), cpu)?;
-    let indices = Tensor::rand(0f32, 16384.0, (64, 32), cpu)?
-        .floor()?
-        .to_dtype(DType::U32)?;
+    let w_dec = randn((16384, 512))?;
+    let indices: Vec<u32> = (0..64 * 32).map(|_| rng.random_range(0..16384)).collect();
+    let indices = Tensor::from_vec(indices, (64, 32), cpu)?;
     let run = || -> anyhow::Result<Vec<Tensor>> {
         let pre = pre.to_device(device)?;
         let top = sae_lib::sae::common::topk_indices(&pre, 32)?;
