@@ -66,6 +66,10 @@ fn main() -> anyhow::Result<()> {
         "decoder",
         "decoder's value gradient",
         "decoder's W_dec gradient",
+        "encoder's selected pre-activations",
+        "encoder's input gradient",
+        "encoder's W_enc gradient",
+        "encoder's b_enc gradient",
     ];
     for (name, (a, b)) in names.iter().zip(kernel_pairs(&device)?) {
         report(
@@ -94,22 +98,26 @@ fn on_both(
 }
 
 /// On `device`, sae-lib's kernels (CUDA's, or the CPU's) against stock ops: the values top-k
-/// picks from `(256, 16384)` pre-activations at k 32, and the sparse decoder's output and
+/// picks from `(256, 16384)` pre-activations at k 32; the sparse decoder's output and
 /// gradients for a `(64, 32)` selection from a `(16384, 512)` decoder, a quarter of the values
-/// zero (flat there).
+/// zero (flat there); and the sparse encoder's output and gradients for the same selection
+/// from a `(16384, 512)` `W_encᵀ`.
 fn kernel_pairs(device: &Device) -> anyhow::Result<Vec<(Tensor, Tensor)>> {
     // Seeded, as the TopK check's data, so a failure on a GPU can be rerun as it was.
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let cpu = &Device::Cpu;
-    let mut randn = |shape: (usize, usize)| {
-        Tensor::from_vec(normal_vec(shape.0 * shape.1, &mut rng), shape, cpu)
+    let randn = |rng: &mut rand_chacha::ChaCha8Rng, shape: (usize, usize)| {
+        Tensor::from_vec(normal_vec(shape.0 * shape.1, rng), shape, cpu)
     };
-    let pre = randn((256, 16384))?;
-    let values = randn((64, 32))?;
+    let pre = randn(&mut rng, (256, 16384))?;
+    let values = randn(&mut rng, (64, 32))?;
     let values = (&values * values.ge(-0.67)?.to_dtype(DType::F32)?)?;
-    let w_dec = randn((16384, 512))?;
+    let w_dec = randn(&mut rng, (16384, 512))?;
     let indices: Vec<u32> = (0..64 * 32).map(|_| rng.random_range(0..16384)).collect();
     let indices = Tensor::from_vec(indices, (64, 32), cpu)?;
+    let inputs = randn(&mut rng, (64, 512))?;
+    let b_enc = randn(&mut rng, (1, 16384))?.squeeze(0)?;
+    let weights = randn(&mut rng, (64, 32))?;
     let run = || -> anyhow::Result<Vec<Tensor>> {
         let pre = pre.to_device(device)?;
         let top = sae_lib::sae::common::topk_indices(&pre, 32)?;
@@ -118,21 +126,51 @@ fn kernel_pairs(device: &Device) -> anyhow::Result<Vec<(Tensor, Tensor)>> {
         let idx = indices.to_device(device)?;
         let out = sae_lib::sae::sparse::decode_rows(v.as_tensor(), &idx, w.as_tensor(), true)?;
         let grads = out.sqr()?.sum_all()?.backward()?;
-        let grad = |var: &candle_core::Var| {
-            grads
-                .get(var.as_tensor())
-                .cloned()
-                .ok_or_else(|| anyhow::anyhow!("no gradient"))
-        };
         // A zero value's gradient is left at zero by the kernels, and not read.
         let live = v.as_tensor().ne(0f32)?.to_dtype(DType::F32)?;
         // The CPU's kernel gives each row's k in no particular order.
         let picked = pre.gather(&top, 1)?.sort_last_dim(false)?.0;
-        Ok(vec![picked, out, (grad(&v)? * live)?, grad(&w)?])
+        // The encoder: W_dec stands in for W_encᵀ, and x for the centred input.
+        let x = candle_core::Var::from_tensor(&inputs.to_device(device)?)?;
+        let b_enc = candle_core::Var::from_tensor(&b_enc.to_device(device)?)?;
+        let dense = x
+            .as_tensor()
+            .matmul(&w.as_tensor().t()?)?
+            .broadcast_add(b_enc.as_tensor())?
+            .detach();
+        let at = sae_lib::sae::sparse::gather_pre_acts(
+            x.as_tensor(),
+            w.as_tensor(),
+            b_enc.as_tensor(),
+            &idx,
+            Some(&dense),
+        )?;
+        let enc = (at.relu()? * &weights.to_device(device)?)?
+            .sum_all()?
+            .backward()?;
+        Ok(vec![
+            picked,
+            out,
+            (grad_of(&grads, &v)? * live)?,
+            grad_of(&grads, &w)?,
+            at,
+            grad_of(&enc, &x)?,
+            grad_of(&enc, &w)?,
+            grad_of(&enc, &b_enc)?,
+        ])
     };
     let tested = run()?;
     let reference = sae_lib::ops::with_stock_ops(run)?;
     Ok(reference.into_iter().zip(tested).collect())
+}
+
+/// `var`'s gradient in `grads`.
+fn grad_of(
+    grads: &candle_core::backprop::GradStore,
+    var: &candle_core::Var,
+) -> anyhow::Result<Tensor> {
+    let grad = grads.get(var.as_tensor());
+    grad.cloned().ok_or_else(|| anyhow::anyhow!("no gradient"))
 }
 
 /// Every hook point's activation and the logits for a padded batch.

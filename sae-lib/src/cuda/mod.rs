@@ -1,13 +1,16 @@
 //! sae-lib's own CUDA kernels (`--features cuda`), where stock candle ops are slow on a GPU:
-//! each row's top `k` ([`topk_indices`]; stock ops sort blocks of 1,024 columns twice over)
-//! and the sparse decoder with its backward ([`decode_rows`]; stock ops gather a
-//! `(batch, k, d_in)` copy of the decoder rows and scatter its gradient back).
+//! each row's top `k` ([`topk_indices`]; stock ops sort blocks of 1,024 columns twice over),
+//! the sparse decoder with its backward ([`decode_rows`]; stock ops gather a `(batch, k, d_in)`
+//! copy of the decoder rows and scatter its gradient back), and the sparse encoder's backward
+//! ([`gather_pre_acts`]; stock ops recompute the encoder's dense matmul and differentiate it as
+//! one, which makes a TopK step three dense matmuls instead of one).
 //!
-//! build.rs compiles `topk.cu` and `decode.cu` to PTX. Their logic is tested on the CPU
+//! build.rs compiles `topk.cu` and `rows.cu` to PTX. Their logic is tested on the CPU
 //! (`tests/it/cuda_kernels.rs` runs them through a small CUDA emulation), and the GPU check
 //! (`scripts/gpu/check.sh`) compares them with the stock path on a GPU. `SAE_STOCK_OPS=1`
 //! turns them off.
 
+use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
 };
@@ -20,14 +23,14 @@ use candle_core::{
 use crate::Result;
 
 const TOPK_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/topk.ptx"));
-const DECODE_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode.ptx"));
+const ROWS_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/rows.ptx"));
 // These three must equal the `#define`s of the same names in the kernels.
 /// Threads per top-k block (a block per row).
 const TOPK_THREADS: u32 = 256;
 /// The largest `k` the top-k kernel takes (its candidates sit in shared memory).
 pub const TOPK_MAX_K: usize = 1024;
-/// Threads per decoder block.
-const DECODE_THREADS: u32 = 256;
+/// Threads per block of the row kernels.
+const ROWS_THREADS: u32 = 256;
 
 /// A contiguous tensor's device memory, as a view of its `T` elements.
 fn cuda_view<'a, T: CudaDType>(
@@ -69,13 +72,39 @@ fn cuda_device(t: &Tensor) -> candle_core::Result<CudaDevice> {
     }
 }
 
-/// Blocks of [`DECODE_THREADS`] threads over an `(x, y)` grid.
+/// Blocks of [`ROWS_THREADS`] threads over an `(x, y)` grid.
 fn grid(x: usize, y: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (x as u32, y as u32, 1),
-        block_dim: (DECODE_THREADS, 1, 1),
+        block_dim: (ROWS_THREADS, 1, 1),
         shared_mem_bytes: 0,
     }
+}
+
+/// Blocks to cover `d` columns with [`ROWS_THREADS`] threads each.
+fn col_blocks(d: usize) -> usize {
+    d.div_ceil(ROWS_THREADS as usize)
+}
+
+/// A `CustomOp3`'s name, and the `cpu_fwd` the trait asks for, refusing: the op is CUDA's.
+macro_rules! cuda_only {
+    ($name:literal) => {
+        fn name(&self) -> &'static str {
+            $name
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            candle_core::bail!(concat!($name, " runs on CUDA tensors only"))
+        }
+    };
 }
 
 /// Indices `(rows, k)` of each row's `k` largest values of `x` `(rows, n)`, largest first
@@ -110,6 +139,74 @@ pub fn topk_indices(x: &Tensor, k: usize) -> Result<Tensor> {
     Ok(tensor(out, &dev, (rows, k)))
 }
 
+/// `out[b, :] = Σ_i c[b, i] · t[idx[b, i], :]`, `(batch, d)`, for `c` and `idx` `(batch, k)`
+/// and a table `t` of rows of `d` (`rows.cu`'s `sum_rows_f32`).
+fn sum_rows(
+    dev: &CudaDevice,
+    c: &CudaView<f32>,
+    idx: &CudaView<u32>,
+    t: &CudaView<f32>,
+    (b, k, d): (usize, usize, usize),
+) -> candle_core::Result<CudaSlice<f32>> {
+    // SAFETY: the kernel writes every element.
+    let out = unsafe { dev.alloc::<f32>(b * d)? };
+    if b > 0 && d > 0 {
+        let func = dev.get_or_load_custom_func("sum_rows_f32", "sae_lib_rows", ROWS_PTX)?;
+        let mut launch = func.builder();
+        launch.arg(c).arg(idx).arg(t).arg(&out);
+        candle_core::builder_arg!(launch, k as u32, d as u32);
+        // SAFETY: as in `topk_indices`.
+        unsafe { launch.launch(grid(b, col_blocks(d))) }.w()?;
+    }
+    Ok(out)
+}
+
+/// `out[b, i] = g[b, :] · t[idx[b, i], :]`, `(batch, k)`; with `flat_at_zero`, zero where
+/// `c[b, i]` is (`rows.cu`'s `dot_rows_f32`).
+fn dot_rows(
+    dev: &CudaDevice,
+    (g, idx, t, c): (
+        &CudaView<f32>,
+        &CudaView<u32>,
+        &CudaView<f32>,
+        &CudaView<f32>,
+    ),
+    flat_at_zero: bool,
+    (b, k, d): (usize, usize, usize),
+) -> candle_core::Result<CudaSlice<f32>> {
+    // SAFETY: the kernel writes every element.
+    let out = unsafe { dev.alloc::<f32>(b * k)? };
+    if b * k > 0 {
+        let func = dev.get_or_load_custom_func("dot_rows_f32", "sae_lib_rows", ROWS_PTX)?;
+        let mut launch = func.builder();
+        launch.arg(g).arg(idx).arg(t).arg(c).arg(&out);
+        candle_core::builder_arg!(launch, k as u32, d as u32, u32::from(flat_at_zero));
+        // SAFETY: as in `topk_indices`.
+        unsafe { launch.launch(grid(b * k, 1)) }.w()?;
+    }
+    Ok(out)
+}
+
+/// `out[j, :] = Σ over (b, i) with idx[b, i] = j of c[b, i] · g[b, :]`, `(n, d)`, for `g`
+/// `(batch, d)` (`rows.cu`'s `scatter_rows_f32`).
+fn scatter_rows(
+    dev: &CudaDevice,
+    (g, c, idx): (&CudaView<f32>, &CudaView<f32>, &CudaView<u32>),
+    n: usize,
+    (b, k, d): (usize, usize, usize),
+) -> candle_core::Result<CudaSlice<f32>> {
+    let out = dev.alloc_zeros::<f32>(n * d)?;
+    if b * k > 0 && d > 0 {
+        let func = dev.get_or_load_custom_func("scatter_rows_f32", "sae_lib_rows", ROWS_PTX)?;
+        let mut launch = func.builder();
+        launch.arg(g).arg(c).arg(idx).arg(&out);
+        candle_core::builder_arg!(launch, k as u32, d as u32);
+        // SAFETY: as in `topk_indices`.
+        unsafe { launch.launch(grid(b * k, col_blocks(d))) }.w()?;
+    }
+    Ok(out)
+}
+
 /// `Σ_i values[b, i] · W_dec[indices[b, i], :]`, `(batch, d_in)`, differentiable in `values`
 /// and `W_dec`: the CUDA counterpart of the CPU's sparse decoder (same `flat_at_zero`).
 pub fn decode_rows(
@@ -129,21 +226,7 @@ struct Decode {
 }
 
 impl CustomOp3 for Decode {
-    fn name(&self) -> &'static str {
-        "cuda-sparse-decode"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        candle_core::bail!("cuda-sparse-decode runs on CUDA tensors only")
-    }
+    cuda_only!("cuda-sparse-decode");
 
     fn cuda_fwd(
         &self,
@@ -156,24 +239,11 @@ impl CustomOp3 for Decode {
     ) -> candle_core::Result<(CudaStorage, Shape)> {
         let (b, k) = l1.shape().dims2()?;
         let (_, d) = l2.shape().dims2()?;
-        let dev = &s1.device;
         let (v, w) = (cuda_view::<f32>(s1, l1)?, cuda_view::<f32>(s2, l2)?);
         let idx = cuda_view::<u32>(s3, l3)?;
-        // SAFETY: the kernel writes every element.
-        let out = unsafe { dev.alloc::<f32>(b * d)? };
-        if b > 0 && d > 0 {
-            let func =
-                dev.get_or_load_custom_func("decode_rows_f32", "sae_lib_decode", DECODE_PTX)?;
-            let mut launch = func.builder();
-            launch.arg(&v).arg(&idx).arg(&w).arg(&out);
-            candle_core::builder_arg!(launch, k as u32, d as u32);
-            // SAFETY: as in `topk_indices`.
-            unsafe { launch.launch(grid(b, d.div_ceil(DECODE_THREADS as usize))) }.w()?;
-        }
-        Ok((
-            CudaStorage::wrap_cuda_slice(out, dev.clone()),
-            Shape::from((b, d)),
-        ))
+        let out = sum_rows(&s1.device, &v, &idx, &w, (b, k, d))?;
+        let out = CudaStorage::wrap_cuda_slice(out, s1.device.clone());
+        Ok((out, Shape::from((b, d))))
     }
 
     fn bwd(
@@ -194,40 +264,96 @@ impl CustomOp3 for Decode {
         let (si, li) = indices.storage_and_layout();
         let (g, v) = (view::<f32>(&sg, lg)?, view::<f32>(&sv, lv)?);
         let (w, idx) = (view::<f32>(&sw, lw)?, view::<u32>(&si, li)?);
-        let (k32, d32) = (k as u32, d as u32);
-        // SAFETY: the kernel writes every element.
-        let grad_v = unsafe { dev.alloc::<f32>(b * k)? };
-        if b * k > 0 {
-            let func = dev.get_or_load_custom_func(
-                "decode_grad_values_f32",
-                "sae_lib_decode",
-                DECODE_PTX,
-            )?;
-            let mut launch = func.builder();
-            launch.arg(&g).arg(&idx).arg(&w).arg(&v).arg(&grad_v);
-            candle_core::builder_arg!(launch, k32, d32, u32::from(self.flat_at_zero));
-            // SAFETY: as in `topk_indices`.
-            unsafe { launch.launch(grid(b * k, 1)) }.w()?;
-        }
+        let grad_v = dot_rows(&dev, (&g, &idx, &w, &v), self.flat_at_zero, (b, k, d))?;
         // Unless W_dec is a frozen copy (Gated's gate reconstruction).
-        let grad_w = if w_dec.track_op() {
-            let gw = dev.alloc_zeros::<f32>(d_sae * d)?;
-            if b * k > 0 && d > 0 {
-                let func = dev.get_or_load_custom_func(
-                    "decode_grad_weights_f32",
-                    "sae_lib_decode",
-                    DECODE_PTX,
-                )?;
-                let mut launch = func.builder();
-                launch.arg(&g).arg(&v).arg(&idx).arg(&gw);
-                candle_core::builder_arg!(launch, k32, d32);
-                // SAFETY: as in `topk_indices`.
-                unsafe { launch.launch(grid(b * k, d.div_ceil(DECODE_THREADS as usize))) }.w()?;
-            }
-            Some(tensor(gw, &dev, (d_sae, d)))
-        } else {
-            None
-        };
+        let grad_w = w_dec
+            .track_op()
+            .then(|| scatter_rows(&dev, (&g, &v, &idx), d_sae, (b, k, d)))
+            .transpose()?
+            .map(|gw| tensor(gw, &dev, (d_sae, d)));
         Ok((Some(tensor(grad_v, &dev, (b, k))), grad_w, None))
+    }
+}
+
+/// `pre` `(batch, d_sae)`, TopK's dense pre-activations `xc · W_enc + b_enc`, at `indices`
+/// `(batch, k)`, differentiable in `xc` `(batch, d_in)`, `W_encᵀ` `(d_sae, d_in)` and `b_enc`
+/// `(d_sae,)` with a sparse backward: the CUDA counterpart of the CPU's gather
+/// (`sae::sparse::gather_pre_acts`). Stock ops would recompute the dense matmul, and
+/// differentiate it as one, scattering the gradient into a `(batch, d_sae)` matrix first.
+pub fn gather_pre_acts(
+    xc: &Tensor,
+    w_enc_t: &Tensor,
+    b_enc: &Tensor,
+    indices: &Tensor,
+    pre: &Tensor,
+) -> Result<Tensor> {
+    let indices = indices.to_dtype(DType::U32)?.contiguous()?;
+    let known = pre.detach().contiguous()?.gather(&indices, 1)?;
+    let op = GatherPreActs { indices, known };
+    Ok(xc
+        .contiguous()?
+        .apply_op3(&w_enc_t.contiguous()?, &b_enc.contiguous()?, op)?)
+}
+
+struct GatherPreActs {
+    /// `(batch, k)`, u32.
+    indices: Tensor,
+    /// The values, gathered from the dense pre-activations: the forward only hands them on.
+    known: Tensor,
+}
+
+impl CustomOp3 for GatherPreActs {
+    cuda_only!("cuda-gather-pre-acts");
+
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        // `known` is the gather's own (batch, k) buffer, so the clone copies just that.
+        let (storage, layout) = self.known.storage_and_layout();
+        match &*storage {
+            Storage::Cuda(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+            _ => candle_core::bail!("cuda-gather-pre-acts: the pre-activations are not on CUDA"),
+        }
+    }
+
+    fn bwd(
+        &self,
+        xc: &Tensor,
+        w_enc_t: &Tensor,
+        b_enc: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, k) = self.indices.dims2()?;
+        let (d_sae, d) = w_enc_t.dims2()?;
+        let dev = cuda_device(xc)?;
+        let grad = grad.contiguous()?;
+        let (sg, lg) = grad.storage_and_layout();
+        let (sx, lx) = xc.storage_and_layout();
+        let (sw, lw) = w_enc_t.storage_and_layout();
+        let (si, li) = self.indices.storage_and_layout();
+        let (g, x) = (view::<f32>(&sg, lg)?, view::<f32>(&sx, lx)?);
+        let (w, idx) = (view::<f32>(&sw, lw)?, view::<u32>(&si, li)?);
+        // d xc[b, :] = Σ_i g[b, i] · W_encᵀ[idx[b, i], :], when xc has a gradient to take
+        // (the data itself has none).
+        let grad_x = xc
+            .track_op()
+            .then(|| sum_rows(&dev, &g, &idx, &w, (b, k, d)))
+            .transpose()?
+            .map(|gx| tensor(gx, &dev, (b, d)));
+        // d W_encᵀ[j, :] = Σ over (b, i) with idx[b, i] = j of g[b, i] · xc[b, :]
+        let grad_w = scatter_rows(&dev, (&x, &g, &idx), d_sae, (b, k, d))?;
+        // d b_enc[j] = Σ over (b, i) with idx[b, i] = j of g[b, i]
+        let grad_b =
+            b_enc
+                .zeros_like()?
+                .index_add(&self.indices.flatten_all()?, &grad.flatten_all()?, 0)?;
+        Ok((grad_x, Some(tensor(grad_w, &dev, (d_sae, d))), Some(grad_b)))
     }
 }

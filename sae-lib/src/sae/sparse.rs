@@ -279,9 +279,10 @@ pub fn decode_rows(
 
 /// The pre-activations `(xc · W_enc + b_enc)` at `indices` `(batch, k)`, where `xc` is the
 /// centred input `x − b_dec` and `w_enc_t` is `W_encᵀ` `(d_sae, d_in)`. Differentiable in all
-/// three; on the CPU in f32 the gradient is computed sparsely, elsewhere through stock ops (a
-/// dense matmul and a gather). `pre`, the same pre-activations already computed densely
-/// `(batch, d_sae)`, saves recomputing the selected ones.
+/// three; on the CPU in f32, and on CUDA in f32 when `pre` is given, the gradient is computed
+/// sparsely, elsewhere through stock ops (a dense matmul and a gather). `pre`, the same
+/// pre-activations already computed densely `(batch, d_sae)`, saves recomputing the selected
+/// ones.
 pub fn gather_pre_acts(
     xc: &Tensor,
     w_enc_t: &Tensor,
@@ -290,6 +291,10 @@ pub fn gather_pre_acts(
     pre: Option<&Tensor>,
 ) -> Result<Tensor> {
     let (b, k) = indices.dims2()?;
+    #[cfg(feature = "cuda")]
+    if let Some(pre) = pre.filter(|pre| crate::ops::cuda_f32(&[xc, w_enc_t, b_enc, pre])) {
+        return crate::cuda::gather_pre_acts(xc, w_enc_t, b_enc, indices, pre);
+    }
     if !crate::ops::host_f32(&[xc, w_enc_t, b_enc]) {
         let pre = xc.matmul(&w_enc_t.t()?)?.broadcast_add(b_enc)?;
         return Ok(pre.gather(&indices.contiguous()?, 1)?);

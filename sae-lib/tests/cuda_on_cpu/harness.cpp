@@ -1,9 +1,9 @@
 // sae-lib's CUDA kernels, run on the CPU through cuda_on_cpu.h, against plain C++ references
-// (a full sort for top-k, loops for the decoder), launched as src/cuda/mod.rs launches them.
+// (a full sort for top-k, loops for the row sums), launched as src/cuda/mod.rs launches them.
 // Prints each failure and exits non-zero on any.
 #include "cuda_on_cpu.h"
 
-#include "decode.cu"
+#include "rows.cu"
 #include "topk.cu"
 
 #include <algorithm>
@@ -61,7 +61,7 @@ static void check_topk(unsigned rows, unsigned n, unsigned k, int kind, std::mt1
 
 static bool close(float a, float b) { return std::fabs(a - b) <= 1e-4f * (1.0f + std::fabs(b)); }
 
-static void check_decode(unsigned batch, unsigned k, unsigned d_sae, unsigned d, bool flat,
+static void check_rows(unsigned batch, unsigned k, unsigned d_sae, unsigned d, bool flat,
                          std::mt19937 &rng) {
     std::normal_distribution<float> normal;
     std::vector<float> v(size_t(batch) * k), w(size_t(d_sae) * d), g(size_t(batch) * d);
@@ -70,14 +70,14 @@ static void check_decode(unsigned batch, unsigned k, unsigned d_sae, unsigned d,
     for (auto &e : idx) e = rng() % d_sae;  // repeats: many inputs share a feature
     for (auto &e : w) e = normal(rng);
     for (auto &e : g) e = normal(rng);
-    const unsigned col_blocks = (d + DECODE_THREADS - 1) / DECODE_THREADS;
+    const unsigned col_blocks = (d + ROWS_THREADS - 1) / ROWS_THREADS;
 
     std::vector<float> out(size_t(batch) * d, NAN), gv(v.size(), NAN), gw(w.size(), 0.0f);
-    launch(decode_rows_f32, {batch, col_blocks}, {DECODE_THREADS}, v.data(), idx.data(),
+    launch(sum_rows_f32, {batch, col_blocks}, {ROWS_THREADS}, v.data(), idx.data(),
            w.data(), out.data(), k, d);
-    launch(decode_grad_values_f32, {batch * k}, {DECODE_THREADS}, g.data(), idx.data(), w.data(),
+    launch(dot_rows_f32, {batch * k}, {ROWS_THREADS}, g.data(), idx.data(), w.data(),
            v.data(), gv.data(), k, d, unsigned(flat));
-    launch(decode_grad_weights_f32, {batch * k, col_blocks}, {DECODE_THREADS}, g.data(), v.data(),
+    launch(scatter_rows_f32, {batch * k, col_blocks}, {ROWS_THREADS}, g.data(), v.data(),
            idx.data(), gw.data(), k, d);
 
     std::vector<float> want_gw(w.size(), 0.0f);
@@ -86,7 +86,7 @@ static void check_decode(unsigned batch, unsigned k, unsigned d_sae, unsigned d,
             float acc = 0.0f;
             for (unsigned i = 0; i < k; ++i)
                 acc += v[b * k + i] * w[size_t(idx[b * k + i]) * d + c];
-            CHECK(close(out[size_t(b) * d + c], acc), "decode b=%u c=%u: %g vs %g", b, c,
+            CHECK(close(out[size_t(b) * d + c], acc), "sum_rows b=%u c=%u: %g vs %g", b, c,
                   out[size_t(b) * d + c], acc);
         }
         for (unsigned i = 0; i < k; ++i) {
@@ -97,11 +97,11 @@ static void check_decode(unsigned batch, unsigned k, unsigned d_sae, unsigned d,
                 want_gw[size_t(idx[p]) * d + c] += v[p] * g[size_t(b) * d + c];
             }
             const float want = flat && v[p] == 0.0f ? 0.0f : dot;
-            CHECK(close(gv[p], want), "grad values p=%u: %g vs %g", p, gv[p], want);
+            CHECK(close(gv[p], want), "dot_rows p=%u: %g vs %g", p, gv[p], want);
         }
     }
     for (size_t e = 0; e < gw.size(); ++e)
-        CHECK(close(gw[e], want_gw[e]), "grad W_dec element %zu: %g vs %g", e, gw[e], want_gw[e]);
+        CHECK(close(gw[e], want_gw[e]), "scatter_rows element %zu: %g vs %g", e, gw[e], want_gw[e]);
 }
 
 int main() {
@@ -113,8 +113,8 @@ int main() {
     for (auto [n, k] : shapes)
         for (int kind = 0; kind < 4; ++kind) check_topk(2, n, k, kind, rng);
     for (bool flat : {false, true}) {
-        check_decode(5, 4, 9, 300, flat, rng);
-        check_decode(3, 32, 64, 512, flat, rng);
+        check_rows(5, 4, 9, 300, flat, rng);
+        check_rows(3, 32, 64, 512, flat, rng);
     }
     std::printf("%s (%d failures)\n", failures ? "FAILED" : "ok", failures);
     return failures ? 1 : 0;
