@@ -95,6 +95,14 @@ pub fn save_safetensors(
     write_bytes(path, &bytes)
 }
 
+/// The process's peak resident memory (`VmHWM`), where the system reports it (Linux).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,12 +129,4 @@ mod tests {
             .to_string();
         assert!(msg.contains("cannot create output folder"), "{msg}");
     }
-}
-
-/// The process's peak resident memory (`VmHWM`), where the system reports it (Linux).
-pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }

@@ -145,6 +145,9 @@ pub fn contexts_html(feature: usize, contexts: &[TopContext], window: usize) -> 
     html
 }
 
+/// Tokens with their logit-lens scores, highest first.
+pub type TokenScores = Vec<(String, f32)>;
+
 /// The decoder logit lens: the tokens feature `feature`'s decoder direction most promotes and
 /// most suppresses through the unembedding `(vocab, d_model)`, as `(token, score)` pairs.
 pub fn logit_lens(
@@ -153,7 +156,7 @@ pub fn logit_lens(
     tokenizer: &Tokenizer,
     feature: usize,
     k: usize,
-) -> Result<(Vec<(String, f32)>, Vec<(String, f32)>)> {
+) -> Result<(TokenScores, TokenScores)> {
     let w = sae
         .params()
         .w_dec

@@ -96,13 +96,16 @@ impl Config {
 
     /// Rejects values this implementation does not support, saying which.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        if !(self.rotary_pct > 0.0 && self.rotary_pct <= 1.0) || self.rotary_dim() % 2 != 0 {
+        let rotary_ok = self.rotary_pct > 0.0 && self.rotary_pct <= 1.0;
+        if !(rotary_ok && self.rotary_dim().is_multiple_of(2)) {
             return Err(format!(
                 "rotary_pct {} must be in (0, 1] and give an even number of rotary channels \
                  (head_dim {})",

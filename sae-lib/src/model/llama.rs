@@ -83,13 +83,13 @@ impl Config {
                 "num_attention_heads {heads} must be a positive multiple of num_key_value_heads {kv}"
             ));
         }
-        if self.head_dim.is_none() && self.hidden_size % heads != 0 {
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(heads) {
             return Err(format!(
                 "hidden_size {} is not divisible by num_attention_heads {heads}",
                 self.hidden_size
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(format!("head_dim {} must be even", self.head_dim()));
         }
         if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {

@@ -12,6 +12,10 @@ use crate::{Error, Result};
 pub trait ActivationSource {
     /// Number of rows.
     fn len(&self) -> usize;
+    /// Whether there are no rows.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Width of a row.
     fn d(&self) -> usize;
     /// Rows `rows` as an f32 tensor `(rows.len(), d)` on `device`.
@@ -81,7 +85,7 @@ pub struct StoreBatches<'a> {
 
 impl<'a> StoreBatches<'a> {
     pub fn new(data: &'a dyn ActivationSource, batch_size: usize, seed: u64) -> Result<Self> {
-        if data.len() == 0 {
+        if data.is_empty() {
             return Err(Error::Training("no activations to train on".into()));
         }
         Ok(Self {

@@ -555,7 +555,7 @@ impl<'a> Trainer<'a> {
     pub fn checkpoint_due(&self) -> bool {
         self.cfg
             .checkpoint_every
-            .is_some_and(|every| self.step % every == 0 && self.step < self.cfg.steps)
+            .is_some_and(|every| self.step.is_multiple_of(every) && self.step < self.cfg.steps)
     }
 
     /// Whether every planned step has been taken.
@@ -631,11 +631,12 @@ impl<'a> Trainer<'a> {
         self.step += 1;
 
         if let Some(every) = self.cfg.resample_dead_every {
-            if self.step % every == 0 && self.step < total {
+            if self.step.is_multiple_of(every) && self.step < total {
                 self.resample_dead(&x, &out.sae_out.to_dtype(DType::F32)?)?;
             }
         }
-        let logged = self.step % self.cfg.log_every.max(1) == 0 || self.step == total || step == 0;
+        let logged =
+            self.step.is_multiple_of(self.cfg.log_every.max(1)) || self.step == total || step == 0;
         if !logged {
             return Ok(None);
         }

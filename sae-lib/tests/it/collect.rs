@@ -173,7 +173,8 @@ fn middle_token_rows_equal_a_direct_forward() {
     for (row, &i) in got.doc_indices.iter().enumerate() {
         let ids = tok.encode(DOCS[i], Some(64)).unwrap();
         let batch =
-            TokenBatch::from_sequences(&[ids.clone()], Padding::Right, 0, &Device::Cpu).unwrap();
+            TokenBatch::from_sequences(std::slice::from_ref(&ids), Padding::Right, 0, &Device::Cpu)
+                .unwrap();
         let mut hooks = Hooks::new().capture(hook);
         model.forward(&batch, &mut hooks).unwrap();
         let direct = hooks.get(hook).unwrap().i((0, ids.len() / 2)).unwrap();

@@ -238,7 +238,9 @@ fn sequences_alone_equal_sequences_in_a_padded_batch() {
         let (_, batched) = run_all_hooks(&model, &batch);
         let t = batch.dims().1;
         for (i, s) in seqs.iter().enumerate() {
-            let alone = TokenBatch::from_sequences(&[s.clone()], padding, 0, &Device::Cpu).unwrap();
+            let alone =
+                TokenBatch::from_sequences(std::slice::from_ref(s), padding, 0, &Device::Cpu)
+                    .unwrap();
             let (_, single) = run_all_hooks(&model, &alone);
             let start = if padding == Padding::Left {
                 t - s.len()

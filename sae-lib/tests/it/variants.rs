@@ -195,7 +195,7 @@ fn jumprelu_pseudo_derivatives_follow_their_formulas() {
             d_theta[i]
         );
     }
-    assert!(grads.get(pre.as_tensor()).map_or(true, |g| g
+    assert!(grads.get(pre.as_tensor()).is_none_or(|g| g
         .abs()
         .unwrap()
         .sum_all()
