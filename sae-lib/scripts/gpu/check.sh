@@ -19,8 +19,9 @@
 # torch.autocast there), and TopK k 32 at 16,384 features, with and without sae-lib's kernels,
 # against sparsify's SparseCoder with its Triton decoder (train_sparsify.py); 4. one table of
 # ratios (ratios.py). Python rows need torch (and transformers for step 2, sparsify for its
-# row) in python3; without them they are skipped with a message. A failed step is reported at
-# the end (exit 1) after the others have run.
+# row) in python3; without them they are skipped with a message. A failed step, or one that
+# runs past $SAE_STEP_TIMEOUT seconds (default 180), is reported at the end (exit 1) after the
+# others have run.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../../.." && pwd)
 cd "$root"
@@ -75,10 +76,11 @@ else
 fi
 export SAE_DEVICE=$device DEVICE=$device RAYON_NUM_THREADS=$threads
 
-# A failed step is reported and the rest still run: GPU time comes in minutes.
+# A failed or hung step is reported and the rest still run: GPU time comes in minutes.
 failed=()
+limit=${SAE_STEP_TIMEOUT:-180}
 echo "== 1. parity on $device"
-"$bin/device_parity" "$device" || failed+=("parity")
+timeout "$limit" "$bin/device_parity" "$device" || failed+=("parity")
 
 have() { python3 -c "import $1" 2>/dev/null; }
 if ! have sparsify && [ -d "$bin/wheels" ]; then
@@ -89,7 +91,7 @@ fi
 have_sparsify() { python3 -c "import importlib.util as u; assert u.find_spec('sparsify')" 2>/dev/null; }
 lines=$(mktemp)
 row() {  # runs one benchmark, keeping its JSON line
-    "$@" | tee -a "$lines" || failed+=("$*")
+    timeout "$limit" "$@" | tee -a "$lines" || failed+=("$*")
 }
 echo "== 2. forward to blocks.5.hook_mlp_out, batch $batch x 128"
 row "$bin/bench_forward" "$batch"
