@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: [&str; 2] = ["topk", "rows"];
+const KERNELS: [&str; 3] = ["topk", "rows", "adam"];
 
 fn main() {
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");

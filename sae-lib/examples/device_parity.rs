@@ -70,6 +70,8 @@ fn main() -> anyhow::Result<()> {
         "encoder's input gradient",
         "encoder's W_enc gradient",
         "encoder's b_enc gradient",
+        "Adam, 3 clipped steps: the variable's change",
+        "Adam, 3 clipped steps: its second moment",
     ];
     for (name, (a, b)) in names.iter().zip(kernel_pairs(&device)?) {
         report(
@@ -100,8 +102,8 @@ fn on_both(
 /// On `device`, sae-lib's kernels (CUDA's, or the CPU's) against stock ops: the values top-k
 /// picks from `(256, 16384)` pre-activations at k 32; the sparse decoder's output and
 /// gradients for a `(64, 32)` selection from a `(16384, 512)` decoder, a quarter of the values
-/// zero (flat there); and the sparse encoder's output and gradients for the same selection
-/// from a `(16384, 512)` `W_encᵀ`.
+/// zero (flat there); the sparse encoder's output and gradients for the same selection from a
+/// `(16384, 512)` `W_encᵀ`; and three clipped Adam steps on that matrix.
 fn kernel_pairs(device: &Device) -> anyhow::Result<Vec<(Tensor, Tensor)>> {
     // Seeded, as the TopK check's data, so a failure on a GPU can be rerun as it was.
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
@@ -148,6 +150,15 @@ fn kernel_pairs(device: &Device) -> anyhow::Result<Vec<(Tensor, Tensor)>> {
         let enc = (at.relu()? * &weights.to_device(device)?)?
             .sum_all()?
             .backward()?;
+        // Adam, the gradient's norm over the clip at every step.
+        let opt_var = candle_core::Var::from_tensor(&w_dec.to_device(device)?)?;
+        let params = sae_lib::train::optim::AdamParams::default();
+        let mut opt = sae_lib::train::optim::Adam::new(vec![("w", opt_var.clone())], params)?;
+        for step in 1..=3 {
+            let loss = (opt_var.as_tensor().sqr()?.sum_all()? * step as f64)?;
+            opt.step_clipped(&loss.backward()?, Some(1.0))?;
+        }
+        let second_moment = opt.state()?["adam.w.v"].clone();
         Ok(vec![
             picked,
             out,
@@ -157,6 +168,8 @@ fn kernel_pairs(device: &Device) -> anyhow::Result<Vec<(Tensor, Tensor)>> {
             grad_of(&enc, &x)?,
             grad_of(&enc, &w)?,
             grad_of(&enc, &b_enc)?,
+            (opt_var.as_tensor() - w_dec.to_device(device)?)?,
+            second_moment,
         ])
     };
     let tested = run()?;

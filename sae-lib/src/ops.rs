@@ -2,8 +2,8 @@
 //! contiguous f32 host memory (top-k selection, the sparse encoder and decoder, the bias op,
 //! fused Adam, GELU, decoder renormalisation), or stock candle ops, which run on every device.
 //!
-//! A GPU takes the stock path, except for top-k selection and the sparse encoder and decoder,
-//! which have CUDA kernels of their own (`src/cuda`; their logic is tested on the CPU by
+//! A GPU takes the stock path, except for top-k selection, the sparse encoder and decoder, and
+//! Adam, which have CUDA kernels of their own (`src/cuda`; their logic is tested on the CPU by
 //! `tests/it/cuda_kernels.rs`). So that `cargo test` covers the code a GPU runs, the CPU can be
 //! told to take the stock path too: [`StockOps::on`] or [`with_stock_ops`] on the current
 //! thread, or `SAE_STOCK_OPS=1` in the environment for a whole process (`sae train`, the GPU

@@ -137,31 +137,34 @@ impl Adam {
 
     /// One update with the current `params.lr`, the gradients first scaled so their global
     /// L2 norm is at most `max_norm` (as `torch.nn.utils.clip_grad_norm_`). Returns the norm
-    /// before clipping.
-    pub fn step_clipped(&mut self, grads: &GradStore, max_norm: Option<f64>) -> Result<f64> {
+    /// before clipping, as a 0-d f64 tensor: on a GPU the clipping scale is computed there and
+    /// nothing waits for it, unless the caller reads the norm.
+    pub fn step_clipped(&mut self, grads: &GradStore, max_norm: Option<f64>) -> Result<Tensor> {
         let fused = |g: &Tensor, m: &Moments| host_f32(g) && matches!(m, Moments::Host { .. });
-        let mut total = 0f64;
+        // Squares summed on the host for the fused CPU path, and as a tensor for the rest.
+        let (mut host_sq, mut device_sq) = (0f64, None::<Tensor>);
         for ((_, var), m) in self.vars.iter().zip(&self.moments) {
-            if let Some(g) = grads.get(var.as_tensor()) {
-                total += if fused(g, m) {
-                    with_host(g, "a gradient", |g| {
-                        use rayon::prelude::*;
-                        Ok(g.par_chunks(1 << 16)
-                            .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
-                            .sum::<f64>())
-                    })?
-                } else {
-                    g.sqr()?
-                        .sum_all()?
-                        .to_dtype(DType::F64)?
-                        .to_scalar::<f64>()?
-                };
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            if fused(g, m) {
+                host_sq += with_host(g, "a gradient", |g| {
+                    use rayon::prelude::*;
+                    Ok(g.par_chunks(1 << 16)
+                        .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+                        .sum::<f64>())
+                })?;
+            } else {
+                let sq = g.sqr()?.sum_all()?.to_dtype(DType::F64)?;
+                device_sq = Some(match device_sq {
+                    Some(total) => (total + sq)?,
+                    None => sq,
+                });
             }
         }
-        let norm = total.sqrt();
-        let scale = match max_norm {
-            Some(max) if norm > max => max / (norm + 1e-6),
-            _ => 1.0,
+        let scale = match device_sq {
+            None => ClipScale::host(host_sq.sqrt(), max_norm)?,
+            Some(sq) => ClipScale::device((sq + host_sq)?.sqrt()?, max_norm)?,
         };
         self.steps += 1;
         let p = self.params;
@@ -176,6 +179,7 @@ impl Adam {
                 lr: p.lr * lr_scale,
                 ..p
             };
+            let consts = AdamConsts::new(&p, bc1, bc2);
             match moments {
                 Moments::Host { m, v } if host_f32(g) => {
                     with_host(g, "a gradient", |g| {
@@ -183,17 +187,23 @@ impl Adam {
                             g,
                             m: std::sync::Mutex::new(m),
                             v: std::sync::Mutex::new(v),
-                            scale: scale as f32,
-                            params: p,
-                            bc1,
-                            bc2,
+                            scale: scale.on_host()?,
+                            consts,
                         })
                     })?;
+                }
+                #[cfg(feature = "cuda")]
+                Moments::Device { m, v }
+                    if crate::ops::cuda_f32(&[var.as_tensor(), g, m, v])
+                        && [var.as_tensor(), m, v].iter().all(|t| t.is_contiguous()) =>
+                {
+                    let s = scale.on(g)?;
+                    (*m, *v) = crate::cuda::adam_update(var.as_tensor(), g, &s, (m, v), &consts)?;
                 }
                 _ => {
                     // Gradients carry the autograd graph of the step; detached moments do not
                     // keep every past step's graph alive.
-                    let g = (g.detach() * scale)?;
+                    let g = g.detach().broadcast_mul(&scale.on(g)?)?;
                     let (m, v) = moments.tensors(var.as_tensor())?;
                     let m = ((m * p.beta1)? + (&g * (1.0 - p.beta1))?)?;
                     let v = ((v * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
@@ -204,7 +214,7 @@ impl Adam {
                 }
             }
         }
-        Ok(norm)
+        Ok(scale.norm)
     }
 
     /// Zeroes the moments of rows `rows` of `var` along `dim` (after a dead feature is
@@ -263,14 +273,99 @@ impl Adam {
 /// parameter, its gradient (times the clip `scale`) and its moments: the same arithmetic as
 /// the stock-op path, without its dozen temporary tensors (which cost a TopK step more than
 /// its encoder matmul at d_sae 4096).
+/// The gradient norm before clipping and the factor that clips it: computed on the host, or
+/// where the gradients live, so that a GPU is not waited for.
+struct ClipScale {
+    /// 0-d f64.
+    norm: Tensor,
+    /// `max / (norm + 1e-6)` above `max`, else 1.
+    scale: Factor,
+}
+
+/// A clipping factor, where it was computed.
+enum Factor {
+    Host(f32),
+    /// 0-d f32.
+    Device(Tensor),
+}
+
+impl ClipScale {
+    fn host(norm: f64, max_norm: Option<f64>) -> Result<Self> {
+        let scale = match max_norm {
+            Some(max) if norm > max => max / (norm + 1e-6),
+            _ => 1.0,
+        };
+        Ok(Self {
+            norm: Tensor::new(norm, &candle_core::Device::Cpu)?,
+            scale: Factor::Host(scale as f32),
+        })
+    }
+
+    fn device(norm: Tensor, max_norm: Option<f64>) -> Result<Self> {
+        let one = norm.ones_like()?;
+        let scale = match max_norm {
+            Some(max) => {
+                let clipped = ((norm.affine(1.0, 1e-6)?.recip()?) * max)?;
+                norm.gt(max)?.where_cond(&clipped, &one)?
+            }
+            None => one,
+        };
+        let scale = Factor::Device(scale.to_dtype(DType::F32)?);
+        Ok(Self { norm, scale })
+    }
+
+    /// The scale as an f32 (reading it from the device, where it is there).
+    fn on_host(&self) -> candle_core::Result<f32> {
+        match &self.scale {
+            Factor::Host(s) => Ok(*s),
+            Factor::Device(t) => t.to_scalar::<f32>(),
+        }
+    }
+
+    /// The scale as a 0-d tensor in `like`'s dtype on its device.
+    fn on(&self, like: &Tensor) -> Result<Tensor> {
+        let t = match &self.scale {
+            Factor::Host(s) => Tensor::new(*s, like.device())?,
+            Factor::Device(t) => t.to_device(like.device())?,
+        };
+        Ok(t.to_dtype(like.dtype())?)
+    }
+}
+
+/// Adam's constants for one step, in f32, as both fused updates (the CPU's, and CUDA's in
+/// `src/cuda/adam.cu`) use them.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamConsts {
+    /// β1 and 1 − β1.
+    pub beta1: (f32, f32),
+    /// β2 and 1 − β2.
+    pub beta2: (f32, f32),
+    /// lr / (1 − β1ᵗ).
+    pub step: f32,
+    /// 1 / (1 − β2ᵗ).
+    pub inv_bc2: f32,
+    pub eps: f32,
+}
+
+impl AdamConsts {
+    /// From the hyperparameters and the bias corrections `1 − βᵢᵗ`.
+    pub fn new(p: &AdamParams, bc1: f64, bc2: f64) -> Self {
+        Self {
+            beta1: (p.beta1 as f32, (1.0 - p.beta1) as f32),
+            beta2: (p.beta2 as f32, (1.0 - p.beta2) as f32),
+            step: (p.lr / bc1) as f32,
+            inv_bc2: (1.0 / bc2) as f32,
+            eps: p.eps as f32,
+        }
+    }
+}
+
 struct FusedAdam<'a> {
     g: &'a [f32],
     m: std::sync::Mutex<&'a mut Vec<f32>>,
     v: std::sync::Mutex<&'a mut Vec<f32>>,
     scale: f32,
-    params: AdamParams,
-    bc1: f64,
-    bc2: f64,
+    consts: AdamConsts,
 }
 
 impl candle_core::InplaceOp1 for FusedAdam<'_> {
@@ -295,14 +390,13 @@ impl candle_core::InplaceOp1 for FusedAdam<'_> {
             candle_core::bail!("fused-adam: parameter, gradient and moments differ in size")
         }
         // The same f32 constants as the stock-op path's scalar ops.
-        let pr = &self.params;
-        let (b1, c1) = (pr.beta1 as f32, (1.0 - pr.beta1) as f32);
-        let (b2, c2) = (pr.beta2 as f32, (1.0 - pr.beta2) as f32);
-        let (step, inv_bc2, eps) = (
-            (pr.lr / self.bc1) as f32,
-            (1.0 / self.bc2) as f32,
-            pr.eps as f32,
-        );
+        let AdamConsts {
+            beta1: (b1, c1),
+            beta2: (b2, c2),
+            step,
+            inv_bc2,
+            eps,
+        } = self.consts;
         let scale = self.scale;
         const CHUNK: usize = 1 << 14;
         p.par_chunks_mut(CHUNK)
@@ -340,6 +434,7 @@ mod tests {
             let loss = x.as_tensor().sqr().unwrap().sum_all().unwrap();
             let grads = loss.backward().unwrap();
             let norm = opt.step_clipped(&grads, Some(1.0)).unwrap();
+            let norm = norm.to_scalar::<f64>().unwrap();
             assert!(norm.is_finite());
         }
         let v = x.as_tensor().to_vec1::<f32>().unwrap();
@@ -387,6 +482,8 @@ mod tests {
                 let loss = (x.as_tensor().sqr().unwrap().sum_all().unwrap() * c).unwrap();
                 let norm = opt
                     .step_clipped(&loss.backward().unwrap(), Some(max))
+                    .unwrap()
+                    .to_scalar::<f64>()
                     .unwrap();
                 assert!((norm - want_norms[step]).abs() < 1e-4 * want_norms[step]);
             }
@@ -448,7 +545,8 @@ mod tests {
                 let loss =
                     (x.as_tensor().sqr().unwrap().sum_all().unwrap() * (step + 1) as f64).unwrap();
                 let grads = loss.backward().unwrap();
-                norms.push(opt.step_clipped(&grads, Some(50.0)).unwrap());
+                let norm = opt.step_clipped(&grads, Some(50.0)).unwrap();
+                norms.push(norm.to_scalar::<f64>().unwrap());
             }
             let state = opt.state().unwrap();
             (

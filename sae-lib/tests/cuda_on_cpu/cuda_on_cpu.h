@@ -8,6 +8,7 @@
 #pragma once
 #include <atomic>
 #include <barrier>
+#include <math.h>  // sqrtf and the rest of the device math library
 #include <cstdint>
 #include <cstring>
 #include <thread>

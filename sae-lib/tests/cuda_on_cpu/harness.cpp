@@ -1,8 +1,9 @@
 // sae-lib's CUDA kernels, run on the CPU through cuda_on_cpu.h, against plain C++ references
-// (a full sort for top-k, loops for the row sums), launched as src/cuda/mod.rs launches them.
+// (a full sort for top-k, loops for the row sums and Adam), launched as src/cuda/mod.rs launches them.
 // Prints each failure and exits non-zero on any.
 #include "cuda_on_cpu.h"
 
+#include "adam.cu"
 #include "rows.cu"
 #include "topk.cu"
 
@@ -104,6 +105,36 @@ static void check_rows(unsigned batch, unsigned k, unsigned d_sae, unsigned d, b
         CHECK(close(gw[e], want_gw[e]), "scatter_rows element %zu: %g vs %g", e, gw[e], want_gw[e]);
 }
 
+// One Adam update of n elements, launched as src/cuda/mod.rs does (blocks of 256 over n) and
+// with a grid too small for n (the kernels stride over the rest), against the formula.
+static void check_adam(unsigned n, dim3 grid, std::mt19937 &rng) {
+    std::normal_distribution<float> normal;
+    std::vector<float> p(n), g(n), m(n), v(n);
+    for (unsigned i = 0; i < n; ++i) {
+        p[i] = normal(rng);
+        g[i] = normal(rng);
+        m[i] = 0.1f * normal(rng);
+        v[i] = std::fabs(0.01f * normal(rng));
+    }
+    const float scale = 0.37f, b1 = 0.9f, b2 = 0.999f, step = 1e-3f / 0.19f, inv_bc2 = 1 / 0.002f,
+                eps = 1e-8f;
+    std::vector<float> p2 = p, m2(n, NAN), v2(n, NAN);
+    launch(adam_moment_f32, grid, {ADAM_THREADS}, m.data(), g.data(), &scale, m2.data(), n, b1,
+           1 - b1, 0u);
+    launch(adam_moment_f32, grid, {ADAM_THREADS}, v.data(), g.data(), &scale, v2.data(), n, b2,
+           1 - b2, 1u);
+    launch(adam_step_f32, grid, {ADAM_THREADS}, p2.data(), m2.data(), v2.data(), n, step,
+           inv_bc2, eps);
+    for (unsigned i = 0; i < n; ++i) {
+        const float gi = g[i] * scale;
+        const float mi = m[i] * b1 + gi * (1 - b1), vi = v[i] * b2 + gi * gi * (1 - b2);
+        const float pi = p[i] - mi / (std::sqrt(vi * inv_bc2) + eps) * step;
+        CHECK(close(m2[i], mi) && close(v2[i], vi) && close(p2[i], pi),
+              "adam n=%u i=%u: p %g vs %g, m %g vs %g, v %g vs %g", n, i, p2[i], pi, m2[i], mi,
+              v2[i], vi);
+    }
+}
+
 int main() {
     std::mt19937 rng(7);
     // widths around the block's 256 threads and up to a 16,384-feature SAE; k from 1 to the
@@ -115,6 +146,10 @@ int main() {
     for (bool flat : {false, true}) {
         check_rows(5, 4, 9, 300, flat, rng);
         check_rows(3, 32, 64, 512, flat, rng);
+    }
+    for (unsigned n : {1u, 255u, 257u, 3000u}) {
+        check_adam(n, {(n + ADAM_THREADS - 1) / ADAM_THREADS}, rng);
+        check_adam(n, {2}, rng);
     }
     std::printf("%s (%d failures)\n", failures ? "FAILED" : "ok", failures);
     return failures ? 1 : 0;
