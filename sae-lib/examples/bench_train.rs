@@ -55,6 +55,9 @@ fn main() -> anyhow::Result<()> {
     };
     let device_name = std::env::var("SAE_DEVICE").unwrap_or_else(|_| "cpu".into());
     let device = sae_lib::device::parse_device(&device_name)?;
+    // Held on the training device, as the PyTorch scripts hold theirs: each step gathers its
+    // rows there instead of copying 8 MB from the host.
+    let data = data.to_device(&device)?;
     let mut trainer = Trainer::new(cfg, train, &data, &device)?;
     for _ in 0..2 {
         trainer.train_step()?; // warm-up

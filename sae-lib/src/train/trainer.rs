@@ -612,13 +612,15 @@ impl<'a> Trainer<'a> {
                  was kept. Lower the learning rate (--lr) or check the activations for NaN/inf."
             )));
         }
+        // Read with the loss, while the GPU (if any) has nothing queued, rather than after the
+        // backward pass, which would make the host wait for the GPU twice a step.
+        let counts = out.feature_acts.firing_counts()?;
         let grads = out.total.backward()?;
         self.opt.params.lr = lr;
         self.opt.step_clipped(&grads, self.cfg.grad_clip)?;
         self.sae.after_step()?;
 
         let batch = x.dim(0)? as u64;
-        let counts = out.feature_acts.firing_counts()?;
         for (i, &c) in counts.iter().enumerate() {
             self.since_fired[i] = if c > 0.0 {
                 0
