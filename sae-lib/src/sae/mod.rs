@@ -351,7 +351,8 @@ impl SaeConfig {
 pub struct LossContext {
     /// Sparsity coefficient after warm-up.
     pub sparsity_coefficient: f64,
-    /// `(d_sae,)` 1 for dead features (for AuxK), when any are tracked.
+    /// `(d_sae,)` 1 for dead features (for AuxK), when any are tracked. On any device; AuxK
+    /// reads it on the host, so the trainer keeps it there.
     pub dead: Option<Tensor>,
 }
 

@@ -597,7 +597,9 @@ impl<'a> Trainer<'a> {
             .iter()
             .map(|&s| f32::from(self.samples_seen > 0 && s >= window))
             .collect();
-        let dead = Tensor::from_vec(dead, self.since_fired.len(), &self.device)?;
+        // On the host: AuxK chooses its columns there, and reading it back from a GPU would
+        // make the host wait for the GPU in the middle of the forward pass.
+        let dead = Tensor::from_vec(dead, self.since_fired.len(), &Device::Cpu)?;
         let ctx = LossContext {
             sparsity_coefficient: coefficient,
             dead: Some(dead),
