@@ -344,6 +344,7 @@ pub struct AdamConsts {
     pub step: f32,
     /// 1 / (1 − β2ᵗ).
     pub inv_bc2: f32,
+    /// ε, added to the second moment's square root.
     pub eps: f32,
 }
 
