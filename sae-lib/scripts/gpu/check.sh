@@ -6,7 +6,7 @@
 #       them, stripped, into .cache/gpu-check.tar.xz (small enough to carry to the GPU machine)
 #       with the pure-Python wheels of sparsify's model that the GPU image lacks;
 #   there:                 bash sae-lib/scripts/gpu/check.sh [--device cuda]
-#       unpacks that archive when present and runs the check;
+#       unpacks that archive when present (saying which commit built it) and runs the check;
 #   on the CPU:            bash sae-lib/scripts/gpu/check.sh --device cpu
 #       the same steps at small sizes: parity is then the CPU's stock-op path (what a GPU runs)
 #       against its hand-written kernels.
@@ -43,7 +43,10 @@ while [ $# -gt 0 ]; do
             python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
                 -d "$staging/wheels" eai-sparsify==1.3.3 natsort==8.4.0 simple-parsing==0.1.9 \
                 docstring-parser==0.18.0
-            tar -C "$staging" -cJf "$pack" device_parity bench_forward bench_train wheels
+            # the commit the binaries were built from, "+dirty" with uncommitted changes
+            echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo +dirty)" \
+                >"$staging/commit"
+            tar -C "$staging" -cJf "$pack" device_parity bench_forward bench_train wheels commit
             rm -rf "$staging"
             echo "packed: $pack ($(du -h "$pack" | cut -f1)); carry .cache/gpu-check.tar.xz"
             exit 0
@@ -59,6 +62,7 @@ if [ -z "$bin" ]; then
     if [ "$device" != cpu ] && [ -f "$pack" ]; then
         bin=$(mktemp -d)
         tar -C "$bin" -xJf "$pack"
+        echo "binaries from $pack, built at commit $(cat "$bin/commit" 2>/dev/null || echo unknown)"
     else
         cargo build --release --locked --example device_parity --example bench_forward \
             --example bench_train
