@@ -2,6 +2,8 @@
 //!
 //! candle-nn's `AdamW` keeps its moments private, so a run could not be checkpointed and
 //! resumed bit-identically; this one exposes its state. Same update as `torch.optim.Adam`.
+//! The update is fused: one parallel pass on the CPU, three CUDA kernels on a GPU
+//! (`src/cuda/adam.cu`), stock candle ops elsewhere.
 
 use crate::sae::kernels::with_host;
 use std::collections::HashMap;
@@ -269,10 +271,6 @@ impl Adam {
     }
 }
 
-/// Adam's update of one contiguous f32 CPU variable in place, in one parallel pass over the
-/// parameter, its gradient (times the clip `scale`) and its moments: the same arithmetic as
-/// the stock-op path, without its dozen temporary tensors (which cost a TopK step more than
-/// its encoder matmul at d_sae 4096).
 /// The gradient norm before clipping and the factor that clips it: computed on the host, or
 /// where the gradients live, so that a GPU is not waited for.
 struct ClipScale {
@@ -361,6 +359,10 @@ impl AdamConsts {
     }
 }
 
+/// Adam's update of one contiguous f32 CPU variable in place, in one parallel pass over the
+/// parameter, its gradient (times the clip `scale`) and its moments: the same arithmetic as
+/// the stock-op path, without its dozen temporary tensors (which cost a TopK step more than
+/// its encoder matmul at d_sae 4096).
 struct FusedAdam<'a> {
     g: &'a [f32],
     m: std::sync::Mutex<&'a mut Vec<f32>>,
