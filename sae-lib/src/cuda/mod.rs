@@ -78,11 +78,11 @@ fn cuda_device(t: &Tensor) -> candle_core::Result<CudaDevice> {
     }
 }
 
-/// Blocks of [`ROWS_THREADS`] threads over an `(x, y)` grid.
-fn grid(x: usize, y: usize) -> LaunchConfig {
+/// Blocks of `threads` threads over an `(x, y)` grid.
+fn grid((x, y): (usize, usize), threads: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (x as u32, y as u32, 1),
-        block_dim: (ROWS_THREADS, 1, 1),
+        block_dim: (threads, 1, 1),
         shared_mem_bytes: 0,
     }
 }
@@ -153,11 +153,7 @@ pub fn topk_indices(x: &Tensor, k: usize) -> Result<Tensor> {
     let mut launch = func.builder();
     launch.arg(&src).arg(&out);
     candle_core::builder_arg!(launch, n as u32, k as u32);
-    let cfg = LaunchConfig {
-        grid_dim: (rows as u32, 1, 1),
-        block_dim: (TOPK_THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = grid((rows, 1), TOPK_THREADS);
     // SAFETY: the arguments match the kernel's signature; sizes as it expects them.
     unsafe { launch.launch(cfg) }.w()?;
     Ok(tensor(out, &dev, (rows, k)))
@@ -180,7 +176,7 @@ fn sum_rows(
         launch.arg(c).arg(idx).arg(t).arg(&out);
         candle_core::builder_arg!(launch, k as u32, d as u32);
         // SAFETY: as in `topk_indices`.
-        unsafe { launch.launch(grid(b, col_blocks(d))) }.w()?;
+        unsafe { launch.launch(grid((b, col_blocks(d)), ROWS_THREADS)) }.w()?;
     }
     Ok(out)
 }
@@ -206,7 +202,7 @@ fn dot_rows(
         launch.arg(g).arg(idx).arg(t).arg(c).arg(&out);
         candle_core::builder_arg!(launch, k as u32, d as u32, u32::from(flat_at_zero));
         // SAFETY: as in `topk_indices`.
-        unsafe { launch.launch(grid(b * k, 1)) }.w()?;
+        unsafe { launch.launch(grid((b * k, 1), ROWS_THREADS)) }.w()?;
     }
     Ok(out)
 }
@@ -226,7 +222,7 @@ fn scatter_rows(
         launch.arg(g).arg(c).arg(idx).arg(&out);
         candle_core::builder_arg!(launch, k as u32, d as u32);
         // SAFETY: as in `topk_indices`.
-        unsafe { launch.launch(grid(b * k, col_blocks(d))) }.w()?;
+        unsafe { launch.launch(grid((b * k, col_blocks(d)), ROWS_THREADS)) }.w()?;
     }
     Ok(out)
 }
@@ -408,11 +404,7 @@ fn elementwise(l: &Layout, name: &str) -> candle_core::Result<(usize, LaunchConf
         candle_core::bail!("{name} takes contiguous tensors");
     }
     let n = l.shape().elem_count();
-    let cfg = LaunchConfig {
-        grid_dim: (n.div_ceil(ADAM_THREADS as usize).max(1) as u32, 1, 1),
-        block_dim: (ADAM_THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = grid((n.div_ceil(ADAM_THREADS as usize).max(1), 1), ADAM_THREADS);
     Ok((n, cfg))
 }
 
