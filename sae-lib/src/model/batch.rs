@@ -168,8 +168,36 @@ impl TokenBatch {
     /// Finite, so a padded query row still yields a (meaningless) finite softmax; padded
     /// queries see every earlier real token.
     pub fn attention_bias(&self, device: &Device) -> Result<Tensor> {
+        if device.is_cpu() && !crate::ops::stock_ops() {
+            return self.attention_bias_on_host();
+        }
+        // Elsewhere it is built on the device from the `(batch, seq)` segment ids, so a GPU
+        // receives 4 bytes a token rather than 4 a (query, key) pair: 4 MB per batch of
+        // 64 x 128.
         let (b, t) = self.dims();
-        let blocked = f32::MIN / 2.0;
+        let segments: Vec<u32> = self.segments.iter().flatten().map(|&s| s.into()).collect();
+        let segments = Tensor::from_vec(segments, (b, 1, t), device)?;
+        let (query, key) = (segments.unsqueeze(3)?, segments.unsqueeze(2)?);
+        let position = Tensor::arange(0u32, t as u32, device)?;
+        // 0/1 masks combined in u8: `*` is and, `maximum` is or.
+        let causal = position
+            .unsqueeze(0)?
+            .broadcast_le(&position.unsqueeze(1)?)?;
+        let own_sequence = query
+            .broadcast_eq(&key)?
+            .broadcast_maximum(&query.eq(0u32)?)?;
+        let open = own_sequence
+            .broadcast_mul(&key.ne(0u32)?)?
+            .broadcast_mul(&causal)?;
+        // open * -BLOCKED + BLOCKED: exactly 0 where open, BLOCKED elsewhere.
+        let blocked = f64::from(BLOCKED);
+        Ok(open.to_dtype(DType::F32)?.affine(-blocked, blocked)?)
+    }
+
+    /// [`Self::attention_bias`] written out element by element: ten times faster than the
+    /// tensor ops on a CPU.
+    fn attention_bias_on_host(&self) -> Result<Tensor> {
+        let (b, t) = self.dims();
         let mut bias = Vec::with_capacity(b * t * t);
         for row in &self.segments {
             for (i, &si) in row.iter().enumerate() {
@@ -178,14 +206,17 @@ impl TokenBatch {
                     if open {
                         0.0
                     } else {
-                        blocked
+                        BLOCKED
                     }
                 }));
             }
         }
-        Ok(Tensor::from_vec(bias, (b, 1, t, t), device)?)
+        Ok(Tensor::from_vec(bias, (b, 1, t, t), &Device::Cpu)?)
     }
 }
+
+/// The attention bias where a query may not look: finite, and far below any real score.
+const BLOCKED: f32 = f32::MIN / 2.0;
 
 #[cfg(test)]
 mod tests {
@@ -253,6 +284,22 @@ mod tests {
         assert!((0..3).all(|j| !open(3, j) && !open(4, j)));
         // The first sees only itself.
         assert!(open(2, 0) && open(2, 2) && !open(2, 3));
+    }
+
+    #[test]
+    fn the_bias_a_gpu_builds_matches_the_host_loop() {
+        let (a, b, c) = (vec![5, 6, 7], vec![8, 9], vec![4]);
+        let rows = [
+            vec![a.as_slice(), b.as_slice()],
+            vec![b.as_slice()],
+            vec![c.as_slice(), c.as_slice(), b.as_slice()],
+        ];
+        for padding in [Padding::Left, Padding::Right] {
+            let batch = TokenBatch::packed(&rows, padding, 0, &Device::Cpu).unwrap();
+            let host = bias_of(&batch);
+            let ops = crate::ops::with_stock_ops(|| bias_of(&batch));
+            assert_eq!(host, ops, "{padding:?}");
+        }
     }
 
     #[test]

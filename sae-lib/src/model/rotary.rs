@@ -46,14 +46,13 @@ impl Rotary {
     ) -> Result<RotaryAngles> {
         let (b, t) = (positions.len(), positions.first().map_or(0, Vec::len));
         let half = self.inv_freq.len();
-        let mut freqs = Vec::with_capacity(b * t * 2 * half);
-        for &p in positions.iter().flatten() {
-            // cat(freqs, freqs): both halves of the rotated channels share an angle.
-            for _ in 0..2 {
-                freqs.extend(self.inv_freq.iter().map(|f| p as f32 * f));
-            }
-        }
-        let freqs = Tensor::from_vec(freqs, (b, 1, t, 2 * half), device)?;
+        // Only the position ids travel to the device; the angles are made there.
+        let positions: Vec<f32> = positions.iter().flatten().map(|&p| p as f32).collect();
+        let positions = Tensor::from_vec(positions, (b, 1, t, 1), device)?;
+        let inv_freq = Tensor::from_slice(&self.inv_freq, (1, 1, 1, half), device)?;
+        let freqs = positions.broadcast_mul(&inv_freq)?;
+        // cat(freqs, freqs): both halves of the rotated channels share an angle.
+        let freqs = Tensor::cat(&[&freqs, &freqs], D::Minus1)?;
         Ok(RotaryAngles {
             cos: freqs.cos()?.to_dtype(dtype)?,
             sin: freqs.sin()?.to_dtype(dtype)?,
@@ -93,6 +92,27 @@ impl RotaryAngles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn angles_are_position_times_inverse_frequency() {
+        let rotary = Rotary::new(4, 10_000.);
+        let positions = [vec![0, 1, 7], vec![2, 0, 0]];
+        let angles = rotary.angles(&positions, DType::F32, &Device::Cpu).unwrap();
+        let cos = angles.cos.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mut i = 0;
+        for &p in positions.iter().flatten() {
+            for half in 0..2 {
+                for (k, &f) in [1.0, 0.01f32].iter().enumerate() {
+                    assert_eq!(
+                        cos[i],
+                        (p as f32 * f).cos(),
+                        "position {p}, half {half}, {k}"
+                    );
+                    i += 1;
+                }
+            }
+        }
+    }
 
     #[test]
     fn position_zero_is_identity_and_norm_is_kept() {
