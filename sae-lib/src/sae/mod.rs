@@ -496,10 +496,21 @@ impl FeatureActs {
                 d_sae,
                 ..
             } => {
-                let mut counts = vec![0f32; *d_sae];
                 let values = values.flatten_all()?.to_dtype(candle_core::DType::F32)?;
-                let indices = indices.flatten_all()?.to_vec1::<u32>()?;
-                for (v, j) in values.to_vec1::<f32>()?.into_iter().zip(indices) {
+                let indices = indices.flatten_all()?;
+                if !crate::ops::host_f32(&[&values]) {
+                    // Counted where the activations are: a GPU sends back `d_sae` counts
+                    // rather than `(batch, k)` values and indices, 1 MB a TopK step.
+                    let fired = values.ne(0f32)?.to_dtype(candle_core::DType::F32)?;
+                    let zeros = Tensor::zeros(*d_sae, candle_core::DType::F32, values.device())?;
+                    return Ok(zeros.index_add(&indices, &fired, 0)?.to_vec1::<f32>()?);
+                }
+                let mut counts = vec![0f32; *d_sae];
+                for (v, j) in values
+                    .to_vec1::<f32>()?
+                    .into_iter()
+                    .zip(indices.to_vec1::<u32>()?)
+                {
                     counts[j as usize] += f32::from(v != 0.0);
                 }
                 Ok(counts)
@@ -674,5 +685,35 @@ impl Sae for AnySae {
     }
     fn after_step(&self) -> Result<()> {
         self.inner().after_step()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// A sparse batch's counts on the host and on the stock path (a GPU's) against the count
+    /// of its densified form; a feature may appear in several rows, and a selected zero does
+    /// not count.
+    #[test]
+    fn sparse_firing_counts_match_the_dense_count() {
+        let dev = Device::Cpu;
+        let values = Tensor::new(
+            &[[1.5f32, 0.0, 2.0], [0.5, 3.0, 0.0], [1.0, 0.0, 4.0]],
+            &dev,
+        );
+        let indices = Tensor::new(&[[2u32, 0, 5], [5, 2, 1], [0, 3, 5]], &dev);
+        let acts = FeatureActs::Sparse {
+            values: values.unwrap(),
+            indices: indices.unwrap(),
+            d_sae: 7,
+            flat_at_zero: false,
+        };
+        let want = crate::eval::metrics::firing_counts(&acts.dense().unwrap()).unwrap();
+        assert_eq!(want, [1.0, 0.0, 2.0, 0.0, 0.0, 3.0, 0.0]);
+        assert_eq!(acts.firing_counts().unwrap(), want);
+        let stock = crate::ops::with_stock_ops(|| acts.firing_counts()).unwrap();
+        assert_eq!(stock, want);
     }
 }
