@@ -4,12 +4,12 @@
 //!
 //! Usage: bench_train [ARCH] [STEPS] [D_SAE] [D_IN] [BATCH]   (ARCH: relu, topk, ...; TopK-style
 //! use k = 32; D_IN and BATCH default to 512 and 4096; `SAE_DEVICE=cuda` trains on the GPU,
-//! `SAE_DTYPE=bf16` in mixed precision)
+//! `SAE_DTYPE=bf16` in mixed precision). On stderr, where the step's time goes.
 
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use sae_lib::sae::{Architecture, SaeConfig, SaeMetadata};
+use sae_lib::sae::{Architecture, LossContext, Sae, SaeConfig, SaeMetadata};
 use sae_lib::train::{Compute, TrainConfig, Trainer};
 
 fn main() -> anyhow::Result<()> {
@@ -68,6 +68,9 @@ fn main() -> anyhow::Result<()> {
     }
     device.synchronize()?;
     let secs = start.elapsed().as_secs_f64();
+    let step_ms = secs * 1e3 / steps.max(1) as f64;
+    let x = data.narrow(0, 0, batch)?.to_dtype(compute.dtype())?;
+    eprintln!("{}", breakdown(&trainer, &x, &device, step_ms)?);
     // SAE_STOCK_OPS=1: without sae-lib's own kernels (`sae_lib::ops`)
     let impl_ = if sae_lib::ops::stock_ops() {
         "candle-stock-ops"
@@ -80,4 +83,58 @@ fn main() -> anyhow::Result<()> {
         (steps as usize * batch) as f64 / secs
     );
     Ok(())
+}
+
+/// Each phase of a step timed alone, in ms, between synchronisations of the device: the dense
+/// pre-activations, the top-k selection (TopK-style), the forward pass with the loss, that and
+/// the backward pass, and the whole step. `train_sparsify.py` and `train_torch.py` print the
+/// same line for the peers, so one GPU run shows where the two differ.
+fn breakdown(
+    trainer: &Trainer,
+    x: &Tensor,
+    device: &Device,
+    step_ms: f64,
+) -> anyhow::Result<String> {
+    let sae = trainer.sae();
+    let ctx = LossContext {
+        sparsity_coefficient: 1.0,
+        dead: None,
+    };
+    let time = |f: &dyn Fn() -> anyhow::Result<()>| -> anyhow::Result<f64> {
+        const REPS: u32 = 5;
+        f()?;
+        device.synchronize()?;
+        let start = Instant::now();
+        for _ in 0..REPS {
+            f()?;
+        }
+        device.synchronize()?;
+        Ok(start.elapsed().as_secs_f64() * 1e3 / f64::from(REPS))
+    };
+    let pre = sae.params().pre_acts(x)?;
+    let mut line = format!(
+        "breakdown, ms: encoder matmul {:.3}",
+        time(&|| {
+            sae.params().pre_acts(x)?;
+            Ok(())
+        })?
+    );
+    if let Some(k) = sae.config().k {
+        let topk = time(&|| {
+            sae_lib::sae::common::topk_indices(&pre, k)?;
+            Ok(())
+        })?;
+        line += &format!(", top-k {topk:.3}");
+    }
+    let forward = time(&|| {
+        sae.loss(x, &ctx)?;
+        Ok(())
+    })?;
+    let backward = time(&|| {
+        sae.loss(x, &ctx)?.total.backward()?;
+        Ok(())
+    })?;
+    Ok(format!(
+        "{line}, forward {forward:.3}, forward+backward {backward:.3}, step {step_ms:.3}"
+    ))
 }

@@ -63,6 +63,7 @@ fn main() -> anyhow::Result<()> {
     report("TopK, 20 training steps", gap, TRAIN_TOL);
     let names = [
         "top-k's values",
+        "top-k's values, k 256 of whole numbers (ties; CUDA's radix path)",
         "decoder",
         "decoder's value gradient",
         "decoder's W_dec gradient",
@@ -100,7 +101,7 @@ fn on_both(
 }
 
 /// On `device`, sae-lib's kernels (CUDA's, or the CPU's) against stock ops: the values top-k
-/// picks from `(256, 16384)` pre-activations at k 32; the sparse decoder's output and
+/// picks from `(256, 16384)` pre-activations at k 32, and at k 256 once rounded; the sparse decoder's output and
 /// gradients for a `(64, 32)` selection from a `(16384, 512)` decoder, a quarter of the values
 /// zero (flat there); the sparse encoder's output and gradients for the same selection from a
 /// `(16384, 512)` `W_encᵀ`; and three clipped Adam steps on that matrix.
@@ -132,6 +133,10 @@ fn kernel_pairs(device: &Device) -> anyhow::Result<Vec<(Tensor, Tensor)>> {
         let live = v.as_tensor().ne(0f32)?.to_dtype(DType::F32)?;
         // The CPU's kernel gives each row's k in no particular order.
         let picked = pre.gather(&top, 1)?.sort_last_dim(false)?.0;
+        // Many equal values, and a k past the CUDA kernel's shortcut.
+        let whole = pre.round()?;
+        let top = sae_lib::sae::common::topk_indices(&whole, 256)?;
+        let picked_ties = whole.gather(&top, 1)?.sort_last_dim(false)?.0;
         // The encoder: W_dec stands in for W_encᵀ, and x for the centred input.
         let x = candle_core::Var::from_tensor(&inputs.to_device(device)?)?;
         let b_enc = candle_core::Var::from_tensor(&b_enc.to_device(device)?)?;
@@ -161,6 +166,7 @@ fn kernel_pairs(device: &Device) -> anyhow::Result<Vec<(Tensor, Tensor)>> {
         let second_moment = opt.state()?["adam.w.v"].clone();
         Ok(vec![
             picked,
+            picked_ties,
             out,
             (grad_of(&grads, &v)? * live)?,
             grad_of(&grads, &w)?,

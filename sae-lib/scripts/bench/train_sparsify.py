@@ -14,6 +14,9 @@ import time
 from importlib.metadata import version
 
 import torch
+import torch.nn.functional as F
+
+from phases import breakdown
 
 
 def sparse_coder():
@@ -77,6 +80,14 @@ def main():
         step(i)
     sync()
     secs = time.perf_counter() - start
+    x = data[:batch]
+    encoder = lambda: F.linear(x - sae.b_dec, sae.encoder.weight, sae.encoder.bias)
+    pre = encoder()
+    breakdown([("encoder matmul", encoder),
+               ("top-k", lambda: torch.topk(pre, k, dim=-1, sorted=False)),
+               ("forward", lambda: sae(x, y=x, dead_mask=None)),
+               ("forward+backward", lambda: sae(x, y=x, dead_mask=None).fvu.backward())],
+              sync, secs * 1e3 / steps)
     print(json.dumps({"impl": "torch", "device": device, "work": "train", "dtype": "f32",
                       "variant": "topk", "d_in": d_in, "d_sae": d_sae, "batch": batch,
                       "samples_per_s": round(steps * batch / secs, 1), "threads": threads,

@@ -13,6 +13,8 @@ import time
 
 import torch
 
+from phases import breakdown
+
 
 def main():
     threads = int(sys.argv[1])
@@ -34,13 +36,20 @@ def main():
     params = [w_enc, b_enc, w_dec, b_dec]
     opt = torch.optim.Adam(params, lr=5e-5)
 
-    def step(i):
-        x = data[(i % 4) * batch:(i % 4 + 1) * batch]
-        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
-                            enabled=dtype == "bf16"):
+    def autocast():
+        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
+                              enabled=dtype == "bf16")
+
+    def loss_of(x):
+        with autocast():
             f = torch.relu((x - b_dec) @ w_enc + b_enc)
             x_hat = f @ w_dec + b_dec
             loss = (x_hat.float() - x).pow(2).sum(1).mean() + 5.0 * (f @ w_dec.norm(dim=1)).float().mean()
+        return loss, f
+
+    def step(i):
+        x = data[(i % 4) * batch:(i % 4 + 1) * batch]
+        loss, f = loss_of(x)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -54,6 +63,15 @@ def main():
     for i in range(steps):
         step(i)
     secs = time.perf_counter() - start
+    x = data[:batch]
+
+    def encoder():
+        with autocast():
+            return (x - b_dec) @ w_enc + b_enc
+
+    sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
+    breakdown([("encoder matmul", encoder), ("forward", lambda: loss_of(x)),
+               ("forward+backward", lambda: loss_of(x)[0].backward())], sync, secs * 1e3 / steps)
     print(json.dumps({"impl": "torch", "device": device, "work": "train", "dtype": dtype, "d_in": d_in, "d_sae": d_sae, "batch": batch,
                       "samples_per_s": round(steps * batch / secs, 1), "threads": threads,
                       "torch": torch.__version__}))

@@ -17,8 +17,9 @@
 # transformers (forward_torch.py); 3. bench_train: ReLU at 4,096 features against the same loss
 # and Adam in PyTorch (train_torch.py), in f32 and in bf16 mixed precision (`--dtype bf16`;
 # torch.autocast there), and TopK k 32 at 16,384 features, with and without sae-lib's kernels,
-# against sparsify's SparseCoder with its Triton decoder (train_sparsify.py); 4. one table of
-# ratios (ratios.py). Python rows need torch (and transformers for step 2, sparsify for its
+# against sparsify's SparseCoder with its Triton decoder (train_sparsify.py), each training row
+# with a "breakdown" line of its step's phases (encoder matmul, top-k, forward, backward) on
+# both sides; 4. one table of ratios (ratios.py). Python rows need torch (and transformers for step 2, sparsify for its
 # row) in python3; without them they are skipped with a message. A failed step, or one that
 # runs past $SAE_STEP_TIMEOUT seconds (default 180), is reported at the end (exit 1) after the
 # others have run.
