@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
+use super::attention::attend;
 use super::batch::TokenBatch;
 use super::decoder::{Block, Decoder};
 use super::linear::Linear;
@@ -158,7 +159,7 @@ impl Attention {
     }
 
     fn forward(&self, x: &Tensor, rotary: &RotaryAngles, bias: &Tensor) -> Result<Tensor> {
-        let (b, t, d) = x.dims3()?;
+        let (b, t, _) = x.dims3()?;
         let qkv = self.query_key_value.forward(x)?; // (b, t, 3d)
         let qkv = qkv.reshape((b, t, self.num_heads, 3 * self.head_dim))?; // (b, t, heads, 3 hd)
         let split = |i: usize| -> Result<Tensor> {
@@ -173,32 +174,8 @@ impl Attention {
             rotary.apply(&split(1)?)?,
             split(2)?,
         );
-        attend(&q, &k, &v, bias, self.head_dim)?
-            .transpose(1, 2)? // (b, t, heads, hd)
-            .reshape((b, t, d))?
-            .apply(&self.dense)
-            .map_err(Into::into)
+        Ok(attend(&q, &k, &v, bias)?.apply(&self.dense)?)
     }
-}
-
-/// Scaled dot-product attention over `(batch, heads, seq, head_dim)` with an additive bias
-/// `(batch, 1, seq, seq)`; softmax in f32 whatever the model's dtype.
-pub(crate) fn attend(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    bias: &Tensor,
-    head_dim: usize,
-) -> Result<Tensor> {
-    let dtype = q.dtype();
-    // Scaling q rather than the scores touches head_dim, not seq, values per row; and kᵀ is
-    // made contiguous because candle's CPU matmul is several times slower on a transposed
-    // right-hand side (see `linear.rs`).
-    let q = (q / (head_dim as f64).sqrt())?;
-    let scores = q.matmul(&k.t()?.contiguous()?)?; // (b, heads, t, t)
-    let scores = scores.to_dtype(DType::F32)?.broadcast_add(bias)?;
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
-    Ok(probs.matmul(v)?)
 }
 
 #[derive(Debug, Clone)]

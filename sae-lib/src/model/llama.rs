@@ -14,9 +14,9 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, RmsNorm, VarBuilder};
 use serde::Deserialize;
 
+use super::attention::attend;
 use super::batch::TokenBatch;
 use super::decoder::{Block, Decoder};
-use super::gpt_neox::attend;
 use super::linear::Linear;
 use super::rotary::{Rotary, RotaryAngles};
 use super::Activation;
@@ -152,14 +152,7 @@ impl Attention {
         let q = rotary.apply(&heads(&self.q_proj, self.heads)?)?;
         let k = rotary.apply(&heads(&self.k_proj, self.kv_heads)?)?;
         let v = heads(&self.v_proj, self.kv_heads)?;
-        let n_rep = self.heads / self.kv_heads;
-        let k = candle_transformers::utils::repeat_kv(k, n_rep)?;
-        let v = candle_transformers::utils::repeat_kv(v, n_rep)?;
-        attend(&q, &k, &v, bias, self.head_dim)?
-            .transpose(1, 2)? // (b, t, heads, hd)
-            .reshape((b, t, self.heads * self.head_dim))?
-            .apply(&self.o_proj)
-            .map_err(Into::into)
+        Ok(attend(&q, &k, &v, bias)?.apply(&self.o_proj)?)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Hookable transformer language models, one file per architecture, behind the [`Model`] enum
 //! that collection, training and evaluation use.
 
+mod attention;
 pub mod batch;
 mod decoder;
 pub mod gguf;

@@ -1,0 +1,210 @@
+//! Scaled dot-product attention with an additive bias, shared by every model here.
+//!
+//! On the CPU (contiguous f32) each (sequence, head) pair is one parallel task: its scores,
+//! their softmax and the weighted sum of values go through one `(seq, seq)` scratch buffer,
+//! with single-threaded matrix products, and the result lands directly in the
+//! `(batch, seq, heads · head_dim)` layout the output projection reads. Stock ops (a GPU, or
+//! other dtypes) take several passes over memory: at pythia-70m's shape, batch 32, candle's
+//! batched products ran at 65–74 GFLOP/s on the 2-core machine (one multithreaded call per
+//! small matrix), its softmax took 7.8 ms a layer where PyTorch's took 1.8, and the scaling,
+//! the bias, the transposes and the repeated key/value heads each made a copy.
+
+use candle_core::{DType, Tensor};
+use rayon::prelude::*;
+
+use crate::Result;
+
+/// Attention for `q` `(batch, heads, seq, head_dim)` over `k` and `v`
+/// `(batch, kv_heads, seq, head_dim)`, each key/value head serving `heads / kv_heads` query
+/// heads, with an additive `bias` `(batch, 1, seq, seq)`; the softmax in f32 whatever the
+/// dtype. Returns `(batch, seq, heads · head_dim)`.
+pub(crate) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let (b, heads, t, hd) = q.dims4()?;
+    let kv_heads = k.dim(1)?;
+    if crate::ops::host_f32(&[q, k, v, bias]) {
+        let dims = Dims {
+            batch: b,
+            heads,
+            kv_heads,
+            seq: t,
+            head_dim: hd,
+        };
+        use crate::sae::kernels::with_host;
+        let out = with_host(q, "the queries", |q| {
+            with_host(k, "the keys", |k| {
+                with_host(v, "the values", |v| {
+                    with_host(bias, "the attention bias", |bias| {
+                        Ok(attend_on_host(q, k, v, bias, dims))
+                    })
+                })
+            })
+        })?;
+        return Ok(Tensor::from_vec(out, (b, t, heads * hd), q.device())?);
+    }
+    let dtype = q.dtype();
+    let n_rep = heads / kv_heads.max(1);
+    let k = candle_transformers::utils::repeat_kv(k.clone(), n_rep)?;
+    let v = candle_transformers::utils::repeat_kv(v.clone(), n_rep)?;
+    let q = (q / (hd as f64).sqrt())?;
+    let scores = q.matmul(&k.t()?.contiguous()?)?; // (b, heads, t, t)
+    let scores = scores.to_dtype(DType::F32)?.broadcast_add(bias)?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+    Ok(probs
+        .matmul(&v.contiguous()?)?
+        .transpose(1, 2)? // (b, t, heads, hd)
+        .reshape((b, t, heads * hd))?)
+}
+
+#[derive(Clone, Copy)]
+struct Dims {
+    batch: usize,
+    heads: usize,
+    kv_heads: usize,
+    seq: usize,
+    head_dim: usize,
+}
+
+/// The output pointer, shared by tasks that write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: each task writes only its own (sequence, head) columns; see `attend_on_host`.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// The element `offset` places in (a method, so closures capture the whole `Out`).
+    ///
+    /// # Safety
+    /// `offset` must be within the buffer.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        self.0.add(offset)
+    }
+}
+
+/// The CPU path of [`attend`] on raw contiguous buffers: `q` `(b, heads, t, hd)`, `k` and `v`
+/// `(b, kv_heads, t, hd)`, `bias` `(b, t, t)`; returns `(b, t, heads, hd)`.
+fn attend_on_host(q: &[f32], k: &[f32], v: &[f32], bias: &[f32], dims: Dims) -> Vec<f32> {
+    let Dims {
+        batch,
+        heads,
+        kv_heads,
+        seq: t,
+        head_dim: hd,
+    } = dims;
+    let mut out = vec![0f32; batch * t * heads * hd];
+    let dst = Out(out.as_mut_ptr());
+    let scale = 1.0 / (hd as f32).sqrt();
+    let group = heads / kv_heads.max(1);
+    (0..batch * heads).into_par_iter().for_each_init(
+        || vec![0f32; t * t],
+        |scores, bh| {
+            let (bi, h) = (bh / heads, bh % heads);
+            let kv = (bi * kv_heads + h / group) * t * hd;
+            let (q, k, v) = (
+                &q[bh * t * hd..][..t * hd],
+                &k[kv..][..t * hd],
+                &v[kv..][..t * hd],
+            );
+            // scores = bias + scale · q kᵀ, kᵀ read in place as a column-major view of k.
+            scores.copy_from_slice(&bias[bi * t * t..][..t * t]);
+            // SAFETY: every pointer spans the rows and strides given; `scores` is this
+            // task's own.
+            unsafe {
+                gemm::gemm(
+                    t,
+                    t,
+                    hd,
+                    scores.as_mut_ptr(),
+                    1,
+                    t as isize,
+                    true,
+                    q.as_ptr(),
+                    1,
+                    hd as isize,
+                    k.as_ptr(),
+                    hd as isize,
+                    1,
+                    1.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            for row in scores.chunks_exact_mut(t) {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0;
+                for s in row.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                let inv = 1.0 / sum;
+                row.iter_mut().for_each(|s| *s *= inv);
+            }
+            // out[bi, :, h, :] = probs · v, rows `heads · hd` apart.
+            // SAFETY: this task alone writes the (bi, ·, h, ·) block of `out`, which
+            // outlives the parallel loop; the other pointers span what is read.
+            unsafe {
+                gemm::gemm(
+                    t,
+                    hd,
+                    t,
+                    dst.at((bi * t * heads + h) * hd),
+                    1,
+                    (heads * hd) as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    t as isize,
+                    v.as_ptr(),
+                    1,
+                    hd as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        },
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Padding, TokenBatch};
+    use candle_core::Device;
+
+    /// The CPU path against stock ops, with grouped key/value heads and a bias that packs two
+    /// sequences in one row and pads another.
+    #[test]
+    fn the_host_path_matches_stock_ops() {
+        let dev = Device::Cpu;
+        let (b, heads, kv_heads, t, hd) = (2, 6, 2, 9, 8);
+        let q = Tensor::randn(0f32, 1., (b, heads, t, hd), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1., (b, kv_heads, t, hd), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1., (b, kv_heads, t, hd), &dev).unwrap();
+        let (one, two): (Vec<u32>, Vec<u32>) = ((1..6).collect(), (1..5).collect());
+        let rows = [vec![one.as_slice(), two.as_slice()], vec![two.as_slice()]];
+        let bias = TokenBatch::packed(&rows, Padding::Left, 0, &dev)
+            .unwrap()
+            .attention_bias(&dev)
+            .unwrap();
+        let host = attend(&q, &k, &v, &bias).unwrap();
+        let stock = crate::ops::with_stock_ops(|| attend(&q, &k, &v, &bias)).unwrap();
+        assert_eq!(host.dims(), [b, t, heads * hd]);
+        let gap = (host - stock)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(gap < 1e-5, "largest gap {gap}");
+    }
+}
