@@ -5,6 +5,7 @@
 //! Prints one JSON line per batch size: {"impl":"candle","device":D,"batch":B,"seq":T,"tokens_per_s":...}.
 //! `SAE_DEVICE=cuda` runs it on the GPU (a `--features cuda` build).
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
@@ -40,7 +41,17 @@ fn main() -> anyhow::Result<()> {
         DType::F32,
         &device,
     )?;
-    let model = GptNeoX::load(VarBuilder::from_varmap(&varmap, DType::F32, &device), &cfg)?;
+    GptNeoX::load(VarBuilder::from_varmap(&varmap, DType::F32, &device), &cfg)?;
+    // Plain tensors, as a checkpoint gives them: a model of `Var`s would record a graph for
+    // backpropagation, which the CPU's own kernels leave to stock ops.
+    let weights: HashMap<String, Tensor> = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the VarMap's lock is poisoned"))?
+        .iter()
+        .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+        .collect();
+    let model = GptNeoX::load(VarBuilder::from_tensors(weights, DType::F32, &device), &cfg)?;
     let hook = HookPoint::mlp_out(5);
     for b in batches {
         let ids =

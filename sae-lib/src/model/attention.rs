@@ -21,7 +21,9 @@ use crate::Result;
 pub(crate) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor) -> Result<Tensor> {
     let (b, heads, t, hd) = q.dims4()?;
     let kv_heads = k.dim(1)?;
-    if crate::ops::host_f32(&[q, k, v, bias]) {
+    // The CPU path records no graph: taken only when nothing asks for gradients.
+    let tracked = [q, k, v, bias].iter().any(|t| t.track_op());
+    if !tracked && crate::ops::host_f32(&[q, k, v, bias]) {
         let dims = Dims {
             batch: b,
             heads,

@@ -50,13 +50,100 @@ impl Module for Linear {
         let dims = x.dims();
         let d_in = dims[dims.len() - 1];
         let rows = x.elem_count() / d_in.max(1);
-        let y = x.reshape((rows, d_in))?.matmul(&self.weight_t)?;
         let mut out_dims = dims.to_vec();
         out_dims[dims.len() - 1] = self.weight_t.dim(1)?;
+        let mut operands = vec![x, &self.weight_t];
+        operands.extend(&self.bias);
+        // The CPU path records no graph: taken only when nothing asks for gradients.
+        if crate::ops::host_f32(&operands) && !operands.iter().any(|t| t.track_op()) {
+            let y = self.forward_on_host(&x.contiguous()?, rows, d_in)?;
+            return Tensor::from_vec(y, out_dims, x.device());
+        }
+        let y = x.reshape((rows, d_in))?.matmul(&self.weight_t)?;
         let y = y.reshape(out_dims)?;
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
+    }
+}
+
+impl Linear {
+    /// `x W + b` on the CPU in one product: each output row starts as the bias and the product
+    /// is accumulated onto it. candle's matmul zeroes its output first and the bias is then a
+    /// second pass, together about 5 ms of a pythia-70m layer at batch 32 on 2 cores.
+    fn forward_on_host(
+        &self,
+        x: &Tensor,
+        rows: usize,
+        d_in: usize,
+    ) -> candle_core::Result<Vec<f32>> {
+        use crate::sae::kernels::with_host;
+        let d_out = self.weight_t.dim(1)?;
+        let mut y = match &self.bias {
+            Some(b) => with_host(b, "the bias", |b| Ok(b.repeat(rows)))?,
+            None => vec![0f32; rows * d_out],
+        };
+        with_host(x, "the input", |x| {
+            with_host(&self.weight_t, "the weight", |w| {
+                // SAFETY: `y` is rows × d_out, `x` rows × d_in and `w` d_in × d_out, all
+                // row-major and contiguous.
+                unsafe {
+                    gemm::gemm(
+                        rows,
+                        d_out,
+                        d_in,
+                        y.as_mut_ptr(),
+                        1,
+                        d_out as isize,
+                        self.bias.is_some(),
+                        x.as_ptr(),
+                        1,
+                        d_in as isize,
+                        w.as_ptr(),
+                        1,
+                        d_out as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::Rayon(rayon::current_num_threads()),
+                    );
+                }
+                Ok(())
+            })
+        })?;
+        Ok(y)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// The one-product CPU path against stock ops, with and without a bias, over a leading
+    /// batch dimension; and a tracked input still gets its gradient.
+    #[test]
+    fn the_host_path_matches_stock_ops() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1., (7, 5), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1., 7, &dev).unwrap();
+        let x = Tensor::randn(0f32, 1., (3, 4, 5), &dev).unwrap();
+        for bias in [None, Some(b)] {
+            let linear = Linear::new(&w, bias).unwrap();
+            let host = linear.forward(&x).unwrap();
+            let stock = crate::ops::with_stock_ops(|| linear.forward(&x)).unwrap();
+            assert_eq!(host.dims(), [3, 4, 7]);
+            let gap = (host - stock).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(gap.to_scalar::<f32>().unwrap() < 1e-5);
+        }
+        let var = Var::from_tensor(&x).unwrap();
+        let y = Linear::new(&w, None)
+            .unwrap()
+            .forward(var.as_tensor())
+            .unwrap();
+        assert!(y.sum_all().unwrap().backward().unwrap().get(&var).is_some());
     }
 }
