@@ -163,16 +163,16 @@ impl Attention {
         let qkv = self.query_key_value.forward(x)?; // (b, t, 3d)
         let qkv = qkv.reshape((b, t, self.num_heads, 3 * self.head_dim))?; // (b, t, heads, 3 hd)
         let split = |i: usize| -> Result<Tensor> {
-            // (b, heads, t, hd)
+            // (b, heads, t, hd), a strided view
             Ok(qkv
                 .narrow(D::Minus1, i * self.head_dim, self.head_dim)?
-                .transpose(1, 2)?
-                .contiguous()?)
+                .transpose(1, 2)?)
         };
+        // The rotation reads its view in place and returns a contiguous tensor.
         let (q, k, v) = (
             rotary.apply(&split(0)?)?,
             rotary.apply(&split(1)?)?,
-            split(2)?,
+            split(2)?.contiguous()?,
         );
         Ok(attend(&q, &k, &v, bias)?.apply(&self.dense)?)
     }

@@ -5,7 +5,10 @@
 //! Angles are computed from per-row position ids rather than a fixed table, so padded
 //! batches and any sequence length work.
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor, D};
+use rayon::prelude::*;
+
+use crate::sae::kernels::with_host;
 
 use crate::Result;
 
@@ -62,8 +65,15 @@ impl Rotary {
 }
 
 impl RotaryAngles {
-    /// Rotates the first `rotary_dim` channels of `x`, shape `(batch, heads, seq, head_dim)`.
+    /// Rotates the first `rotary_dim` channels of `x`, shape `(batch, heads, seq, head_dim)`;
+    /// `x` may be a strided view (a head's channels sliced out of a fused projection), and the
+    /// result is contiguous.
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        // The CPU path records no graph: taken only when nothing asks for gradients.
+        let tracked = [x, &self.cos, &self.sin].iter().any(|t| t.track_op());
+        if !tracked && crate::ops::host_f32(&[x, &self.cos, &self.sin]) {
+            return self.apply_on_host(x);
+        }
         let head_dim = x.dim(D::Minus1)?;
         let (rot, pass) = if self.rotary_dim == head_dim {
             (x.clone(), None)
@@ -89,9 +99,79 @@ impl RotaryAngles {
     }
 }
 
+impl RotaryAngles {
+    /// [`Self::apply`] in one parallel pass that reads `x` through its strides: the stock path
+    /// copies the view, then negates, concatenates and multiplies in separate passes (2.5 ms
+    /// of the 3 it took per projection at pythia-70m's shape, batch 32, on 2 cores).
+    fn apply_on_host(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, heads, t, hd) = x.dims4()?;
+        let (rot, half) = (self.rotary_dim, self.rotary_dim / 2);
+        let (storage, layout) = x.storage_and_layout();
+        let Storage::Cpu(CpuStorage::F32(src)) = &*storage else {
+            let msg = "the rotary embedding's CPU path needs an f32 CPU tensor";
+            return Err(candle_core::Error::Msg(msg.into()).into());
+        };
+        let (start, stride) = (layout.start_offset(), layout.stride());
+        let mut out = vec![0f32; b * heads * t * hd];
+        with_host(&self.cos, "the cosines", |cos| {
+            with_host(&self.sin, "the sines", |sin| {
+                out.par_chunks_mut(t * hd)
+                    .enumerate()
+                    .for_each(|(bh, head)| {
+                        let (bi, h) = (bh / heads, bh % heads);
+                        for (ti, row) in head.chunks_exact_mut(hd).enumerate() {
+                            let base = start + bi * stride[0] + h * stride[1] + ti * stride[2];
+                            let at = |c: usize| src[base + c * stride[3]];
+                            let angle = (bi * t + ti) * rot;
+                            let (cos, sin) = (&cos[angle..][..rot], &sin[angle..][..rot]);
+                            for (c, o) in row.iter_mut().enumerate() {
+                                *o = if c >= rot {
+                                    at(c)
+                                } else {
+                                    let rotated = if c < half {
+                                        -at(c + half)
+                                    } else {
+                                        at(c - half)
+                                    };
+                                    at(c) * cos[c] + rotated * sin[c]
+                                };
+                            }
+                        }
+                    });
+                Ok(())
+            })
+        })?;
+        Ok(Tensor::from_vec(out, (b, heads, t, hd), x.device())?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The CPU path, reading a strided view, against stock ops.
+    #[test]
+    fn the_host_path_matches_stock_ops() {
+        let dev = Device::Cpu;
+        // (b, t, heads, 3 hd) → the middle third, as (b, heads, t, hd)
+        let fused = Tensor::randn(0f32, 1., (2, 5, 3, 24), &dev).unwrap();
+        let x = fused.narrow(3, 8, 8).unwrap().transpose(1, 2).unwrap();
+        let angles = Rotary::new(4, 10_000.)
+            .angles(
+                &[vec![0, 1, 2, 3, 4], vec![3, 0, 0, 1, 2]],
+                DType::F32,
+                &dev,
+            )
+            .unwrap();
+        let host = angles.apply(&x).unwrap();
+        let stock = crate::ops::with_stock_ops(|| angles.apply(&x)).unwrap();
+        assert!(host.is_contiguous());
+        let (host, stock) = (host.flatten_all().unwrap(), stock.flatten_all().unwrap());
+        assert_eq!(
+            host.to_vec1::<f32>().unwrap(),
+            stock.to_vec1::<f32>().unwrap()
+        );
+    }
 
     #[test]
     fn angles_are_position_times_inverse_frequency() {
