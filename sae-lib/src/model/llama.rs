@@ -141,17 +141,16 @@ impl Attention {
 
     fn forward(&self, x: &Tensor, rotary: &RotaryAngles, bias: &Tensor) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        // (b, t, n·hd) → (b, n, t, hd)
+        // (b, t, n·hd) → (b, n, t, hd), a strided view; the rotation returns it contiguous.
         let heads = |proj: &Linear, n: usize| -> Result<Tensor> {
             Ok(proj
                 .forward(x)?
                 .reshape((b, t, n, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?)
+                .transpose(1, 2)?)
         };
         let q = rotary.apply(&heads(&self.q_proj, self.heads)?)?;
         let k = rotary.apply(&heads(&self.k_proj, self.kv_heads)?)?;
-        let v = heads(&self.v_proj, self.kv_heads)?;
+        let v = heads(&self.v_proj, self.kv_heads)?.contiguous()?;
         Ok(attend(&q, &k, &v, bias)?.apply(&self.o_proj)?)
     }
 }
