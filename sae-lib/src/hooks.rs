@@ -182,6 +182,9 @@ impl<'a> Hooks<'a> {
     }
 
     /// Replace the activation at `point` with `f(activation)`. `f` must keep the shape.
+    /// Return a detached tensor unless gradients are wanted: one that records a graph (made
+    /// from an SAE's variables, say) sends the rest of the forward through stock ops, which
+    /// keep the graph, instead of the CPU's faster kernels.
     pub fn write(
         mut self,
         point: HookPoint,

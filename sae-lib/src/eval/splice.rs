@@ -105,10 +105,13 @@ pub(crate) fn masked_sum(x: &Tensor, mask: &Tensor) -> Result<f64> {
 pub fn reconstruct(sae: &dyn Sae, x: &Tensor) -> Result<Tensor> {
     let (b, t, d) = x.dims3()?;
     let flat = x.reshape((b * t, d))?.to_dtype(DType::F32)?;
+    // Detached: the SAE's weights are variables, and a tracked activation would send the rest
+    // of the forward down the stock-op path, which records a graph no one reads.
     Ok(sae
         .decode(&sae.encode(&flat)?)?
         .reshape((b, t, d))?
-        .to_dtype(x.dtype())?)
+        .to_dtype(x.dtype())?
+        .detach())
 }
 
 /// Evaluates `sae` spliced into `model` at `hook` over token sequences, `batch_size` at a time.

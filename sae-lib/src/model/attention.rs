@@ -93,84 +93,87 @@ fn attend_on_host(q: &[f32], k: &[f32], v: &[f32], bias: &[f32], dims: Dims) -> 
         seq: t,
         head_dim: hd,
     } = dims;
-    let mut out = vec![0f32; batch * t * heads * hd];
-    let dst = Out(out.as_mut_ptr());
-    let scale = 1.0 / (hd as f32).sqrt();
-    let group = heads / kv_heads.max(1);
-    (0..batch * heads).into_par_iter().for_each_init(
-        || vec![0f32; t * t],
-        |scores, bh| {
-            let (bi, h) = (bh / heads, bh % heads);
-            let kv = (bi * kv_heads + h / group) * t * hd;
-            let (q, k, v) = (
-                &q[bh * t * hd..][..t * hd],
-                &k[kv..][..t * hd],
-                &v[kv..][..t * hd],
-            );
-            // scores = bias + scale · q kᵀ, kᵀ read in place as a column-major view of k.
-            scores.copy_from_slice(&bias[bi * t * t..][..t * t]);
-            // SAFETY: every pointer spans the rows and strides given; `scores` is this
-            // task's own.
-            unsafe {
-                gemm::gemm(
-                    t,
-                    t,
-                    hd,
-                    scores.as_mut_ptr(),
-                    1,
-                    t as isize,
-                    true,
-                    q.as_ptr(),
-                    1,
-                    hd as isize,
-                    k.as_ptr(),
-                    hd as isize,
-                    1,
-                    1.0,
-                    scale,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
+    let fill = |out: &mut [std::mem::MaybeUninit<f32>]| {
+        let dst = Out(out.as_mut_ptr().cast::<f32>());
+        let scale = 1.0 / (hd as f32).sqrt();
+        let group = heads / kv_heads.max(1);
+        (0..batch * heads).into_par_iter().for_each_init(
+            || vec![0f32; t * t],
+            |scores, bh| {
+                let (bi, h) = (bh / heads, bh % heads);
+                let kv = (bi * kv_heads + h / group) * t * hd;
+                let (q, k, v) = (
+                    &q[bh * t * hd..][..t * hd],
+                    &k[kv..][..t * hd],
+                    &v[kv..][..t * hd],
                 );
-            }
-            for row in scores.chunks_exact_mut(t) {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                // A map, then the sum apart: the map vectorises, a running sum would not.
-                row.iter_mut().for_each(|s| *s = exp_nonpositive(*s - max));
-                let sum: f32 = row.iter().sum();
-                let inv = 1.0 / sum;
-                row.iter_mut().for_each(|s| *s *= inv);
-            }
-            // out[bi, :, h, :] = probs · v, rows `heads · hd` apart.
-            // SAFETY: this task alone writes the (bi, ·, h, ·) block of `out`, which
-            // outlives the parallel loop; the other pointers span what is read.
-            unsafe {
-                gemm::gemm(
-                    t,
-                    hd,
-                    t,
-                    dst.at((bi * t * heads + h) * hd),
-                    1,
-                    (heads * hd) as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    t as isize,
-                    v.as_ptr(),
-                    1,
-                    hd as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-        },
-    );
-    out
+                // scores = bias + scale · q kᵀ, kᵀ read in place as a column-major view of k.
+                scores.copy_from_slice(&bias[bi * t * t..][..t * t]);
+                // SAFETY: every pointer spans the rows and strides given; `scores` is this
+                // task's own.
+                unsafe {
+                    gemm::gemm(
+                        t,
+                        t,
+                        hd,
+                        scores.as_mut_ptr(),
+                        1,
+                        t as isize,
+                        true,
+                        q.as_ptr(),
+                        1,
+                        hd as isize,
+                        k.as_ptr(),
+                        hd as isize,
+                        1,
+                        1.0,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                for row in scores.chunks_exact_mut(t) {
+                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    // A map, then the sum apart: the map vectorises, a running sum would not.
+                    row.iter_mut().for_each(|s| *s = exp_nonpositive(*s - max));
+                    let sum: f32 = row.iter().sum();
+                    let inv = 1.0 / sum;
+                    row.iter_mut().for_each(|s| *s *= inv);
+                }
+                // out[bi, :, h, :] = probs · v, rows `heads · hd` apart.
+                // SAFETY: this task alone writes the (bi, ·, h, ·) block of `out`, which
+                // outlives the parallel loop; the other pointers span what is read.
+                unsafe {
+                    gemm::gemm(
+                        t,
+                        hd,
+                        t,
+                        dst.at((bi * t * heads + h) * hd),
+                        1,
+                        (heads * hd) as isize,
+                        false,
+                        scores.as_ptr(),
+                        1,
+                        t as isize,
+                        v.as_ptr(),
+                        1,
+                        hd as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            },
+        );
+    };
+    // SAFETY: the tasks cover every (sequence, head) pair, and each one's product writes
+    // all of its (seq, head_dim) block.
+    unsafe { crate::sae::kernels::written_by(batch * t * heads * hd, fill) }
 }
 
 /// `e^x` for `x <= 0` (a score less its row's maximum), within 3e-7 relative, without libm's

@@ -10,12 +10,13 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
 use super::attention::attend;
 use super::batch::TokenBatch;
 use super::decoder::{Block, Decoder};
+use super::layer_norm::LayerNorm;
 use super::linear::Linear;
 use super::rotary::{Rotary, RotaryAngles};
 use super::Activation;
@@ -213,7 +214,7 @@ struct Layer {
 
 impl Layer {
     fn load(vb: VarBuilder, cfg: &Config, index: usize) -> Result<Self> {
-        let ln = |name| candle_nn::layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp(name));
+        let ln = |name| LayerNorm::load(vb.pp(name), cfg.hidden_size, cfg.layer_norm_eps);
         Ok(Self {
             input_layernorm: ln("input_layernorm")?,
             post_attention_layernorm: ln("post_attention_layernorm")?,
@@ -277,10 +278,10 @@ impl GptNeoX {
         for i in 0..cfg.num_hidden_layers {
             layers.push(Layer::load(base.pp("layers").pp(i), cfg, i)?);
         }
-        let final_layer_norm = candle_nn::layer_norm(
+        let final_layer_norm = LayerNorm::load(
+            base.pp("final_layer_norm"),
             cfg.hidden_size,
             cfg.layer_norm_eps,
-            base.pp("final_layer_norm"),
         )?;
         // Pythia's files (transformers 4) name the head `embed_out`; files saved by newer
         // transformers may say `lm_head`. A tied checkpoint may carry a copy or nothing.

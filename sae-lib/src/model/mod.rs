@@ -7,6 +7,7 @@ mod decoder;
 pub mod gguf;
 pub mod gpt_neox;
 mod hf_config;
+pub mod layer_norm;
 pub mod linear;
 pub mod llama;
 pub mod load;

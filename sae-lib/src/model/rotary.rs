@@ -5,10 +5,12 @@
 //! Angles are computed from per-row position ids rather than a fixed table, so padded
 //! batches and any sequence length work.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor, D};
 use rayon::prelude::*;
 
-use crate::sae::kernels::with_host;
+use crate::sae::kernels::{with_host, written_by};
 
 use crate::Result;
 
@@ -112,33 +114,35 @@ impl RotaryAngles {
             return Err(candle_core::Error::Msg(msg.into()).into());
         };
         let (start, stride) = (layout.start_offset(), layout.stride());
-        let mut out = vec![0f32; b * heads * t * hd];
-        with_host(&self.cos, "the cosines", |cos| {
+        let out = with_host(&self.cos, "the cosines", |cos| {
             with_host(&self.sin, "the sines", |sin| {
-                out.par_chunks_mut(t * hd)
-                    .enumerate()
-                    .for_each(|(bh, head)| {
-                        let (bi, h) = (bh / heads, bh % heads);
-                        for (ti, row) in head.chunks_exact_mut(hd).enumerate() {
-                            let base = start + bi * stride[0] + h * stride[1] + ti * stride[2];
-                            let at = |c: usize| src[base + c * stride[3]];
-                            let angle = (bi * t + ti) * rot;
-                            let (cos, sin) = (&cos[angle..][..rot], &sin[angle..][..rot]);
-                            for (c, o) in row.iter_mut().enumerate() {
-                                *o = if c >= rot {
-                                    at(c)
-                                } else {
-                                    let rotated = if c < half {
-                                        -at(c + half)
+                let fill = |out: &mut [MaybeUninit<f32>]| {
+                    out.par_chunks_mut(t * hd)
+                        .enumerate()
+                        .for_each(|(bh, head)| {
+                            let (bi, h) = (bh / heads, bh % heads);
+                            for (ti, row) in head.chunks_exact_mut(hd).enumerate() {
+                                let base = start + bi * stride[0] + h * stride[1] + ti * stride[2];
+                                let at = |c: usize| src[base + c * stride[3]];
+                                let angle = (bi * t + ti) * rot;
+                                let (cos, sin) = (&cos[angle..][..rot], &sin[angle..][..rot]);
+                                for (c, o) in row.iter_mut().enumerate() {
+                                    o.write(if c >= rot {
+                                        at(c)
                                     } else {
-                                        at(c - half)
-                                    };
-                                    at(c) * cos[c] + rotated * sin[c]
-                                };
+                                        let rotated = if c < half {
+                                            -at(c + half)
+                                        } else {
+                                            at(c - half)
+                                        };
+                                        at(c) * cos[c] + rotated * sin[c]
+                                    });
+                                }
                             }
-                        }
-                    });
-                Ok(())
+                        });
+                };
+                // SAFETY: the loops write every element of every row.
+                Ok(unsafe { written_by(b * heads * t * hd, fill) })
             })
         })?;
         Ok(Tensor::from_vec(out, (b, heads, t, hd), x.device())?)

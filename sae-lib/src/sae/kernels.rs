@@ -308,6 +308,22 @@ pub(crate) fn contiguous_f32<'a>(
     }
 }
 
+/// `n` values, each written by `fill`, which receives them uninitialised: no zeroing pass
+/// first (a `(4096, 512)` activation is 8 MB of memset).
+///
+/// # Safety
+/// `fill` must write every element.
+pub(crate) unsafe fn written_by(
+    n: usize,
+    fill: impl FnOnce(&mut [std::mem::MaybeUninit<f32>]),
+) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    fill(&mut v.spare_capacity_mut()[..n]);
+    // SAFETY: the caller's promise: `fill` wrote all `n`.
+    unsafe { v.set_len(n) };
+    v
+}
+
 /// Runs `f` on a contiguous f32 CPU tensor's data in place, under its read lock: a gradient
 /// or weight read where it lies rather than copied out (a copy of `W_dec` was a tenth of the
 /// sparse backward). `what` names the tensor in the error.
