@@ -282,7 +282,7 @@ pub(crate) fn plus_row(x: &[f32], bias: &[f32]) -> Vec<f32> {
     out
 }
 
-/// `x + bias` with `bias` `(d,)` added to every row of `x` `(rows, d)`: [`AddRow`] for f32 on
+/// `x + bias` with `bias` `(d,)` added to every row of `x` `(rows, d)`: `AddRow` for f32 on
 /// the CPU, `broadcast_add` elsewhere ([`crate::ops`]).
 pub fn add_row(x: &Tensor, bias: &Tensor) -> crate::Result<Tensor> {
     if crate::ops::host_f32(&[x, bias]) && x.rank() == 2 && bias.rank() == 1 {

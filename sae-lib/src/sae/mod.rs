@@ -4,7 +4,7 @@
 //!
 //! Every variant shares the decoder `x̂ = f W_dec + b_dec` and the SAELens tensor names
 //! (`W_enc` `(d_in, d_sae)`, `b_enc`, `W_dec` `(d_sae, d_in)`, `b_dec`), which appear only at
-//! the save/load boundary ([`format`]).
+//! the save/load boundary ([`mod@format`]).
 
 pub mod batch_topk;
 pub mod common;

@@ -5,7 +5,7 @@
 //! matmul is dense. Its backward need not be: the loss only sees `k` pre-activations per
 //! input, so the gradient for `W_enc` has `k · batch` non-zero columns' worth of work, not
 //! `d_sae · batch`. Stock candle ops route that gradient through a dense `(batch, d_sae)`
-//! matrix and two dense matmuls; [`GatherMatmul`] computes it directly, reading and writing
+//! matrix and two dense matmuls; `GatherPreActs` computes it directly, reading and writing
 //! one contiguous encoder row per selected feature (the encoder is held as `W_encᵀ`).
 
 use candle_core::{CpuStorage, DType, Layout, Shape, Tensor};

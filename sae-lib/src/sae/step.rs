@@ -178,7 +178,7 @@ pub fn fused(pre: &Tensor, theta: &Tensor) -> bool {
     crate::ops::host_f32(&[pre, theta]) && pre.rank() == 2 && theta.rank() == 1
 }
 
-/// [`JumpAct`]; the caller checks [`fused`].
+/// `JumpAct`; the caller checks [`fused`].
 pub fn jump_act(pre: &Tensor, theta: &Tensor, eps: f64) -> Result<Tensor> {
     let op = JumpAct {
         inv_eps: (1.0 / eps) as f32,
@@ -186,7 +186,7 @@ pub fn jump_act(pre: &Tensor, theta: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(pre.contiguous()?.apply_op2(&theta.contiguous()?, op)?)
 }
 
-/// [`StepCount`]; the caller checks [`fused`].
+/// `StepCount`; the caller checks [`fused`].
 pub fn step_count(pre: &Tensor, theta: &Tensor, eps: f64) -> Result<Tensor> {
     let op = StepCount {
         inv_eps: (1.0 / eps) as f32,

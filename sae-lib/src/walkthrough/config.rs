@@ -78,7 +78,7 @@ impl WalkthroughConfig {
     /// | `SAE_D_SAE`, `SAE_K` | dictionary size, active features (TopK family) | 4096, the architecture's |
     /// | `SAE_STEPS`, `SAE_BATCH_SIZE` | training steps and batch | 2000, 4096 |
     /// | `SAE_L1`, `SAE_LR`, `SAE_SEED` | sparsity coefficient, learning rate, seed | the architecture's, 0 |
-    /// | `SAE_DEVICE` | auto, cpu, cuda[:N], metal[:N] | auto |
+    /// | `SAE_DEVICE` | auto, cpu, cuda or cuda:N, metal or metal:N | auto |
     /// | `SAE_OUT` | folder for activations, the SAE and the report | `walkthrough` |
     ///
     /// A value that does not parse is an error naming the variable.
@@ -256,12 +256,12 @@ impl WalkthroughConfig {
             .documents(&self.dataset_options, &HubOptions::from_env())
     }
 
-    /// Where [`activations`] keeps its store.
+    /// Where [`activations`](super::stages::activations) keeps its store.
     pub fn activations_dir(&self) -> PathBuf {
         self.out.join("activations")
     }
 
-    /// Where [`train_sae`] keeps the SAE (SAELens format) and its training metrics: one folder
+    /// Where [`train_sae`](super::stages::train_sae) keeps the SAE (SAELens format) and its training metrics: one folder
     /// per architecture, so Part 2's variants sit beside Part 1's ReLU SAE.
     pub fn sae_dir(&self) -> PathBuf {
         self.out.join(format!("sae-{}", self.architecture.name()))

@@ -215,7 +215,7 @@ struct ModelArgs {
     /// tokenizer.json to use instead of the model's own.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
-    /// auto, cpu, cuda[:N] or metal[:N].
+    /// auto, cpu, cuda or cuda:N, metal or metal:N.
     #[arg(long, default_value = "auto")]
     device: String,
     /// Model weights dtype.
