@@ -23,7 +23,13 @@ pub(crate) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor) -> Resul
     let kv_heads = k.dim(1)?;
     // The CPU path records no graph: taken only when nothing asks for gradients.
     let tracked = [q, k, v, bias].iter().any(|t| t.track_op());
-    if !tracked && crate::ops::host_f32(&[q, k, v, bias]) {
+    // The shapes the CPU path indexes by; anything else (a broadcast bias, say) goes stock.
+    let shapes = bias.dims() == [b, 1, t, t]
+        && k.dims() == [b, kv_heads, t, hd]
+        && v.dims() == k.dims()
+        && kv_heads > 0
+        && heads % kv_heads == 0;
+    if !tracked && shapes && crate::ops::host_f32(&[q, k, v, bias]) {
         let dims = Dims {
             batch: b,
             heads,
