@@ -72,8 +72,10 @@ impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         if let Some(bias) = self.stock.bias() {
             let operands = [x, self.stock.weight(), bias];
-            // The CPU path records no graph: taken only when nothing asks for gradients.
-            if crate::ops::host_f32(&operands) && !operands.iter().any(|t| t.track_op()) {
+            // The CPU path records no graph: taken only when nothing asks for gradients. A
+            // width that does not fit goes stock too, which says what is wrong.
+            let fits = x.dim(D::Minus1)? == self.ones.len() && bias.dims() == [self.ones.len()];
+            if fits && crate::ops::host_f32(&operands) && !operands.iter().any(|t| t.track_op()) {
                 return self.forward_on_host(x, bias);
             }
         }

@@ -54,8 +54,14 @@ impl Module for Linear {
         out_dims[dims.len() - 1] = self.weight_t.dim(1)?;
         let mut operands = vec![x, &self.weight_t];
         operands.extend(&self.bias);
-        // The CPU path records no graph: taken only when nothing asks for gradients.
-        if crate::ops::host_f32(&operands) && !operands.iter().any(|t| t.track_op()) {
+        // The CPU path records no graph: taken only when nothing asks for gradients. A shape
+        // that does not fit goes stock too, which says what is wrong.
+        let fits = self.weight_t.dim(0)? == d_in
+            && self
+                .bias
+                .as_ref()
+                .is_none_or(|b| b.dims() == [out_dims[dims.len() - 1]]);
+        if fits && crate::ops::host_f32(&operands) && !operands.iter().any(|t| t.track_op()) {
             let y = self.forward_on_host(&x.contiguous()?, rows, d_in)?;
             return Tensor::from_vec(y, out_dims, x.device());
         }
@@ -139,6 +145,11 @@ mod tests {
             let gap = (host - stock).unwrap().abs().unwrap().max_all().unwrap();
             assert!(gap.to_scalar::<f32>().unwrap() < 1e-5);
         }
+        // A width that does not fit is a clear error, not an out-of-bounds read.
+        let e = Linear::new(&w, None)
+            .unwrap()
+            .forward(&x.narrow(2, 0, 4).unwrap());
+        assert!(e.unwrap_err().to_string().contains("shape mismatch"));
         let var = Var::from_tensor(&x).unwrap();
         let y = Linear::new(&w, None)
             .unwrap()

@@ -73,7 +73,13 @@ impl RotaryAngles {
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         // The CPU path records no graph: taken only when nothing asks for gradients.
         let tracked = [x, &self.cos, &self.sin].iter().any(|t| t.track_op());
-        if !tracked && crate::ops::host_f32(&[x, &self.cos, &self.sin]) {
+        let fits = match x.dims() {
+            &[b, _, t, hd] => {
+                hd >= self.rotary_dim && self.cos.dims() == [b, 1, t, self.rotary_dim]
+            }
+            _ => false,
+        };
+        if !tracked && fits && crate::ops::host_f32(&[x, &self.cos, &self.sin]) {
             return self.apply_on_host(x);
         }
         let head_dim = x.dim(D::Minus1)?;
