@@ -25,6 +25,14 @@ pub fn host_f32(tensors: &[&Tensor]) -> bool {
     own_kernels_on(tensors, Device::is_cpu)
 }
 
+/// Whether a CPU kernel that records no autograd graph applies: [`host_f32`], and no tensor
+/// asks for gradients (none is a variable or made from one). The model's own CPU paths
+/// (attention, linear layers, rotary embedding, layer norm) take this test; a tensor that
+/// tracks its graph goes through stock ops, which keep it.
+pub fn host_f32_untracked(tensors: &[&Tensor]) -> bool {
+    host_f32(tensors) && !tensors.iter().any(|t| t.track_op())
+}
+
 /// Whether the CUDA kernels apply: every tensor is f32 on a CUDA GPU and stock ops were not
 /// asked for.
 pub fn cuda_f32(tensors: &[&Tensor]) -> bool {
@@ -66,6 +74,20 @@ impl Drop for StockOps {
 pub fn with_stock_ops<T>(f: impl FnOnce() -> T) -> T {
     let _stock = StockOps::on();
     f()
+}
+
+/// The largest absolute difference between two tensors of one shape (a test helper).
+#[cfg(test)]
+pub(crate) fn max_abs_gap(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| {
+            d.abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_dtype(DType::F32)?
+                .to_scalar::<f32>()
+        })
+        .expect("two tensors of one shape")
 }
 
 #[cfg(test)]
