@@ -15,19 +15,19 @@ use crate::{Error, Result};
 /// Batches per pool of documents packed together (bounds the extra memory to a few batches).
 const POOL_BATCHES: usize = 8;
 
-/// First-fit decreasing: the pool's documents (indices into `pool`), longest first, into rows
-/// of at most `capacity` tokens, or one document per row when `capacity` is `None`. WikiText
-/// paragraphs range from a few tokens (headings) to hundreds, so padding each to its batch's
-/// longest wasted most of the compute.
-fn pack(pool: &[(u32, Vec<u32>)], capacity: Option<usize>) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..pool.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(pool[i].1.len()));
+/// First-fit decreasing: documents of the given lengths (indices into `lens`), longest first,
+/// into rows of at most `capacity` tokens, or one document per row when `capacity` is `None`.
+/// WikiText paragraphs range from a few tokens (headings) to hundreds, so padding each to its
+/// batch's longest wasted most of the compute.
+fn pack(lens: &[usize], capacity: Option<usize>) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
     let Some(capacity) = capacity else {
         return order.into_iter().map(|i| vec![i]).collect();
     };
     let mut rows: Vec<(usize, Vec<usize>)> = Vec::new();
     for i in order {
-        let len = pool[i].1.len();
+        let len = lens[i];
         match rows.iter_mut().find(|(used, _)| used + len <= capacity) {
             Some((used, docs)) => {
                 *used += len;
@@ -37,6 +37,16 @@ fn pack(pool: &[(u32, Vec<u32>)], capacity: Option<usize>) -> Vec<Vec<usize>> {
         }
     }
     rows.into_iter().map(|(_, docs)| docs).collect()
+}
+
+/// The tokens of a non-empty document that the model must run for `mode`. The models are
+/// causal: the middle token's activation depends only on the tokens up to it, so the second
+/// half of each document is never run in `Middle` mode (half the work, the same activations).
+pub(crate) fn forwarded(ids: &[u32], mode: CollectMode) -> &[u32] {
+    match mode {
+        CollectMode::Middle => &ids[..ids.len() / 2 + 1],
+        CollectMode::All => ids,
+    }
 }
 
 /// The tutorial's constants, and what the batched collector adds to them.
@@ -116,7 +126,8 @@ pub struct MiddleTokenActivations {
 
 /// The tutorial's collection, faithfully: one document at a time, truncated to `max_len`
 /// tokens, keeping the activation of the middle token (`len / 2`) at `hook`. The forward stops
-/// at the hook instead of computing logits nobody uses.
+/// at the hook instead of computing logits nobody uses, and runs only the tokens up to the
+/// middle one ([`forwarded`]): later tokens cannot change it.
 pub fn tutorial_middle_tokens(
     model: &Model,
     tokenizer: &Tokenizer,
@@ -139,13 +150,18 @@ pub fn tutorial_middle_tokens(
             skipped_empty += 1;
             continue;
         }
-        let batch =
-            TokenBatch::from_sequences(&[ids], Padding::Right, tokenizer.pad_id(), model.device())?;
+        let prefix = forwarded(&ids, CollectMode::Middle);
+        let batch = TokenBatch::from_sequences(
+            &[prefix.to_vec()],
+            Padding::Right,
+            tokenizer.pad_id(),
+            model.device(),
+        )?;
         let mut hooks = Hooks::new().capture(hook).stop_at(hook);
         model.forward(&batch, &mut hooks)?;
-        let acts = hooks.take(hook)?.i(0)?; // (seq, d)
+        let acts = hooks.take(hook)?.i(0)?; // (prefix, d)
         rows.push(
-            acts.i(acts.dim(0)? / 2)?
+            acts.i(ids.len() / 2)?
                 .to_dtype(DType::F32)?
                 .to_device(&Device::Cpu)?,
         );
@@ -303,11 +319,16 @@ pub(crate) fn run_pool(
         .max()
         .ok_or_else(|| Error::Input("no hook to collect at".into()))?;
     let mut rows: Vec<Option<DocRows>> = (0..pool.len()).map(|_| None).collect();
-    let packed = pack(pool, cfg.pack.then_some(cfg.max_len));
+    let inputs: Vec<&[u32]> = pool
+        .iter()
+        .map(|(_, ids)| forwarded(ids, cfg.mode))
+        .collect();
+    let lens: Vec<usize> = inputs.iter().map(|ids| ids.len()).collect();
+    let packed = pack(&lens, cfg.pack.then_some(cfg.max_len));
     for chunk in packed.chunks(cfg.batch_size.max(1)) {
         let seqs: Vec<Vec<&[u32]>> = chunk
             .iter()
-            .map(|docs| docs.iter().map(|&i| pool[i].1.as_slice()).collect())
+            .map(|docs| docs.iter().map(|&i| inputs[i]).collect())
             .collect();
         let batch = TokenBatch::packed(&seqs, cfg.padding, tokenizer.pad_id(), model.device())?;
         let mut captured = hooks
@@ -353,7 +374,7 @@ pub(crate) fn run_pool(
                     positions: keep.iter().map(|&k| k as u32).collect(),
                     values,
                 });
-                offset += len;
+                offset += lens[i];
             }
         }
     }

@@ -20,7 +20,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::source::BatchSource;
-use crate::collect::{read_pool, run_pool, CollectConfig};
+use crate::collect::{forwarded, read_pool, run_pool, CollectConfig};
 use crate::data::store::permutation;
 use crate::hooks::HookPoint;
 use crate::model::Model;
@@ -360,7 +360,7 @@ impl<'m> ActivationStream<'m> {
                 for (buf, values) in self.buffers.iter_mut().zip(row.values) {
                     buf.extend_from_slice(&values);
                 }
-                self.stats.tokens_forwarded += ids.len() as u64;
+                self.stats.tokens_forwarded += forwarded(ids, self.cfg.collect.mode).len() as u64;
                 self.pass_rows += row.positions.len() as u64;
             }
             self.cursor.doc += read;

@@ -178,7 +178,10 @@ fn middle_token_rows_equal_a_direct_forward() {
         let mut hooks = Hooks::new().capture(hook);
         model.forward(&batch, &mut hooks).unwrap();
         let direct = hooks.get(hook).unwrap().i((0, ids.len() / 2)).unwrap();
-        assert!(max_abs_diff(&got.activations.i(row).unwrap(), &direct) < 1e-6);
+        let d = max_abs_diff(&got.activations.i(row).unwrap(), &direct);
+        // The loop runs only the prefix up to the middle token, so matrix products of other
+        // shapes sum in another order: rounding, not a difference in what is computed.
+        assert!(d < 1e-5, "document {i}: {d}");
     }
 }
 
@@ -287,6 +290,16 @@ fn collection_from_every_pythia_layout_equals_transformers() {
             let want = exp[&format!("single.{hook}")].squeeze(0).unwrap();
             let d = max_abs_diff(&rows, &want);
             assert!(d < 1e-4, "{layout} {hook}: collected rows differ by {d}");
+            // The middle token, from a forward that stops there.
+            let middle =
+                tutorial_middle_tokens(&model, &tok, vec![Ok(text.clone())], hook, 64, None)
+                    .unwrap()
+                    .activations;
+            let d = max_abs_diff(
+                &middle.i(0).unwrap(),
+                &want.i(ids.len().min(64) / 2).unwrap(),
+            );
+            assert!(d < 1e-4, "{layout} {hook}: middle row differs by {d}");
         }
     }
 }
