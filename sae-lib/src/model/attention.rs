@@ -12,6 +12,7 @@
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
+use crate::sae::kernels::simd;
 use crate::Result;
 
 /// Attention for `q` `(batch, heads, seq, head_dim)` over `k` and `v`
@@ -138,14 +139,14 @@ fn attend_on_host(q: &[f32], k: &[f32], v: &[f32], bias: &[f32], dims: Dims) -> 
                         gemm::Parallelism::None,
                     );
                 }
-                for row in scores.chunks_exact_mut(t) {
-                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    // A map, then the sum apart: the map vectorises, a running sum would not.
-                    row.iter_mut().for_each(|s| *s = exp_nonpositive(*s - max));
-                    let sum: f32 = row.iter().sum();
-                    let inv = 1.0 / sum;
-                    row.iter_mut().for_each(|s| *s *= inv);
-                }
+                simd(
+                    #[inline(always)]
+                    |_| {
+                        for row in scores.chunks_exact_mut(t) {
+                            softmax(row);
+                        }
+                    },
+                );
                 // out[bi, :, h, :] = probs · v, rows `heads · hd` apart.
                 // SAFETY: this task alone writes the (bi, ·, h, ·) block of `out`, which
                 // outlives the parallel loop; the other pointers span what is read.
@@ -180,11 +181,48 @@ fn attend_on_host(q: &[f32], k: &[f32], v: &[f32], bias: &[f32], dims: Dims) -> 
     unsafe { crate::sae::kernels::written_by(batch * t * heads * hd, fill) }
 }
 
+/// A row of scores into probabilities, in place. The maximum and the sum are taken over 16
+/// lanes of partial results, and the exponentials as a map of their own, so that each of the
+/// three passes vectorises (a running maximum or sum would not).
+#[inline(always)]
+fn softmax(row: &mut [f32]) {
+    const LANES: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let mut max = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for c in chunks {
+        for i in 0..LANES {
+            lanes[i] = lanes[i].max(c[i]);
+        }
+    }
+    max = lanes.iter().copied().fold(max, f32::max);
+    for s in row.iter_mut() {
+        *s = exp_nonpositive(*s - max);
+    }
+    let chunks = row.chunks_exact(LANES);
+    let mut lanes = [0f32; LANES];
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for i in 0..LANES {
+            lanes[i] += c[i];
+        }
+    }
+    let inv = 1.0 / (lanes.iter().sum::<f32>() + tail);
+    for s in row.iter_mut() {
+        *s *= inv;
+    }
+}
+
 /// `e^x` for `x <= 0` (a score less its row's maximum), within 3e-7 relative, without libm's
 /// call per value: `2^n · e^r` with `n` the nearest integer to `x / ln 2`, set in the exponent
 /// bits, and `r = x − n ln 2` (in two parts, so `r` keeps its precision) in [-0.35, 0.35],
 /// where a degree-7 Taylor series is good to 5e-9. Below ln(f32::MIN_POSITIVE) the result is
 /// 0 where f32's `exp` gives a subnormal, which a softmax cannot tell from 0.
+#[inline(always)]
 fn exp_nonpositive(x: f32) -> f32 {
     // Round to nearest by the 1.5 · 2^23 trick: plain SSE2 arithmetic, no rounding call.
     const ROUND: f32 = 12_582_912.0;
@@ -193,7 +231,8 @@ fn exp_nonpositive(x: f32) -> f32 {
     const SMALLEST: f32 = -87.336_5;
     // Computed for every x and then selected, without a branch, so the row's loop vectorises.
     let y = x.max(SMALLEST);
-    let n = (y * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let shifted = y * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
     let r = (y - n * LN2_HI) - n * LN2_LO;
     let p = 1.0
         + r * (1.0
@@ -201,7 +240,11 @@ fn exp_nonpositive(x: f32) -> f32 {
                 + r * (1.0 / 6.0
                     + r * (1.0 / 24.0
                         + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    let e = f32::from_bits(((n as i32 + 127) as u32) << 23) * p;
+    // 2^n from n's bits in `shifted` (its low mantissa bits hold n + 2^22, so the difference
+    // of the two bit patterns is n): integer arithmetic that vectorises, where `n as i32`
+    // is a saturating conversion that does not.
+    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    let e = f32::from_bits(n_bits.wrapping_add(127) << 23) * p;
     if x < SMALLEST {
         0.0
     } else {

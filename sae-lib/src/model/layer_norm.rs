@@ -12,7 +12,7 @@ use candle_core::{Module, Tensor, D};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-use crate::sae::kernels::{dot, with_host, written_by};
+use crate::sae::kernels::{dot_body, simd, with_host, written_by};
 
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
@@ -42,7 +42,12 @@ impl LayerNorm {
                         out.par_chunks_mut(d)
                             .zip(x.par_chunks(d))
                             .with_min_len(16)
-                            .for_each(|(o, row)| self.normalise(row, w, b, o));
+                            .for_each(|(o, row)| {
+                                simd(
+                                    #[inline(always)]
+                                    |fma| self.normalise(row, w, b, o, fma),
+                                )
+                            });
                     };
                     // SAFETY: `normalise` writes every element of its row.
                     Ok(unsafe { written_by(x.len(), fill) })
@@ -53,15 +58,23 @@ impl LayerNorm {
     }
 
     /// One row, into `out`: centred first, then scaled once its variance is known.
-    fn normalise(&self, row: &[f32], w: &[f32], b: &[f32], out: &mut [MaybeUninit<f32>]) {
+    #[inline(always)]
+    fn normalise(
+        &self,
+        row: &[f32],
+        w: &[f32],
+        b: &[f32],
+        out: &mut [MaybeUninit<f32>],
+        fma: bool,
+    ) {
         let d = row.len() as f32;
-        let mean = dot(row, &self.ones) / d;
+        let mean = dot_body(row, &self.ones, fma) / d;
         for (o, &v) in out.iter_mut().zip(row) {
             o.write(v - mean);
         }
         // SAFETY: every element was written just above.
         let out = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
-        let inv_std = 1.0 / (dot(out, out) / d + self.eps).sqrt();
+        let inv_std = 1.0 / (dot_body(out, out, fma) / d + self.eps).sqrt();
         for ((o, &w), &b) in out.iter_mut().zip(w).zip(b) {
             *o = *o * inv_std * w + b;
         }

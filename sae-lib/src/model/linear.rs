@@ -83,10 +83,23 @@ impl Linear {
         rows: usize,
         d_in: usize,
     ) -> candle_core::Result<Vec<f32>> {
-        use crate::sae::kernels::with_host;
+        use crate::sae::kernels::{with_host, written_by};
+        use rayon::prelude::*;
         let d_out = self.weight_t.dim(1)?;
         let mut y = match &self.bias {
-            Some(b) => with_host(b, "the bias", |b| Ok(b.repeat(rows)))?,
+            // Written in parallel: a serial copy left one of two cores idle for 3% of the
+            // forward.
+            Some(b) => with_host(b, "the bias", |b| {
+                let fill = |y: &mut [std::mem::MaybeUninit<f32>]| {
+                    y.par_chunks_mut(d_out).with_min_len(64).for_each(|row| {
+                        for (o, &v) in row.iter_mut().zip(b) {
+                            o.write(v);
+                        }
+                    })
+                };
+                // SAFETY: every row of `y` is written, `b` being `d_out` long.
+                Ok(unsafe { written_by(rows * d_out, fill) })
+            })?,
             None => vec![0f32; rows * d_out],
         };
         with_host(x, "the input", |x| {

@@ -16,6 +16,8 @@ pub mod weights;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::sae::kernels::{simd, written_by};
+
 pub use batch::{Padding, TokenBatch};
 pub use gpt_neox::GptNeoX;
 pub use llama::Llama;
@@ -114,11 +116,25 @@ impl candle_core::CustomOp1 for ParallelGeluErf {
         else {
             candle_core::bail!("parallel-gelu-erf needs a contiguous f32 tensor")
         };
-        let out: Vec<f32> = data[start..end]
-            .par_iter()
-            .with_min_len(4096)
-            .map(|&v| (fast_erf(v * std::f32::consts::FRAC_1_SQRT_2) + 1.0) * 0.5 * v)
-            .collect();
+        let x = &data[start..end];
+        let fill = |out: &mut [std::mem::MaybeUninit<f32>]| {
+            out.par_chunks_mut(4096)
+                .zip(x.par_chunks(4096))
+                .for_each(|(out, x)| {
+                    simd(
+                        #[inline(always)]
+                        |_| {
+                            for (o, &v) in out.iter_mut().zip(x) {
+                                o.write(
+                                    (fast_erf(v * std::f32::consts::FRAC_1_SQRT_2) + 1.0) * 0.5 * v,
+                                );
+                            }
+                        },
+                    )
+                });
+        };
+        // SAFETY: the chunks of `out` pair with those of `x`, which is as long.
+        let out = unsafe { written_by(x.len(), fill) };
         Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
     }
 }

@@ -10,7 +10,7 @@ use std::mem::MaybeUninit;
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor, D};
 use rayon::prelude::*;
 
-use crate::sae::kernels::{with_host, written_by};
+use crate::sae::kernels::{simd, with_host, written_by};
 
 use crate::Result;
 
@@ -119,35 +119,55 @@ impl RotaryAngles {
         let out = with_host(&self.cos, "the cosines", |cos| {
             with_host(&self.sin, "the sines", |sin| {
                 let fill = |out: &mut [MaybeUninit<f32>]| {
-                    out.par_chunks_mut(t * hd)
-                        .enumerate()
-                        .for_each(|(bh, head)| {
+                    out.par_chunks_mut(t * hd).enumerate().for_each_init(
+                        || vec![0f32; hd],
+                        |x, (bh, head)| {
                             let (bi, h) = (bh / heads, bh % heads);
                             for (ti, row) in head.chunks_exact_mut(hd).enumerate() {
+                                // The row where it lies, or gathered through the
+                                // view's strides.
                                 let base = start + bi * stride[0] + h * stride[1] + ti * stride[2];
-                                let at = |c: usize| src[base + c * stride[3]];
+                                let x = if stride[3] == 1 {
+                                    &src[base..][..hd]
+                                } else {
+                                    for (c, v) in x.iter_mut().enumerate() {
+                                        *v = src[base + c * stride[3]];
+                                    }
+                                    &x[..]
+                                };
                                 let angle = (bi * t + ti) * rot;
                                 let (cos, sin) = (&cos[angle..][..rot], &sin[angle..][..rot]);
-                                for (c, o) in row.iter_mut().enumerate() {
-                                    o.write(if c >= rot {
-                                        at(c)
-                                    } else {
-                                        let rotated = if c < half {
-                                            -at(c + half)
-                                        } else {
-                                            at(c - half)
-                                        };
-                                        at(c) * cos[c] + rotated * sin[c]
-                                    });
-                                }
+                                simd(
+                                    #[inline(always)]
+                                    |_| rotate(x, cos, sin, half, row),
+                                );
                             }
-                        });
+                        },
+                    );
                 };
                 // SAFETY: the loops write every element of every row.
                 Ok(unsafe { written_by(b * heads * t * hd, fill) })
             })
         })?;
         Ok(Tensor::from_vec(out, (b, heads, t, hd), x.device())?)
+    }
+}
+
+/// One row `x` of a head into `out`: its first `2 · half` values turned by the angles
+/// (`x · cos + rotate_half(x) · sin`, `rotate_half(x) = (−x₂, x₁)`), the rest copied.
+#[inline(always)]
+fn rotate(x: &[f32], cos: &[f32], sin: &[f32], half: usize, out: &mut [MaybeUninit<f32>]) {
+    let (x1, x2) = (&x[..half], &x[half..2 * half]);
+    let (first, rest) = out.split_at_mut(half);
+    let (second, pass) = rest.split_at_mut(half);
+    for (c, o) in first.iter_mut().enumerate() {
+        o.write(x1[c] * cos[c] - x2[c] * sin[c]);
+    }
+    for (c, o) in second.iter_mut().enumerate() {
+        o.write(x2[c] * cos[half + c] + x1[c] * sin[half + c]);
+    }
+    for (o, &v) in pass.iter_mut().zip(&x[2 * half..]) {
+        o.write(v);
     }
 }
 

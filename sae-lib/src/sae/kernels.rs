@@ -2,10 +2,11 @@
 //! added to every row with a fast backward, and zero-copy access to a tensor's f32 data.
 //!
 //! The crate is built for baseline x86-64 (SSE2), so loops the compiler vectorises run four
-//! lanes wide without FMA. `dot` and `axpy` check once for AVX2 and FMA and then run a copy
-//! of the same loop compiled for them (eight lanes, fused multiply-add): the sparse encoder
-//! and decoder spend most of their time here. Results differ from the baseline path only by
-//! FMA rounding, and a given machine always takes the same path, so runs stay reproducible.
+//! lanes wide without FMA. [`simd`] runs a loop as a copy compiled for the widest vector unit
+//! the CPU has (AVX-512F, or AVX2 with FMA: sixteen or eight lanes): the sparse encoder and
+//! decoder, and the model's elementwise passes, spend their time in such loops. Only loops
+//! that ask for fused multiply-add (`dot`, `axpy`) round differently on the wider paths, and a
+//! given machine always takes the same path, so runs stay reproducible.
 
 use candle_core::{CpuStorage, Storage, Tensor};
 
@@ -21,9 +22,40 @@ fn widest() -> bool {
     wide() && is_x86_feature_detected!("avx512f")
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn on_wide<R>(body: impl FnOnce(bool) -> R) -> R {
+    body(true)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn on_widest<R>(body: impl FnOnce(bool) -> R) -> R {
+    body(true)
+}
+
+/// Runs `body` compiled for the widest vector unit this CPU has; its argument says whether
+/// fused multiply-add is there (`f32::mul_add` is a library call without it). The features
+/// reach only code inlined into `body`: write it as an `#[inline(always)]` closure over
+/// `#[inline(always)]` functions, and call `simd` inside each parallel task, not around one.
+#[inline(always)]
+pub(crate) fn simd<R>(body: impl FnOnce(bool) -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if widest() {
+        // SAFETY: the CPU has the features `on_widest` is compiled for.
+        return unsafe { on_widest(body) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if wide() {
+        // SAFETY: the CPU has the features `on_wide` is compiled for.
+        return unsafe { on_wide(body) };
+    }
+    body(false)
+}
+
 /// Sixteen independent partial sums, so the loop vectorises without reassociation.
 #[inline(always)]
-fn dot_body(a: &[f32], b: &[f32], fma: bool) -> f32 {
+pub(crate) fn dot_body(a: &[f32], b: &[f32], fma: bool) -> f32 {
     let mut acc = [0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
     let tail: f32 = ca
@@ -55,58 +87,20 @@ fn axpy_body(out: &mut [f32], alpha: f32, x: &[f32], fma: bool) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_wide(a: &[f32], b: &[f32]) -> f32 {
-    dot_body(a, b, true)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn axpy_wide(out: &mut [f32], alpha: f32, x: &[f32]) {
-    axpy_body(out, alpha, x, true)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn dot_widest(a: &[f32], b: &[f32]) -> f32 {
-    dot_body(a, b, true)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn axpy_widest(out: &mut [f32], alpha: f32, x: &[f32]) {
-    axpy_body(out, alpha, x, true)
-}
-
 /// `Σ a[i] · b[i]` over the shorter of the two.
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if widest() {
-        // SAFETY: the CPU has the features `dot_widest` was compiled for.
-        return unsafe { dot_widest(a, b) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if wide() {
-        // SAFETY: the CPU has the features `dot_wide` was compiled for.
-        return unsafe { dot_wide(a, b) };
-    }
-    dot_body(a, b, false)
+    simd(
+        #[inline(always)]
+        |fma| dot_body(a, b, fma),
+    )
 }
 
 /// `out += alpha · x`.
 pub(crate) fn axpy(out: &mut [f32], alpha: f32, x: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if widest() {
-        // SAFETY: as in `dot`.
-        return unsafe { axpy_widest(out, alpha, x) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if wide() {
-        // SAFETY: as in `dot`.
-        return unsafe { axpy_wide(out, alpha, x) };
-    }
-    axpy_body(out, alpha, x, false)
+    simd(
+        #[inline(always)]
+        |fma| axpy_body(out, alpha, x, fma),
+    )
 }
 
 /// Scales each row of a contiguous f32 `(rows, d)` CPU matrix to unit L2 norm, in place.
