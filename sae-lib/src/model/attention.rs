@@ -12,7 +12,7 @@
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
-use crate::sae::kernels::simd;
+use crate::sae::kernels::{simd, SharedOut};
 use crate::Result;
 
 /// Attention for `q` `(batch, heads, seq, head_dim)` over `k` and `v`
@@ -71,23 +71,6 @@ struct Dims {
     head_dim: usize,
 }
 
-/// The output pointer, shared by tasks that write disjoint parts of it.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: each task writes only its own (sequence, head) columns; see `attend_on_host`.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// The element `offset` places in (a method, so closures capture the whole `Out`).
-    ///
-    /// # Safety
-    /// `offset` must be within the buffer.
-    unsafe fn at(self, offset: usize) -> *mut f32 {
-        self.0.add(offset)
-    }
-}
-
 /// The CPU path of [`attend`] on raw contiguous buffers: `q` `(b, heads, t, hd)`, `k` and `v`
 /// `(b, kv_heads, t, hd)`, `bias` `(b, t, t)`; returns `(b, t, heads, hd)`.
 fn attend_on_host(q: &[f32], k: &[f32], v: &[f32], bias: &[f32], dims: Dims) -> Vec<f32> {
@@ -99,7 +82,7 @@ fn attend_on_host(q: &[f32], k: &[f32], v: &[f32], bias: &[f32], dims: Dims) -> 
         head_dim: hd,
     } = dims;
     let fill = |out: &mut [std::mem::MaybeUninit<f32>]| {
-        let dst = Out(out.as_mut_ptr().cast::<f32>());
+        let dst = SharedOut(out.as_mut_ptr().cast::<f32>());
         let scale = 1.0 / (hd as f32).sqrt();
         let group = heads / kv_heads.max(1);
         (0..batch * heads).into_par_iter().for_each_init(

@@ -302,6 +302,24 @@ pub(crate) fn contiguous_f32<'a>(
     }
 }
 
+/// A pointer to an output buffer, shared by parallel tasks that each write their own part of
+/// it (a `(sequence, head)` block, a band of columns).
+#[derive(Clone, Copy)]
+pub(crate) struct SharedOut(pub(crate) *mut f32);
+// SAFETY: the tasks write disjoint elements, and the buffer outlives them (the users' part).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The element `offset` places in (a method, so closures capture the whole `SharedOut`).
+    ///
+    /// # Safety
+    /// `offset` must be within the buffer.
+    pub(crate) unsafe fn at(self, offset: usize) -> *mut f32 {
+        self.0.add(offset)
+    }
+}
+
 /// `n` values, each written by `fill`, which receives them uninitialised: no zeroing pass
 /// first (a `(4096, 512)` activation is 8 MB of memset).
 ///
