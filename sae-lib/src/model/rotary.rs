@@ -175,13 +175,18 @@ fn rotate(x: &[f32], cos: &[f32], sin: &[f32], half: usize, out: &mut [MaybeUnin
 mod tests {
     use super::*;
 
-    /// The CPU path, reading a strided view, against stock ops.
+    /// The CPU path, reading strided views, against stock ops.
     #[test]
     fn the_host_path_matches_stock_ops() {
         let dev = Device::Cpu;
-        // (b, t, heads, 3 hd) → the middle third, as (b, heads, t, hd)
+        // (b, t, heads, 3 hd) → the middle third, as (b, heads, t, hd): rows read in place.
         let fused = Tensor::randn(0f32, 1., (2, 5, 3, 24), &dev).unwrap();
-        let x = fused.narrow(3, 8, 8).unwrap().transpose(1, 2).unwrap();
+        let in_rows = fused.narrow(3, 8, 8).unwrap().transpose(1, 2).unwrap();
+        // (b, heads, hd, t) transposed: each row gathered through its stride.
+        let gathered = Tensor::randn(0f32, 1., (2, 3, 8, 5), &dev)
+            .unwrap()
+            .transpose(2, 3)
+            .unwrap();
         let angles = Rotary::new(4, 10_000.)
             .angles(
                 &[vec![0, 1, 2, 3, 4], vec![3, 0, 0, 1, 2]],
@@ -189,14 +194,16 @@ mod tests {
                 &dev,
             )
             .unwrap();
-        let host = angles.apply(&x).unwrap();
-        let stock = crate::ops::with_stock_ops(|| angles.apply(&x)).unwrap();
-        assert!(host.is_contiguous());
-        let (host, stock) = (host.flatten_all().unwrap(), stock.flatten_all().unwrap());
-        assert_eq!(
-            host.to_vec1::<f32>().unwrap(),
-            stock.to_vec1::<f32>().unwrap()
-        );
+        for x in [in_rows, gathered] {
+            let host = angles.apply(&x).unwrap();
+            let stock = crate::ops::with_stock_ops(|| angles.apply(&x)).unwrap();
+            assert!(host.is_contiguous());
+            let (host, stock) = (host.flatten_all().unwrap(), stock.flatten_all().unwrap());
+            assert_eq!(
+                host.to_vec1::<f32>().unwrap(),
+                stock.to_vec1::<f32>().unwrap()
+            );
+        }
     }
 
     #[test]
