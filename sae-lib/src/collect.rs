@@ -127,7 +127,7 @@ pub struct MiddleTokenActivations {
 /// The tutorial's collection, faithfully: one document at a time, truncated to `max_len`
 /// tokens, keeping the activation of the middle token (`len / 2`) at `hook`. The forward stops
 /// at the hook instead of computing logits nobody uses, and runs only the tokens up to the
-/// middle one ([`forwarded`]): later tokens cannot change it.
+/// middle one: later tokens cannot change it.
 pub fn tutorial_middle_tokens(
     model: &Model,
     tokenizer: &Tokenizer,

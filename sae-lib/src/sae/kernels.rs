@@ -2,7 +2,7 @@
 //! added to every row with a fast backward, and zero-copy access to a tensor's f32 data.
 //!
 //! The crate is built for baseline x86-64 (SSE2), so loops the compiler vectorises run four
-//! lanes wide without FMA. [`simd`] runs a loop as a copy compiled for the widest vector unit
+//! lanes wide without FMA. `simd` runs a loop as a copy compiled for the widest vector unit
 //! the CPU has (AVX-512F, or AVX2 with FMA: sixteen or eight lanes): the sparse encoder and
 //! decoder, and the model's elementwise passes, spend their time in such loops. Only loops
 //! that ask for fused multiply-add (`dot`, `axpy`) round differently on the wider paths, and a
