@@ -98,6 +98,22 @@ pub fn diagnose(s: &RunSummary) -> Vec<String> {
     out
 }
 
+/// One message when the SAE explains almost none of the held-out variance although it
+/// reconstructs its training rows: it learnt those rows (read `passes` times each) rather than
+/// features that carry over. `None` when it generalises, or fails on both (which [`diagnose`]
+/// names).
+pub fn diagnose_held_out(training_fvu: f64, held_out_fvu: f64, passes: f64) -> Option<String> {
+    let fails = !held_out_fvu.is_finite() || held_out_fvu >= NO_RECONSTRUCTION_FVU;
+    (fails && training_fvu < NO_RECONSTRUCTION_FVU).then(|| {
+        format!(
+            "held-out FVU {held_out_fvu:.3} against {training_fvu:.3} on the training rows: the \
+             SAE memorised its rows (each read about {passes:.0} times) instead of learning \
+             features that carry over; collect more rows (more documents, or --mode all for \
+             every token), or train fewer steps or fewer features"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +140,14 @@ mod tests {
         assert!(diagnose(&summary(300.0, 0.01, 0.0))[0].contains("no sparsity"));
         assert!(diagnose(&summary(5.0, 0.995, 0.0))[0].contains("FVU 0.995"));
         assert!(diagnose(&summary(f64::NAN, f64::NAN, 0.0))[0].contains("not finite"));
+    }
+
+    #[test]
+    fn memorised_rows_are_named_only_when_held_out_fails_alone() {
+        let memorised = diagnose_held_out(0.02, 2.3, 7700.0).unwrap();
+        assert!(memorised.contains("held-out FVU 2.300") && memorised.contains("7700 times"));
+        assert!(diagnose_held_out(0.02, f64::NAN, 10.0).is_some());
+        assert_eq!(diagnose_held_out(0.2, 0.35, 10.0), None);
+        assert_eq!(diagnose_held_out(1.0, 1.0, 10.0), None, "diagnose names it");
     }
 }

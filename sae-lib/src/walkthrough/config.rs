@@ -26,13 +26,23 @@ pub struct WalkthroughConfig {
     /// Active features per input, for TopK-style architectures.
     pub k: Option<usize>,
     pub train: TrainConfig,
-    /// Documents after the training ones, held out for the splice evaluation.
+    /// Documents held out for the evaluation: the ones after the training documents, or the
+    /// dataset's last ones when every document is asked for (see [`WalkthroughConfig::split`]).
     pub eval_docs: usize,
     /// Features whose top contexts go into the report.
     pub inspect_features: usize,
     pub device: Device,
     pub model_dtype: DType,
     pub out: PathBuf,
+}
+
+/// How many of the dataset's documents, counted from its start with empty ones included,
+/// train the SAE; the `held_out` after them are for its evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DocSplit {
+    pub training: usize,
+    /// At most this many; fewer when the dataset ends sooner.
+    pub held_out: usize,
 }
 
 impl Default for WalkthroughConfig {
@@ -72,8 +82,8 @@ impl WalkthroughConfig {
     /// | `SAE_HOOK` | hook point | `blocks.5.hook_mlp_out` |
     /// | `SAE_MODE` | `middle` (the tutorial's) or `all` tokens | `middle` |
     /// | `SAE_MAX_LEN` | tokens kept per document | 128 |
-    /// | `SAE_MAX_DOCS` | training documents | all |
-    /// | `SAE_EVAL_DOCS` | held-out documents for the splice evaluation | 100 |
+    /// | `SAE_MAX_DOCS` | training documents | all but the held-out ones |
+    /// | `SAE_EVAL_DOCS` | held-out documents for the evaluation | 100 (at most a tenth of "all") |
     /// | `SAE_ARCH` | relu, topk, batchtopk, jumprelu, gated, matryoshka | relu |
     /// | `SAE_D_SAE`, `SAE_K` | dictionary size, active features (TopK family) | 4096, the architecture's |
     /// | `SAE_STEPS`, `SAE_BATCH_SIZE` | training steps and batch | 2000, 4096 |
@@ -256,9 +266,39 @@ impl WalkthroughConfig {
             .documents(&self.dataset_options, &HubOptions::from_env())
     }
 
+    /// Which of the dataset's documents train the SAE and which are held out for its
+    /// evaluation. With `collect.max_docs` set, the first `max_docs` train and the next
+    /// `eval_docs` are held out. Unset ("all"), the dataset's last documents are held out:
+    /// `eval_docs` of them, or a tenth of the dataset when that is fewer, so the report never
+    /// measures the SAE on what it trained on. That needs the documents counted, one pass
+    /// over the dataset without tokenising.
+    pub fn split(&self) -> Result<DocSplit> {
+        if let Some(training) = self.collect.max_docs {
+            return Ok(DocSplit {
+                training,
+                held_out: self.eval_docs,
+            });
+        }
+        let mut total = 0;
+        for doc in self.documents()? {
+            doc?;
+            total += 1;
+        }
+        let held_out = self.eval_docs.min(total / 10);
+        Ok(DocSplit {
+            training: total - held_out,
+            held_out,
+        })
+    }
+
     /// Where [`activations`](super::stages::activations) keeps its store.
     pub fn activations_dir(&self) -> PathBuf {
         self.out.join("activations")
+    }
+
+    /// Where [`held_out_activations`](super::stages::held_out_activations) keeps its store.
+    pub fn held_out_dir(&self) -> PathBuf {
+        self.out.join("held_out_activations")
     }
 
     /// Where [`train_sae`](super::stages::train_sae) keeps the SAE (SAELens format) and its training metrics: one folder

@@ -5,5 +5,5 @@
 mod config;
 mod stages;
 
-pub use config::WalkthroughConfig;
+pub use config::{DocSplit, WalkthroughConfig};
 pub use stages::*;

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::collect::{collect_to_store, Provenance};
+use crate::collect::{collect_to_store, CollectConfig, Provenance};
 use crate::data::{ActivationStore, DatasetSource};
 use crate::hub::HubOptions;
 use crate::model::{load_model, load_tokenizer, Model, ModelSource};
@@ -12,7 +12,7 @@ use crate::tokenizer::Tokenizer;
 use crate::train::{MetricsRow, RunSummary, Trainer};
 use crate::{io, Result};
 
-use super::WalkthroughConfig;
+use super::{DocSplit, WalkthroughConfig};
 
 /// Loads the model and tokenizer a walkthrough (or notebook) asks for.
 pub fn load(cfg: &WalkthroughConfig) -> Result<(Model, Tokenizer)> {
@@ -33,6 +33,8 @@ pub enum Stage {
     Activations,
     /// [`train_sae`], in [`WalkthroughConfig::sae_dir`].
     Sae,
+    /// [`held_out_activations`], in [`WalkthroughConfig::held_out_dir`].
+    HeldOut,
 }
 
 impl Stage {
@@ -40,6 +42,7 @@ impl Stage {
         match self {
             Stage::Activations => cfg.activations_dir(),
             Stage::Sae => cfg.sae_dir(),
+            Stage::HeldOut => cfg.held_out_dir(),
         }
     }
 }
@@ -58,9 +61,12 @@ fn stage_key(cfg: &WalkthroughConfig, stage: Stage) -> serde_json::Value {
         "model": cfg.model, "tokenizer": cfg.tokenizer, "dataset": cfg.dataset,
         "hook": c.hook.to_string(), "mode": c.mode, "max_len": c.max_len,
         "max_docs": c.max_docs, "exclude_first": c.exclude_first,
+        // With every document asked for, the held-out count decides where training stops.
+        "held_out_last": c.max_docs.is_none().then_some(cfg.eval_docs),
     });
     match stage {
         Stage::Activations => collect,
+        Stage::HeldOut => serde_json::json!({ "after": collect, "eval_docs": cfg.eval_docs }),
         Stage::Sae => serde_json::json!({
             "activations": collect, "architecture": cfg.architecture.name(),
             "d_sae": cfg.d_sae, "k": cfg.k, "train": cfg.train,
@@ -114,38 +120,71 @@ pub fn conflicts(cfg: &WalkthroughConfig) -> Option<String> {
 
 /// Marks every stage of `cfg` stale, so the next run recomputes it (`--overwrite`).
 pub fn forget_stages(cfg: &WalkthroughConfig) {
-    forget(&cfg.activations_dir());
-    forget(&cfg.sae_dir());
+    for stage in [Stage::Activations, Stage::Sae, Stage::HeldOut] {
+        forget(&stage.dir(cfg));
+    }
 }
 
-/// The activation store for `cfg`, collected into [`WalkthroughConfig::activations_dir`], or
-/// reopened if an earlier run (or notebook) already collected it with the same settings.
+/// The activation store for `cfg`, collected from its training documents
+/// ([`WalkthroughConfig::split`]) into [`WalkthroughConfig::activations_dir`], or reopened if
+/// an earlier run (or notebook) already collected it with the same settings.
 pub fn activations(
     cfg: &WalkthroughConfig,
     model: &Model,
     tokenizer: &Tokenizer,
 ) -> Result<ActivationStore> {
-    let dir = cfg.activations_dir();
-    let key = stage_key(cfg, Stage::Activations);
+    collect_stage(cfg, Stage::Activations, model, tokenizer, |split| {
+        (0, split.training)
+    })
+}
+
+/// The held-out documents' activations, collected as the training ones were into
+/// [`WalkthroughConfig::held_out_dir`] (or reopened), for measuring the SAE on inputs it never
+/// trained on. `None` when no document with tokens remains after the training ones. Its
+/// document indices count from the first held-out document.
+pub fn held_out_activations(
+    cfg: &WalkthroughConfig,
+    model: &Model,
+    tokenizer: &Tokenizer,
+) -> Result<Option<ActivationStore>> {
+    if held_out_sequences(cfg, tokenizer)?.from_training {
+        return Ok(None);
+    }
+    collect_stage(cfg, Stage::HeldOut, model, tokenizer, |split| {
+        (split.training, split.held_out)
+    })
+    .map(Some)
+}
+
+/// Collects the `(skip, take)` documents that `docs` picks from `cfg`'s split into `stage`'s
+/// folder, unless they are saved there already.
+fn collect_stage(
+    cfg: &WalkthroughConfig,
+    stage: Stage,
+    model: &Model,
+    tokenizer: &Tokenizer,
+    docs: impl FnOnce(DocSplit) -> (usize, usize),
+) -> Result<ActivationStore> {
+    let dir = stage.dir(cfg);
+    let key = stage_key(cfg, stage);
     if saved_matches(&dir, &key) {
         if let Ok(store) = ActivationStore::open(&dir) {
             return Ok(store);
         }
     }
     forget(&dir);
+    let (skip, take) = docs(cfg.split()?);
+    let collect = CollectConfig {
+        max_docs: Some(take),
+        ..cfg.collect.clone()
+    };
     let provenance = Provenance {
         model: cfg.model.clone(),
         revision: None,
         dataset: DatasetSource::parse(&cfg.dataset).name(),
     };
-    collect_to_store(
-        model,
-        tokenizer,
-        cfg.documents()?,
-        &cfg.collect,
-        &provenance,
-        &dir,
-    )?;
+    let documents = cfg.documents()?.skip(skip);
+    collect_to_store(model, tokenizer, documents, &collect, &provenance, &dir)?;
     io::write_json(&dir.join("made_from.json"), &key)?;
     ActivationStore::open(&dir)
 }
@@ -205,26 +244,18 @@ pub struct HeldOut {
     pub from_training: bool,
 }
 
-/// Token sequences of the documents after the training ones, for the splice evaluation
-/// (the first documents when none remain; see [`HeldOut::from_training`]).
-pub fn held_out_sequences(
-    cfg: &WalkthroughConfig,
-    store: &ActivationStore,
-    tokenizer: &Tokenizer,
-) -> Result<HeldOut> {
-    let meta = store.meta();
-    let skip = cfg
-        .collect
-        .max_docs
-        .unwrap_or(meta.docs + meta.skipped_empty);
-    let take = |skip: usize| -> Result<Vec<Vec<u32>>> {
+/// Token sequences of the held-out documents ([`WalkthroughConfig::split`]), for the splice
+/// evaluation (the first documents when none remain; see [`HeldOut::from_training`]).
+pub fn held_out_sequences(cfg: &WalkthroughConfig, tokenizer: &Tokenizer) -> Result<HeldOut> {
+    let split = cfg.split()?;
+    let take = |skip: usize, n: usize| -> Result<Vec<Vec<u32>>> {
         cfg.documents()?
             .skip(skip)
-            .take(cfg.eval_docs)
+            .take(n)
             .map(|d| tokenizer.encode(&d?, Some(cfg.collect.max_len)))
             .collect()
     };
-    let sequences = take(skip)?;
+    let sequences = take(split.training, split.held_out)?;
     if sequences.iter().any(|s| s.len() >= 2) {
         return Ok(HeldOut {
             sequences,
@@ -232,7 +263,7 @@ pub fn held_out_sequences(
         });
     }
     Ok(HeldOut {
-        sequences: take(0)?,
+        sequences: take(0, cfg.eval_docs)?,
         from_training: true,
     })
 }

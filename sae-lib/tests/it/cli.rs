@@ -76,6 +76,13 @@ fn walkthrough_writes_the_whole_report() {
     for key in ["fvu", "l0", "dead_fraction", "explained_variance"] {
         assert!(metrics[key].as_f64().unwrap().is_finite(), "{key}");
     }
+    let held_out = &metrics["held_out"];
+    assert!(held_out["fvu"].as_f64().unwrap().is_finite());
+    assert!(
+        held_out["rows"].as_u64().unwrap() > 100,
+        "10 documents, every token"
+    );
+    assert_eq!(metrics["splice_held_out"], true);
     let splice = &metrics["splice"];
     assert!(splice["ce_loss_score"].as_f64().unwrap().is_finite());
     assert!(splice["tokens"].as_u64().unwrap() > 100);

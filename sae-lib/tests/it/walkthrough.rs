@@ -3,7 +3,7 @@
 
 use crate::common::*;
 use sae_lib::sae::Sae;
-use sae_lib::walkthrough::{self, WalkthroughConfig};
+use sae_lib::walkthrough::{self, DocSplit, WalkthroughConfig};
 
 fn config(out: &std::path::Path) -> WalkthroughConfig {
     let mut cfg = WalkthroughConfig::from_vars(|k| {
@@ -60,4 +60,63 @@ fn stages_reuse_saved_outputs_until_a_setting_changes() {
     cfg.train.steps = 30;
     let (_, longer) = walkthrough::train_sae(&cfg, &bigger).unwrap();
     assert_eq!(longer.last().unwrap().step, 30);
+}
+
+/// With every document asked for, the dataset's last ones are held out: the training store
+/// never sees them, and the splice evaluation and the held-out store read exactly those.
+#[test]
+fn all_documents_leave_the_last_ones_held_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.collect.max_docs = None;
+    cfg.eval_docs = 3;
+    let (model, tokenizer) = walkthrough::load(&cfg).unwrap();
+    let docs: Vec<String> = cfg.documents().unwrap().map(|d| d.unwrap()).collect();
+    let split = cfg.split().unwrap();
+    let training = docs.len() - 3;
+    assert_eq!(
+        split,
+        DocSplit {
+            training,
+            held_out: 3
+        }
+    );
+
+    let store = walkthrough::activations(&cfg, &model, &tokenizer).unwrap();
+    assert_eq!(store.meta().docs + store.meta().skipped_empty, training);
+    let held = walkthrough::held_out_sequences(&cfg, &tokenizer).unwrap();
+    assert!(!held.from_training);
+    let encode = |d: &String| tokenizer.encode(d, Some(cfg.collect.max_len)).unwrap();
+    let last: Vec<Vec<u32>> = docs[training..].iter().map(encode).collect();
+    assert_eq!(held.sequences, last);
+
+    // The held-out rows are the tutorial loop's middle tokens of those documents.
+    let rows = walkthrough::held_out_activations(&cfg, &model, &tokenizer)
+        .unwrap()
+        .expect("held-out documents remain");
+    let tutorial = sae_lib::collect::tutorial_middle_tokens(
+        &model,
+        &tokenizer,
+        docs[training..].iter().cloned().map(Ok),
+        cfg.collect.hook,
+        cfg.collect.max_len,
+        None,
+    )
+    .unwrap();
+    let got = rows.to_tensor(&candle_core::Device::Cpu).unwrap();
+    assert_eq!(got.dims(), tutorial.activations.dims());
+    assert!(max_abs_diff(&got, &tutorial.activations) < 1e-5);
+
+    // At most a tenth of the dataset is held out; with every document training, none is.
+    cfg.eval_docs = 1000;
+    assert_eq!(cfg.split().unwrap().held_out, docs.len() / 10);
+    cfg.collect.max_docs = Some(docs.len());
+    assert!(
+        walkthrough::held_out_sequences(&cfg, &tokenizer)
+            .unwrap()
+            .from_training
+    );
+    assert!(walkthrough::held_out_activations(&cfg, &model, &tokenizer)
+        .unwrap()
+        .is_none());
 }

@@ -191,10 +191,12 @@ struct WalkthroughArgs {
     mode: ModeArg,
     #[arg(long, default_value_t = 128)]
     max_len: usize,
-    /// Training documents (default: the whole dataset).
+    /// Training documents (default: all but the held-out ones, which are then the dataset's
+    /// last).
     #[arg(long)]
     max_docs: Option<usize>,
-    /// Held-out documents for the splice evaluation.
+    /// Held-out documents for the evaluation, after the training ones (without --max-docs, at
+    /// most a tenth of the dataset).
     #[arg(long, default_value_t = 100)]
     eval_docs: usize,
     #[command(flatten)]
@@ -876,8 +878,12 @@ fn walkthrough(args: WalkthroughArgs) -> Result<()> {
         None => {}
     }
     let report = run(&cfg)?;
+    let held_out = report.held_out.as_ref().map_or(String::new(), |h| {
+        format!("held out: FVU {:.4}, L0 {:.2}; ", h.fvu, h.l0)
+    });
     println!(
-        "FVU {:.4}, L0 {:.2}, dead {:.1}%, CE loss recovered {:.4}; report in {}/index.html",
+        "{held_out}training rows: FVU {:.4}, L0 {:.2}, dead {:.1}%; CE loss recovered {:.4}; \
+         report in {}/index.html",
         report.fvu,
         report.l0,
         100.0 * report.dead_fraction,

@@ -8,7 +8,8 @@ use sae_lib::hooks::HookPoint;
 use sae_lib::plot::Chart;
 use sae_lib::train::{MetricsRow, RunSummary};
 use sae_lib::walkthrough::{
-    activations, held_out_sequences, is_saved, load, train_sae, Stage, WalkthroughConfig,
+    activations, held_out_activations, held_out_sequences, is_saved, load, train_sae, Stage,
+    WalkthroughConfig,
 };
 use sae_lib::{io, Result};
 use serde::Serialize;
@@ -26,14 +27,29 @@ pub struct WalkthroughReport {
     pub d_in: usize,
     pub d_sae: usize,
     pub final_training: Option<MetricsRow>,
-    /// Over all stored activations, with the saved SAE.
+    /// Over all stored (training) activations, with the saved SAE.
     pub explained_variance: f64,
     pub fvu: f64,
     pub l0: f64,
     pub dead_fraction: f64,
+    /// On the held-out documents' activations; `None` when the dataset has too few documents
+    /// left after the training ones.
+    pub held_out: Option<HeldOutScore>,
+    /// Whether the splice evaluation ran on held-out documents; when `false` none remained
+    /// and it ran on training documents.
+    pub splice_held_out: bool,
     pub splice: SpliceMetrics,
     pub inspected_features: Vec<usize>,
     pub charts: Vec<String>,
+}
+
+/// The SAE on activations of documents it never trained on, collected as the training ones.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeldOutScore {
+    pub rows: usize,
+    pub fvu: f64,
+    pub explained_variance: f64,
+    pub l0: f64,
 }
 
 /// Runs the whole tutorial and writes the report into `cfg.out`.
@@ -64,12 +80,27 @@ pub fn run(cfg: &WalkthroughConfig) -> Result<WalkthroughReport> {
         );
     }
     let (sae, training) = train_sae(cfg, &store)?;
-    println!("[3/4] evaluating on {} held-out documents", cfg.eval_docs);
-    let held_out = held_out_sequences(cfg, &store, &tokenizer)?;
+    let held_out = held_out_sequences(cfg, &tokenizer)?;
+    println!(
+        "[3/4] evaluating on {} held-out documents",
+        held_out.sequences.len()
+    );
     if held_out.from_training {
         println!("      no held-out documents remain; evaluating on training documents");
     }
     let splice = splice_eval(&model, &sae, cfg.collect.hook, &held_out.sequences, 8)?;
+    let held_out_score = match held_out_activations(cfg, &model, &tokenizer)? {
+        Some(rows) if rows.len() >= 2 => {
+            let s = sae_lib::eval::score(&rows, &sae, &cfg.device, &mut |_| {})?;
+            Some(HeldOutScore {
+                rows: s.rows,
+                fvu: s.fvu,
+                explained_variance: s.explained_variance,
+                l0: s.l0,
+            })
+        }
+        _ => None,
+    };
     let data = DatasetSource::parse(&cfg.dataset);
 
     println!("[4/4] writing the report to {}", cfg.out.display());
@@ -116,7 +147,7 @@ pub fn run(cfg: &WalkthroughConfig) -> Result<WalkthroughReport> {
         chart.save_png(&cfg.out.join(&file))?;
         chart_files.push(file);
     }
-    let warnings = sae_lib::train::diagnose(&RunSummary {
+    let mut warnings = sae_lib::train::diagnose(&RunSummary {
         architecture: cfg.architecture,
         d_sae: cfg.d_sae,
         l0: scored.l0,
@@ -125,6 +156,10 @@ pub fn run(cfg: &WalkthroughConfig) -> Result<WalkthroughReport> {
         sparsity_coefficient: cfg.train.sparsity_coefficient,
         lr: cfg.train.adam.lr,
     });
+    if let (Some(h), Some(last)) = (&held_out_score, training.last()) {
+        let passes = last.tokens as f64 / store.len() as f64;
+        warnings.extend(sae_lib::train::diagnose_held_out(scored.fvu, h.fvu, passes));
+    }
     let report = WalkthroughReport {
         warnings,
         model: cfg.model.clone(),
@@ -139,6 +174,8 @@ pub fn run(cfg: &WalkthroughConfig) -> Result<WalkthroughReport> {
         fvu: scored.fvu,
         l0: scored.l0,
         dead_fraction: scored.dead_fraction,
+        held_out: held_out_score,
+        splice_held_out: !held_out.from_training,
         splice,
         inspected_features: inspected,
         charts: chart_files,
@@ -166,10 +203,21 @@ fn index_html(r: &WalkthroughReport, contexts: &str) -> String {
         ),
         ("dictionary size", r.d_sae.to_string()),
         (
-            "FVU / explained variance",
+            "FVU / explained variance, training rows",
             format!("{:.4} / {:.4}", r.fvu, r.explained_variance),
         ),
-        ("L0", format!("{:.2}", r.l0)),
+        ("L0, training rows", format!("{:.2}", r.l0)),
+        (
+            "FVU / explained variance / L0, held out",
+            r.held_out
+                .as_ref()
+                .map_or("no held-out documents".into(), |h| {
+                    format!(
+                        "{:.4} / {:.4} / {:.2} ({} rows)",
+                        h.fvu, h.explained_variance, h.l0, h.rows
+                    )
+                }),
+        ),
         ("dead features", format!("{:.1}%", 100.0 * r.dead_fraction)),
         (
             "CE clean / spliced / zero-ablated / mean-ablated",
@@ -181,7 +229,18 @@ fn index_html(r: &WalkthroughReport, contexts: &str) -> String {
                 s.ce_loss_with_mean_ablation
             ),
         ),
-        ("CE loss recovered", format!("{:.4}", s.ce_loss_score)),
+        (
+            "CE loss recovered",
+            format!(
+                "{:.4} (on {} documents)",
+                s.ce_loss_score,
+                if r.splice_held_out {
+                    "held-out"
+                } else {
+                    "training"
+                }
+            ),
+        ),
         (
             "KL(clean ‖ spliced) per token",
             format!("{:.4} nats", s.kl_div_with_sae),
