@@ -1,6 +1,7 @@
 //! A fair comparison of SAE variants: every architecture at the same dictionary size, over
 //! several sparsity levels, on the same activations with the same seed and step budget,
-//! measured the same way (L0 and FVU on the same rows; CE loss recovered when a model is given).
+//! measured the same way (L0 and FVU on the same held-out rows, the source's last; CE loss
+//! recovered when a model is given).
 
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
@@ -10,7 +11,7 @@ use crate::hooks::HookPoint;
 use crate::model::Model;
 use crate::plot::{Chart, ParetoMetric, ParetoPoint, Table, Values};
 use crate::sae::{Architecture, Sae, SaeConfig, SaeMetadata, Sparsity};
-use crate::train::{ActivationSource, TrainConfig, Trainer};
+use crate::train::{ActivationSource, RowRange, TrainConfig, Trainer};
 use crate::{Error, Result};
 
 /// What to sweep.
@@ -31,7 +32,8 @@ pub struct SweepConfig {
     /// Shared by every run (steps, batch, seed); the learning rate, its decay and `b_dec`'s
     /// start are each architecture's own ([`Architecture::defaults`]).
     pub train: TrainConfig,
-    /// Rows used to measure L0 and FVU.
+    /// Rows used to measure L0 and FVU: the source's last, held out of training (at most a
+    /// tenth of it; see [`held_out_rows`]).
     pub eval_rows: usize,
     pub metadata: SaeMetadata,
 }
@@ -129,6 +131,10 @@ pub struct SweepPoint {
     pub fvu: f64,
     pub dead_fraction: f64,
     pub ce_loss_score: Option<f64>,
+    /// Whether L0, FVU and the dead fraction were measured on rows no run trained on (`false`
+    /// only for a source too small to spare any; see [`held_out_rows`]).
+    #[serde(default)]
+    pub held_out: bool,
     /// What is wrong with this SAE, each with what to change (empty when it is healthy).
     #[serde(default)]
     pub warnings: Vec<String>,
@@ -141,7 +147,20 @@ pub struct SweepEval<'a> {
     pub sequences: &'a [Vec<u32>],
 }
 
-/// Trains every (architecture, sparsity) pair and measures it.
+/// How many of a source's `n` rows a sweep holds out to measure on: `eval_rows`, or a tenth
+/// of the source when that is fewer, and none when that leaves fewer than 2 (the sweep then
+/// measures on every row, as trained).
+pub fn held_out_rows(n: usize, eval_rows: usize) -> usize {
+    let held = eval_rows.min(n / 10);
+    if held < 2 {
+        0
+    } else {
+        held
+    }
+}
+
+/// Trains every (architecture, sparsity) pair and measures it. The source's last rows (a
+/// store's last documents) are held out of every run and measure all of them.
 pub fn run_sweep(
     data: &dyn ActivationSource,
     cfg: &SweepConfig,
@@ -149,11 +168,19 @@ pub fn run_sweep(
     device: &Device,
 ) -> Result<Vec<SweepPoint>> {
     cfg.validate()?;
-    let rows: Vec<u32> = crate::data::store::permutation(data.len(), cfg.train.seed ^ 0x5eed, 0)
-        .into_iter()
-        .take(cfg.eval_rows)
-        .collect();
-    let x = data.gather(&rows, device)?;
+    let n = data.len();
+    let held = held_out_rows(n, cfg.eval_rows);
+    let (data, measured) = if held > 0 {
+        (
+            RowRange::new(data, 0..n - held)?,
+            RowRange::new(data, n - held..n)?,
+        )
+    } else {
+        (RowRange::new(data, 0..n)?, RowRange::new(data, 0..n)?)
+    };
+    let rows: Vec<u32> = (0..measured.len() as u32).collect();
+    let x = measured.gather(&rows, device)?;
+    let data: &dyn ActivationSource = &data;
     let mut points = Vec::new();
     for &arch in &cfg.architectures {
         let defaults = arch.defaults(cfg.d_sae);
@@ -205,6 +232,7 @@ pub fn run_sweep(
                 fvu,
                 dead_fraction,
                 ce_loss_score,
+                held_out: held > 0,
                 warnings,
             });
         }

@@ -10,7 +10,7 @@ pub mod trainer;
 
 pub use health::{diagnose, diagnose_held_out, RunSummary};
 pub use job::StreamJob;
-pub use source::{ActivationSource, BatchSource, StoreBatches};
+pub use source::{ActivationSource, BatchSource, RowRange, StoreBatches};
 pub use stream::{ActivationStream, StreamConfig};
 #[cfg(feature = "polars")]
 pub use trainer::metrics_frame;

@@ -42,6 +42,50 @@ impl ActivationSource for ActivationStore {
     }
 }
 
+/// Rows `range` of another source, as a source of their own: a store's first rows to train on
+/// and its last to measure on, say.
+pub struct RowRange<'a> {
+    data: &'a dyn ActivationSource,
+    start: u32,
+    len: usize,
+}
+
+impl<'a> RowRange<'a> {
+    /// Rows `range` of `data`; the range must lie within it.
+    pub fn new(data: &'a dyn ActivationSource, range: std::ops::Range<usize>) -> Result<Self> {
+        if range.start > range.end || range.end > data.len() {
+            return Err(Error::Input(format!(
+                "rows {range:?} are not within the source's {} rows",
+                data.len()
+            )));
+        }
+        Ok(Self {
+            data,
+            start: range.start as u32,
+            len: range.len(),
+        })
+    }
+
+    fn shifted(&self, rows: &[u32]) -> Vec<u32> {
+        rows.iter().map(|r| r + self.start).collect()
+    }
+}
+
+impl ActivationSource for RowRange<'_> {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn d(&self) -> usize {
+        self.data.d()
+    }
+    fn gather(&self, rows: &[u32], device: &Device) -> Result<Tensor> {
+        self.data.gather(&self.shifted(rows), device)
+    }
+    fn gather_once(&self, rows: &[u32], device: &Device) -> Result<Tensor> {
+        self.data.gather_once(&self.shifted(rows), device)
+    }
+}
+
 impl ActivationSource for Tensor {
     fn len(&self) -> usize {
         self.dims().first().copied().unwrap_or(0)

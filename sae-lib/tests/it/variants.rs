@@ -264,6 +264,7 @@ fn a_sweep_gives_a_table_and_a_pareto_chart() {
     };
     let points = run_sweep(&syn.data, &cfg, None, &Device::Cpu).unwrap();
     assert_eq!(points.len(), 6 * 2);
+    assert!(points.iter().all(|p| p.held_out));
     let df = sweep_frame(&points).unwrap();
     assert_eq!(df.shape(), (12, 6));
     for &arch in Architecture::ALL {
@@ -286,6 +287,53 @@ fn a_sweep_gives_a_table_and_a_pareto_chart() {
         .unwrap();
     assert!(svg.contains("L0 against FVU") && svg.contains("matryoshka"));
     let _ = Tensor::zeros(1, candle_core::DType::F32, &Device::Cpu);
+}
+
+/// The sweep measures on the source's last rows and trains on none of them: shifted far from
+/// the rest, those rows are reconstructed worse than their own mean would be, while the same
+/// sweep without the shift reconstructs them well.
+#[test]
+fn a_sweep_measures_on_rows_it_held_out() {
+    let syn = synthetic(64, 16, 3.0, 4000, 12);
+    let cfg = SweepConfig {
+        architectures: vec![Architecture::TopK],
+        d_sae: 64,
+        ks: Some(vec![6]),
+        lr: Some(2e-3),
+        train: TrainConfig {
+            steps: 60,
+            batch_size: 256,
+            ..Default::default()
+        },
+        eval_rows: 400,
+        ..Default::default()
+    };
+    assert_eq!(sae_lib::sweep::held_out_rows(4000, 400), 400);
+    assert_eq!(
+        sae_lib::sweep::held_out_rows(4000, 1000),
+        400,
+        "a tenth at most"
+    );
+    assert_eq!(sae_lib::sweep::held_out_rows(15, 400), 0);
+    let fvu = |data: &Tensor| {
+        let p = run_sweep(data, &cfg, None, &Device::Cpu).unwrap();
+        assert!(p[0].held_out);
+        p[0].fvu
+    };
+    let plain = fvu(&syn.data);
+    let shifted_tail = Tensor::cat(
+        &[
+            syn.data.i(..3600).unwrap(),
+            (syn.data.i(3600..).unwrap() + 20.0).unwrap(),
+        ],
+        0,
+    )
+    .unwrap();
+    let shifted = fvu(&shifted_tail);
+    assert!(
+        plain < 0.5 && shifted > 1.0,
+        "FVU {plain} plain, {shifted} shifted"
+    );
 }
 
 #[test]

@@ -121,7 +121,8 @@ struct SweepArgs {
     seed: u64,
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Output folder: sweep.json and pareto_fvu.png / .svg.
+    /// Output folder: sweep.json and pareto_fvu.png / .svg. Every SAE is measured on the
+    /// store's last 16,384 rows (at most a tenth), which none trains on.
     #[arg(long, default_value = "sweep")]
     out: PathBuf,
     /// Replace a sweep already in --out.
@@ -931,6 +932,10 @@ fn sweep(args: SweepArgs) -> Result<()> {
     };
     let points = run_sweep(&store, &cfg, None, &device)?;
     println!("{}", sweep_frame(&points)?);
+    match sae_lib::sweep::held_out_rows(store.len(), cfg.eval_rows) {
+        0 => println!("L0, FVU and dead: on the training rows (too few to hold any out)"),
+        held => println!("L0, FVU and dead: on the store's last {held} rows, held out of training"),
+    }
     for p in &points {
         for w in &p.warnings {
             eprintln!("warning: {} at {}: {w}", p.architecture, p.sparsity_setting);
