@@ -170,17 +170,12 @@ pub fn run_sweep(
     cfg.validate()?;
     let n = data.len();
     let held = held_out_rows(n, cfg.eval_rows);
-    let (data, measured) = if held > 0 {
-        (
-            RowRange::new(data, 0..n - held)?,
-            RowRange::new(data, n - held..n)?,
-        )
-    } else {
-        (RowRange::new(data, 0..n)?, RowRange::new(data, 0..n)?)
-    };
+    // With no rows to spare, the SAEs are measured on the rows they trained on.
+    let measured = RowRange::new(data, if held > 0 { n - held..n } else { 0..n })?;
     let rows: Vec<u32> = (0..measured.len() as u32).collect();
     let x = measured.gather(&rows, device)?;
-    let data: &dyn ActivationSource = &data;
+    let training = RowRange::new(data, 0..n - held)?;
+    let data: &dyn ActivationSource = &training;
     let mut points = Vec::new();
     for &arch in &cfg.architectures {
         let defaults = arch.defaults(cfg.d_sae);
