@@ -133,8 +133,8 @@ pub fn activations(
     model: &Model,
     tokenizer: &Tokenizer,
 ) -> Result<ActivationStore> {
-    collect_stage(cfg, Stage::Activations, model, tokenizer, |split| {
-        (0, split.training)
+    collect_stage(cfg, Stage::Activations, model, tokenizer, || {
+        Ok((0, cfg.split()?.training))
     })
 }
 
@@ -147,23 +147,26 @@ pub fn held_out_activations(
     model: &Model,
     tokenizer: &Tokenizer,
 ) -> Result<Option<ActivationStore>> {
-    if held_out_sequences(cfg, tokenizer)?.from_training {
+    let held = held_out_sequences(cfg, tokenizer)?;
+    if held.from_training {
         return Ok(None);
     }
-    collect_stage(cfg, Stage::HeldOut, model, tokenizer, |split| {
-        (split.training, split.held_out)
+    let split = held.split;
+    collect_stage(cfg, Stage::HeldOut, model, tokenizer, || {
+        Ok((split.training, split.held_out))
     })
     .map(Some)
 }
 
-/// Collects the `(skip, take)` documents that `docs` picks from `cfg`'s split into `stage`'s
-/// folder, unless they are saved there already.
+/// Collects the `(skip, take)` documents of `cfg`'s dataset that `docs` names into `stage`'s
+/// folder, unless they are saved there already (`docs` is asked only then: it may count the
+/// dataset).
 fn collect_stage(
     cfg: &WalkthroughConfig,
     stage: Stage,
     model: &Model,
     tokenizer: &Tokenizer,
-    docs: impl FnOnce(DocSplit) -> (usize, usize),
+    docs: impl FnOnce() -> Result<(usize, usize)>,
 ) -> Result<ActivationStore> {
     let dir = stage.dir(cfg);
     let key = stage_key(cfg, stage);
@@ -173,7 +176,7 @@ fn collect_stage(
         }
     }
     forget(&dir);
-    let (skip, take) = docs(cfg.split()?);
+    let (skip, take) = docs()?;
     let collect = CollectConfig {
         max_docs: Some(take),
         ..cfg.collect.clone()
@@ -242,6 +245,8 @@ pub struct HeldOut {
     /// No documents remain after the training ones, so these are the first (training)
     /// documents: the evaluation is then not held out, and callers should say so.
     pub from_training: bool,
+    /// The split the held-out documents were read from.
+    pub split: DocSplit,
 }
 
 /// Token sequences of the held-out documents ([`WalkthroughConfig::split`]), for the splice
@@ -260,10 +265,12 @@ pub fn held_out_sequences(cfg: &WalkthroughConfig, tokenizer: &Tokenizer) -> Res
         return Ok(HeldOut {
             sequences,
             from_training: false,
+            split,
         });
     }
     Ok(HeldOut {
         sequences: take(0, cfg.eval_docs)?,
         from_training: true,
+        split,
     })
 }
