@@ -38,6 +38,9 @@ pub struct SweepConfig {
     pub metadata: SaeMetadata,
 }
 
+/// [`SweepConfig::eval_rows`]'s default: enough rows for FVU and the dead fraction to settle.
+pub const DEFAULT_EVAL_ROWS: usize = 16_384;
+
 impl Default for SweepConfig {
     fn default() -> Self {
         Self {
@@ -48,7 +51,7 @@ impl Default for SweepConfig {
             l0_coefficients: None,
             lr: None,
             train: TrainConfig::default(),
-            eval_rows: 16384,
+            eval_rows: DEFAULT_EVAL_ROWS,
             metadata: SaeMetadata::default(),
         }
     }

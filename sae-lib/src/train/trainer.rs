@@ -246,6 +246,13 @@ pub struct MetricsRow {
     pub sparsity_coefficient: f64,
 }
 
+impl MetricsRow {
+    /// How many times, on average, the run so far has read each of a source's `rows` rows.
+    pub fn passes(&self, rows: usize) -> f64 {
+        self.tokens as f64 / rows.max(1) as f64
+    }
+}
+
 /// `metrics.json` of a finished run: its last logged metrics and what is wrong with it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainReport {

@@ -84,13 +84,19 @@ fn forget(dir: &Path) {
     let _ = std::fs::remove_file(dir.join("made_from.json"));
 }
 
-/// What in `cfg.out` a run of `cfg` would replace: finished stages made with other settings,
-/// or a run of another command. `None` when the folder is new, holds only matching stages
+/// What in `cfg.out` a run of `cfg` would replace: finished stages made with other settings
+/// (naming the settings that changed), or a run of another command. `None` when the folder is new, holds only matching stages
 /// (which are reused) or only interrupted ones.
 pub fn conflicts(cfg: &WalkthroughConfig) -> Option<String> {
-    let stale = |stage: Stage| {
+    let mut changed = Vec::new();
+    let mut stale = |stage: Stage| {
         let dir = stage.dir(cfg);
-        dir.join("made_from.json").is_file() && !saved_matches(&dir, &stage_key(cfg, stage))
+        let Ok(saved) = io::read_json::<serde_json::Value>(&dir.join("made_from.json")) else {
+            return dir.join("made_from.json").is_file();
+        };
+        let key = stage_key(cfg, stage);
+        setting_changes(&saved, &key, "", &mut changed);
+        saved != key
     };
     let mut what = Vec::new();
     if stale(Stage::Activations) {
@@ -106,6 +112,10 @@ pub fn conflicts(cfg: &WalkthroughConfig) -> Option<String> {
             cfg.sae_dir().display()
         ));
     }
+    if !what.is_empty() && !changed.is_empty() {
+        let last = what.len() - 1;
+        what[last] = format!("{} (changed: {})", what[last], changed.join(", "));
+    }
     let top = crate::output::existing_run(&cfg.out);
     // A walkthrough's own report (metrics.json) is rewritten with its stages; anything else at
     // the top (a training run, a store, a sweep) belongs to another command.
@@ -116,6 +126,44 @@ pub fn conflicts(cfg: &WalkthroughConfig) -> Option<String> {
         what.extend(top);
     }
     (!what.is_empty()).then(|| what.join(" and "))
+}
+
+/// Appends to `out`, once each, the settings that differ between a stage's saved key and the
+/// one a run would write, as `name A → B`, so a refusal says which flag moved the stage.
+fn setting_changes(
+    saved: &serde_json::Value,
+    now: &serde_json::Value,
+    name: &str,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    if let (Value::Object(a), Value::Object(b)) = (saved, now) {
+        for key in a.keys().chain(b.keys().filter(|k| !a.contains_key(*k))) {
+            let (was, is) = (
+                a.get(key).unwrap_or(&Value::Null),
+                b.get(key).unwrap_or(&Value::Null),
+            );
+            setting_changes(was, is, key, out);
+        }
+        return;
+    }
+    if saved == now {
+        return;
+    }
+    let show = |v: &Value| match v {
+        Value::Null => "none".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    // Folders made before the dataset's last documents were held out have no such key.
+    let name = match name {
+        "held_out_last" => "documents held out at the dataset's end (--eval-docs)",
+        other => other,
+    };
+    let line = format!("{name} {} → {}", show(saved), show(now));
+    if !out.contains(&line) {
+        out.push(line);
+    }
 }
 
 /// Marks every stage of `cfg` stale, so the next run recomputes it (`--overwrite`).

@@ -567,3 +567,44 @@ fn init_threshold_is_jumprelus_and_positive() {
         assert!(!out.exists(), "{name}: left {}", out.display());
     }
 }
+
+/// `sae sweep` measures every SAE on as many of the store's last rows as `--eval-rows` asks
+/// and says which; 0 measures on the training rows.
+#[test]
+fn a_sweep_measures_on_the_rows_eval_rows_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let acts = make_store(dir.path());
+    for (rows, says, held_out) in [
+        ("50", "on the store's last 50 rows", true),
+        ("0", "on the training rows", false),
+    ] {
+        let out = dir.path().join(format!("sweep-{rows}"));
+        let o = sae(&[
+            "sweep",
+            "--acts",
+            s(&acts),
+            "--archs",
+            "topk",
+            "--ks",
+            "4",
+            "--d-sae",
+            "32",
+            "--steps",
+            "5",
+            "--batch-size",
+            "64",
+            "--eval-rows",
+            rows,
+            "--device",
+            "cpu",
+            "--out",
+            s(&out),
+        ]);
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(stdout.contains(says), "{stdout}");
+        let points: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("sweep.json")).unwrap()).unwrap();
+        assert_eq!(points[0]["held_out"], held_out, "{points}");
+    }
+}

@@ -53,8 +53,27 @@ fn stages_reuse_saved_outputs_until_a_setting_changes() {
     assert_eq!(rows, rows_again);
     assert_eq!(max_abs_diff(sae.w_dec(), reloaded.w_dec()), 0.0);
 
-    // A changed setting recomputes: more documents, then more steps.
+    assert_eq!(
+        walkthrough::conflicts(&cfg),
+        None,
+        "the same settings reuse"
+    );
+
+    // A changed setting recomputes: more documents, then more steps. Before that, a run
+    // would refuse the folder without --overwrite, naming each setting that changed once.
     cfg.collect.max_docs = Some(30);
+    cfg.train.seed = 7;
+    let what = walkthrough::conflicts(&cfg).expect("stale stages");
+    assert!(
+        what.contains("activations collected with other settings"),
+        "{what}"
+    );
+    assert!(what.contains("SAE trained with other settings"), "{what}");
+    assert!(
+        what.contains("(changed: max_docs 20 → 30, seed 0 → 7)"),
+        "{what}"
+    );
+    cfg.train.seed = 0;
     let bigger = walkthrough::activations(&cfg, &model, &tokenizer).unwrap();
     assert_eq!(bigger.len(), 30);
     cfg.train.steps = 30;

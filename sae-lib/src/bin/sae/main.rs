@@ -121,8 +121,11 @@ struct SweepArgs {
     seed: u64,
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Output folder: sweep.json and pareto_fvu.png / .svg. Every SAE is measured on the
-    /// store's last 16,384 rows (at most a tenth), which none trains on.
+    /// Rows every SAE is measured on: the store's last, which none trains on (at most a
+    /// tenth of the store; 0 measures on the training rows).
+    #[arg(long, default_value_t = sae_lib::sweep::DEFAULT_EVAL_ROWS)]
+    eval_rows: usize,
+    /// Output folder: sweep.json and pareto_fvu.png / .svg.
     #[arg(long, default_value = "sweep")]
     out: PathBuf,
     /// Replace a sweep already in --out.
@@ -667,7 +670,7 @@ fn train(args: TrainArgs) -> Result<()> {
             100.0 * last.dead_frac,
             args.out.display()
         );
-        let passes = last.tokens as f64 / store.len() as f64;
+        let passes = last.passes(store.len());
         if passes >= REPEAT_NOTE_PASSES {
             eprintln!(
                 "note: the run read each of the store's {} rows about {passes:.0} times, so the \
@@ -920,6 +923,7 @@ fn sweep(args: SweepArgs) -> Result<()> {
         l0_coefficients: args.l0,
         lr: args.lr,
         train,
+        eval_rows: args.eval_rows,
         ..Default::default()
     };
     cfg.validate()?;

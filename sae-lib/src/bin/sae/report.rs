@@ -157,7 +157,7 @@ pub fn run(cfg: &WalkthroughConfig) -> Result<WalkthroughReport> {
         lr: cfg.train.adam.lr,
     });
     if let (Some(h), Some(last)) = (&held_out_score, training.last()) {
-        let passes = last.tokens as f64 / store.len() as f64;
+        let passes = last.passes(store.len());
         warnings.extend(sae_lib::train::diagnose_held_out(scored.fvu, h.fvu, passes));
     }
     let report = WalkthroughReport {
