@@ -80,8 +80,13 @@ pub fn save(sae: &AnySae, scale: f64, log10_sparsity: Option<&[f32]>, dir: &Path
     io::write_json(&dir.join("cfg.json"), &cfg_json(sae.config()))
 }
 
-/// Loads an SAE saved by [`save`] or by SAELens.
-pub fn load(dir: &Path, device: &Device) -> Result<AnySae> {
+/// What an SAE folder says it was trained on (`cfg.json`'s `metadata`), without its weights;
+/// fields it leaves out are empty.
+pub fn metadata(dir: &Path) -> Result<SaeMetadata> {
+    Ok(metadata_of(&read_cfg(dir)?.1))
+}
+
+fn read_cfg(dir: &Path) -> Result<(std::path::PathBuf, Value)> {
     let cfg_path = dir.join("cfg.json");
     if !cfg_path.is_file() {
         return Err(Error::MissingFile {
@@ -90,7 +95,25 @@ pub fn load(dir: &Path, device: &Device) -> Result<AnySae> {
             hint: "pass a folder written by `sae train` or by SAELens' save_model".into(),
         });
     }
-    let raw: Value = io::read_json(&cfg_path)?;
+    let raw = io::read_json(&cfg_path)?;
+    Ok((cfg_path, raw))
+}
+
+fn metadata_of(raw: &Value) -> SaeMetadata {
+    let meta = &raw["metadata"];
+    let text = |k: &str| meta[k].as_str().unwrap_or_default().to_string();
+    SaeMetadata {
+        model_name: text("model_name"),
+        hook_name: text("hook_name"),
+        context_size: meta["context_size"].as_u64().unwrap_or(0) as usize,
+        prepend_bos: meta["prepend_bos"].as_bool().unwrap_or(false),
+        dataset_path: text("dataset_path"),
+    }
+}
+
+/// Loads an SAE saved by [`save`] or by SAELens.
+pub fn load(dir: &Path, device: &Device) -> Result<AnySae> {
+    let (cfg_path, raw) = read_cfg(dir)?;
     let bad = |message: String| Error::Config {
         path: cfg_path.clone(),
         message,
@@ -116,8 +139,6 @@ pub fn load(dir: &Path, device: &Device) -> Result<AnySae> {
     if raw["apply_b_dec_to_input"] == Value::Bool(false) {
         return Err(bad("apply_b_dec_to_input = false is not supported".into()));
     }
-    let meta = &raw["metadata"];
-    let text = |k: &str, default: &str| meta[k].as_str().unwrap_or(default).to_string();
     // SAELens' TopK option to scale pre-activations by decoder norms (and divide them out
     // again before decoding) is the same SAE with the norms folded into the weights.
     let rescale = raw["rescale_acts_by_decoder_norm"] == Value::Bool(true);
@@ -127,13 +148,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<AnySae> {
         d_sae: size("d_sae")?,
         k: raw["k"].as_u64().map(|k| k as usize),
         prefixes: None,
-        metadata: SaeMetadata {
-            model_name: text("model_name", ""),
-            hook_name: text("hook_name", ""),
-            context_size: meta["context_size"].as_u64().unwrap_or(0) as usize,
-            prepend_bos: meta["prepend_bos"].as_bool().unwrap_or(false),
-            dataset_path: text("dataset_path", ""),
-        },
+        metadata: metadata_of(&raw),
     };
     let weights_path = dir.join("sae_weights.safetensors");
     let mut tensors =

@@ -608,3 +608,62 @@ fn a_sweep_measures_on_the_rows_eval_rows_names() {
         assert_eq!(points[0]["held_out"], held_out, "{points}");
     }
 }
+
+/// With only `--sae` (and the store for inspect), `eval` splices the SAE into the model and
+/// text its cfg.json names, at its context size, and `inspect` reads the store's own model,
+/// instead of the tutorial's Pythia (which this offline test cannot fetch).
+#[test]
+fn eval_and_inspect_default_to_the_model_and_text_the_sae_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let acts = make_store(d);
+    let out = d.join("sae");
+    let mut args = train_args(&acts, &out, "20");
+    args.extend(["--arch", "topk", "--k", "4"]);
+    let o = sae(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let metrics = d.join("m.json");
+    let o = sae(&[
+        "eval",
+        "--sae",
+        s(&out),
+        "--max-docs",
+        "5",
+        "--device",
+        "cpu",
+        "--out",
+        s(&metrics),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("evaluating with the SAE's own model"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--skip-docs"), "{stderr}");
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&metrics).unwrap()).unwrap();
+    assert!(m["ce_loss_score"].as_f64().unwrap().is_finite(), "{m}");
+    let tokens = m["tokens"].as_u64().unwrap();
+    // 5 documents cut at the store's 64 tokens, not the tutorial's 128.
+    assert!(tokens > 5 && tokens <= 5 * 64, "{tokens}");
+
+    let o = sae(&[
+        "inspect",
+        "--sae",
+        s(&out),
+        "--acts",
+        s(&acts),
+        "--feature",
+        "0",
+        "--top",
+        "3",
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("feature 0: top"), "{stdout}");
+    assert!(
+        stdout.contains("promotes:"),
+        "the logit lens needs the model: {stdout}"
+    );
+}

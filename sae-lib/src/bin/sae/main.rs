@@ -151,8 +151,9 @@ struct EvalArgs {
     /// Skip this many documents first (e.g. the training ones).
     #[arg(long, default_value_t = 0)]
     skip_docs: usize,
-    #[arg(long, default_value_t = 128)]
-    max_len: usize,
+    /// Tokens kept per document [default: the SAE's context_size, else 128].
+    #[arg(long)]
+    max_len: Option<usize>,
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
     /// Where to write the metrics.
@@ -170,9 +171,10 @@ struct InspectArgs {
     acts: PathBuf,
     #[arg(long)]
     feature: usize,
-    /// Model (for its tokenizer and the logit lens).
-    #[arg(long, default_value = "EleutherAI/pythia-70m-deduped")]
-    model: String,
+    /// Model (for its tokenizer and the logit lens) [default: the one the store was collected
+    /// from].
+    #[arg(long)]
+    model: Option<String>,
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     /// Contexts to show.
@@ -213,11 +215,16 @@ struct WalkthroughArgs {
     overwrite: bool,
 }
 
+/// The tutorial's model and dataset, the defaults wherever no SAE or store names others.
+const TUTORIAL_MODEL: &str = "EleutherAI/pythia-70m-deduped";
+const TUTORIAL_DATASET: &str = "NeelNanda/pile-10k";
+
 #[derive(Args, Clone)]
 struct ModelArgs {
-    /// Hub id (`org/name[@revision]`), local directory, or llama.cpp `.gguf` file.
-    #[arg(long, default_value = "EleutherAI/pythia-70m-deduped")]
-    model: String,
+    /// Hub id (`org/name[@revision]`), local directory, or llama.cpp `.gguf` file [default:
+    /// for eval the SAE's own model (its cfg.json), otherwise EleutherAI/pythia-70m-deduped].
+    #[arg(long)]
+    model: Option<String>,
     /// tokenizer.json to use instead of the model's own.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
@@ -229,11 +236,18 @@ struct ModelArgs {
     model_dtype: Precision,
 }
 
+impl ModelArgs {
+    fn model(&self) -> &str {
+        self.model.as_deref().unwrap_or(TUTORIAL_MODEL)
+    }
+}
+
 #[derive(Args, Clone)]
 struct DataArgs {
-    /// Hub dataset id, or a local .parquet / .jsonl / .txt file or directory.
-    #[arg(long, default_value = "NeelNanda/pile-10k")]
-    dataset: String,
+    /// Hub dataset id, or a local .parquet / .jsonl / .txt file or directory [default: for
+    /// eval the SAE's own dataset (its cfg.json), otherwise NeelNanda/pile-10k].
+    #[arg(long)]
+    dataset: Option<String>,
     /// Hub split.
     #[arg(long, default_value = "train")]
     split: String,
@@ -243,6 +257,12 @@ struct DataArgs {
     /// How .txt files split into documents.
     #[arg(long, value_enum, default_value_t = TxtSplitArg::BlankLines)]
     txt_split: TxtSplitArg,
+}
+
+impl DataArgs {
+    fn dataset(&self) -> &str {
+        self.dataset.as_deref().unwrap_or(TUTORIAL_DATASET)
+    }
 }
 
 #[derive(Args)]
@@ -497,7 +517,7 @@ fn run(cli: Cli) -> Result<()> {
 fn load(args: &ModelArgs) -> Result<(sae_lib::model::Model, Tokenizer, ModelSource)> {
     let device = sae_lib::device::parse_device(&args.device)?;
     let hub = HubOptions::from_env();
-    let source = ModelSource::parse(&args.model);
+    let source = ModelSource::parse(args.model());
     let model = load_model(&source, &device, args.model_dtype.dtype(), &hub)?;
     let tokenizer = match &args.tokenizer {
         Some(path) => Tokenizer::from_file(path)?,
@@ -515,7 +535,7 @@ fn dataset(args: &DataArgs) -> (DatasetSource, DatasetOptions) {
             TxtSplitArg::WholeFile => TxtSplit::WholeFile,
         },
     };
-    (DatasetSource::parse(&args.dataset), opts)
+    (DatasetSource::parse(args.dataset()), opts)
 }
 
 fn mode(m: ModeArg) -> CollectMode {
@@ -727,7 +747,7 @@ fn lm_loss(args: LmLossArgs) -> Result<()> {
     };
     let sequences = tokenize(&args.data, args.max_docs)?;
     let unigram_data = DataArgs {
-        dataset: args.unigram_dataset.clone(),
+        dataset: Some(args.unigram_dataset.clone()),
         ..args.data.clone()
     };
     let fit = tokenize(&unigram_data, usize::MAX)?;
@@ -739,7 +759,40 @@ fn lm_loss(args: LmLossArgs) -> Result<()> {
     Ok(())
 }
 
-fn eval(args: EvalArgs) -> Result<()> {
+fn eval(mut args: EvalArgs) -> Result<()> {
+    // Unless told otherwise, splice the SAE into the model and text it was trained on, where
+    // its cfg.json names them as sae-lib can load them (SAELens' TransformerLens names, such as
+    // `pythia-70m-deduped`, are not Hub ids).
+    let meta = sae_lib::sae::format::metadata(&args.sae)?;
+    let loadable = |name: &str| name.contains('/') || Path::new(name).exists();
+    let mut own = Vec::new();
+    if args.model.model.is_none() && loadable(&meta.model_name) {
+        own.push(format!("model {}", meta.model_name));
+        args.model.model = Some(meta.model_name.clone());
+    }
+    if args.data.dataset.is_none() && loadable(&meta.dataset_path) {
+        own.push(format!("dataset {}", meta.dataset_path));
+        args.data.dataset = Some(meta.dataset_path.clone());
+    }
+    let max_len = match (args.max_len, meta.context_size) {
+        (Some(n), _) => n,
+        (None, 0) => 128,
+        (None, n) => n,
+    };
+    if !own.is_empty() {
+        eprintln!(
+            "note: evaluating with the SAE's own {} (its cfg.json; --model and --dataset choose \
+             others)",
+            own.join(" and ")
+        );
+    }
+    if args.skip_docs == 0 && args.data.dataset() == meta.dataset_path {
+        eprintln!(
+            "note: the first documents of {} may be ones the SAE trained on; --skip-docs N \
+             evaluates on the documents after the first N",
+            meta.dataset_path
+        );
+    }
     let (model, tokenizer, _) = load(&args.model)?;
     let sae = sae_lib::sae::format::load(&args.sae, model.device())?;
     let hook: HookPoint = match &args.hook {
@@ -756,7 +809,7 @@ fn eval(args: EvalArgs) -> Result<()> {
         .documents(&opts, &HubOptions::from_env())?
         .skip(args.skip_docs)
         .take(args.max_docs)
-        .map(|d| tokenizer.encode(&d?, Some(args.max_len)))
+        .map(|d| tokenizer.encode(&d?, Some(max_len)))
         .collect::<sae_lib::Result<Vec<_>>>()?;
     let metrics = sae_lib::eval::splice_eval(&model, &sae, hook, &sequences, args.batch_size)?;
     sae_lib::io::write_json(&args.out, &metrics)?;
@@ -778,7 +831,7 @@ fn inspect(args: InspectArgs) -> Result<()> {
     let store = ActivationStore::open(&args.acts)?;
     let sae = sae_lib::sae::format::load(&args.sae, &candle_core::Device::Cpu)?;
     let hub = HubOptions::from_env();
-    let source = ModelSource::parse(&args.model);
+    let source = ModelSource::parse(args.model.as_deref().unwrap_or(&store.meta().model));
     let tokenizer = match &args.tokenizer {
         Some(p) => Tokenizer::from_file(p)?,
         None => load_tokenizer(&source, &hub)?,
@@ -844,9 +897,9 @@ fn walkthrough(args: WalkthroughArgs) -> Result<()> {
     };
     let m = mode(args.mode);
     let cfg = WalkthroughConfig {
-        model: args.model.model.clone(),
+        model: args.model.model().to_string(),
         tokenizer: args.model.tokenizer.clone(),
-        dataset: args.data.dataset.clone(),
+        dataset: args.data.dataset().to_string(),
         dataset_options: opts,
         collect: CollectConfig {
             hook: args.hook.parse()?,

@@ -129,7 +129,7 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> Result<()> {
         None => args.sae.steps,
     };
     let model_args = ModelArgs {
-        model: s.model.clone().expect("streaming needs --model"),
+        model: s.model.clone(),
         tokenizer: s.tokenizer.clone(),
         device: args.device.clone(),
         model_dtype: s.model_dtype,
@@ -213,7 +213,7 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> Result<()> {
                     hook_name: hook.to_string(),
                     context_size: s.max_len,
                     prepend_bos: false,
-                    dataset_path: s.data.dataset.clone(),
+                    dataset_path: s.data.dataset().to_string(),
                 },
             };
             job.add(*hook, sae_cfg, train, Some(dir.clone()))?;
