@@ -54,6 +54,7 @@ pub(crate) fn forwarded(ids: &[u32], mode: CollectMode) -> &[u32] {
 pub struct CollectConfig {
     /// Where to read activations (the tutorial: `blocks.5.hook_mlp_out`).
     pub hook: HookPoint,
+    /// Which tokens of each document become rows: the middle one (the tutorial's) or all.
     pub mode: CollectMode,
     /// Tokens kept per document (the tutorial's `MAX_LEN_TRUNC = 128`).
     pub max_len: usize,
@@ -64,6 +65,7 @@ pub struct CollectConfig {
     pub max_docs: Option<usize>,
     /// In `All` mode, leave out each document's first position (often an outlier).
     pub exclude_first: bool,
+    /// Which side of a row the padding goes on; padded positions never become rows.
     pub padding: Padding,
     /// Pack several short documents into each row; when false, each document has a row of its
     /// own (rows still batched by length).
@@ -201,8 +203,11 @@ fn check_finite(t: &Tensor, hook: HookPoint) -> Result<()> {
 /// Names written into the store's `meta.json`.
 #[derive(Debug, Clone, Default)]
 pub struct Provenance {
+    /// Hub id, local directory or .gguf path of the model, as given.
     pub model: String,
+    /// Hub revision of the model (branch, tag or commit sha); `None` for a local model.
     pub revision: Option<String>,
+    /// Hub id (without revision) or local path of the dataset.
     pub dataset: String,
 }
 

@@ -12,8 +12,11 @@ pub enum Error {
     /// A file could not be read or written.
     #[error("{action} {path}: {source}")]
     Io {
+        /// What was being done ("reading", "writing", ...).
         action: &'static str,
+        /// The file or folder involved.
         path: PathBuf,
+        /// The underlying I/O error.
         #[source]
         source: std::io::Error,
     },
@@ -21,18 +24,32 @@ pub enum Error {
     /// A file that must exist is missing.
     #[error("{what} not found at {path}: {hint}")]
     MissingFile {
+        /// What was looked for, in words ("model directory", ...).
         what: &'static str,
+        /// Where it was looked for.
         path: PathBuf,
+        /// What to do about it, for the user.
         hint: String,
     },
 
     /// A model's `config.json` could not be parsed or asks for something unsupported.
     #[error("model config {path}: {message}")]
-    Config { path: PathBuf, message: String },
+    Config {
+        /// The config file involved (a model's `config.json`, an SAE's `cfg.json`, or a GGUF
+        /// file).
+        path: PathBuf,
+        /// What is wrong with it, for the user.
+        message: String,
+    },
 
     /// A weights file is corrupt, truncated or does not match the config.
     #[error("weights {path}: {message}")]
-    Weights { path: PathBuf, message: String },
+    Weights {
+        /// The tensor file involved (model weights, an SAE, a checkpoint or a store shard).
+        path: PathBuf,
+        /// What went wrong, for the user.
+        message: String,
+    },
 
     /// A hook name that does not parse or does not exist in this model.
     #[error("{0}")]
@@ -52,7 +69,12 @@ pub enum Error {
 
     /// A dataset could not be read.
     #[error("dataset {path}: {message}")]
-    Dataset { path: String, message: String },
+    Dataset {
+        /// The dataset's Hub id or file (`file:line` for a bad JSON line).
+        path: String,
+        /// What went wrong, for the user.
+        message: String,
+    },
 
     /// Training diverged or was misconfigured.
     #[error("{0}")]
@@ -63,19 +85,31 @@ pub enum Error {
         "{path} already holds {what}; continue it with --resume (train), replace it with \
          --overwrite, or choose another --out"
     )]
-    OutputExists { path: PathBuf, what: String },
+    OutputExists {
+        /// The output folder.
+        path: PathBuf,
+        /// What the folder already holds, in words (a training run, an SAE, ...).
+        what: String,
+    },
 
     /// Another process is writing into the same output folder.
     #[error(
         "{path} is being written by another sae run ({owner}); wait for it to finish or \
          choose another --out"
     )]
-    Locked { path: PathBuf, owner: String },
+    Locked {
+        /// The output folder.
+        path: PathBuf,
+        /// Who holds the lock, in words (pid, host, start time and command when known).
+        owner: String,
+    },
 
     /// A JSON document could not be parsed or written.
     #[error("JSON {path}: {source}")]
     Json {
+        /// The JSON file involved.
         path: PathBuf,
+        /// The underlying serde_json error.
         #[source]
         source: serde_json::Error,
     },

@@ -47,15 +47,20 @@ impl HubOptions {
 /// Whether a repository holds a model or a dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RepoKind {
+    /// A model repository (`models--…` in the cache).
     Model,
+    /// A dataset repository (`datasets--…` in the cache).
     Dataset,
 }
 
 /// A Hub repository at a revision (branch, tag or commit sha).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubRepo {
+    /// Repository id, `org/name`.
     pub id: String,
+    /// Branch, tag or commit sha (`main` unless given after an `@`).
     pub revision: String,
+    /// Model or dataset: picks the cache folder and the Hub API used.
     pub kind: RepoKind,
 }
 
@@ -123,8 +128,8 @@ impl HubRepo {
             .map_err(|e| self.unavailable(filename, opts, &e.to_string()))
     }
 
-    /// Whether the repository has `filename`: from the cached snapshot's listing if present,
-    /// else by asking the Hub.
+    /// The repository's file names: from the cached snapshot's listing if present, else by
+    /// asking the Hub.
     pub fn list_files(&self, opts: &HubOptions) -> Result<Vec<String>> {
         if let Some(snapshot) = self.cached_snapshot(opts) {
             let mut files = Vec::new();

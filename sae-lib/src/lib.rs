@@ -23,6 +23,8 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod collect;
 #[cfg(feature = "cuda")]
 mod cuda;

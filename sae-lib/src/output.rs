@@ -23,10 +23,13 @@ pub const LOCK_FILE: &str = ".sae-lock";
 /// Who holds a lock, as written into the lock file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LockOwner {
+    /// Process id of the owner.
     pub pid: u32,
+    /// Host name of the machine the owner runs on.
     pub host: String,
     /// Unix seconds.
     pub started: u64,
+    /// The owner's command line, its arguments joined by spaces.
     pub command: String,
 }
 

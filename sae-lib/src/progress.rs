@@ -13,8 +13,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProgressMode {
+    /// An indicatif bar on stderr.
     Bar,
+    /// A plain line on stdout at most every two seconds, and one at the end (for Jupyter).
     Lines,
+    /// Nothing shown.
     None,
 }
 
@@ -57,6 +60,7 @@ impl Progress {
         Self::with_mode(ProgressMode::from_env(), label, total, unit)
     }
 
+    /// A display in `mode`, whatever the environment says.
     pub fn with_mode(
         mode: ProgressMode,
         label: &str,

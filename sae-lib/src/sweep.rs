@@ -17,7 +17,9 @@ use crate::{Error, Result};
 /// What to sweep.
 #[derive(Debug, Clone)]
 pub struct SweepConfig {
+    /// The variants to train.
     pub architectures: Vec<Architecture>,
+    /// Features of every SAE.
     pub d_sae: usize,
     /// `k` values for TopK, BatchTopK and Matryoshka (default: half, once and twice the
     /// default `k`).
@@ -35,6 +37,7 @@ pub struct SweepConfig {
     /// Rows used to measure L0 and FVU: the source's last, held out of training (at most a
     /// tenth of it; see [`held_out_rows`]).
     pub eval_rows: usize,
+    /// Provenance written into every SAE's config.
     pub metadata: SaeMetadata,
 }
 
@@ -125,14 +128,20 @@ impl SweepConfig {
 }
 
 /// One trained SAE of the sweep.
+/// One trained SAE of a sweep and how it measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SweepPoint {
+    /// The variant's CLI name.
     pub architecture: String,
     /// `k`, or the penalty coefficient.
     pub sparsity_setting: f64,
+    /// Mean active features per input.
     pub l0: f64,
+    /// Fraction of variance unexplained.
     pub fvu: f64,
+    /// Fraction of features that fired on none of the measured rows.
     pub dead_fraction: f64,
+    /// CE loss recovered when spliced into the model, when a [`SweepEval`] was given.
     pub ce_loss_score: Option<f64>,
     /// Whether L0, FVU and the dead fraction were measured on rows no run trained on (`false`
     /// only for a source too small to spare any; see [`held_out_rows`]).
@@ -145,8 +154,11 @@ pub struct SweepPoint {
 
 /// The model side of an optional CE evaluation: the model, the hook, held-out sequences.
 pub struct SweepEval<'a> {
+    /// The model the SAEs are spliced into.
     pub model: &'a Model,
+    /// Where they are spliced.
     pub hook: HookPoint,
+    /// Token ids of the documents to evaluate on, none of them trained on.
     pub sequences: &'a [Vec<u32>],
 }
 

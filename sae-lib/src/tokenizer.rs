@@ -72,6 +72,7 @@ impl Tokenizer {
             .unwrap_or(0)
     }
 
+    /// Number of tokens in the vocabulary, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

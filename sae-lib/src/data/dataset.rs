@@ -28,6 +28,7 @@ pub struct DatasetOptions {
     pub column: String,
     /// Hub split, matched against the parquet file names (`train`).
     pub split: String,
+    /// How `.txt` files are cut into documents.
     pub txt_split: TxtSplit,
 }
 

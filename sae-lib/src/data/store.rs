@@ -40,20 +40,30 @@ pub enum CollectMode {
 /// One shard's entry in `meta.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShardMeta {
+    /// File name of the shard inside the store folder (`shard-NNNNN.safetensors`).
     pub file: String,
+    /// Rows (activations) in this shard.
     pub rows: usize,
+    /// `doc_index` of the first document with rows in this shard.
     pub first_doc: u32,
+    /// Documents with rows in this shard.
     pub docs: u32,
 }
 
 /// `meta.json`: what the store holds and how it was made.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoreMeta {
+    /// Hub id, local directory or .gguf path of the model the activations came from, as given.
     pub model: String,
+    /// Hub revision of the model (branch, tag or commit sha); `None` for a local model.
     pub revision: Option<String>,
+    /// Hook point the activations were read at.
     pub hook: HookPoint,
+    /// Tokens kept per document (longer documents were truncated).
     pub context_size: usize,
+    /// Hub id (without revision) or local path of the dataset the documents came from.
     pub dataset: String,
+    /// Which tokens of each document became rows.
     pub mode: CollectMode,
     /// Rows (activations) in the store.
     pub rows: usize,
@@ -67,6 +77,7 @@ pub struct StoreMeta {
     pub skipped_empty: usize,
     /// Whether each document's first position was left out.
     pub exclude_first: bool,
+    /// The shards, in row order.
     pub shards: Vec<ShardMeta>,
 }
 
@@ -251,7 +262,10 @@ struct Shard {
 /// Where a row came from: which document, which token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RowRef {
+    /// Index of the document in the order the collector read them, counting from 0 (empty
+    /// documents included).
     pub doc_index: u32,
+    /// Position of the token within its document, counting from 0.
     pub position: u32,
 }
 
@@ -337,6 +351,7 @@ impl ActivationStore {
         })
     }
 
+    /// The store's description, as read from `meta.json`.
     pub fn meta(&self) -> &StoreMeta {
         &self.meta
     }
@@ -346,6 +361,7 @@ impl ActivationStore {
         self.meta.rows
     }
 
+    /// Whether the store has no rows.
     pub fn is_empty(&self) -> bool {
         self.meta.rows == 0
     }

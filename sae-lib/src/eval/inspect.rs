@@ -22,9 +22,11 @@ pub fn feature_activations(
 /// One of a feature's top activating contexts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TopContext {
+    /// Index of the document, as recorded in the activation store.
     pub doc_index: u32,
     /// Position of the activating token in its document.
     pub position: u32,
+    /// The feature's activation at that token.
     pub activation: f32,
     /// The document's token texts.
     pub tokens: Vec<String>,

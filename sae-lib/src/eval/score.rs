@@ -15,9 +15,11 @@ pub const CHUNK_ROWS: usize = 4096;
 /// What [`score`] measures, over every row of the source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Score {
+    /// Rows scored (every row of the source).
     pub rows: usize,
     /// `Σ‖x − x̂‖² / Σ‖x − x̄‖²` over all rows (see [`super::metrics::fvu`]).
     pub fvu: f64,
+    /// Fraction of variance explained, `1 − fvu`.
     pub explained_variance: f64,
     /// Mean active features per input.
     pub l0: f64,

@@ -14,10 +14,14 @@ use crate::{Error, Result};
 /// Splice metrics, averaged over every predicted token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SpliceMetrics {
+    /// Hook point the SAE was spliced in at.
     pub hook: HookPoint,
     /// Tokens whose next token was predicted.
     pub tokens: usize,
+    /// Mean next-token cross-entropy of the clean model, in nats.
     pub ce_loss_without_sae: f64,
+    /// Mean next-token cross-entropy with the activation replaced by the SAE's
+    /// reconstruction, in nats.
     pub ce_loss_with_sae: f64,
     /// Activation replaced by zeros.
     pub ce_loss_with_ablation: f64,
@@ -27,6 +31,7 @@ pub struct SpliceMetrics {
     pub ce_loss_score: f64,
     /// Mean per-token KL(clean ‖ spliced), in nats.
     pub kl_div_with_sae: f64,
+    /// Mean per-token KL(clean ‖ zero-ablated), in nats.
     pub kl_div_with_ablation: f64,
     /// `(KL_zero − KL_sae) / KL_zero`.
     pub kl_div_score: f64,

@@ -27,23 +27,36 @@ use crate::{Error, Result};
 /// The fields of HF's `config.json` this model uses.
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 pub struct Config {
+    /// Rows of the embedding and unembedding (`vocab_size`); may exceed the tokenizer's vocabulary.
     pub vocab_size: usize,
+    /// Width of the residual stream, `d_model` (`hidden_size`).
     pub hidden_size: usize,
+    /// Number of transformer blocks (`num_hidden_layers`).
     pub num_hidden_layers: usize,
+    /// Attention heads per block (`num_attention_heads`).
     pub num_attention_heads: usize,
+    /// Width of the MLP's hidden layer (`intermediate_size`).
     pub intermediate_size: usize,
     /// Fraction of each head's channels that get rotary embeddings.
     #[serde(alias = "partial_rotary_factor")]
     pub rotary_pct: f64,
+    /// Base of the rotary embedding frequencies (`rotary_emb_base`, or `rope_theta`).
     #[serde(alias = "rope_theta")]
     pub rotary_emb_base: f64,
+    /// Epsilon added to the variance before the square root in each layer norm
+    /// (`layer_norm_eps`).
     pub layer_norm_eps: f64,
     /// `x + attn(ln1(x)) + mlp(ln2(x))` when true, else `h = x + attn(ln1(x)); h + mlp(ln2(h))`.
     pub use_parallel_residual: bool,
+    /// Longest context the model was trained for (`max_position_embeddings`); kept, not enforced.
     pub max_position_embeddings: usize,
+    /// MLP nonlinearity by its HF name (`hidden_act`: `gelu`, `gelu_new`, ...).
     pub hidden_act: String,
+    /// Whether the attention projections have biases (`attention_bias`; default true).
     #[serde(default = "yes")]
     pub attention_bias: bool,
+    /// Whether the unembedding is the input embedding when the checkpoint has no output head
+    /// (`tie_word_embeddings`; default false).
     #[serde(default)]
     pub tie_word_embeddings: bool,
     /// Only `null` is supported; kept to reject checkpoints that need scaling.
@@ -124,6 +137,7 @@ impl Config {
         self.activation().map(|_| ())
     }
 
+    /// Channels per attention head: `hidden_size / num_attention_heads`.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }
@@ -310,6 +324,7 @@ impl GptNeoX {
         })
     }
 
+    /// The config the model was built from.
     pub fn config(&self) -> &Config {
         &self.cfg
     }
@@ -332,10 +347,12 @@ impl GptNeoX {
         self.embed_out.weight()
     }
 
+    /// Device the weights are on.
     pub fn device(&self) -> &Device {
         self.embed_in.embeddings().device()
     }
 
+    /// Dtype of the weights (that of the embedding).
     pub fn dtype(&self) -> DType {
         self.embed_in.embeddings().dtype()
     }

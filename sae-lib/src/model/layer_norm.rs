@@ -14,6 +14,8 @@ use rayon::prelude::*;
 
 use crate::sae::kernels::{dot_body, simd, with_host, written_by};
 
+/// Layer normalisation over the last dimension with a learned weight and bias; a faster
+/// path for contiguous f32 on the CPU, candle's op elsewhere.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     /// candle's, for every other case; it holds the weight and bias.

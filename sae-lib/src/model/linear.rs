@@ -11,6 +11,7 @@ use candle_nn::VarBuilder;
 
 use crate::Result;
 
+/// A linear layer `y = x Wᵀ + b`, its weight kept transposed, `(in, out)`.
 #[derive(Debug, Clone)]
 pub struct Linear {
     /// `(in, out)`, contiguous.

@@ -26,10 +26,15 @@ use crate::{Error, Result};
 /// The fields of HF's `config.json` this model uses.
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 pub struct Config {
+    /// Rows of the embedding and unembedding (`vocab_size`).
     pub vocab_size: usize,
+    /// Width of the residual stream, `d_model` (`hidden_size`).
     pub hidden_size: usize,
+    /// Width of the MLP's gate and up projections (`intermediate_size`).
     pub intermediate_size: usize,
+    /// Number of transformer blocks (`num_hidden_layers`).
     pub num_hidden_layers: usize,
+    /// Query heads per block (`num_attention_heads`).
     pub num_attention_heads: usize,
     /// Fewer than `num_attention_heads` means grouped-query attention; absent means as many.
     #[serde(default)]
@@ -37,15 +42,23 @@ pub struct Config {
     /// Absent means `hidden_size / num_attention_heads`.
     #[serde(default)]
     pub head_dim: Option<usize>,
+    /// Epsilon added to the mean square before the square root in each RMSNorm
+    /// (`rms_norm_eps`).
     pub rms_norm_eps: f64,
+    /// Base of the rotary embedding frequencies (`rope_theta`; default 10,000).
     #[serde(default = "default_rope_theta")]
     pub rope_theta: f64,
+    /// MLP nonlinearity by its HF name (`hidden_act`; default `silu`).
     #[serde(default = "default_act")]
     pub hidden_act: String,
+    /// Whether the unembedding is the input embedding (`tie_word_embeddings`; default false);
+    /// an `lm_head` in the checkpoint is still used when present.
     #[serde(default)]
     pub tie_word_embeddings: bool,
+    /// Whether the q, k, v and o projections have biases (`attention_bias`; default false).
     #[serde(default)]
     pub attention_bias: bool,
+    /// Whether the MLP's gate, up and down projections have biases (`mlp_bias`; default false).
     #[serde(default)]
     pub mlp_bias: bool,
     /// Only `null` is supported (Llama 3.1's frequency scaling is not implemented).
@@ -101,10 +114,12 @@ impl Config {
         Activation::from_hf_name(&self.hidden_act).map(|_| ())
     }
 
+    /// Key/value heads per block: `num_key_value_heads`, else `num_attention_heads`.
     pub fn kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
 
+    /// Channels per attention head: `head_dim`, else `hidden_size / num_attention_heads`.
     pub fn head_dim(&self) -> usize {
         self.head_dim
             .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
@@ -266,6 +281,7 @@ impl Llama {
         })
     }
 
+    /// The config the model was built from.
     pub fn config(&self) -> &Config {
         &self.cfg
     }
@@ -288,10 +304,12 @@ impl Llama {
         self.lm_head.weight()
     }
 
+    /// Device the weights are on.
     pub fn device(&self) -> &Device {
         self.embed_tokens.embeddings().device()
     }
 
+    /// Dtype of the weights (that of the embedding).
     pub fn dtype(&self) -> DType {
         self.embed_tokens.embeddings().dtype()
     }

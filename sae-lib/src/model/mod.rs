@@ -33,6 +33,7 @@ pub enum Activation {
     Gelu,
     /// `gelu_new` / `gelu_pytorch_tanh`: the tanh approximation.
     GeluTanh,
+    /// `relu`.
     Relu,
     /// `silu` / `swish`.
     Silu,
@@ -53,6 +54,7 @@ impl Activation {
         }
     }
 
+    /// Applies the nonlinearity elementwise.
     pub fn forward(self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Self::Gelu if crate::ops::host_f32(&[x]) && x.is_contiguous() => {
@@ -155,7 +157,9 @@ mod tests {
 /// A loaded language model of any supported architecture.
 #[derive(Debug, Clone)]
 pub enum Model {
+    /// GPT-NeoX (the Pythia suite).
     GptNeoX(GptNeoX),
+    /// Llama and the models that share its shape (SmolLM2, TinyLlama, ...).
     Llama(Llama),
 }
 
@@ -185,6 +189,7 @@ impl Model {
         }
     }
 
+    /// Logits per position: the config's `vocab_size` (may exceed the tokenizer's).
     pub fn vocab_size(&self) -> usize {
         match self {
             Model::GptNeoX(m) => m.config().vocab_size,
@@ -200,6 +205,7 @@ impl Model {
         }
     }
 
+    /// Device the weights are on.
     pub fn device(&self) -> &Device {
         match self {
             Model::GptNeoX(m) => m.device(),
@@ -207,6 +213,7 @@ impl Model {
         }
     }
 
+    /// Dtype of the weights.
     pub fn dtype(&self) -> DType {
         match self {
             Model::GptNeoX(m) => m.dtype(),

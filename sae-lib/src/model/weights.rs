@@ -76,6 +76,7 @@ impl Weights {
         }
     }
 
+    /// Whether the checkpoint holds no tensors.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

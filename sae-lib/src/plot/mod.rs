@@ -27,17 +27,33 @@ pub enum Chart {
     L0Histogram(Vec<f32>),
     /// L0 against a quality metric, one labelled point per run.
     Pareto {
+        /// One point per run.
         points: Vec<ParetoPoint>,
+        /// What the y axis shows: FVU or CE loss recovered.
         metric: ParetoMetric,
     },
     /// x against x̂ for a sample of activation values.
-    Reconstruction { x: Vec<f32>, x_hat: Vec<f32> },
+    Reconstruction {
+        /// Sampled activation values, in model units.
+        x: Vec<f32>,
+        /// The SAE's reconstruction of each, in the same order.
+        x_hat: Vec<f32>,
+    },
     /// Histogram of one feature's non-zero activations.
-    ActivationHistogram { feature: usize, values: Vec<f32> },
+    ActivationHistogram {
+        /// Index of the feature, for the title.
+        feature: usize,
+        /// The feature's activation on every input, zeros included; the non-zero ones are
+        /// binned and the firing fraction goes into the title.
+        values: Vec<f32>,
+    },
     /// Any histogram, titled and labelled by the caller.
     Histogram {
+        /// Chart title.
         title: String,
+        /// Label of the x axis, with units.
         x_label: String,
+        /// The values to bin.
         values: Vec<f32>,
     },
 }
@@ -153,6 +169,7 @@ impl Html {
         ))
     }
 
+    /// Shown inline by evcxr (the Rust Jupyter kernel) when a cell evaluates to HTML.
     pub fn evcxr_display(&self) {
         println!(
             "EVCXR_BEGIN_CONTENT text/html\n{}\nEVCXR_END_CONTENT",

@@ -10,10 +10,13 @@ use super::Html;
 /// One column's values.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Values {
+    /// Whole numbers (steps, counts).
     Int(Vec<u64>),
+    /// Floats, shown to four significant digits.
     Float(Vec<f64>),
     /// Floats that some rows lack: an empty cell, a null in a `DataFrame`.
     MaybeFloat(Vec<Option<f64>>),
+    /// Text, shown as it is.
     Text(Vec<String>),
 }
 
@@ -63,6 +66,7 @@ fn number(x: f64) -> String {
 /// Named columns of equal length.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Table {
+    /// `(name, values)` pairs in display order; a shorter column shows empty cells.
     pub columns: Vec<(String, Values)>,
 }
 

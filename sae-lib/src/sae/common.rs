@@ -484,8 +484,11 @@ pub(crate) fn assert_kernels_match_stock_ops(sae: &impl super::Sae, x: &Tensor, 
 pub struct SaeParams {
     /// `W_encᵀ` `(d_sae, d_in)`: row `j` is feature `j`'s encoder direction.
     pub w_enc_t: candle_core::Var,
+    /// `(d_sae,)` encoder bias.
     pub b_enc: candle_core::Var,
+    /// `(d_sae, d_in)`: row `j` is feature `j`'s decoder direction.
     pub w_dec: candle_core::Var,
+    /// `(d_in,)` decoder bias, subtracted from the input before encoding.
     pub b_dec: candle_core::Var,
 }
 

@@ -132,6 +132,7 @@ pub fn step_l0_ste(pre: &Tensor, theta: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 impl JumpReluSae {
+    /// `(d_sae,)` learned thresholds θ: a feature fires where its pre-activation exceeds θ.
     pub fn threshold(&self) -> &Var {
         &self.threshold
     }

@@ -37,6 +37,7 @@ pub struct MatryoshkaSae {
 }
 
 impl MatryoshkaSae {
+    /// The nested dictionary sizes, ascending, the last being `d_sae`.
     pub fn prefixes(&self) -> &[usize] {
         &self.prefixes
     }

@@ -87,8 +87,11 @@ pub fn default_lr(d_sae: usize) -> f64 {
 
 /// What building a fresh SAE needs.
 pub struct Init<'a> {
+    /// The seeded generator every random weight is drawn from, so a seed fixes the SAE.
     pub rng: &'a mut rand_chacha::ChaCha8Rng,
+    /// Dtype of the trained parameters (f32 master weights under mixed precision).
     pub dtype: candle_core::DType,
+    /// Where the parameters live.
     pub device: &'a candle_core::Device,
     /// The ReLU SAE's penalty (other variants ignore it).
     pub penalty: SparsityPenalty,
@@ -117,6 +120,7 @@ pub trait Variant: Sae + Sized {
     /// Whether a saved SAELens `SAELENS` SAE loads as this variant (BatchTopK and Matryoshka
     /// are saved as, and load back as, JumpReLU).
     const LOADS: bool = true;
+    /// What sets its sparsity: `k`, or an L1 or L0 penalty coefficient.
     const SPARSITY: Sparsity;
 
     /// Defaults for a dictionary of `d_sae` features.
@@ -142,13 +146,19 @@ macro_rules! registry {
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
         #[serde(rename_all = "snake_case")]
         pub enum Architecture {
-            $($arch,)*
+            $(
+                #[doc = concat!("[`", stringify!($ty), "`]'s architecture.")]
+                $arch,
+            )*
         }
 
         /// Any SAE variant.
         #[derive(Debug, Clone)]
         pub enum AnySae {
-            $($arch($ty),)*
+            $(
+                #[doc = concat!("A [`", stringify!($ty), "`].")]
+                $arch($ty),
+            )*
         }
 
         impl Architecture {
@@ -248,10 +258,15 @@ impl Architecture {
 /// Where the SAE's inputs come from, recorded in SAELens' `metadata`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SaeMetadata {
+    /// The model the activations came from: a Hub id, a local directory or a `.gguf` path.
     pub model_name: String,
+    /// The hook point, in TransformerLens' naming (`blocks.5.hook_mlp_out`).
     pub hook_name: String,
+    /// Tokens kept per document when the activations were collected.
     pub context_size: usize,
+    /// Whether a BOS token was put before each document (sae-lib's collection does not).
     pub prepend_bos: bool,
+    /// The text the activations came from: a Hub dataset id or a local path.
     pub dataset_path: String,
 }
 
@@ -283,8 +298,11 @@ impl SaeMetadata {
 /// Shape and provenance of an SAE.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SaeConfig {
+    /// Which variant.
     pub architecture: Architecture,
+    /// Width of the activations it reads and reconstructs.
     pub d_in: usize,
+    /// Number of features (dictionary size).
     pub d_sae: usize,
     /// Active features per input for TopK-style variants.
     #[serde(default)]
@@ -292,6 +310,7 @@ pub struct SaeConfig {
     /// Matryoshka's nested dictionary sizes (default: d_sae/16, /8, /4, /2, d_sae).
     #[serde(default)]
     pub prefixes: Option<Vec<usize>>,
+    /// Where its inputs come from.
     pub metadata: SaeMetadata,
 }
 
@@ -359,6 +378,7 @@ pub struct LossContext {
 /// A loss and its named parts (all scalars), plus what the forward produced.
 #[derive(Debug, Clone)]
 pub struct LossOutput {
+    /// The scalar that is differentiated: the sum of `terms`.
     pub total: Tensor,
     /// `("mse", ..)`, then each variant's own terms (`"l1"`, `"auxk"`, ...).
     pub terms: Vec<(&'static str, Tensor)>,
@@ -430,9 +450,13 @@ pub enum FeatureActs {
     /// A zero value is a feature that was selected but did not fire; with `flat_at_zero` it
     /// also takes no gradient (JumpReLU's threshold learns from zeros just below it).
     Sparse {
+        /// `(batch, k)` activations of the selected features.
         values: Tensor,
+        /// `(batch, k)` `u32` feature indices.
         indices: Tensor,
+        /// Number of features the indices range over.
         d_sae: usize,
+        /// Whether zero values take no gradient (JumpReLU).
         flat_at_zero: bool,
     },
 }
@@ -542,6 +566,7 @@ impl FeatureActs {
 /// pre-activations its auxiliary losses read), its auxiliary losses, and what it does after an
 /// optimiser step. Decoding, the reconstruction term and the total live here, once.
 pub trait Sae {
+    /// Its shape and provenance.
     fn config(&self) -> &SaeConfig;
 
     /// The encoder and decoder parameters every variant has.

@@ -51,6 +51,7 @@ pub struct ReluSae {
 }
 
 impl ReluSae {
+    /// How its sparsity is penalised.
     pub fn penalty(&self) -> SparsityPenalty {
         self.penalty
     }

@@ -10,15 +10,19 @@ use crate::sae::{Architecture, Sparsity};
 /// The numbers a diagnosis reads, measured on the SAE as trained.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct RunSummary {
+    /// Which variant.
     pub architecture: Architecture,
+    /// Number of features.
     pub d_sae: usize,
     /// Mean active features per input.
     pub l0: f64,
+    /// Fraction of variance unexplained.
     pub fvu: f64,
     /// Fraction of features that did not fire.
     pub dead_fraction: f64,
     /// The sparsity coefficient λ (penalty variants).
     pub sparsity_coefficient: f64,
+    /// The learning rate it trained at.
     pub lr: f64,
 }
 

@@ -19,9 +19,11 @@ pub const STREAM_LOG: &str = "stream.json";
 
 /// One SAE of a job.
 pub struct JobRun<'m> {
+    /// The hook whose activations it trains on.
     pub hook: HookPoint,
     /// Its folder, when the job saves.
     pub dir: Option<PathBuf>,
+    /// Its trainer, holding the SAE and its metrics.
     pub trainer: Trainer<'m>,
 }
 
@@ -105,6 +107,7 @@ impl<'m> StreamJob<'m> {
         Ok(job)
     }
 
+    /// Its SAEs, in the order they were added.
     pub fn runs(&self) -> &[JobRun<'m>] {
         &self.runs
     }

@@ -16,9 +16,13 @@ use crate::{Error, Result};
 /// Adam's hyperparameters. `Default` is PyTorch's (no weight decay).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamParams {
+    /// Learning rate.
     pub lr: f64,
+    /// Decay of the first moment (the gradient's running mean).
     pub beta1: f64,
+    /// Decay of the second moment (the squared gradient's running mean).
     pub beta2: f64,
+    /// Added to the second moment's square root in the denominator.
     pub eps: f64,
 }
 
@@ -95,10 +99,12 @@ pub struct Adam {
     lr_scales: Vec<f64>,
     moments: Vec<Moments>,
     steps: u64,
+    /// Its hyperparameters; the trainer sets `lr` each step from the schedule.
     pub params: AdamParams,
 }
 
 impl Adam {
+    /// An optimiser for the named variables, with zero moments.
     pub fn new(vars: Vec<(&'static str, Var)>, params: AdamParams) -> Result<Self> {
         let moments = vars
             .iter()

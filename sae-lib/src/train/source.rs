@@ -128,6 +128,7 @@ pub struct StoreBatches<'a> {
 }
 
 impl<'a> StoreBatches<'a> {
+    /// Batches of `batch_size` rows of `data`, shuffled by `seed`; an empty source is an error.
     pub fn new(data: &'a dyn ActivationSource, batch_size: usize, seed: u64) -> Result<Self> {
         if data.is_empty() {
             return Err(Error::Training("no activations to train on".into()));
@@ -167,6 +168,7 @@ pub struct BatchPlan {
 }
 
 impl BatchPlan {
+    /// The plan for `n` rows in batches of `batch_size` (at least 1, at most `n`).
     pub fn new(n: usize, batch_size: usize, seed: u64) -> Self {
         Self {
             n,

@@ -53,6 +53,7 @@ pub struct StreamConfig {
     /// Steps the stream will serve, when known: a generation then reads no more rows than the
     /// remaining steps use (a short run need not fill a whole buffer).
     pub steps: Option<u64>,
+    /// Seeds the shuffle of each buffer, so a resumed stream serves the same batches.
     pub seed: u64,
 }
 
@@ -66,20 +67,24 @@ impl StreamConfig {
 /// Where the next document is: its index within pass `pass` over the dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Cursor {
+    /// Passes over the dataset completed before this one.
     pub pass: u64,
+    /// Index of the document within the pass, from 0.
     pub doc: u64,
 }
 
 /// One generation of the buffer, as `stream.json` logs it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Generation {
+    /// Its number, from 0.
     pub index: u64,
     /// The training step its first batch serves.
     pub first_step: u64,
     /// Where its documents start.
     pub start: Cursor,
-    /// Rows it holds per hook, and the whole batches they make.
+    /// Rows it holds per hook.
     pub rows: u64,
+    /// The whole batches those rows make.
     pub batches: u64,
     /// Documents it read (empty ones included).
     pub docs: u64,
@@ -97,12 +102,14 @@ struct StreamLog {
 pub struct StreamStats {
     /// Tokens run through the model (replays after a resume included).
     pub tokens_forwarded: u64,
-    /// Documents read, and passes begun over the dataset.
+    /// Documents read.
     pub docs_read: u64,
+    /// Passes begun over the dataset.
     pub passes: u64,
-    /// Batches served, and the sum of distinct documents over them (see
-    /// [`mean_docs_per_batch`](Self::mean_docs_per_batch)).
+    /// Batches served.
     pub batches: u64,
+    /// The sum over served batches of the distinct documents in each (see
+    /// [`mean_docs_per_batch`](Self::mean_docs_per_batch)).
     pub distinct_docs: u64,
     /// Wall time spent reading, tokenising and running the model.
     pub fill_seconds: f64,
@@ -234,10 +241,12 @@ impl<'m> ActivationStream<'m> {
         self.model.d_model()
     }
 
+    /// The hooks it serves rows of.
     pub fn hooks(&self) -> &[HookPoint] {
         &self.cfg.hooks
     }
 
+    /// Its settings.
     pub fn config(&self) -> &StreamConfig {
         &self.cfg
     }
@@ -247,6 +256,7 @@ impl<'m> ActivationStream<'m> {
         self.step
     }
 
+    /// Its counters so far.
     pub fn stats(&self) -> &StreamStats {
         &self.stats
     }

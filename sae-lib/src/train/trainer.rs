@@ -29,7 +29,9 @@ pub enum BDecInit {
     /// Geometric median of a sample (robust to outliers).
     #[default]
     GeometricMedian,
+    /// Mean of a sample.
     Mean,
+    /// Zero.
     Zeros,
     /// Zero (as SAELens) unless the inputs' mean is longer than their typical distance from
     /// it, `‖x̄‖ > E‖x − x̄‖`; then the geometric median. From zero, a large shared offset
@@ -42,6 +44,7 @@ pub enum BDecInit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Compute {
+    /// Every step in f32.
     #[default]
     F32,
     /// Mixed precision: the batch is rounded to bf16, the encoder, the decoder and the
@@ -53,6 +56,7 @@ pub enum Compute {
 }
 
 impl Compute {
+    /// The dtype a step's matrix products run in.
     pub fn dtype(self) -> DType {
         match self {
             Self::F32 => DType::F32,
@@ -69,8 +73,11 @@ impl Compute {
 /// ([`VariantDefaults`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
+    /// Optimiser steps.
     pub steps: u64,
+    /// Inputs per step.
     pub batch_size: usize,
+    /// Adam's learning rate and moments.
     pub adam: AdamParams,
     /// Target sparsity coefficient λ.
     pub sparsity_coefficient: f64,
@@ -80,13 +87,16 @@ pub struct TrainConfig {
     pub lr_decay_frac: f64,
     /// Global gradient-norm clip.
     pub grad_clip: Option<f64>,
+    /// Seeds the initial weights and the order of the batches, so a CPU run is reproducible.
     pub seed: u64,
+    /// The ReLU SAE's penalty (other variants ignore it).
     pub penalty: SparsityPenalty,
     /// JumpReLU's starting threshold θ₀ (`None`: [`crate::sae::jumprelu::INIT_THRESHOLD`]).
     #[serde(default)]
     pub init_threshold: Option<f64>,
     /// Scale inputs so `E‖x − x̄‖ = √d_in` (folded back into the weights when saved).
     pub normalize_inputs: bool,
+    /// How `b_dec` starts.
     pub b_dec_init: BDecInit,
     /// Rows sampled for the scale and `b_dec` initialisation.
     pub init_sample: usize,
@@ -231,18 +241,31 @@ impl TrainConfig {
 /// One row of the metrics table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricsRow {
+    /// Steps taken.
     pub step: u64,
+    /// Inputs (activation rows) read so far, repeats included.
     pub tokens: u64,
+    /// The step's total loss, on scaled inputs.
     pub loss: f64,
     /// Mean squared reconstruction error per input, in the model's units.
     pub mse: f64,
+    /// Fraction of variance unexplained on the step's batch (0 is perfect, 1 is no better
+    /// than the batch mean).
     pub fvu: f64,
+    /// `1 − fvu`.
     pub explained_variance: f64,
+    /// Mean number of features active per input, on the step's batch.
     pub l0: f64,
+    /// Mean sum of feature activations per input, on the step's batch.
     pub l1: f64,
+    /// Fraction of features that have not fired within the dead window
+    /// ([`Trainer::dead_window`]).
     pub dead_frac: f64,
+    /// Fraction of features firing on more than `dense_above` of the step's batch.
     pub dense_frac: f64,
+    /// Learning rate at this step.
     pub lr: f64,
+    /// Sparsity coefficient at this step (after warm-up).
     pub sparsity_coefficient: f64,
 }
 
@@ -256,7 +279,9 @@ impl MetricsRow {
 /// `metrics.json` of a finished run: its last logged metrics and what is wrong with it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainReport {
+    /// Steps taken.
     pub step: u64,
+    /// The last metric row logged.
     pub final_metrics: Option<MetricsRow>,
     /// One message per problem, each saying what to change (empty when healthy).
     pub warnings: Vec<String>,
@@ -502,10 +527,12 @@ impl<'a> Trainer<'a> {
         })
     }
 
+    /// The SAE being trained (on scaled inputs; see [`Trainer::scale`]).
     pub fn sae(&self) -> &AnySae {
         &self.sae
     }
 
+    /// Steps taken so far.
     pub fn step(&self) -> u64 {
         self.step
     }
@@ -515,6 +542,7 @@ impl<'a> Trainer<'a> {
         self.scale
     }
 
+    /// The training settings.
     pub fn config(&self) -> &TrainConfig {
         &self.cfg
     }

@@ -15,24 +15,34 @@ use crate::{Error, Result};
 /// Everything the walkthrough needs; `Default` is the tutorial.
 #[derive(Debug, Clone)]
 pub struct WalkthroughConfig {
+    /// Hub id (`org/name[@revision]`), local directory or `.gguf` file.
     pub model: String,
     /// A tokenizer.json overriding the model's own.
     pub tokenizer: Option<PathBuf>,
+    /// Hub dataset id, or a local .parquet / .jsonl / .txt file or folder.
     pub dataset: String,
+    /// The dataset's split, text column and how text files split into documents.
     pub dataset_options: DatasetOptions,
+    /// Hook, middle token or every token, tokens per document and training documents.
     pub collect: CollectConfig,
+    /// The SAE variant.
     pub architecture: Architecture,
+    /// Features of the SAE.
     pub d_sae: usize,
     /// Active features per input, for TopK-style architectures.
     pub k: Option<usize>,
+    /// The trainer's settings.
     pub train: TrainConfig,
     /// Documents held out for the evaluation: the ones after the training documents, or the
     /// dataset's last ones when every document is asked for (see [`WalkthroughConfig::split`]).
     pub eval_docs: usize,
     /// Features whose top contexts go into the report.
     pub inspect_features: usize,
+    /// Where the model runs and the SAE trains.
     pub device: Device,
+    /// The model weights' dtype.
     pub model_dtype: DType,
+    /// The report folder; every stage saves under it.
     pub out: PathBuf,
 }
 
@@ -40,6 +50,7 @@ pub struct WalkthroughConfig {
 /// train the SAE; the `held_out` after them are for its evaluation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DocSplit {
+    /// Documents that train the SAE, from the dataset's first.
     pub training: usize,
     /// At most this many; fewer when the dataset ends sooner.
     pub held_out: usize,

@@ -289,6 +289,7 @@ pub fn warnings(cfg: &WalkthroughConfig, training: &[MetricsRow]) -> Vec<String>
 /// Documents for the splice evaluation, tokenised.
 #[derive(Debug, Clone)]
 pub struct HeldOut {
+    /// Each document's token ids, cut at the collection's `max_len`.
     pub sequences: Vec<Vec<u32>>,
     /// No documents remain after the training ones, so these are the first (training)
     /// documents: the evaluation is then not held out, and callers should say so.
