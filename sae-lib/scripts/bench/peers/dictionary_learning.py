@@ -46,7 +46,8 @@ dictionary_learning's defaults kept on its side (they differ from ours):
   (`--warmup-steps` sets another; dictionary_learning's own end-to-end test uses 0 for TopK);
 - no lr decay (decay_start None; `--decay-start` sets one);
 - dead-feature threshold 10M tokens for AuxK (hard-coded in the trainers): no feature can be
-  dead within 1M training tokens, so AuxK is inactive on both sides at the benchmark's size;
+  dead within 1M training tokens, so the peer's AuxK never acts at the benchmark's size (ours
+  counts a feature dead after the last 10% of a run shorter than 10M inputs);
 - standard: sparsity warm-up (λ linear from 0) over sparsity_warmup_steps = 2000, lowered to
   steps − 1 when longer than the run (get_sparsity_warmup_fn refuses >= steps), so at 1000
   steps λ too reaches full strength only at the end; l1_penalty default 0.1;
@@ -82,17 +83,19 @@ this peer 4x slower: every step calls `remove_gradient_parallel_to_decoder_direc
 einops.einsum runs as 4,096 tiny MKL gemv calls, each waking the sleeping OpenMP threads
 (566 ms a call under PASSIVE, 55 ms under ACTIVE, d_sae 4096, 2 threads; a whole TopKTrainer
 step 727 ms under PASSIVE, 178 ms ACTIVE, 173 ms unset; SAELens' and sparsify's steps change
-by < 10%); a 1,000-step TopK run took 735 s under PASSIVE. ACTIVE is no better: its threads
-spin forever, and kept two cores busy while `sae train` ran afterwards (ours 85 s instead of
-57 s). So run it on a quiet machine. Ours links no OpenMP.
+by < 10% in 40- and 100-step runs); a 1,000-step TopK run took 735 s under PASSIVE. ACTIVE
+is no better: its threads spin forever, and kept two cores busy while `sae train` ran
+afterwards (ours 85 s instead of 50-57 s). So run it on a quiet machine. Ours links no
+OpenMP.
 The peer's time covers trainer construction (init), the trainSAE loop (b_dec's geometric
 median included) and its final save of ae.pt, not the one-off read of the store.
 
 Ours: `sae train --arch topk|batchtopk|relu` with the same d_sae, k, batch size, steps, lr and
 seed, RAYON_NUM_THREADS=--threads, timed as a whole subprocess, keeping its own recipe: inputs
 scaled to E‖x − x̄‖ = √d_in, no warm-up, grad-norm clip 1, free decoder norms and lr decay over
-the last 20% for topk/batchtopk, per-feature BatchTopK thresholds, relu at a constant lr from
-b_dec zero with λ warm-up over 5% of steps (README, "Defaults").
+the last 20% for topk/batchtopk, b_dec from the geometric median, per-feature BatchTopK
+thresholds; relu at a constant lr, b_dec from zero unless the inputs' mean outweighs their
+spread, λ warm-up over 5% of steps (README, "Defaults").
 
 Both SAEs are written as SAELens folders under --out-dir and scored by `common.evaluate`
 through `sae_lens.SAE.load_from_disk` on the held-out store: FVU over the whole set, L0, dead
