@@ -15,6 +15,7 @@ pub mod jumprelu;
 pub mod kernels;
 pub mod matryoshka;
 pub mod nested;
+mod panels;
 pub mod relu;
 pub mod select;
 pub mod sparse;

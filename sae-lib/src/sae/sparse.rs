@@ -12,6 +12,7 @@ use candle_core::{CpuStorage, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::kernels::{axpy, contiguous_f32, dot, with_host};
+use super::panels::sum_rows;
 use crate::Result;
 
 /// `out[b, i] = xc[b, :] · W_encᵀ[j, :] + b_enc[j]` with `j = indices[b, i]`, for `xc`
@@ -39,6 +40,10 @@ fn feature_rows(
     feature_rows_by(indices, d_sae, d, coef, rows, &|p| Some(p / k))
 }
 
+/// One run of selections grouped by feature: where each feature's terms start (`d_sae + 1`
+/// offsets), and the terms (input row, coefficient).
+type Run = (Vec<u32>, Vec<(u32, f32)>);
+
 /// [`feature_rows`] with the input row of selection `p` given by `row_of` (`None`: the
 /// selection adds nothing), and zero coefficients skipped.
 pub(super) fn feature_rows_by(
@@ -49,29 +54,42 @@ pub(super) fn feature_rows_by(
     rows: &[f32],
     row_of: &(dyn Fn(usize) -> Option<usize> + Sync),
 ) -> Vec<f32> {
-    let mut start = vec![0usize; d_sae + 1];
-    for &j in indices {
-        start[j as usize + 1] += 1;
-    }
-    for j in 0..d_sae {
-        start[j + 1] += start[j];
-    }
-    let mut next = start.clone();
-    let mut by_feature = vec![0u32; indices.len()];
-    for (p, &j) in indices.iter().enumerate() {
-        by_feature[next[j as usize]] = p as u32;
-        next[j as usize] += 1;
-    }
-    let mut out = vec![0f32; d_sae * d];
-    out.par_chunks_mut(d).enumerate().for_each(|(j, out)| {
-        for &p in &by_feature[start[j]..start[j + 1]] {
-            let c = coef[p as usize];
-            if let (Some(r), true) = (row_of(p as usize), c != 0.0) {
-                axpy(out, c, &rows[r * d..(r + 1) * d]);
+    // Each feature's terms (input row, coefficient), grouped by a counting sort within each
+    // of a few contiguous runs of selections, in parallel; a feature's terms are its runs'
+    // in run order, so still in selection order.
+    let per = indices
+        .len()
+        .div_ceil(2 * rayon::current_num_threads())
+        .max(1);
+    let runs: Vec<Run> = indices
+        .par_chunks(per)
+        .enumerate()
+        .map(|(q, picked)| {
+            let mut start = vec![0u32; d_sae + 1];
+            for &j in picked {
+                start[j as usize + 1] += 1;
             }
-        }
-    });
-    out
+            for j in 0..d_sae {
+                start[j + 1] += start[j];
+            }
+            let mut next = start.clone();
+            let mut terms = vec![(0u32, 0f32); picked.len()];
+            for (i, &j) in picked.iter().enumerate() {
+                let p = q * per + i;
+                terms[next[j as usize] as usize] =
+                    row_of(p).map_or((0, 0.0), |r| (r as u32, coef[p]));
+                next[j as usize] += 1;
+            }
+            (start, terms)
+        })
+        .collect();
+    sum_rows(d_sae, rows, d, indices.len(), |j| {
+        runs.iter().flat_map(move |(start, terms)| {
+            terms[start[j] as usize..start[j + 1] as usize]
+                .iter()
+                .map(|&(r, c)| (r as usize, c))
+        })
+    })
 }
 
 impl candle_core::CustomOp3 for GatherPreActs {
@@ -188,14 +206,10 @@ impl candle_core::CustomOp2 for SparseDecode {
         let (_, d_in) = l2.shape().dims2()?;
         let v = contiguous_f32(s1, l1, "values")?;
         let w = contiguous_f32(s2, l2, "W_dec")?;
-        let mut out = vec![0f32; b * d_in];
-        out.par_chunks_mut(d_in).enumerate().for_each(|(r, row)| {
-            let span = r * self.k..(r + 1) * self.k;
-            for (&j, &vi) in self.indices[span.clone()].iter().zip(&v[span]) {
-                if vi != 0.0 {
-                    axpy(row, vi, &w[j as usize * d_in..(j as usize + 1) * d_in]);
-                }
-            }
+        let k = self.k;
+        let out = sum_rows(b, w, d_in, b * k, |r| {
+            let span = r * k..(r + 1) * k;
+            (self.indices[span.clone()].iter().map(|&j| j as usize)).zip(v[span].iter().copied())
         });
         Ok((CpuStorage::F32(out), Shape::from((b, d_in))))
     }
@@ -304,9 +318,17 @@ pub fn gather_pre_acts(
         Some(pre) if pre.dtype() == DType::F32 && pre.device().is_cpu() => {
             let d_sae = pre.dim(1)?;
             Some(with_host(pre, "the pre-activations", |p| {
-                Ok((0..b * k)
-                    .map(|i| p[(i / k) * d_sae + indices[i] as usize])
-                    .collect::<Vec<f32>>())
+                let mut known = vec![0f32; b * k];
+                known
+                    .par_chunks_mut(k.max(1))
+                    .zip(p.par_chunks(d_sae.max(1)))
+                    .zip(indices.par_chunks(k.max(1)))
+                    .for_each(|((out, row), picked)| {
+                        for (o, &j) in out.iter_mut().zip(picked) {
+                            *o = row[j as usize];
+                        }
+                    });
+                Ok(known)
             })?)
         }
         _ => None,
