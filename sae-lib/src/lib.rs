@@ -63,6 +63,11 @@ pub use train::metrics_frame;
 pub use train::{metrics_table, MetricsRow, TrainConfig, Trainer};
 pub use walkthrough::WalkthroughConfig;
 
+/// The tutorial's model: the default wherever no SAE, store or flag names another.
+pub const TUTORIAL_MODEL: &str = "EleutherAI/pythia-70m-deduped";
+/// The tutorial's text: the default wherever no SAE, store or flag names another.
+pub const TUTORIAL_DATASET: &str = "NeelNanda/pile-10k";
+
 /// Process-wide CPU settings that candle's defaults get wrong for this workload; the `sae`
 /// binary and the benchmarks call it first thing, before any other thread starts.
 ///

@@ -274,11 +274,11 @@ pub struct SaeMetadata {
 impl Default for SaeMetadata {
     fn default() -> Self {
         Self {
-            model_name: "EleutherAI/pythia-70m-deduped".into(),
+            model_name: crate::TUTORIAL_MODEL.into(),
             hook_name: "blocks.5.hook_mlp_out".into(),
             context_size: 128,
             prepend_bos: false,
-            dataset_path: "NeelNanda/pile-10k".into(),
+            dataset_path: crate::TUTORIAL_DATASET.into(),
         }
     }
 }

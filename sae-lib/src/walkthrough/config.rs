@@ -59,9 +59,9 @@ pub struct DocSplit {
 impl Default for WalkthroughConfig {
     fn default() -> Self {
         Self {
-            model: "EleutherAI/pythia-70m-deduped".into(),
+            model: crate::TUTORIAL_MODEL.into(),
             tokenizer: None,
-            dataset: "NeelNanda/pile-10k".into(),
+            dataset: crate::TUTORIAL_DATASET.into(),
             dataset_options: DatasetOptions::default(),
             collect: CollectConfig {
                 batch_size: 1,

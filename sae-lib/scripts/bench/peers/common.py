@@ -316,3 +316,33 @@ def write_json(path: str | Path | None, obj: dict):
 def read_json(path: str | Path) -> dict:
     with open(path) as f:
         return json.load(f)
+
+
+def open_run(args, name: str) -> tuple[Path, str, torch.Tensor, torch.Tensor]:
+    """The opening every peer script shares: torch's threads set, the run's output folder
+    (--out-dir, or one named after `name` and the settings) made, the machine's load noted
+    before any work, and the training and held-out rows read."""
+    set_threads(args.threads)
+    out_dir = Path(args.out_dir or DEFAULT_STORES / "runs" /
+                   f"{name}-{args.d_sae}-k{args.k}-s{args.steps}-b{args.batch_size}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    load_before = machine_load()
+    t = time.perf_counter()
+    x_train, x_test = load_store(args.train), load_store(args.test)
+    print(f"stores: train {tuple(x_train.shape)}, test {tuple(x_test.shape)} "
+          f"({time.perf_counter() - t:.1f}s to read)", file=sys.stderr)
+    return out_dir, load_before, x_train, x_test
+
+
+def recorded_runs(args, same: tuple[str, ...]) -> list[tuple[str, dict]]:
+    """The --peer-from records, each with its path; one made with other settings (any key of
+    `same`) ends the script, naming the first difference."""
+    found = []
+    for path in args.peer_from:
+        rec = read_json(path)
+        for key in same:
+            if rec["args"].get(key) != getattr(args, key):
+                sys.exit(f"--peer-from {path}: it was run with {key} = "
+                         f"{rec['args'].get(key)!r}, this run has {getattr(args, key)!r}")
+        found.append((str(path), rec))
+    return found

@@ -238,16 +238,8 @@ SAME = ("train", "test", "trainer", "d_sae", "k", "steps", "batch_size", "lr", "
 def recorded_peer_runs(args) -> dict:
     """coefficient -> a peer run from the --peer-from files made with the same settings; a
     file made with others is refused, naming the first difference."""
-    found = {}
-    for path in args.peer_from:
-        rec = common.read_json(path)
-        for key in SAME:
-            if rec["args"].get(key) != getattr(args, key):
-                sys.exit(f"--peer-from {path}: it was run with {key} = "
-                         f"{rec['args'].get(key)!r}, this run has {getattr(args, key)!r}")
-        for r in rec["peer"]:
-            found[r["coefficient"]] = {**r, "from": str(path)}
-    return found
+    return {r["coefficient"]: {**r, "from": path}
+            for path, rec in common.recorded_runs(args, SAME) for r in rec["peer"]}
 
 
 def peer_config(args, d_in: int, l1: float | None) -> dict:
@@ -325,19 +317,10 @@ def input_scale(x: torch.Tensor) -> float:
 
 def main(argv=None):
     args = parse_args(argv)
-    common.set_threads(args.threads)
-    out_dir = Path(args.out_dir or common.DEFAULT_STORES / "runs" /
-                   f"dl-{args.trainer}-{args.d_sae}-k{args.k}-s{args.steps}-b{args.batch_size}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    load_before = common.machine_load()
-    t = time.perf_counter()
-    x_train = common.load_store(args.train)
-    x_test = common.load_store(args.test)
+    out_dir, load_before, x_train, x_test = common.open_run(args, f"dl-{args.trainer}")
     meta = common.store_meta(args.train)
     scale = input_scale(x_train)
-    print(f"stores: train {tuple(x_train.shape)}, test {tuple(x_test.shape)} "
-          f"({time.perf_counter() - t:.1f}s to read); our input scale s = {scale:.4f}",
-          file=sys.stderr)
+    print(f"our input scale s = {scale:.4f}", file=sys.stderr)
 
     result = {"bench": f"dictionary_learning_{args.trainer}", "args": vars(args),
               "versions": {"dictionary-learning": version("dictionary-learning"),

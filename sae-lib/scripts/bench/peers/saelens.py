@@ -220,31 +220,14 @@ SAME = ("train", "test", "d_sae", "k", "steps", "batch_size", "lr", "threads", "
 def recorded_peer_runs(args) -> dict:
     """(arch, coefficient) -> a peer run from the --peer-from files made with the same
     settings; a file made with others is refused, naming the first difference."""
-    found = {}
-    for path in args.peer_from:
-        rec = common.read_json(path)
-        for key in SAME:
-            if rec["args"].get(key) != getattr(args, key):
-                sys.exit(f"--peer-from {path}: it was run with {key} = "
-                         f"{rec['args'].get(key)!r}, this run has {getattr(args, key)!r}")
-        for arch, runs in rec["runs"].items():
-            for r in runs["peer"]:
-                found[(arch, r["coefficient"])] = {**r, "from": path}
-    return found
+    return {(arch, r["coefficient"]): {**r, "from": path}
+            for path, rec in common.recorded_runs(args, SAME)
+            for arch, runs in rec["runs"].items() for r in runs["peer"]}
 
 
 def main(argv=None):
     args = parse_args(argv)
-    common.set_threads(args.threads)
-    out_dir = Path(args.out_dir or common.DEFAULT_STORES / "runs" /
-                   f"saelens-{args.d_sae}-k{args.k}-s{args.steps}-b{args.batch_size}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    load_before = common.machine_load()
-    t = time.perf_counter()
-    x_train = common.load_store(args.train)
-    x_test = common.load_store(args.test)
-    print(f"stores: train {tuple(x_train.shape)}, test {tuple(x_test.shape)} "
-          f"({time.perf_counter() - t:.1f}s to read)", file=sys.stderr)
+    out_dir, load_before, x_train, x_test = common.open_run(args, "saelens")
 
     result = {"bench": "saelens", "args": vars(args),
               "versions": {"sae-lens": version("sae-lens"), "torch": torch.__version__,

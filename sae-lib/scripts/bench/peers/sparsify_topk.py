@@ -189,24 +189,14 @@ def native_eval(sae, x: torch.Tensor) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
-    common.set_threads(args.threads)
     lr = args.lr if args.lr is not None else 2e-4 / (args.d_sae / 2 ** 14) ** 0.5
     peer_lr = args.peer_lr if args.peer_lr is not None else (
         lr if args.optimizer == "adam" else 5e-3 / (args.d_sae / 2 ** 14) ** 0.5)
-    out_dir = Path(args.out_dir or common.DEFAULT_STORES / "runs" /
-                   f"sparsify-{args.d_sae}-k{args.k}-s{args.steps}-b{args.batch_size}")
-    out_dir.mkdir(parents=True, exist_ok=True)
     if args.optimizer == "adam" and args.lr_warmup_steps >= args.steps:
         print(f"note: sparsify's lr warm-up ({args.lr_warmup_steps} steps) spans the whole "
               f"{args.steps}-step run", file=sys.stderr)
-    load_before = common.machine_load()
-
-    t = time.perf_counter()
-    x_train = common.load_store(args.train)
-    x_test = common.load_store(args.test)
+    out_dir, load_before, x_train, x_test = common.open_run(args, "sparsify")
     meta = common.store_meta(args.train)
-    print(f"stores: train {tuple(x_train.shape)}, test {tuple(x_test.shape)} "
-          f"({time.perf_counter() - t:.1f}s to read)", file=sys.stderr)
 
     sae, peer = train_sparsify(x_train, args, peer_lr, out_dir)
     print(f"peer trained in {peer['train_s']:.1f}s", file=sys.stderr)

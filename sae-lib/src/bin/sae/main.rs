@@ -215,9 +215,6 @@ struct WalkthroughArgs {
     overwrite: bool,
 }
 
-/// The tutorial's model and dataset, the defaults wherever no SAE or store names others.
-const TUTORIAL_MODEL: &str = "EleutherAI/pythia-70m-deduped";
-const TUTORIAL_DATASET: &str = "NeelNanda/pile-10k";
 
 #[derive(Args, Clone)]
 struct ModelArgs {
@@ -238,7 +235,7 @@ struct ModelArgs {
 
 impl ModelArgs {
     fn model(&self) -> &str {
-        self.model.as_deref().unwrap_or(TUTORIAL_MODEL)
+        self.model.as_deref().unwrap_or(sae_lib::TUTORIAL_MODEL)
     }
 }
 
@@ -261,7 +258,7 @@ struct DataArgs {
 
 impl DataArgs {
     fn dataset(&self) -> &str {
-        self.dataset.as_deref().unwrap_or(TUTORIAL_DATASET)
+        self.dataset.as_deref().unwrap_or(sae_lib::TUTORIAL_DATASET)
     }
 }
 
