@@ -215,7 +215,6 @@ struct WalkthroughArgs {
     overwrite: bool,
 }
 
-
 #[derive(Args, Clone)]
 struct ModelArgs {
     /// Hub id (`org/name[@revision]`), local directory, or llama.cpp `.gguf` file [default:
