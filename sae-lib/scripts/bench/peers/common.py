@@ -318,6 +318,29 @@ def read_json(path: str | Path) -> dict:
         return json.load(f)
 
 
+def floats(s: str) -> list[float]:
+    """A comma list of numbers, as the coefficient flags take them."""
+    return [float(v) for v in s.split(",") if v.strip()]
+
+
+def add_run_args(p, *, lr: float | None, lr_help: str, out_name: str):
+    """The flags every peer script takes: the stores, the SAE's size, the run's length and
+    learning rate (default `lr`), threads, seed, our binary, and where results go."""
+    p.add_argument("--train", default=str(DEFAULT_STORES / "train"))
+    p.add_argument("--test", default=str(DEFAULT_STORES / "test"))
+    p.add_argument("--d-sae", type=int, default=4096)
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--lr", type=float, default=lr, help=lr_help)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sae-bin", default=str(DEFAULT_BIN))
+    p.add_argument("--json", default=None)
+    p.add_argument("--out-dir", default=None,
+                   help=f"where the SAEs are written (default .cache/peers/runs/{out_name}-...)")
+
+
 def open_run(args, name: str) -> tuple[Path, str, torch.Tensor, torch.Tensor]:
     """The opening every peer script shares: torch's threads set, the run's output folder
     (--out-dir, or one named after `name` and the settings) made, the machine's load noted

@@ -149,29 +149,13 @@ PEER_CLASSES = {"topk": ("TopKTrainer", "AutoEncoderTopK"),
 DL_WARMUP, DL_SPARSITY_WARMUP, DL_THRESHOLD_START, DL_L1 = 1000, 2000, 1000, 0.1
 
 
-def floats(s: str) -> list[float]:
-    return [float(v) for v in s.split(",") if v.strip()]
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--train", default=str(common.DEFAULT_STORES / "train"))
-    p.add_argument("--test", default=str(common.DEFAULT_STORES / "test"))
+    common.add_run_args(p, lr=None, out_name="dl",
+                        lr_help="both sides; default 2e-4/sqrt(d_sae/2^14) "
+                                "(dictionary_learning's TopK default and ours)")
     p.add_argument("--trainer", choices=list(OURS), default="topk")
-    p.add_argument("--d-sae", type=int, default=4096)
-    p.add_argument("--k", type=int, default=32)
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--lr", type=float, default=None,
-                   help="both sides; default 2e-4/sqrt(d_sae/2^14) (dictionary_learning's "
-                        "TopK default and ours)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sae-bin", default=str(common.DEFAULT_BIN))
-    p.add_argument("--json", default=None)
-    p.add_argument("--out-dir", default=None,
-                   help="where the SAEs are written (default .cache/peers/runs/dl-...)")
     p.add_argument("--warmup-steps", type=int, default=None,
                    help=f"peer lr warm-up (default its {DL_WARMUP}, or steps-1 if shorter)")
     p.add_argument("--decay-start", type=int, default=None,
@@ -183,9 +167,9 @@ def parse_args(argv=None):
     p.add_argument("--sparsity-warmup-steps", type=int, default=None,
                    help=f"standard: peer λ warm-up (default its {DL_SPARSITY_WARMUP}, or "
                         "steps-1 if shorter; 0 for none)")
-    p.add_argument("--peer-l1", type=floats, default=[DL_L1],
+    p.add_argument("--peer-l1", type=common.floats, default=[DL_L1],
                    help=f"standard: dictionary_learning l1_penalty list (default its {DL_L1})")
-    p.add_argument("--l1", type=floats, default=[2.0],
+    p.add_argument("--l1", type=common.floats, default=[2.0],
                    help="standard: our --l1 list (default ours, 2)")
     p.add_argument("--penalty", choices=["l1-unit-decoder", "decoder-norm"],
                    default="l1-unit-decoder",

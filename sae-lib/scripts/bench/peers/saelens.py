@@ -95,32 +95,16 @@ COEFF_NAME = {"standard": "l1_coefficient", "gated": "l1_coefficient",
               "jumprelu": "l0_coefficient"}
 
 
-def floats(s: str) -> list[float]:
-    return [float(v) for v in s.split(",") if v.strip()]
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--train", default=str(common.DEFAULT_STORES / "train"))
-    p.add_argument("--test", default=str(common.DEFAULT_STORES / "test"))
+    common.add_run_args(p, lr=4e-4, lr_help="both sides", out_name="saelens")
     p.add_argument("--arch", default="topk",
                    help="comma list of: " + ",".join(OURS))
-    p.add_argument("--d-sae", type=int, default=4096)
-    p.add_argument("--k", type=int, default=32)
-    p.add_argument("--l1", type=floats, default=[5.0],
+    p.add_argument("--l1", type=common.floats, default=[5.0],
                    help="our sparsity coefficients (penalty variants), comma list")
-    p.add_argument("--peer-l1", type=floats, default=None,
+    p.add_argument("--peer-l1", type=common.floats, default=None,
                    help="SAELens' coefficients (default: --l1)")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--lr", type=float, default=4e-4, help="both sides")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sae-bin", default=str(common.DEFAULT_BIN))
-    p.add_argument("--json", default=None)
-    p.add_argument("--out-dir", default=None,
-                   help="where the SAEs are written (default .cache/peers/runs/saelens-...)")
     p.add_argument("--matryoshka-widths", type=lambda s: [int(v) for v in s.split(",")],
                    default=None, help="default d_sae/16,/8,/4,/2,d_sae (ours)")
     p.add_argument("--normalize-activations", default="none",

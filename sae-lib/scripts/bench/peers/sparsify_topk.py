@@ -92,20 +92,8 @@ import common  # noqa: E402
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--train", default=str(common.DEFAULT_STORES / "train"))
-    p.add_argument("--test", default=str(common.DEFAULT_STORES / "test"))
-    p.add_argument("--d-sae", type=int, default=4096)
-    p.add_argument("--k", type=int, default=32)
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--lr", type=float, default=None,
-                   help="both sides; default sparsify's Adam lr 2e-4/sqrt(d_sae/2^14)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sae-bin", default=str(common.DEFAULT_BIN))
-    p.add_argument("--json", default=None)
-    p.add_argument("--out-dir", default=None,
-                   help="where both SAEs are written (default .cache/peers/runs/sparsify-...)")
+    common.add_run_args(p, lr=None, out_name="sparsify",
+                        lr_help="both sides; default sparsify's Adam lr 2e-4/sqrt(d_sae/2^14)")
     p.add_argument("--optimizer", choices=["adam", "signum"], default="adam")
     p.add_argument("--peer-lr", type=float, default=None,
                    help="peer lr if not --lr (default: --lr for adam, sparsify's own for signum)")
