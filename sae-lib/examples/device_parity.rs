@@ -149,6 +149,7 @@ fn kernel_pairs(device: &Device) -> anyhow::Result<Vec<(Tensor, Tensor)>> {
             x.as_tensor(),
             w.as_tensor(),
             b_enc.as_tensor(),
+            None,
             &idx,
             Some(&dense),
         )?;

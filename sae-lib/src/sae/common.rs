@@ -167,7 +167,7 @@ mod tests {
             let pre = (x.matmul(&w_t.as_tensor().t().unwrap()).unwrap() - 1.5).unwrap();
             let values_at = |idx: &Tensor| {
                 let b_enc = (&b_enc - 1.5).unwrap();
-                super::super::sparse::gather_pre_acts(&x, w_t.as_tensor(), &b_enc, idx, None)
+                super::super::sparse::gather_pre_acts(&x, w_t.as_tensor(), &b_enc, None, idx, None)
             };
             let loss = auxk_loss(
                 &pre,
@@ -543,8 +543,8 @@ impl SaeParams {
     /// gather (see [`gather_pre_acts`](super::sparse::gather_pre_acts)); `pre` holds them all,
     /// detached, and supplies the values.
     pub fn pre_acts_at(&self, x: &Tensor, pre: &Tensor, indices: &Tensor) -> Result<Tensor> {
-        let (w, bias) = self.folded(x)?;
-        super::sparse::gather_pre_acts(x, &w, &bias, indices, Some(pre))
+        let [w, b_enc, b_dec] = [&self.w_enc_t, &self.b_enc, &self.b_dec].map(|v| cast_as(v, x));
+        super::sparse::gather_pre_acts(x, &w?, &b_enc?, Some(&b_dec?), indices, Some(pre))
     }
 
     /// `ReLU` of the pre-activations `pre` (differentiable, all of them), with one fused
@@ -553,19 +553,13 @@ impl SaeParams {
         if !crate::ops::host_f32(&[x, pre]) {
             return Ok(pre.relu()?);
         }
-        let (w, bias) = self.folded(x)?;
-        super::dense::relu_at(x, &w, &bias, &pre.detach())
-    }
-
-    /// `(W_encᵀ, b_enc − W_encᵀ b_dec)` in `x`'s dtype. `(x − b_dec)·w_j + b_enc,j =
-    /// x·w_j + (b_enc,j − b_dec·w_j)`: with the centring folded into a per-feature bias, the
-    /// encoder's input is the data, which needs no gradient, and b_dec's gradient through the
-    /// encoder is one matrix–vector product rather than a matmul over the batch.
-    fn folded(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        // The centring folded into a per-feature bias: the encoder's input is then the data,
+        // which needs no gradient, and b_dec's gradient through the encoder is one
+        // matrix–vector product rather than a matmul over the batch.
         let w = cast_as(&self.w_enc_t, x)?;
-        let b_dec = cast_as(&self.b_dec, x)?.unsqueeze(1)?;
-        let bias = (cast_as(&self.b_enc, x)? - w.matmul(&b_dec)?.squeeze(1)?)?;
-        Ok((w, bias))
+        let [b_enc, b_dec] = [&self.b_enc, &self.b_dec].map(|v| cast_as(v, x));
+        let bias = super::sparse::fold_bias(&w, &b_enc?, &b_dec?)?;
+        super::dense::relu_at(x, &w, &bias, &pre.detach())
     }
 
     /// Rescales decoder rows to unit norm (for penalties that a growing decoder would cheat).

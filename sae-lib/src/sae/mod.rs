@@ -7,6 +7,7 @@
 //! the save/load boundary ([`mod@format`]).
 
 pub mod batch_topk;
+mod by_feature;
 pub mod common;
 pub mod dense;
 pub mod format;

@@ -11,8 +11,8 @@
 use candle_core::{CpuStorage, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::kernels::{axpy, contiguous_f32, dot, with_host};
-use super::sparse::feature_rows_by;
+use super::by_feature::ByFeature;
+use super::kernels::{axpy, contiguous_f32, with_host};
 use crate::Result;
 
 /// `out[b, t, :] = Σ_i [indices[b, i] < ends[t]] · values[b, i] · W_dec[indices[b, i], :]`,
@@ -89,22 +89,12 @@ impl candle_core::CustomOp2 for NestedDecode {
                 axpy(&mut head[t * d_in..], 1.0, &tail[..d_in]);
             }
         });
-        let row_of = |p: usize| self.prefix_of(self.indices[p]).map(|t| (p / k) * n + t);
+        let row_of = |p: usize, b: usize| self.prefix_of(self.indices[p]).map(|t| b * n + t);
         let (grad_v, grad_w) = with_host(values, "the values", |v| {
             with_host(w_dec, "W_dec", |w| {
-                let mut grad_v = vec![0f32; b * k];
-                grad_v.par_chunks_mut(k).enumerate().for_each(|(r, out)| {
-                    for (i, o) in out.iter_mut().enumerate() {
-                        if let Some(row) = row_of(r * k + i) {
-                            let j = self.indices[r * k + i] as usize;
-                            *o = dot(
-                                &suffix[row * d_in..(row + 1) * d_in],
-                                &w[j * d_in..(j + 1) * d_in],
-                            );
-                        }
-                    }
-                });
-                let grad_w = feature_rows_by(&self.indices, d_sae, d_in, v, &suffix, &row_of);
+                let by_feature = ByFeature::new(&self.indices, k, d_sae, v, row_of, true);
+                let grad_v = by_feature.dots(&suffix, w, d_in);
+                let grad_w = by_feature.sum_rows(&suffix, d_in);
                 Ok((grad_v, grad_w))
             })
         })?;

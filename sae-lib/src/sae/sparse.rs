@@ -11,85 +11,22 @@
 use candle_core::{CpuStorage, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::by_feature::ByFeature;
 use super::kernels::{axpy, contiguous_f32, dot, with_host};
 use super::panels::sum_rows;
 use crate::Result;
 
-/// `out[b, i] = xc[b, :] · W_encᵀ[j, :] + b_enc[j]` with `j = indices[b, i]`, for `xc`
-/// `(batch, d_in)`, `W_encᵀ` `(d_sae, d_in)` and `b_enc` `(d_sae,)`, all f32 on the CPU, with
-/// a sparse backward for all three.
+/// `out[b, i] = (x[b, :] − b_dec) · W_encᵀ[j, :] + b_enc[j]` with `j = indices[b, i]`, for `x`
+/// `(batch, d_in)`, `W_encᵀ` `(d_sae, d_in)` and the biases `b_enc` `(d_sae,)` followed by
+/// `b_dec` `(d_in,)` when `centred` (else `b_dec = 0`), all f32 on the CPU, with a sparse
+/// backward for all three.
 struct GatherPreActs {
     indices: Vec<u32>,
     k: usize,
+    centred: bool,
     /// The values themselves, when the dense pre-activations that chose `indices` are at hand
     /// (TopK computes them all to choose): the forward then only hands them on.
     known: Option<Vec<f32>>,
-}
-
-/// `out[j, :] = Σ over (b, i) with indices[b·k + i] = j of coef[b·k + i] · rows[b, :]`, for
-/// `out` `(d_sae, d)`: the selections grouped by feature, so each feature's row is one
-/// contiguous sum of input rows, written by one task.
-fn feature_rows(
-    indices: &[u32],
-    k: usize,
-    d_sae: usize,
-    d: usize,
-    coef: &[f32],
-    rows: &[f32],
-) -> Vec<f32> {
-    feature_rows_by(indices, d_sae, d, coef, rows, &|p| Some(p / k))
-}
-
-/// One run of selections grouped by feature: where each feature's terms start (`d_sae + 1`
-/// offsets), and the terms (input row, coefficient).
-type Run = (Vec<u32>, Vec<(u32, f32)>);
-
-/// [`feature_rows`] with the input row of selection `p` given by `row_of` (`None`: the
-/// selection adds nothing), and zero coefficients skipped.
-pub(super) fn feature_rows_by(
-    indices: &[u32],
-    d_sae: usize,
-    d: usize,
-    coef: &[f32],
-    rows: &[f32],
-    row_of: &(dyn Fn(usize) -> Option<usize> + Sync),
-) -> Vec<f32> {
-    // Each feature's terms (input row, coefficient), grouped by a counting sort within each
-    // of a few contiguous runs of selections, in parallel; a feature's terms are its runs'
-    // in run order, so still in selection order.
-    let per = indices
-        .len()
-        .div_ceil(2 * rayon::current_num_threads())
-        .max(1);
-    let runs: Vec<Run> = indices
-        .par_chunks(per)
-        .enumerate()
-        .map(|(q, picked)| {
-            let mut start = vec![0u32; d_sae + 1];
-            for &j in picked {
-                start[j as usize + 1] += 1;
-            }
-            for j in 0..d_sae {
-                start[j + 1] += start[j];
-            }
-            let mut next = start.clone();
-            let mut terms = vec![(0u32, 0f32); picked.len()];
-            for (i, &j) in picked.iter().enumerate() {
-                let p = q * per + i;
-                terms[next[j as usize] as usize] =
-                    row_of(p).map_or((0, 0.0), |r| (r as u32, coef[p]));
-                next[j as usize] += 1;
-            }
-            (start, terms)
-        })
-        .collect();
-    sum_rows(d_sae, rows, d, indices.len(), |j| {
-        runs.iter().flat_map(move |(start, terms)| {
-            terms[start[j] as usize..start[j + 1] as usize]
-                .iter()
-                .map(|&(r, c)| (r as usize, c))
-        })
-    })
 }
 
 impl candle_core::CustomOp3 for GatherPreActs {
@@ -111,12 +48,20 @@ impl candle_core::CustomOp3 for GatherPreActs {
         if let Some(known) = &self.known {
             return Ok((CpuStorage::F32(known.clone()), shape));
         }
-        let xc = contiguous_f32(s1, l1, "input")?;
+        let xs = contiguous_f32(s1, l1, "input")?;
         let wt = contiguous_f32(s2, l2, "W_encᵀ")?;
-        let bias = contiguous_f32(s3, l3, "b_enc")?;
+        let biases = contiguous_f32(s3, l3, "the biases")?;
+        let (b_enc, b_dec) = biases.split_at(biases.len() - if self.centred { d_in } else { 0 });
+        // (x − b_dec)·w_j + b_enc,j = x·w_j + (b_enc,j − b_dec·w_j)
+        let bias: Vec<f32> = (b_enc.par_iter().enumerate())
+            .map(|(j, &be)| match self.centred {
+                true => be - dot(b_dec, &wt[j * d_in..(j + 1) * d_in]),
+                false => be,
+            })
+            .collect();
         let mut out = vec![0f32; b * self.k];
         out.par_chunks_mut(self.k).enumerate().for_each(|(r, row)| {
-            let x = &xc[r * d_in..(r + 1) * d_in];
+            let x = &xs[r * d_in..(r + 1) * d_in];
             for (o, &j) in row.iter_mut().zip(&self.indices[r * self.k..]) {
                 let j = j as usize;
                 *o = dot(x, &wt[j * d_in..(j + 1) * d_in]) + bias[j];
@@ -127,21 +72,21 @@ impl candle_core::CustomOp3 for GatherPreActs {
 
     fn bwd(
         &self,
-        xc: &Tensor,
+        xs: &Tensor,
         w_enc_t: &Tensor,
-        b_enc: &Tensor,
+        biases: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (b, d_in) = xc.dims2()?;
+        let (b, d_in) = xs.dims2()?;
         let d_sae = w_enc_t.dim(0)?;
         let k = self.k;
-        let (grad_x, grad_wt, grad_b) = with_host(xc, "the input", |x| {
+        let (grad_x, grad_wt, grad_b) = with_host(xs, "the input", |x| {
             with_host(grad, "the gradient", |g| {
                 with_host(w_enc_t, "W_encᵀ", |wt| {
-                    // d xc[b, :] = Σ_i g[b, i] · W_encᵀ[idx[b, i], :], when xc has a gradient
+                    // d x[b, :] = Σ_i g[b, i] · W_encᵀ[idx[b, i], :], when x has a gradient
                     // to take (the data itself has none).
-                    let grad_x = xc.track_op().then(|| {
+                    let grad_x = xs.track_op().then(|| {
                         let mut grad_x = vec![0f32; b * d_in];
                         grad_x
                             .par_chunks_mut(d_in)
@@ -157,24 +102,50 @@ impl candle_core::CustomOp3 for GatherPreActs {
                             });
                         grad_x
                     });
-                    // d b_enc[j] = Σ over (b, i) with idx[b, i] = j of g[b, i]
-                    let mut grad_b = vec![0f32; d_sae];
-                    for (&j, &gv) in self.indices.iter().zip(g) {
-                        grad_b[j as usize] += gv;
+                    // d b_enc[j] = Σ over (b, i) with idx[b, i] = j of g[b, i], and
+                    // d W_encᵀ[j, :] = Σ over the same of g[b, i] · (x[b, :] − b_dec)
+                    //               = Σ g[b, i] · x[b, :] − d b_enc[j] · b_dec.
+                    let by_feature =
+                        ByFeature::new(&self.indices, k, d_sae, g, |_, b| Some(b), false);
+                    let mut grad_b = by_feature.sum_coefs();
+                    let mut grad_wt = by_feature.sum_rows(x, d_in);
+                    if self.centred {
+                        with_host(biases, "the biases", |biases| {
+                            let b_dec = &biases[d_sae..];
+                            (grad_wt.par_chunks_mut(d_in).zip(&grad_b))
+                                .for_each(|(row, &gb)| axpy(row, -gb, b_dec));
+                            // d b_dec = −Σ_j d b_enc[j] · W_encᵀ[j, :], summed in fixed blocks
+                            // of features and then in block order, the same for any threads.
+                            const BLOCK: usize = 256;
+                            let blocks: Vec<Vec<f32>> = (wt.par_chunks(BLOCK * d_in))
+                                .zip(grad_b.par_chunks(BLOCK))
+                                .map(|(w, gb)| {
+                                    let mut acc = vec![0f32; d_in];
+                                    for (w, &gb) in w.chunks_exact(d_in).zip(gb) {
+                                        axpy(&mut acc, -gb, w);
+                                    }
+                                    acc
+                                })
+                                .collect();
+                            let mut grad_b_dec = vec![0f32; d_in];
+                            for block in &blocks {
+                                axpy(&mut grad_b_dec, 1.0, block);
+                            }
+                            grad_b.extend(grad_b_dec);
+                            Ok(())
+                        })?;
                     }
-                    // d W_encᵀ[j, :] = Σ over (b, i) with idx[b, i] = j of g[b, i] · xc[b, :].
-                    let grad_wt = feature_rows(&self.indices, k, d_sae, d_in, g, x);
                     Ok((grad_x, grad_wt, grad_b))
                 })
             })
         })?;
-        let device = xc.device();
+        let device = xs.device();
         Ok((
             grad_x
                 .map(|g| Tensor::from_vec(g, (b, d_in), device))
                 .transpose()?,
             Some(Tensor::from_vec(grad_wt, (d_sae, d_in), device)?),
-            Some(Tensor::from_vec(grad_b, d_sae, device)?.to_dtype(b_enc.dtype())?),
+            Some(Tensor::from_vec(grad_b, biases.dims1()?, device)?),
         ))
     }
 }
@@ -226,26 +197,19 @@ impl candle_core::CustomOp2 for SparseDecode {
         let (grad_v, grad_w) = with_host(values, "the values", |v| {
             with_host(grad, "the gradient", |g| {
                 with_host(w_dec, "W_dec", |w| {
-                    // d values[b, i] = g[b, :] · W_dec[idx[b, i], :]
-                    let mut grad_v = vec![0f32; b * k];
-                    grad_v.par_chunks_mut(k).enumerate().for_each(|(r, out)| {
-                        let gr = &g[r * d_in..(r + 1) * d_in];
-                        let span = r * k..(r + 1) * k;
-                        for ((o, &j), &vi) in out
-                            .iter_mut()
-                            .zip(&self.indices[span.clone()])
-                            .zip(&v[span])
-                        {
-                            if vi != 0.0 || !self.flat_at_zero {
-                                *o = dot(gr, &w[j as usize * d_in..(j as usize + 1) * d_in]);
-                            }
-                        }
-                    });
+                    // d values[b, i] = g[b, :] · W_dec[idx[b, i], :], and
                     // d W_dec[j, :] = Σ over (b, i) with idx[b, i] = j of values[b, i] · g[b, :],
                     // unless W_dec is a frozen copy (Gated's gate reconstruction).
-                    let grad_w = w_dec
-                        .track_op()
-                        .then(|| feature_rows(&self.indices, k, d_sae, d_in, v, g));
+                    let by_feature = ByFeature::new(
+                        &self.indices,
+                        k,
+                        d_sae,
+                        v,
+                        |_, b| Some(b),
+                        !self.flat_at_zero,
+                    );
+                    let grad_v = by_feature.dots(g, w, d_in);
+                    let grad_w = w_dec.track_op().then(|| by_feature.sum_rows(g, d_in));
                     Ok((grad_v, grad_w))
                 })
             })
@@ -291,26 +255,34 @@ pub fn decode_rows(
     Ok(values.unsqueeze(1)?.matmul(&rows)?.squeeze(1)?)
 }
 
-/// The pre-activations `(xc · W_enc + b_enc)` at `indices` `(batch, k)`, where `xc` is the
-/// centred input `x − b_dec` and `w_enc_t` is `W_encᵀ` `(d_sae, d_in)`. Differentiable in all
-/// three; on the CPU in f32, and on CUDA in f32 when `pre` is given, the gradient is computed
+/// The pre-activations `(x − b_dec) · W_enc + b_enc` at `indices` `(batch, k)`, where
+/// `w_enc_t` is `W_encᵀ` `(d_sae, d_in)` and no `b_dec` is zero. Differentiable in all four;
+/// on the CPU in f32, and on CUDA in f32 when `pre` is given, the gradient is computed
 /// sparsely, elsewhere through stock ops (a dense matmul and a gather). `pre`, the same
 /// pre-activations already computed densely `(batch, d_sae)`, saves recomputing the selected
 /// ones.
 pub fn gather_pre_acts(
-    xc: &Tensor,
+    x: &Tensor,
     w_enc_t: &Tensor,
     b_enc: &Tensor,
+    b_dec: Option<&Tensor>,
     indices: &Tensor,
     pre: Option<&Tensor>,
 ) -> Result<Tensor> {
     let (b, k) = indices.dims2()?;
-    #[cfg(feature = "cuda")]
-    if let Some(pre) = pre.filter(|pre| crate::ops::cuda_f32(&[xc, w_enc_t, b_enc, pre])) {
-        return crate::cuda::gather_pre_acts(xc, w_enc_t, b_enc, indices, pre);
-    }
-    if !crate::ops::host_f32(&[xc, w_enc_t, b_enc]) {
-        let pre = xc.matmul(&w_enc_t.t()?)?.broadcast_add(b_enc)?;
+    let host = crate::ops::host_f32(&[x, w_enc_t, b_enc])
+        && b_dec.is_none_or(|b| crate::ops::host_f32(&[b]));
+    if !host {
+        // The centring folded into the bias: the input needs no gradient.
+        let b_enc = match b_dec {
+            Some(b_dec) => fold_bias(w_enc_t, b_enc, b_dec)?,
+            None => b_enc.clone(),
+        };
+        #[cfg(feature = "cuda")]
+        if let Some(pre) = pre.filter(|pre| crate::ops::cuda_f32(&[x, w_enc_t, &b_enc, pre])) {
+            return crate::cuda::gather_pre_acts(x, w_enc_t, &b_enc, indices, pre);
+        }
+        let pre = x.matmul(&w_enc_t.t()?)?.broadcast_add(&b_enc)?;
         return Ok(pre.gather(&indices.contiguous()?, 1)?);
     }
     let indices = indices.flatten_all()?.to_vec1::<u32>()?;
@@ -333,10 +305,24 @@ pub fn gather_pre_acts(
         }
         _ => None,
     };
-    let op = GatherPreActs { indices, k, known };
-    Ok(xc
-        .contiguous()?
-        .apply_op3(&w_enc_t.contiguous()?, &b_enc.contiguous()?, op)?)
+    let op = GatherPreActs {
+        indices,
+        k,
+        centred: b_dec.is_some(),
+        known,
+    };
+    let biases = match b_dec {
+        Some(b_dec) => Tensor::cat(&[b_enc, b_dec], 0)?,
+        None => b_enc.contiguous()?,
+    };
+    Ok(x.contiguous()?
+        .apply_op3(&w_enc_t.contiguous()?, &biases, op)?)
+}
+
+/// `b_enc − W_encᵀ b_dec`, `(d_sae,)`: `(x − b_dec)·w_j + b_enc,j = x·w_j + (b_enc,j −
+/// b_dec·w_j)`, the centring folded into a per-feature bias.
+pub(super) fn fold_bias(w_enc_t: &Tensor, b_enc: &Tensor, b_dec: &Tensor) -> Result<Tensor> {
+    Ok((b_enc - w_enc_t.matmul(&b_dec.unsqueeze(1)?)?.squeeze(1)?)?)
 }
 
 /// A per-feature `v` `(d_sae,)` at each input's `indices` `(batch, m)`, differentiable in `v`.
@@ -475,7 +461,8 @@ mod tests {
         let b_dec = Var::from_tensor(&Tensor::randn(0f32, 1., d_in, &dev).unwrap()).unwrap();
         let idx = indices(b, k, d_sae);
         let weights = Tensor::randn(0f32, 1., (b, k), &dev).unwrap();
-        // 0: stock ops; 1: the sparse op computing the values; 2: handed the dense values.
+        // 0: stock ops; the sparse op on the centred input computing the values (1) or handed
+        // them (2); on the input with b_dec, computing (3) or handed (4).
         let run = |mode: u8| {
             let xc = x.broadcast_sub(b_dec.as_tensor()).unwrap();
             let dense = xc
@@ -483,14 +470,16 @@ mod tests {
                 .unwrap()
                 .broadcast_add(b_enc.as_tensor())
                 .unwrap();
+            let pre = dense.detach();
+            let (input, centre) = match mode {
+                1 | 2 => (&xc, None),
+                _ => (&x, Some(b_dec.as_tensor())),
+            };
+            let known = [2, 4].contains(&mode).then_some(&pre);
+            let (w, bias) = (w_t.as_tensor(), b_enc.as_tensor());
             let v = match mode {
                 0 => dense.gather(&idx, 1).unwrap(),
-                1 => gather_pre_acts(&xc, w_t.as_tensor(), b_enc.as_tensor(), &idx, None).unwrap(),
-                _ => {
-                    let pre = dense.detach();
-                    gather_pre_acts(&xc, w_t.as_tensor(), b_enc.as_tensor(), &idx, Some(&pre))
-                        .unwrap()
-                }
+                _ => gather_pre_acts(input, w, bias, centre, &idx, known).unwrap(),
             };
             let loss = (&v * &weights).unwrap().sqr().unwrap().sum_all().unwrap();
             let grads = loss.backward().unwrap();
@@ -498,7 +487,7 @@ mod tests {
             (to_vec(&v), g(&w_t), g(&b_enc), g(&b_dec))
         };
         let dense = run(0);
-        for sparse in [run(1), run(2)] {
+        for sparse in [run(1), run(2), run(3), run(4)] {
             close(&sparse.0, &dense.0, "values");
             close(&sparse.1, &dense.1, "grad W_encT");
             close(&sparse.2, &dense.2, "grad b_enc");

@@ -288,6 +288,56 @@ fn save_then_load_gives_identical_outputs_in_saelens_layout() {
     assert!(cfg["metadata"]["sae_lens_version"].as_str().unwrap() >= "6.0.0");
 }
 
+/// A seeded CPU run gives the same weights on one thread as on four: the kernels' parallel
+/// sums keep a fixed order however the work is split (ReLU on its sparse step, with more
+/// features than one block of the b_dec gradient's sums, and TopK with AuxK).
+#[test]
+fn a_seeded_run_is_the_same_on_one_thread_and_on_four() {
+    let syn = synthetic(256, 32, 4.0, 4096, 7);
+    for (arch, k) in [(Architecture::Relu, None), (Architecture::TopK, Some(8))] {
+        let cfg = TrainConfig {
+            steps: 200,
+            batch_size: 256,
+            log_every: 50,
+            checkpoint_every: None,
+            sparsity_coefficient: 10.0,
+            sparsity_warmup_frac: 0.0,
+            ..Default::default()
+        };
+        let sae = SaeConfig {
+            k,
+            ..sae_cfg(arch, 32, 700)
+        };
+        let weights = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut t =
+                    Trainer::new(sae.clone(), cfg.clone(), &syn.data, &Device::Cpu).unwrap();
+                t.train(None, None).unwrap();
+                let l0 = t.metrics().last().unwrap().l0;
+                let vars = t.sae().vars();
+                let flat = |v: &candle_core::Var| {
+                    v.as_tensor()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                };
+                (vars.iter().map(|(_, v)| flat(v)).collect::<Vec<_>>(), l0)
+            })
+        };
+        let ((one, l0), (four, _)) = (weights(1), weights(4));
+        assert!(l0 < 700.0 / 4.0, "{arch:?}: L0 {l0}, the step stayed dense");
+        assert!(
+            one == four,
+            "{arch:?}: the weights depend on the thread count"
+        );
+    }
+}
+
 #[test]
 fn resuming_is_bit_identical_to_an_uninterrupted_run() {
     let syn = synthetic(64, 16, 3.0, 3000, 3);
