@@ -95,6 +95,29 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     )
 }
 
+/// `Σ x[i]²` in f64: thirty-two independent partial sums (so the loop vectorises without
+/// reassociation) added in order, the same for a given slice on any thread.
+pub(crate) fn sum_squares(x: &[f32]) -> f64 {
+    simd(
+        #[inline(always)]
+        |_| {
+            let mut acc = [0f64; 32];
+            let chunks = x.chunks_exact(32);
+            let tail: f64 = chunks
+                .remainder()
+                .iter()
+                .map(|&v| v as f64 * v as f64)
+                .sum();
+            for c in chunks {
+                for i in 0..32 {
+                    acc[i] += c[i] as f64 * c[i] as f64;
+                }
+            }
+            acc.iter().sum::<f64>() + tail
+        },
+    )
+}
+
 /// `out += alpha · x`.
 pub(crate) fn axpy(out: &mut [f32], alpha: f32, x: &[f32]) {
     simd(

@@ -5,7 +5,7 @@
 //! The update is fused: one parallel pass on the CPU, three CUDA kernels on a GPU
 //! (`src/cuda/adam.cu`), stock candle ops elsewhere.
 
-use crate::sae::kernels::with_host;
+use crate::sae::kernels::{simd, sum_squares, with_host};
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
@@ -156,11 +156,11 @@ impl Adam {
                 continue;
             };
             if fused(g, m) {
+                // Chunk sums collected, then added in order: the same on any thread count.
                 host_sq += with_host(g, "a gradient", |g| {
                     use rayon::prelude::*;
-                    Ok(g.par_chunks(1 << 16)
-                        .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
-                        .sum::<f64>())
+                    let chunks: Vec<f64> = g.par_chunks(1 << 16).map(sum_squares).collect();
+                    Ok(chunks.iter().sum::<f64>())
                 })?;
             } else {
                 let sq = g.sqr()?.sum_all()?.to_dtype(DType::F64)?;
@@ -412,12 +412,19 @@ impl candle_core::InplaceOp1 for FusedAdam<'_> {
             .zip(self.g.par_chunks(CHUNK))
             .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
             .for_each(|((p, g), (m, v))| {
-                for i in 0..p.len() {
-                    let g = g[i] * scale;
-                    m[i] = m[i] * b1 + g * c1;
-                    v[i] = v[i] * b2 + g * g * c2;
-                    p[i] -= m[i] / ((v[i] * inv_bc2).sqrt() + eps) * step;
-                }
+                // Wide registers for the square root and division; no fused multiply-add, so
+                // the same bits as the scalar loop.
+                simd(
+                    #[inline(always)]
+                    |_| {
+                        for i in 0..p.len() {
+                            let g = g[i] * scale;
+                            m[i] = m[i] * b1 + g * c1;
+                            v[i] = v[i] * b2 + g * g * c2;
+                            p[i] -= m[i] / ((v[i] * inv_bc2).sqrt() + eps) * step;
+                        }
+                    },
+                )
             });
         Ok(())
     }
