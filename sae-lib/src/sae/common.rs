@@ -443,7 +443,7 @@ pub(crate) fn assert_kernels_match_stock_ops(sae: &impl super::Sae, x: &Tensor, 
         let terms: Vec<f32> = (out.terms.iter())
             .map(|(_, t)| t.to_scalar::<f32>().unwrap())
             .collect();
-        let grads = out.total.backward().unwrap();
+        let grads = super::grads::backward(&out.total).unwrap();
         let grads: Vec<Vec<f32>> = (sae.vars().iter())
             .map(|(_, v)| {
                 let g = grads

@@ -286,16 +286,23 @@ impl candle_core::CustomOp2 for AddRow {
 pub(crate) fn plus_row(x: &[f32], bias: &[f32]) -> Vec<f32> {
     use rayon::prelude::*;
     let d = bias.len();
-    let mut out = vec![0f32; x.len()];
-    if d > 0 {
-        out.par_chunks_mut(d)
-            .zip(x.par_chunks(d))
-            .for_each(|(o, x)| {
-                for ((o, x), b) in o.iter_mut().zip(x).zip(bias) {
-                    *o = x + b;
-                }
-            });
+    if d == 0 {
+        return vec![0f32; x.len()];
     }
+    // Written in parallel without a serial zero-fill first (16 MB for a batch of 1,024 at
+    // 4,096 features).
+    let mut out = Vec::with_capacity(x.len());
+    out.spare_capacity_mut()[..x.len()]
+        .par_chunks_mut(d)
+        .zip(x.par_chunks(d))
+        .for_each(|(o, x)| {
+            for ((o, x), b) in o.iter_mut().zip(x).zip(bias) {
+                o.write(x + b);
+            }
+        });
+    // SAFETY: the output's chunks and the input's have the same lengths, and each chunk is
+    // written whole (`bias` is `d` long).
+    unsafe { out.set_len(x.len()) };
     out
 }
 

@@ -12,6 +12,7 @@ pub mod common;
 pub mod dense;
 pub mod format;
 pub mod gated;
+pub mod grads;
 pub mod jumprelu;
 pub mod kernels;
 pub mod matryoshka;
@@ -531,15 +532,26 @@ impl FeatureActs {
                     let zeros = Tensor::zeros(*d_sae, candle_core::DType::F32, values.device())?;
                     return Ok(zeros.index_add(&indices, &fired, 0)?.to_vec1::<f32>()?);
                 }
-                let mut counts = vec![0f32; *d_sae];
-                for (v, j) in values
-                    .to_vec1::<f32>()?
-                    .into_iter()
-                    .zip(indices.to_vec1::<u32>()?)
-                {
-                    counts[j as usize] += f32::from(v != 0.0);
+                // Whole counts per chunk in parallel, then added: exact, so in any order.
+                use rayon::prelude::*;
+                const CHUNK: usize = 1 << 16;
+                let indices = indices.to_vec1::<u32>()?;
+                let parts: Vec<Vec<u32>> = kernels::with_host(&values, "the values", |v| {
+                    Ok((v.par_chunks(CHUNK).zip(indices.par_chunks(CHUNK)))
+                        .map(|(v, j)| {
+                            let mut counts = vec![0u32; *d_sae];
+                            for (&v, &j) in v.iter().zip(j) {
+                                counts[j as usize] += u32::from(v != 0.0);
+                            }
+                            counts
+                        })
+                        .collect())
+                })?;
+                let mut counts = vec![0u32; *d_sae];
+                for part in parts {
+                    counts.iter_mut().zip(part).for_each(|(c, p)| *c += p);
                 }
-                Ok(counts)
+                Ok(counts.into_iter().map(|c| c as f32).collect())
             }
         }
     }

@@ -12,6 +12,7 @@ use candle_core::{CpuStorage, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::by_feature::ByFeature;
+use super::grads::weight_grad;
 use super::kernels::{axpy, contiguous_f32, with_host};
 use crate::Result;
 
@@ -101,7 +102,7 @@ impl candle_core::CustomOp2 for NestedDecode {
         let device = values.device();
         Ok((
             Some(Tensor::from_vec(grad_v, (b, k), device)?),
-            Some(Tensor::from_vec(grad_w, (d_sae, d_in), device)?),
+            weight_grad(w_dec, Tensor::from_vec(grad_w, (d_sae, d_in), device)?),
         ))
     }
 }

@@ -12,6 +12,7 @@ use candle_core::{CpuStorage, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::by_feature::ByFeature;
+use super::grads::weight_grad;
 use super::kernels::{axpy, contiguous_f32, dot, with_host};
 use super::panels::sum_rows;
 use crate::Result;
@@ -144,7 +145,7 @@ impl candle_core::CustomOp3 for GatherPreActs {
             grad_x
                 .map(|g| Tensor::from_vec(g, (b, d_in), device))
                 .transpose()?,
-            Some(Tensor::from_vec(grad_wt, (d_sae, d_in), device)?),
+            weight_grad(w_enc_t, Tensor::from_vec(grad_wt, (d_sae, d_in), device)?),
             Some(Tensor::from_vec(grad_b, biases.dims1()?, device)?),
         ))
     }
@@ -219,7 +220,8 @@ impl candle_core::CustomOp2 for SparseDecode {
             Some(Tensor::from_vec(grad_v, (b, k), device)?),
             grad_w
                 .map(|g| Tensor::from_vec(g, (d_sae, d_in), device))
-                .transpose()?,
+                .transpose()?
+                .and_then(|g| weight_grad(w_dec, g)),
         ))
     }
 }

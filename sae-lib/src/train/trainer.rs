@@ -652,7 +652,7 @@ impl<'a> Trainer<'a> {
         // Read with the loss, while the GPU (if any) has nothing queued, rather than after the
         // backward pass, which would make the host wait for the GPU twice a step.
         let counts = out.feature_acts.firing_counts()?;
-        let grads = out.total.backward()?;
+        let grads = crate::sae::grads::backward(&out.total)?;
         self.opt.params.lr = lr;
         self.opt.step_clipped(&grads, self.cfg.grad_clip)?;
         self.sae.after_step()?;
