@@ -3,9 +3,9 @@
 //!
 //! candle's backward adds every gradient an op returns into the store's entry for that
 //! argument, creating the entry as zeros first: for `W_enc` and `W_dec` at 4,096 × 576 that is
-//! a 9.4 MB zero-fill and a 28 MB add per matrix per step, which cost a sparse ReLU step about
-//! as much as its whole optimiser update. A variable's gradient needs neither: inside
-//! [`backward`], the sparse ops ([`weight_grad`]) set it aside and it is put in the store as
+//! a 9.4 MB zero-fill and a 28 MB add per matrix per step, mostly on the calling thread (about
+//! 6 ms of a 90 ms sparse ReLU step at L0 400). A variable's gradient needs neither: inside
+//! [`backward`], the sparse ops (`weight_grad`) set it aside and it is put in the store as
 //! it is (added to what other ops gave the same variable, if any). `x + 0 = x` and addition
 //! commutes, so the store holds the same bits as plain `Tensor::backward`'s.
 
