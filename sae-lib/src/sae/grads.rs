@@ -7,7 +7,8 @@
 //! 6 ms of a 90 ms sparse ReLU step at L0 400). A variable's gradient needs neither: inside
 //! [`backward`], the sparse ops (`weight_grad`) set it aside and it is put in the store as
 //! it is (added to what other ops gave the same variable, if any). `x + 0 = x` and addition
-//! commutes, so the store holds the same bits as plain `Tensor::backward`'s.
+//! commutes, so where at most two ops give a variable its gradient the store holds the same
+//! bits as plain `Tensor::backward`'s; with more, the same terms may be added in another order.
 
 use std::cell::RefCell;
 
