@@ -9,12 +9,14 @@
 //! (1 MB for that decoder), and a chunk of outputs is summed one panel at a time, its
 //! partial sums held in registers: each panel is read from L2 by every term of the chunk.
 //! With few terms per source row (a TopK decoder) the copy does not pay, and whole rows are
-//! read as before. Every output element still adds its terms in the same order with the same arithmetic,
-//! so the result is bit-identical to the row-at-a-time loop.
+//! read as before. Every output element still adds its terms in the same order with the same
+//! arithmetic, so the result is bit-identical to the row-at-a-time loop.
+
+use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::kernels::{axpy, simd};
+use super::kernels::{axpy, simd, written_by};
 
 /// Columns per panel: four 16-lane registers of partial sums (eight on AVX2).
 pub(super) const WIDTH: usize = 64;
@@ -70,47 +72,60 @@ where
         return out;
     }
     let src = Panels::new(src, rows, d);
-    // Every element is written below (each chunk's rows, panel by panel), so the output is
-    // not zeroed first: at 4,096 × 576 that was a serial 9.4 MB fill per sum.
-    let mut out = Vec::with_capacity(n * d);
     // A few chunks per thread: enough to balance uneven rows, few enough that each panel is
     // reused by many outputs once in L2.
     let per = n.div_ceil(4 * rayon::current_num_threads()).max(1);
-    out.spare_capacity_mut()[..n * d]
-        .par_chunks_mut(per * d)
-        .enumerate()
-        .for_each(|(chunk_no, chunk)| {
-            simd(
-                #[inline(always)]
-                |fma| {
-                    for (p, panel) in src.0.iter().enumerate() {
-                        let (c0, w) = (p * WIDTH, WIDTH.min(d - p * WIDTH));
-                        for (i, row) in chunk.chunks_exact_mut(d).enumerate() {
-                            let terms = terms(chunk_no * per + i).filter(|&(_, c)| c != 0.0);
-                            let mut acc = [0f32; WIDTH];
-                            if w == WIDTH {
-                                for (s, c) in terms {
-                                    let x: &[f32; WIDTH] =
-                                        panel[s * WIDTH..][..WIDTH].try_into().unwrap();
-                                    add_scaled(&mut acc, c, x, fma);
-                                }
-                            } else {
-                                for (s, c) in terms {
-                                    add_scaled(&mut acc[..w], c, &panel[s * w..(s + 1) * w], fma);
-                                }
-                            }
-                            for (o, &a) in row[c0..c0 + w].iter_mut().zip(&acc) {
-                                o.write(a);
-                            }
-                        }
+    // Every element is written (each chunk's rows, panel by panel), so the output is not
+    // zeroed first: at 4,096 × 576 that was a serial 9.4 MB fill per sum.
+    let fill = |out: &mut [MaybeUninit<f32>]| {
+        out.par_chunks_mut(per * d)
+            .enumerate()
+            .for_each(|(chunk_no, chunk)| {
+                let terms = |i: usize| terms(chunk_no * per + i);
+                simd(
+                    #[inline(always)]
+                    |fma| src.sum_chunk(chunk, d, terms, fma),
+                )
+            })
+    };
+    // SAFETY: `sum_chunk` writes every element of each chunk, and the chunks cover the
+    // `n · d` elements.
+    unsafe { written_by(n * d, fill) }
+}
+
+impl Panels {
+    /// Writes every element of `chunk`, whole output rows of width `d`: row `i` is the sum
+    /// of `terms(i)`, taken one panel at a time with the panel's partial sums in registers.
+    #[inline(always)]
+    fn sum_chunk<I: Iterator<Item = (usize, f32)>>(
+        &self,
+        chunk: &mut [MaybeUninit<f32>],
+        d: usize,
+        terms: impl Fn(usize) -> I,
+        fma: bool,
+    ) {
+        for (p, panel) in self.0.iter().enumerate() {
+            let (c0, w) = (p * WIDTH, WIDTH.min(d - p * WIDTH));
+            for (i, row) in chunk.chunks_exact_mut(d).enumerate() {
+                let terms = terms(i).filter(|&(_, c)| c != 0.0);
+                let mut acc = [0f32; WIDTH];
+                if w == WIDTH {
+                    for (s, c) in terms {
+                        let x: &[f32; WIDTH] = panel[s * WIDTH..][..WIDTH].try_into().unwrap();
+                        add_scaled(&mut acc, c, x, fma);
                     }
-                },
-            )
-        });
-    // SAFETY: the panels' widths add up to `d`, so each chunk wrote every column of each of
-    // its rows, and the chunks cover the `n · d` elements.
-    unsafe { out.set_len(n * d) };
-    out
+                } else {
+                    for (s, c) in terms {
+                        add_scaled(&mut acc[..w], c, &panel[s * w..(s + 1) * w], fma);
+                    }
+                }
+                // The panels' widths add up to `d`: every column of the row is written.
+                for (o, &a) in row[c0..c0 + w].iter_mut().zip(&acc) {
+                    o.write(a);
+                }
+            }
+        }
+    }
 }
 
 /// `acc += c · x`, as [`axpy`](super::kernels::axpy) computes it.
