@@ -7,6 +7,12 @@ and Aaron Mueller's library), its trainer classes from `dictionary_learning.trai
   --trainer batchtopk  BatchTopKTrainer / BatchTopKSAE     (trainers/batch_top_k.py) ours: batchtopk
   --trainer standard   StandardTrainer  / AutoEncoder      (trainers/standard.py,
                                                             dictionary.py)           ours: relu
+  --trainer matryoshka MatryoshkaBatchTopKTrainer / MatryoshkaBatchTopKSAE
+                                          (trainers/matryoshka_batch_top_k.py)     ours: matryoshka
+  --trainer jumprelu   JumpReluTrainer  / JumpReluAutoEncoder (trainers/jumprelu.py,
+                                                            dictionary.py)           ours: jumprelu
+  --trainer gated      GatedSAETrainer  / GatedAutoEncoder (trainers/gdm.py,
+                                                            dictionary.py)           ours: gated
 each driven by dictionary_learning's own loop, `dictionary_learning.training.trainSAE` (called,
 not copied): `trainSAE(data, [config], steps, save_dir=..., device="cpu")` builds the trainer
 from the config dict and calls `trainer.update(step, act)` for step 0..steps-1 on the batches
@@ -35,6 +41,24 @@ What each trainer's `update` does (dictionary_learning 0.1.0, kept as it is):
   loss Σ_d(x − x̂)² mean + l1_penalty · sparsity-warm-up · ‖f‖₁ mean; ConstrainedAdam
   (Adam that removes the gradient parallel to each decoder column and renormalises the
   columns to unit norm after each step); no grad clipping; no resampling (resample_steps None).
+- matryoshka: BatchTopK's encoder, init (kaiming-uniform decoder rows at unit norm, W_enc =
+  W_decᵀ, biases 0; no geometric median) and scalar θ, with the dictionary cut into groups
+  (group_fractions, required by the trainer: here 1/16, 1/16, 1/8, 1/4, 1/2, i.e. the
+  prefixes d_sae/16, /8, /4, /2, d_sae, our default nesting); the loss sums each prefix's
+  Σ_d(x − x̂)² mean with weight 1/5 (its default group_weights) + AuxK as TopK's; the rest as
+  TopK's update. Saved as SAELens "jumprelu" with θ for every feature, as BatchTopK.
+- jumprelu: JumpReluAutoEncoder (x not centred by b_dec: apply_b_dec_to_input False; W_dec
+  rows kaiming-uniform at unit norm, W_enc = W_decᵀ, θ 0.001 for every feature); f =
+  ReLU(pre · (pre > θ)), straight-through rectangle gradients of bandwidth 0.001 for θ; loss
+  Σ_d(x − x̂)² mean + sparsity_penalty (1) · (L0 / target_l0 − 1)² · sparsity-warm-up (an
+  L0 pulled to a target, not a coefficient on it); Adam (0, 0.999); gradient parallel to
+  decoder rows removed; clip_grad_norm 1; rows renormalised to unit norm. Saved as SAELens
+  "jumprelu" with b_enc + b_dec·W_enc as b_enc (SAELens subtracts b_dec from x first).
+- gated: GatedAutoEncoder init (unit-norm random decoder columns, encoder = decoderᵀ, r_mag,
+  biases 0); π = W_enc (x − b_dec), f = 1[π + b_gate > 0] · ReLU(exp(r_mag) π + b_mag); loss
+  Σ_d(x − x̂)² mean + l1_penalty · sparsity-warm-up · ‖ReLU(π + b_gate)‖₁ mean + the gate's
+  reconstruction through a detached decoder; ConstrainedAdam (0, 0.999) as Standard's. Saved
+  as SAELens "gated" (the same encoding).
 
 dictionary_learning's defaults kept on its side (they differ from ours):
 - no input normalisation (trainSAE's normalize_activations=False default; `--normalize-
@@ -50,9 +74,10 @@ dictionary_learning's defaults kept on its side (they differ from ours):
 - dead-feature threshold 10M tokens for AuxK (hard-coded in the trainers): no feature can be
   dead within 1M training tokens, so the peer's AuxK never acts at the benchmark's size (ours
   counts a feature dead after the last 10% of a run shorter than 10M inputs);
-- standard: sparsity warm-up (λ linear from 0) over sparsity_warmup_steps = 2000, lowered to
-  steps − 1 when longer than the run (get_sparsity_warmup_fn refuses >= steps), so at 1000
-  steps λ too reaches full strength only at the end; l1_penalty default 0.1;
+- standard, jumprelu, gated: sparsity warm-up (λ linear from 0) over sparsity_warmup_steps =
+  2000, lowered to steps − 1 when longer than the run (get_sparsity_warmup_fn refuses >=
+  steps), so at 1000 steps λ too reaches full strength only at the end; standard's and
+  gated's l1_penalty default 0.1, jumprelu's target_l0 default 20 (`--peer-target-l0`);
 - threshold_start_step: its default 1000 cannot be kept at 1000 steps: the EMA is updated only
   for step > threshold_start_step, so θ would stay at its initial −1 and BatchTopKSAE's
   inference would keep every positive pre-activation (a dense ReLU code). This script uses
@@ -62,21 +87,25 @@ Shared and passed to both sides: d_sae, k, lr (lr=None would pick dictionary_lea
 2e-4/√(d_sae/2¹⁴), which is also ours and this script's default), steps, batch size, seed,
 and the rows of each step.
 
-Standard (ReLU + L1) at comparable L0: ours runs `--arch relu --penalty l1-unit-decoder`
-(plain L1 with unit-norm decoder rows, as StandardTrainer; `--penalty decoder-norm` runs our
-default April-2024 penalty instead). The coefficient means different things in the two tools:
-both losses are Σ_d(x − x̂)² + λ Σ f, but ours acts on inputs scaled by s = √d_in / E‖x − x̄‖,
-which scales the reconstruction term by s² and the L1 term by s, so our λ is worth about λ/s
-of dictionary_learning's (s is printed and recorded; the recipes differ too, so L0 still
-differs). Pass lists: `--peer-l1 a,b` (dictionary_learning's l1_penalty, default its 0.1) and
-`--l1 x,y,z` (ours). Every run's (L0, FVU) is reported; each peer run that two of ours bracket
-is compared with ours interpolated at the peer's L0 (linear in log L0, common.interpolate_fvu),
-and each of ours with the peer's curve at our L0 where two peer runs bracket it ("–" outside).
+Standard (ReLU + L1), Gated and JumpReLU at comparable L0: for Standard ours runs `--arch relu
+--penalty l1-unit-decoder` (plain L1 with unit-norm decoder rows, as StandardTrainer; `--penalty
+decoder-norm` runs our default April-2024 penalty instead). The coefficient means different
+things in the two tools: both losses are Σ_d(x − x̂)² + λ Σ f, but ours acts on inputs scaled by
+s = √d_in / E‖x − x̄‖, which scales the reconstruction term by s² and the L1 term by s, so our λ
+is worth about λ/s of dictionary_learning's (s is printed and recorded; the recipes differ too,
+so L0 still differs). Pass lists: `--peer-l1 a,b` (dictionary_learning's l1_penalty, default its
+0.1) and `--l1 x,y,z` (ours). Every run's (L0, FVU) is reported; each peer run that two of ours
+bracket is compared with ours interpolated at the peer's L0 (linear in log L0,
+common.interpolate_fvu), and each of ours with the peer's curve at our L0 where two peer runs
+bracket it ("–" outside). Gated likewise, with its gate's L1 (our gated keeps unit-norm decoder
+rows too, so `--penalty` does not apply). JumpReLU likewise: the peer's `--peer-target-l0 a,b`
+against our `--l1 x,y,z` (our L0 coefficient; ours has no target), compared at the peer's L0 the
+same way.
 `--peer-from` reuses peer runs recorded in an earlier --json with the same settings (its
 `trainSAE` is deterministic under the seed on the CPU), so more of ours can be added to a
 bracket without training the peer again.
-BatchTopK: ours is also scored at the peer's held-out L0 (every θ of ours scaled by one factor,
-common.evaluate_folder_at_l0), as saelens.py does.
+BatchTopK and Matryoshka: ours is also scored at the peer's held-out L0 (every θ of ours
+scaled by one factor, common.evaluate_folder_at_l0), as saelens.py does.
 
 Peer threads: torch.set_num_threads(--threads), and, unlike the other peer scripts, libgomp's
 own wait policy (OMP_WAIT_POLICY left unset unless the environment sets it: spin briefly, then
@@ -111,11 +140,17 @@ Run (from the repository root, stores from make_stores.sh):
     --json .cache/peers/results/dictionary_learning_topk.json
   ... --trainer batchtopk ...
   ... --trainer standard --peer-l1 2.6,6.5 --l1 0.7,1,2,3
+  ... --trainer matryoshka ...
+  ... --trainer gated --peer-l1 2.6,6.5 --l1 1,2,4
+  ... --trainer jumprelu --peer-target-l0 20,64 --l1 0.01,0.03,0.1,0.3
 
 Standard's coefficients above: s = 0.769 on these stores (E‖x − x̄‖ ≈ 31), so the peer's 2.6 and
 6.5 are our 2 and 5 through s (its default 0.1 would be our 0.08, a nearly dense code); a run at
 these settings gave the peer held-out L0 357 and 80 and ours (l1-unit-decoder) L0 283 / 117 / 43
-at λ 1 / 2 / 4, hence our list, chosen to bracket both of the peer's L0s.
+at λ 1 / 2 / 4, hence our list, chosen to bracket both of the peer's L0s. Gated's lists
+bracket the peer's L0 354 and 180 the same way. The peer's JumpReLU ends 1,000 steps at L0
+706-722 whatever its target (its warm-ups span the run and θ starts at 0.001); ours reaches
+those L0s only at a small coefficient, λ 0.01-0.03.
 """
 
 from __future__ import annotations
@@ -142,11 +177,21 @@ import common  # noqa: E402
 # `import dictionary_learning` finds the installed library, not this script.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
-OURS = {"topk": "topk", "batchtopk": "batchtopk", "standard": "relu"}
+OURS = {"topk": "topk", "batchtopk": "batchtopk", "standard": "relu",
+        "matryoshka": "matryoshka", "jumprelu": "jumprelu", "gated": "gated"}
 PEER_CLASSES = {"topk": ("TopKTrainer", "AutoEncoderTopK"),
                 "batchtopk": ("BatchTopKTrainer", "BatchTopKSAE"),
-                "standard": ("StandardTrainer", "AutoEncoder")}
-DL_WARMUP, DL_SPARSITY_WARMUP, DL_THRESHOLD_START, DL_L1 = 1000, 2000, 1000, 0.1
+                "standard": ("StandardTrainer", "AutoEncoder"),
+                "matryoshka": ("MatryoshkaBatchTopKTrainer", "MatryoshkaBatchTopKSAE"),
+                "jumprelu": ("JumpReluTrainer", "JumpReluAutoEncoder"),
+                "gated": ("GatedSAETrainer", "GatedAutoEncoder")}
+# Trainers whose sparsity is set by a coefficient (compared along L0) rather than by k.
+PENALTY = ("standard", "gated", "jumprelu")
+# Scalar-θ inference: ours is also scored at the peer's L0.
+THRESHOLD = ("batchtopk", "matryoshka")
+# Our default Matryoshka nesting (d_sae/16, /8, /4, /2, d_sae) as dictionary_learning's groups.
+MATRYOSHKA_FRACTIONS = [1 / 16, 1 / 16, 1 / 8, 1 / 4, 1 / 2]
+DL_WARMUP, DL_SPARSITY_WARMUP, DL_THRESHOLD_START, DL_L1, DL_TARGET_L0 = 1000, 2000, 1000, 0.1, 20
 
 
 def parse_args(argv=None):
@@ -165,12 +210,16 @@ def parse_args(argv=None):
     p.add_argument("--auxk-alpha", type=float, default=1 / 32,
                    help="peer AuxK weight (its default 1/32, ours too)")
     p.add_argument("--sparsity-warmup-steps", type=int, default=None,
-                   help=f"standard: peer λ warm-up (default its {DL_SPARSITY_WARMUP}, or "
-                        "steps-1 if shorter; 0 for none)")
+                   help=f"standard, gated, jumprelu: peer λ warm-up (default its "
+                        f"{DL_SPARSITY_WARMUP}, or steps-1 if shorter; 0 for none)")
     p.add_argument("--peer-l1", type=common.floats, default=[DL_L1],
-                   help=f"standard: dictionary_learning l1_penalty list (default its {DL_L1})")
-    p.add_argument("--l1", type=common.floats, default=[2.0],
-                   help="standard: our --l1 list (default ours, 2)")
+                   help=f"standard, gated: dictionary_learning l1_penalty list (default its "
+                        f"{DL_L1})")
+    p.add_argument("--peer-target-l0", type=common.floats, default=[DL_TARGET_L0],
+                   help=f"jumprelu: dictionary_learning target_l0 list (default its "
+                        f"{DL_TARGET_L0})")
+    p.add_argument("--l1", type=common.floats, default=None,
+                   help="standard, gated, jumprelu: our --l1 list (default ours: 2, 2, 3)")
     p.add_argument("--penalty", choices=["l1-unit-decoder", "decoder-norm"],
                    default="l1-unit-decoder",
                    help="standard: our --penalty (default l1-unit-decoder, StandardTrainer's)")
@@ -192,7 +241,11 @@ def parse_args(argv=None):
         args.sparsity_warmup_steps = min(DL_SPARSITY_WARMUP, args.steps - 1)
     if args.threshold_start_step is None:
         args.threshold_start_step = min(DL_THRESHOLD_START, args.steps // 2)
-    if args.trainer != "standard":
+    if args.trainer == "jumprelu":
+        args.peer_l1 = args.peer_target_l0
+    if args.l1 is None:
+        args.l1 = [3.0 if args.trainer == "jumprelu" else 2.0]
+    if args.trainer not in PENALTY:
         args.peer_l1, args.l1 = [None], [None]
     return args
 
@@ -227,18 +280,25 @@ def recorded_peer_runs(args) -> dict:
 
 
 def peer_config(args, d_in: int, l1: float | None) -> dict:
+    # The Matryoshka trainer is not re-exported by `dictionary_learning.trainers`.
     from dictionary_learning import trainers  # noqa: PLC0415
+    from dictionary_learning.trainers import matryoshka_batch_top_k  # noqa: PLC0415
     trainer_name, _ = PEER_CLASSES[args.trainer]
-    cfg = {"trainer": getattr(trainers, trainer_name), "steps": args.steps,
+    module = matryoshka_batch_top_k if args.trainer == "matryoshka" else trainers
+    cfg = {"trainer": getattr(module, trainer_name), "steps": args.steps,
            "activation_dim": d_in, "dict_size": args.d_sae, "layer": 15,
            "lm_name": "SmolLM2-135M-Instruct", "submodule_name": "blocks.15.hook_mlp_out",
            "lr": args.lr, "warmup_steps": args.warmup_steps, "decay_start": args.decay_start,
            "seed": args.seed, "device": "cpu"}
-    if args.trainer == "standard":
+    if args.trainer in ("standard", "gated"):
         cfg.update(l1_penalty=l1, sparsity_warmup_steps=args.sparsity_warmup_steps or None)
+    elif args.trainer == "jumprelu":
+        cfg.update(target_l0=l1, sparsity_warmup_steps=args.sparsity_warmup_steps or None)
     else:
         cfg.update(k=args.k, auxk_alpha=args.auxk_alpha,
                    threshold_start_step=args.threshold_start_step)
+    if args.trainer == "matryoshka":
+        cfg.update(group_fractions=MATRYOSHKA_FRACTIONS)
     return cfg
 
 
@@ -258,7 +318,7 @@ def train_peer(x: torch.Tensor, args, l1: float | None, out: Path) -> tuple:
     ae.eval()
     stats = {"train_s": secs, "coefficient": l1, "peer_config": recorded,
              "trainer_config": saved_cfg["trainer"]}
-    if hasattr(ae, "threshold"):
+    if hasattr(ae, "threshold") and ae.threshold.numel() == 1:
         stats["threshold"] = float(ae.threshold)
     return ae, stats
 
@@ -266,11 +326,28 @@ def train_peer(x: torch.Tensor, args, l1: float | None, out: Path) -> tuple:
 def to_saelens(ae, args, path: Path, meta: dict) -> Path:
     """dictionary_learning's weights as an SAELens folder. nn.Linear keeps encoder.weight
     (d_sae, d_in) and decoder.weight (d_in, d_sae); SAELens wants W_enc (d_in, d_sae) and
-    W_dec (d_sae, d_in). Every class subtracts b_dec from x before encoding and adds it back
-    after decoding (SAELens' apply_b_dec_to_input)."""
+    W_dec (d_sae, d_in). Every class but JumpReluAutoEncoder subtracts b_dec from x before
+    encoding and adds it back after decoding (SAELens' apply_b_dec_to_input)."""
+    trained = f"dictionary-learning {version('dictionary-learning')} ({args.trainer})"
+    if args.trainer == "jumprelu":
+        # SAELens encodes x − b_dec: fold b_dec·W_enc into b_enc so it encodes the peer's x.
+        assert not ae.apply_b_dec_to_input
+        tensors = {"W_enc": ae.W_enc, "b_enc": ae.b_enc + ae.b_dec @ ae.W_enc,
+                   "W_dec": ae.W_dec, "b_dec": ae.b_dec, "threshold": ae.threshold}
+        return common.save_saelens_folder(path, "jumprelu", tensors, store=meta,
+                                          trained_with=trained)
+    if args.trainer == "gated":  # SAELens' gated encoding is the same
+        tensors = {"W_enc": ae.encoder.weight.T, "b_gate": ae.gate_bias, "r_mag": ae.r_mag,
+                   "b_mag": ae.mag_bias, "W_dec": ae.decoder.weight.T, "b_dec": ae.decoder_bias}
+        return common.save_saelens_folder(path, "gated", tensors, store=meta,
+                                          trained_with=trained)
+    if args.trainer == "matryoshka":  # plain parameters, not nn.Linear
+        tensors = {"W_enc": ae.W_enc, "b_enc": ae.b_enc, "W_dec": ae.W_dec, "b_dec": ae.b_dec,
+                   "threshold": torch.full((args.d_sae,), float(ae.threshold))}
+        return common.save_saelens_folder(path, "jumprelu", tensors, store=meta,
+                                          trained_with=trained)
     tensors = {"W_enc": ae.encoder.weight.T, "b_enc": ae.encoder.bias,
                "W_dec": ae.decoder.weight.T}
-    trained = f"dictionary-learning {version('dictionary-learning')} ({args.trainer})"
     if args.trainer == "standard":
         tensors["b_dec"] = ae.bias
         return common.save_saelens_folder(path, "standard", tensors, store=meta,
@@ -333,7 +410,7 @@ def main(argv=None):
             print(f"{tag}: {r['train_s']:.1f}s, FVU {r['fvu']:.4f} (native "
                   f"{r['native_fvu']:.4f}), L0 {r['l0']:.1f} (native {r['native_l0']:.1f})"
                   + (f", θ {r['threshold']:.4g}" if "threshold" in r else ""), file=sys.stderr)
-            if args.trainer == "batchtopk" and r.get("threshold", 0) < 0:
+            if args.trainer in THRESHOLD and r.get("threshold", 0) < 0:
                 print(f"warning: the peer's θ was never learned (threshold_start_step "
                       f"{args.threshold_start_step} >= steps - 1): its inference is ReLU",
                       file=sys.stderr)
@@ -344,14 +421,14 @@ def main(argv=None):
             extra = ["--penalty", args.penalty] if args.trainer == "standard" else None
             r = common.run_ours(
                 args.sae_bin, args.train, out_dir / tag, arch=OURS[args.trainer],
-                d_sae=args.d_sae, k=None if args.trainer == "standard" else args.k, l1=c,
+                d_sae=args.d_sae, k=None if args.trainer in PENALTY else args.k, l1=c,
                 steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                 threads=args.threads, log=out_dir / f"{tag}.log", extra=extra)
             r["coefficient"] = c
             r.update(common.evaluate_folder(out_dir / tag, x_test))
             print(f"{tag}: {r['train_s']:.1f}s, FVU {r['fvu']:.4f}, L0 {r['l0']:.1f}",
                   file=sys.stderr)
-            if args.trainer == "batchtopk" and result["peer"]:
+            if args.trainer in THRESHOLD and result["peer"]:
                 r["at_peer_l0"] = common.evaluate_folder_at_l0(
                     out_dir / tag, x_test, result["peer"][0]["l0"])
             result["ours"].append(r)
@@ -363,13 +440,13 @@ def main(argv=None):
 def report(result: dict, args) -> str:
     peer_name = f"dictionary_learning {result['versions']['dictionary-learning']}"
     lines = [f"{peer_name} {args.trainer} vs sae {OURS[args.trainer]}, d_in {result['d_in']}, "
-             f"d_sae {args.d_sae}" + (f", k {args.k}" if args.trainer != "standard" else "")
+             f"d_sae {args.d_sae}" + (f", k {args.k}" if args.trainer not in PENALTY else "")
              + f", {args.steps} steps x batch {args.batch_size}, lr {args.lr:g}, "
              f"{args.threads} threads; train {result['train_rows']} rows, held-out "
              f"{result['test_rows']} rows; load {result['load_before']} -> "
              f"{result['load_after']}", ""]
     peers, ours = result["peer"], result["ours"]
-    if args.trainer != "standard":
+    if args.trainer not in PENALTY:
         if peers and ours:
             lines.append(common.markdown_table(common.PAIR_HEADERS, [common.pair_row(
                 f"{peer_name} {args.trainer} vs sae {OURS[args.trainer]}", peers[0], ours[0])]))
@@ -390,21 +467,24 @@ def report(result: dict, args) -> str:
             lines += ["", f"(peer through its own encode/decode: FVU {p['native_fvu']:.4f}, "
                       f"L0 {p['native_l0']:.1f}; SAELens-evaluated FVU {p['fvu']:.4f}, "
                       f"|Δ| {abs(p['native_fvu'] - p['fvu']):.2e}"
-                      + (f"; θ {p['threshold']:.4g}" if args.trainer == "batchtopk" else "")
+                      + (f"; θ {p['threshold']:.4g}" if args.trainer in THRESHOLD else "")
                       + ")"]
         return "\n".join(lines)
     peer_curve = [(p["l0"], p["fvu"]) for p in peers]
     our_curve = [(o["l0"], o["fvu"]) for o in ours]
     peer_s = sum(p["train_s"] for p in peers) / len(peers) if peers else None
+    peer_coef = "target L0" if args.trainer == "jumprelu" else "λ"
+    ours_label = (f"relu ours ({args.penalty})" if args.trainer == "standard"
+                  else f"{OURS[args.trainer]} ours")
     rows = []
     for p in peers:
-        rows.append([f"standard {peer_name}", f"{p['coefficient']:g}",
+        rows.append([f"{args.trainer} {peer_name} ({peer_coef})", f"{p['coefficient']:g}",
                      common.fmt(p["l0"], ".1f"), common.fmt(p["fvu"]),
                      common.fmt(100 * p["dead_frac"], ".1f"), common.fmt(p["train_s"], ".1f"),
                      "", "", ""])
     for o in ours:
         at = common.interpolate_fvu(peer_curve, o["l0"])
-        rows.append([f"relu ours ({args.penalty})", f"{o['coefficient']:g}",
+        rows.append([ours_label, f"{o['coefficient']:g}",
                      common.fmt(o["l0"], ".1f"), common.fmt(o["fvu"]),
                      common.fmt(100 * o["dead_frac"], ".1f"), common.fmt(o["train_s"], ".1f"),
                      common.fmt(at), common.fmt(o["fvu"] / at if at else None, ".3f"),
@@ -414,14 +494,15 @@ def report(result: dict, args) -> str:
          "FVU ours/peer @ L0", "speed (mean peer s / ours s)"], rows))
     for p in peers:
         at = common.interpolate_fvu(our_curve, p["l0"])
-        lines += ["", f"peer λ {p['coefficient']:g}: " + (
+        lines += ["", f"peer {peer_coef} {p['coefficient']:g}: " + (
             f"ours interpolated at the peer's L0 {p['l0']:.1f}: FVU {at:.4f} against the "
             f"peer's {p['fvu']:.4f} (ours/peer {at / p['fvu']:.3f})" if at else
             f"L0 {p['l0']:.1f} is outside our runs' L0 range")
             + f"; through its own encode/decode FVU {p['native_fvu']:.4f} "
               f"(|Δ| {abs(p['native_fvu'] - p['fvu']):.2e})"]
-    lines += ["", f"(our λ acts on inputs scaled by s = {result['our_input_scale']:.3f}: "
-                  f"ours λ ≈ dictionary_learning's λ·s)"]
+    if args.trainer in ("standard", "gated"):
+        lines += ["", f"(our λ acts on inputs scaled by s = {result['our_input_scale']:.3f}: "
+                      f"ours λ ≈ dictionary_learning's λ·s)"]
     return "\n".join(lines)
 
 
