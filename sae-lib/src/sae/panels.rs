@@ -38,6 +38,39 @@ impl Panels {
         });
         Self(panels.collect())
     }
+
+    /// Writes every element of `chunk`, whole output rows of width `d`: row `i` is the sum
+    /// of `terms(i)`, taken one panel at a time with the panel's partial sums in registers.
+    #[inline(always)]
+    fn sum_chunk<I: Iterator<Item = (usize, f32)>>(
+        &self,
+        chunk: &mut [MaybeUninit<f32>],
+        d: usize,
+        terms: impl Fn(usize) -> I,
+        fma: bool,
+    ) {
+        for (p, panel) in self.0.iter().enumerate() {
+            let (c0, w) = (p * WIDTH, WIDTH.min(d - p * WIDTH));
+            for (i, row) in chunk.chunks_exact_mut(d).enumerate() {
+                let terms = terms(i).filter(|&(_, c)| c != 0.0);
+                let mut acc = [0f32; WIDTH];
+                if w == WIDTH {
+                    for (s, c) in terms {
+                        let x: &[f32; WIDTH] = panel[s * WIDTH..][..WIDTH].try_into().unwrap();
+                        add_scaled(&mut acc, c, x, fma);
+                    }
+                } else {
+                    for (s, c) in terms {
+                        add_scaled(&mut acc[..w], c, &panel[s * w..(s + 1) * w], fma);
+                    }
+                }
+                // The panels' widths add up to `d`: every column of the row is written.
+                for (o, &a) in row[c0..c0 + w].iter_mut().zip(&acc) {
+                    o.write(a);
+                }
+            }
+        }
+    }
 }
 
 /// Terms per source row below which [`sum_rows`] reads whole rows: copying the source into
@@ -91,41 +124,6 @@ where
     // SAFETY: `sum_chunk` writes every element of each chunk, and the chunks cover the
     // `n · d` elements.
     unsafe { written_by(n * d, fill) }
-}
-
-impl Panels {
-    /// Writes every element of `chunk`, whole output rows of width `d`: row `i` is the sum
-    /// of `terms(i)`, taken one panel at a time with the panel's partial sums in registers.
-    #[inline(always)]
-    fn sum_chunk<I: Iterator<Item = (usize, f32)>>(
-        &self,
-        chunk: &mut [MaybeUninit<f32>],
-        d: usize,
-        terms: impl Fn(usize) -> I,
-        fma: bool,
-    ) {
-        for (p, panel) in self.0.iter().enumerate() {
-            let (c0, w) = (p * WIDTH, WIDTH.min(d - p * WIDTH));
-            for (i, row) in chunk.chunks_exact_mut(d).enumerate() {
-                let terms = terms(i).filter(|&(_, c)| c != 0.0);
-                let mut acc = [0f32; WIDTH];
-                if w == WIDTH {
-                    for (s, c) in terms {
-                        let x: &[f32; WIDTH] = panel[s * WIDTH..][..WIDTH].try_into().unwrap();
-                        add_scaled(&mut acc, c, x, fma);
-                    }
-                } else {
-                    for (s, c) in terms {
-                        add_scaled(&mut acc[..w], c, &panel[s * w..(s + 1) * w], fma);
-                    }
-                }
-                // The panels' widths add up to `d`: every column of the row is written.
-                for (o, &a) in row[c0..c0 + w].iter_mut().zip(&acc) {
-                    o.write(a);
-                }
-            }
-        }
-    }
 }
 
 /// `acc += c · x`, as [`axpy`](super::kernels::axpy) computes it.
