@@ -185,8 +185,10 @@ PEER_CLASSES = {"topk": ("TopKTrainer", "AutoEncoderTopK"),
                 "matryoshka": ("MatryoshkaBatchTopKTrainer", "MatryoshkaBatchTopKSAE"),
                 "jumprelu": ("JumpReluTrainer", "JumpReluAutoEncoder"),
                 "gated": ("GatedSAETrainer", "GatedAutoEncoder")}
-# Trainers whose sparsity is set by a coefficient (compared along L0) rather than by k.
+# Trainers whose sparsity is set by a coefficient (compared along L0) rather than by k; of
+# them, those whose coefficient is an L1 penalty (jumprelu's is a target L0).
 PENALTY = ("standard", "gated", "jumprelu")
+L1_PENALTY = ("standard", "gated")
 # Scalar-θ inference: ours is also scored at the peer's L0.
 THRESHOLD = ("batchtopk", "matryoshka")
 # Our default Matryoshka nesting (d_sae/16, /8, /4, /2, d_sae) as dictionary_learning's groups.
@@ -241,7 +243,7 @@ def parse_args(argv=None):
         args.sparsity_warmup_steps = min(DL_SPARSITY_WARMUP, args.steps - 1)
     if args.threshold_start_step is None:
         args.threshold_start_step = min(DL_THRESHOLD_START, args.steps // 2)
-    if args.trainer == "jumprelu":
+    if args.trainer == "jumprelu":  # peer_l1 is the peer's coefficient list from here on
         args.peer_l1 = args.peer_target_l0
     if args.l1 is None:
         args.l1 = [3.0 if args.trainer == "jumprelu" else 2.0]
@@ -290,7 +292,7 @@ def peer_config(args, d_in: int, l1: float | None) -> dict:
            "lm_name": "SmolLM2-135M-Instruct", "submodule_name": "blocks.15.hook_mlp_out",
            "lr": args.lr, "warmup_steps": args.warmup_steps, "decay_start": args.decay_start,
            "seed": args.seed, "device": "cpu"}
-    if args.trainer in ("standard", "gated"):
+    if args.trainer in L1_PENALTY:
         cfg.update(l1_penalty=l1, sparsity_warmup_steps=args.sparsity_warmup_steps or None)
     elif args.trainer == "jumprelu":
         cfg.update(target_l0=l1, sparsity_warmup_steps=args.sparsity_warmup_steps or None)
@@ -323,45 +325,46 @@ def train_peer(x: torch.Tensor, args, l1: float | None, out: Path) -> tuple:
     return ae, stats
 
 
-def to_saelens(ae, args, path: Path, meta: dict) -> Path:
-    """dictionary_learning's weights as an SAELens folder. nn.Linear keeps encoder.weight
-    (d_sae, d_in) and decoder.weight (d_in, d_sae); SAELens wants W_enc (d_in, d_sae) and
-    W_dec (d_sae, d_in). Every class but JumpReluAutoEncoder subtracts b_dec from x before
-    encoding and adds it back after decoding (SAELens' apply_b_dec_to_input)."""
-    trained = f"dictionary-learning {version('dictionary-learning')} ({args.trainer})"
-    if args.trainer == "jumprelu":
+def saelens_weights(ae, args) -> tuple[str, dict, dict | None]:
+    """(SAELens architecture, tensors, extra cfg) of a trained dictionary_learning SAE.
+    nn.Linear keeps encoder.weight (d_sae, d_in) and decoder.weight (d_in, d_sae); SAELens
+    wants W_enc (d_in, d_sae) and W_dec (d_sae, d_in). Every class but JumpReluAutoEncoder
+    subtracts b_dec from x before encoding and adds it back after decoding (SAELens'
+    apply_b_dec_to_input)."""
+    trainer = args.trainer
+    if trainer == "jumprelu":
         # SAELens encodes x − b_dec: fold b_dec·W_enc into b_enc so it encodes the peer's x.
         assert not ae.apply_b_dec_to_input
-        tensors = {"W_enc": ae.W_enc, "b_enc": ae.b_enc + ae.b_dec @ ae.W_enc,
-                   "W_dec": ae.W_dec, "b_dec": ae.b_dec, "threshold": ae.threshold}
-        return common.save_saelens_folder(path, "jumprelu", tensors, store=meta,
-                                          trained_with=trained)
-    if args.trainer == "gated":  # SAELens' gated encoding is the same
-        tensors = {"W_enc": ae.encoder.weight.T, "b_gate": ae.gate_bias, "r_mag": ae.r_mag,
-                   "b_mag": ae.mag_bias, "W_dec": ae.decoder.weight.T, "b_dec": ae.decoder_bias}
-        return common.save_saelens_folder(path, "gated", tensors, store=meta,
-                                          trained_with=trained)
-    if args.trainer == "matryoshka":  # plain parameters, not nn.Linear
-        tensors = {"W_enc": ae.W_enc, "b_enc": ae.b_enc, "W_dec": ae.W_dec, "b_dec": ae.b_dec,
-                   "threshold": torch.full((args.d_sae,), float(ae.threshold))}
-        return common.save_saelens_folder(path, "jumprelu", tensors, store=meta,
-                                          trained_with=trained)
-    tensors = {"W_enc": ae.encoder.weight.T, "b_enc": ae.encoder.bias,
-               "W_dec": ae.decoder.weight.T}
-    if args.trainer == "standard":
-        tensors["b_dec"] = ae.bias
-        return common.save_saelens_folder(path, "standard", tensors, store=meta,
-                                          trained_with=trained)
-    tensors["b_dec"] = ae.b_dec
-    if args.trainer == "topk":
-        return common.save_saelens_folder(
-            path, "topk", tensors, store=meta, trained_with=trained,
-            extra_cfg={"k": int(ae.k), "rescale_acts_by_decoder_norm": False})
-    # BatchTopKSAE at inference: ReLU(pre) · (ReLU(pre) > θ), one scalar θ. SAELens' jumprelu
-    # is ReLU(pre) · (pre > θ_i): the same for θ >= 0 (and for θ < 0, where both keep ReLU).
+        return "jumprelu", {"W_enc": ae.W_enc, "b_enc": ae.b_enc + ae.b_dec @ ae.W_enc,
+                            "W_dec": ae.W_dec, "b_dec": ae.b_dec,
+                            "threshold": ae.threshold}, None
+    if trainer == "gated":  # SAELens' gated encoding is the same
+        return "gated", {"W_enc": ae.encoder.weight.T, "b_gate": ae.gate_bias,
+                         "r_mag": ae.r_mag, "b_mag": ae.mag_bias,
+                         "W_dec": ae.decoder.weight.T, "b_dec": ae.decoder_bias}, None
+    if trainer == "matryoshka":  # plain parameters, not nn.Linear
+        tensors = {"W_enc": ae.W_enc, "b_enc": ae.b_enc, "W_dec": ae.W_dec, "b_dec": ae.b_dec}
+    else:
+        tensors = {"W_enc": ae.encoder.weight.T, "b_enc": ae.encoder.bias,
+                   "W_dec": ae.decoder.weight.T,
+                   "b_dec": ae.bias if trainer == "standard" else ae.b_dec}
+    if trainer == "standard":
+        return "standard", tensors, None
+    if trainer == "topk":
+        return "topk", tensors, {"k": int(ae.k), "rescale_acts_by_decoder_norm": False}
+    # BatchTopK and Matryoshka at inference: ReLU(pre) · (ReLU(pre) > θ), one scalar θ.
+    # SAELens' jumprelu is ReLU(pre) · (pre > θ_i): the same for θ >= 0 (and for θ < 0,
+    # where both keep ReLU).
     tensors["threshold"] = torch.full((args.d_sae,), float(ae.threshold))
-    return common.save_saelens_folder(path, "jumprelu", tensors, store=meta,
-                                      trained_with=trained)
+    return "jumprelu", tensors, None
+
+
+def to_saelens(ae, args, path: Path, meta: dict) -> Path:
+    """dictionary_learning's weights as an SAELens folder (`saelens_weights`)."""
+    architecture, tensors, extra_cfg = saelens_weights(ae, args)
+    return common.save_saelens_folder(
+        path, architecture, tensors, store=meta, extra_cfg=extra_cfg,
+        trained_with=f"dictionary-learning {version('dictionary-learning')} ({args.trainer})")
 
 
 @torch.no_grad()
@@ -500,7 +503,7 @@ def report(result: dict, args) -> str:
             f"L0 {p['l0']:.1f} is outside our runs' L0 range")
             + f"; through its own encode/decode FVU {p['native_fvu']:.4f} "
               f"(|Δ| {abs(p['native_fvu'] - p['fvu']):.2e})"]
-    if args.trainer in ("standard", "gated"):
+    if args.trainer in L1_PENALTY:
         lines += ["", f"(our λ acts on inputs scaled by s = {result['our_input_scale']:.3f}: "
                       f"ours λ ≈ dictionary_learning's λ·s)"]
     return "\n".join(lines)
