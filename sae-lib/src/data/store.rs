@@ -81,6 +81,14 @@ pub struct StoreMeta {
     pub shards: Vec<ShardMeta>,
 }
 
+impl StoreMeta {
+    /// The documents collection read from the dataset's start: those that gave rows and the
+    /// empty ones skipped on the way.
+    pub fn docs_read(&self) -> usize {
+        self.docs + self.skipped_empty
+    }
+}
+
 fn dtype_name(dtype: DType) -> Result<&'static str> {
     match dtype {
         DType::F32 => Ok("f32"),

@@ -144,7 +144,8 @@ impl ByFeature {
 
     /// `out[p] = rows[row_of(p), :] · w[indices[p], :]` for each kept selection `p`, 0 for the
     /// others, for `rows` and `w` contiguous with rows of length `d`: a decoder's gradient for
-    /// its values.
+    /// its values. One dot product at a time: at 4,096 features × 576 the rows come from L3,
+    /// and four interleaved (four add chains, `w`'s row read once for them) ran no faster.
     pub(super) fn dots(&self, rows: &[f32], w: &[f32], d: usize) -> Vec<f32> {
         // Each selection is written once, by its feature's task; relaxed atomic stores compile
         // to plain stores.

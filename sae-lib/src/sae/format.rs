@@ -1,7 +1,8 @@
 //! SAELens' on-disk format, so `sae_lens.SAE.load_from_disk(dir)` loads what we save and we
 //! load what SAELens saves:
 //! - `cfg.json`: architecture, `d_in`, `d_sae`, dtype, device, `apply_b_dec_to_input`,
-//!   `normalize_activations`, and `metadata` (model, hook, context size, dataset, version);
+//!   `normalize_activations`, and `metadata` (model, hook, context size, dataset, version,
+//!   and `training_docs`: how many of the dataset's first documents the activations came from);
 //! - `sae_weights.safetensors`: `W_enc` `(d_in, d_sae)`, `b_enc`, `W_dec` `(d_sae, d_in)`,
 //!   `b_dec`, plus each variant's extras;
 //! - `sparsity.safetensors`: `sparsity`, the log10 firing frequency of each feature.
@@ -48,6 +49,9 @@ pub fn cfg_json(cfg: &SaeConfig) -> Value {
             "training_architecture": cfg.architecture.name(),
         }
     });
+    if let Some(n) = m.training_docs {
+        v["metadata"]["training_docs"] = json!(n);
+    }
     if cfg.architecture == Architecture::TopK {
         v["k"] = json!(cfg.k);
         v["rescale_acts_by_decoder_norm"] = json!(false);
@@ -108,6 +112,7 @@ fn metadata_of(raw: &Value) -> SaeMetadata {
         context_size: meta["context_size"].as_u64().unwrap_or(0) as usize,
         prepend_bos: meta["prepend_bos"].as_bool().unwrap_or(false),
         dataset_path: text("dataset_path"),
+        training_docs: meta["training_docs"].as_u64().map(|n| n as usize),
     }
 }
 

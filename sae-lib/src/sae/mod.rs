@@ -271,6 +271,10 @@ pub struct SaeMetadata {
     pub prepend_bos: bool,
     /// The text the activations came from: a Hub dataset id or a local path.
     pub dataset_path: String,
+    /// How many of `dataset_path`'s documents, from its first, the activations were collected
+    /// from, so that an evaluation on the same text can start after them (`sae eval`).
+    /// `None` where that was not recorded (SAELens' folders, streamed training).
+    pub training_docs: Option<usize>,
 }
 
 impl Default for SaeMetadata {
@@ -281,6 +285,7 @@ impl Default for SaeMetadata {
             context_size: 128,
             prepend_bos: false,
             dataset_path: crate::TUTORIAL_DATASET.into(),
+            training_docs: None,
         }
     }
 }
@@ -294,6 +299,7 @@ impl SaeMetadata {
             context_size: meta.context_size,
             prepend_bos: false,
             dataset_path: meta.dataset.clone(),
+            training_docs: Some(meta.docs_read()),
         }
     }
 }

@@ -267,6 +267,7 @@ impl WalkthroughConfig {
                 context_size: self.collect.max_len,
                 prepend_bos: false,
                 dataset_path: DatasetSource::parse(&self.dataset).name(),
+                training_docs: None,
             },
         }
     }

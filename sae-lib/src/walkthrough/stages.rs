@@ -258,12 +258,9 @@ pub fn train_sae(
         }
     }
     forget(&dir);
-    let mut trainer = Trainer::new(
-        cfg.sae_config(store.d()),
-        cfg.train.clone(),
-        store,
-        &cfg.device,
-    )?;
+    let mut sae_cfg = cfg.sae_config(store.d());
+    sae_cfg.metadata.training_docs = Some(store.meta().docs_read());
+    let mut trainer = Trainer::new(sae_cfg, cfg.train.clone(), store, &cfg.device)?;
     trainer.train(Some(&dir), None)?;
     io::write_json(&metrics_path, &trainer.metrics())?;
     io::write_json(&dir.join("made_from.json"), &key)?;

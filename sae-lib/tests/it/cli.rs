@@ -623,30 +623,62 @@ fn eval_and_inspect_default_to_the_model_and_text_the_sae_came_from() {
     let o = sae(&args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
+    // The store read all 80 documents of the text, and the SAE's cfg.json says so: by
+    // default `eval` starts after them, and here none remain.
+    let cfg_path = out.join("cfg.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    assert_eq!(cfg["metadata"]["training_docs"], 80, "{cfg}");
     let metrics = d.join("m.json");
-    let o = sae(&[
-        "eval",
-        "--sae",
-        s(&out),
-        "--max-docs",
-        "5",
-        "--device",
-        "cpu",
-        "--out",
-        s(&metrics),
-    ]);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{stderr}");
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--sae",
+            s(&out),
+            "--device",
+            "cpu",
+            "--out",
+            s(&metrics),
+        ];
+        args.extend(extra);
+        let o = sae(&args);
+        let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(
+            stderr.contains("evaluating with the SAE's own model"),
+            "{stderr}"
+        );
+        let tokens = o.status.success().then(|| {
+            let m: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&metrics).unwrap()).unwrap();
+            assert!(m["ce_loss_score"].as_f64().unwrap().is_finite(), "{m}");
+            m["tokens"].as_u64().unwrap()
+        });
+        (tokens, stderr)
+    };
+    let (tokens, stderr) = eval(&["--max-docs", "5"]);
+    assert!(tokens.is_none(), "{stderr}");
     assert!(
-        stderr.contains("evaluating with the SAE's own model"),
+        stderr.contains("no documents with text after the first 80")
+            && stderr.contains("--skip-docs"),
         "{stderr}"
     );
-    assert!(stderr.contains("--skip-docs"), "{stderr}");
-    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&metrics).unwrap()).unwrap();
-    assert!(m["ce_loss_score"].as_f64().unwrap().is_finite(), "{m}");
-    let tokens = m["tokens"].as_u64().unwrap();
+    let (tokens, stderr) = eval(&["--max-docs", "5", "--skip-docs", "0"]);
+    let tokens = tokens.unwrap_or_else(|| panic!("{stderr}"));
     // 5 documents cut at the store's 64 tokens, not the tutorial's 128.
     assert!(tokens > 5 && tokens <= 5 * 64, "{tokens}");
+
+    // An SAE whose activations came from the first 75 documents is evaluated on the last 5.
+    cfg["metadata"]["training_docs"] = 75.into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let (after, stderr) = eval(&["--max-docs", "10"]);
+    assert!(stderr.contains("after the first 75"), "{stderr}");
+    let (explicit, _) = eval(&["--max-docs", "10", "--skip-docs", "75"]);
+    let (from_first, _) = eval(&["--max-docs", "10", "--skip-docs", "0"]);
+    assert_eq!(after, explicit, "{stderr}");
+    assert!(
+        after.unwrap() < from_first.unwrap(),
+        "{after:?} {from_first:?}"
+    );
 
     let o = sae(&[
         "inspect",

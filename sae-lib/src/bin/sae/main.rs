@@ -148,9 +148,10 @@ struct EvalArgs {
     /// Documents to evaluate on.
     #[arg(long, default_value_t = 100)]
     max_docs: usize,
-    /// Skip this many documents first (e.g. the training ones).
-    #[arg(long, default_value_t = 0)]
-    skip_docs: usize,
+    /// Skip this many documents first [default: on the text the SAE came from, the documents
+    /// its activations were collected from (its cfg.json's `training_docs`); else 0].
+    #[arg(long)]
+    skip_docs: Option<usize>,
     /// Tokens kept per document [default: the SAE's context_size, else 128].
     #[arg(long)]
     max_len: Option<usize>,
@@ -782,13 +783,29 @@ fn eval(mut args: EvalArgs) -> Result<()> {
             own.join(" and ")
         );
     }
-    if args.skip_docs == 0 && args.data.dataset() == meta.dataset_path {
-        eprintln!(
-            "note: the first documents of {} may be ones the SAE trained on; --skip-docs N \
-             evaluates on the documents after the first N",
-            meta.dataset_path
-        );
-    }
+    let own_text = args.data.dataset() == meta.dataset_path;
+    let skip = match (args.skip_docs, meta.training_docs) {
+        (Some(n), _) => n,
+        (None, Some(n)) if own_text => {
+            eprintln!(
+                "note: evaluating on the documents of {} after the first {n}, which the SAE's \
+                 activations came from (--skip-docs 0 starts at the first)",
+                meta.dataset_path
+            );
+            n
+        }
+        (None, _) => {
+            if own_text {
+                eprintln!(
+                    "note: the first documents of {} may be ones the SAE trained on (its \
+                     cfg.json does not say how many); --skip-docs N evaluates on the documents \
+                     after the first N",
+                    meta.dataset_path
+                );
+            }
+            0
+        }
+    };
     let (model, tokenizer, _) = load(&args.model)?;
     let sae = sae_lib::sae::format::load(&args.sae, model.device())?;
     let hook: HookPoint = match &args.hook {
@@ -803,10 +820,18 @@ fn eval(mut args: EvalArgs) -> Result<()> {
     let (data, opts) = dataset(&args.data);
     let sequences = data
         .documents(&opts, &HubOptions::from_env())?
-        .skip(args.skip_docs)
+        .skip(skip)
         .take(args.max_docs)
         .map(|d| tokenizer.encode(&d?, Some(max_len)))
         .collect::<sae_lib::Result<Vec<_>>>()?;
+    if skip > 0 && sequences.iter().all(Vec::is_empty) {
+        anyhow::bail!(
+            "{} has no documents with text after the first {skip}, so nothing is left to \
+             evaluate on: pass a smaller --skip-docs (0 evaluates on the documents the SAE may \
+             have trained on) or another --dataset",
+            args.data.dataset()
+        );
+    }
     let metrics = sae_lib::eval::splice_eval(&model, &sae, hook, &sequences, args.batch_size)?;
     sae_lib::io::write_json(&args.out, &metrics)?;
     println!(

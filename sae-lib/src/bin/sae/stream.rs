@@ -214,6 +214,7 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> Result<()> {
                     context_size: s.max_len,
                     prepend_bos: false,
                     dataset_path: s.data.dataset().to_string(),
+                    training_docs: None,
                 },
             };
             job.add(*hook, sae_cfg, train, Some(dir.clone()))?;
