@@ -272,8 +272,9 @@ pub struct SaeMetadata {
     /// The text the activations came from: a Hub dataset id or a local path.
     pub dataset_path: String,
     /// How many of `dataset_path`'s documents, from its first, the activations were collected
-    /// from, so that an evaluation on the same text can start after them (`sae eval`).
-    /// `None` where that was not recorded (SAELens' folders, streamed training).
+    /// from (at most), so that an evaluation on the same text can start after them (`sae
+    /// eval`). `None` where that was not recorded (SAELens' folders, training streamed
+    /// without `--max-docs`).
     pub training_docs: Option<usize>,
 }
 

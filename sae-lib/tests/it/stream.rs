@@ -554,3 +554,25 @@ fn store_and_stream(
     job.train(None).unwrap();
     (from_store, streamed.join("a"))
 }
+
+/// A stream limited to the first `--max-docs` documents records them in each SAE's cfg.json
+/// (for `sae eval` to start after them); an unlimited one records nothing.
+#[test]
+fn cli_streaming_records_the_documents_it_may_have_read() {
+    let dir = tempfile::tempdir().unwrap();
+    for (max_docs, want) in [
+        (Some("5"), serde_json::json!(5)),
+        (None, serde_json::Value::Null),
+    ] {
+        let out = dir.path().join(max_docs.unwrap_or("all"));
+        let extra: Vec<&str> = max_docs.map(|n| vec!["--max-docs", n]).unwrap_or_default();
+        let o = crate::cli::sae(&cli_args(&out, "2560", &extra));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        for run in CLI_RUNS {
+            let cfg: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(out.join(run).join("cfg.json")).unwrap())
+                    .unwrap();
+            assert_eq!(cfg["metadata"]["training_docs"], want, "{run}: {cfg}");
+        }
+    }
+}

@@ -214,7 +214,8 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> Result<()> {
                     context_size: s.max_len,
                     prepend_bos: false,
                     dataset_path: s.data.dataset().to_string(),
-                    training_docs: None,
+                    // Each pass reads at most the first max_docs documents.
+                    training_docs: s.max_docs,
                 },
             };
             job.add(*hook, sae_cfg, train, Some(dir.clone()))?;
