@@ -679,6 +679,18 @@ fn eval_and_inspect_default_to_the_model_and_text_the_sae_came_from() {
         after.unwrap() < from_first.unwrap(),
         "{after:?} {from_first:?}"
     );
+    // A cfg.json that does not say (SAELens' own): from the first document, with a note.
+    cfg["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("training_docs");
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let (unknown, stderr) = eval(&["--max-docs", "10"]);
+    assert!(
+        stderr.contains("may be ones the SAE trained on"),
+        "{stderr}"
+    );
+    assert_eq!(unknown, from_first, "{stderr}");
 
     let o = sae(&[
         "inspect",
