@@ -104,6 +104,9 @@ impl Sae for GatedSae {
     fn config(&self) -> &SaeConfig {
         &self.cfg
     }
+    fn config_mut(&mut self) -> &mut SaeConfig {
+        &mut self.cfg
+    }
     fn params(&self) -> &SaeParams {
         &self.params
     }

@@ -124,6 +124,9 @@ impl Sae for MatryoshkaSae {
     fn config(&self) -> &SaeConfig {
         self.inner.config()
     }
+    fn config_mut(&mut self) -> &mut SaeConfig {
+        self.inner.config_mut()
+    }
     fn params(&self) -> &SaeParams {
         self.inner.params()
     }

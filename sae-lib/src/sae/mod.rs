@@ -238,6 +238,11 @@ macro_rules! registry {
             pub fn inner(&self) -> &dyn Sae {
                 match self { $(Self::$arch(s) => s,)* }
             }
+
+            /// The variant itself, mutably.
+            pub fn inner_mut(&mut self) -> &mut dyn Sae {
+                match self { $(Self::$arch(s) => s,)* }
+            }
         }
     };
 }
@@ -590,6 +595,10 @@ pub trait Sae {
     /// Its shape and provenance.
     fn config(&self) -> &SaeConfig;
 
+    /// Its shape and provenance, to amend what it was trained on (a stream learns how far
+    /// it read only as it trains).
+    fn config_mut(&mut self) -> &mut SaeConfig;
+
     /// The encoder and decoder parameters every variant has.
     fn params(&self) -> &SaeParams;
 
@@ -698,6 +707,9 @@ pub trait Sae {
 impl Sae for AnySae {
     fn config(&self) -> &SaeConfig {
         self.inner().config()
+    }
+    fn config_mut(&mut self) -> &mut SaeConfig {
+        self.inner_mut().config_mut()
     }
     fn params(&self) -> &SaeParams {
         self.inner().params()

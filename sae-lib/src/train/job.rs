@@ -144,6 +144,7 @@ impl<'m> StreamJob<'m> {
                 }
                 t.train_step()?;
                 if let Some(dir) = run.dir.as_deref().filter(|_| t.checkpoint_due()) {
+                    record_reach(t, &self.stream);
                     t.save_checkpoint(dir)?;
                 }
             }
@@ -156,11 +157,19 @@ impl<'m> StreamJob<'m> {
             ));
         }
         progress.finish();
-        for run in &self.runs {
+        for run in &mut self.runs {
             if let Some(dir) = &run.dir {
+                record_reach(&mut run.trainer, &self.stream);
                 run.trainer.save_final(dir)?;
             }
         }
         Ok(())
     }
+}
+
+/// Records in the SAE's metadata the documents the stream has read, so `sae eval` starts
+/// after them.
+fn record_reach(trainer: &mut Trainer<'_>, stream: &SharedStream<'_>) {
+    let docs = stream.borrow().docs_reached();
+    trainer.metadata_mut().training_docs = Some(docs as usize);
 }

@@ -136,6 +136,8 @@ pub struct ActivationStream<'m> {
     docs: Option<Docs<'m>>,
     cursor: Cursor,
     pass_rows: u64,
+    /// Documents in one pass over the dataset, once a pass has ended.
+    pass_docs: Option<u64>,
     /// Per hook, the generation's rows, row-major.
     buffers: Vec<Vec<f32>>,
     /// Per row, the serial number of its document (for the mixing statistic).
@@ -186,6 +188,7 @@ impl<'m> ActivationStream<'m> {
             docs: None,
             cursor: Cursor::default(),
             pass_rows: 0,
+            pass_docs: None,
             row_doc: Vec::new(),
             order: Vec::new(),
             generation: None,
@@ -220,6 +223,7 @@ impl<'m> ActivationStream<'m> {
             )));
         }
         self.log = log.generations;
+        self.pass_docs = pass_length(&self.log);
         self.log_path = Some(path.to_path_buf());
         let Some(g) = self
             .log
@@ -259,6 +263,16 @@ impl<'m> ActivationStream<'m> {
     /// Its counters so far.
     pub fn stats(&self) -> &StreamStats {
         &self.stats
+    }
+
+    /// How many of the dataset's first documents the stream has read (the whole pass once it
+    /// has begun another): the most an SAE trained on it has seen, so evaluation can start
+    /// after them. It counts a generation's documents as it fills, before all its rows train.
+    pub fn docs_reached(&self) -> u64 {
+        match self.pass_docs {
+            Some(n) if self.cursor.pass > 0 => n,
+            _ => self.cursor.doc,
+        }
     }
 
     /// The generations so far.
@@ -348,6 +362,7 @@ impl<'m> ActivationStream<'m> {
                             .into(),
                     ));
                 }
+                self.pass_docs = Some(self.cursor.doc);
                 self.seek(Cursor {
                     pass: self.cursor.pass + 1,
                     doc: 0,
@@ -454,6 +469,16 @@ impl<'m> ActivationStream<'m> {
     }
 }
 
+/// Documents in one pass, from the first logged generation that ran into a later pass: from
+/// document `d` of its pass it read `docs` and the next starts at document `d'` of `k` passes
+/// on, so `docs = k·len - d + d'`.
+fn pass_length(log: &[Generation]) -> Option<u64> {
+    log.windows(2).find_map(|w| {
+        let crossed = w[1].start.pass - w[0].start.pass;
+        (crossed > 0).then(|| (w[0].docs + w[0].start.doc - w[1].start.doc) / crossed)
+    })
+}
+
 /// Rows `rows` of a row-major buffer of width `d`, as a CPU tensor.
 fn gather_rows(buf: &[f32], rows: &[u32], d: usize) -> Result<Tensor> {
     let mut out = Vec::with_capacity(rows.len() * d);
@@ -510,5 +535,36 @@ impl BatchSource for HookFeed<'_> {
             .borrow_mut()
             .sample(self.hook, n, seed)?
             .to_device(device)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generation(pass: u64, doc: u64, docs: u64) -> Generation {
+        Generation {
+            index: 0,
+            first_step: 0,
+            start: Cursor { pass, doc },
+            rows: 0,
+            batches: 0,
+            docs,
+        }
+    }
+
+    #[test]
+    fn the_pass_length_follows_from_a_generation_that_crossed_passes() {
+        // A pass of 12 documents: from document 3 of pass 0, 25 documents (9, then 12, then
+        // 4) end at document 4 of pass 2.
+        let log = [
+            generation(0, 0, 3),
+            generation(0, 3, 25),
+            generation(2, 4, 5),
+        ];
+        assert_eq!(pass_length(&log), Some(12));
+        assert_eq!(pass_length(&log[..2]), None);
+        // A generation that ended at the pass' end leaves the next to start the new pass.
+        assert_eq!(pass_length(&[generation(0, 12, 4), generation(1, 4, 5)]), Some(12));
     }
 }

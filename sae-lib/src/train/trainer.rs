@@ -17,7 +17,7 @@ use crate::plot::{Table, Values};
 use crate::progress::Progress;
 use crate::sae::common::geometric_median;
 use crate::sae::{
-    format, AnySae, Architecture, Init, LossContext, Sae, SaeConfig, SparsityPenalty,
+    format, AnySae, Architecture, Init, LossContext, Sae, SaeConfig, SaeMetadata, SparsityPenalty,
     VariantDefaults,
 };
 use crate::{io, Error, Result};
@@ -530,6 +530,11 @@ impl<'a> Trainer<'a> {
     /// The SAE being trained (on scaled inputs; see [`Trainer::scale`]).
     pub fn sae(&self) -> &AnySae {
         &self.sae
+    }
+
+    /// What the SAE records of its provenance, saved with it (to amend as training learns it).
+    pub fn metadata_mut(&mut self) -> &mut SaeMetadata {
+        &mut self.sae.config_mut().metadata
     }
 
     /// Steps taken so far.

@@ -555,24 +555,82 @@ fn store_and_stream(
     (from_store, streamed.join("a"))
 }
 
-/// A stream limited to the first `--max-docs` documents records them in each SAE's cfg.json
-/// (for `sae eval` to start after them); an unlimited one records nothing.
+/// Each SAE's cfg.json records how many of the dataset's first documents the stream read
+/// (for `sae eval` to start after them): those of `stream.json`'s generations within the first
+/// pass, or all of a pass once the stream wrapped (`--max-docs 5`).
 #[test]
-fn cli_streaming_records_the_documents_it_may_have_read() {
+fn cli_streaming_records_the_documents_it_read() {
     let dir = tempfile::tempdir().unwrap();
-    for (max_docs, want) in [
-        (Some("5"), serde_json::json!(5)),
-        (None, serde_json::Value::Null),
-    ] {
+    for (max_docs, tokens) in [(Some("5"), "2560"), (None, "1280")] {
         let out = dir.path().join(max_docs.unwrap_or("all"));
         let extra: Vec<&str> = max_docs.map(|n| vec!["--max-docs", n]).unwrap_or_default();
-        let o = crate::cli::sae(&cli_args(&out, "2560", &extra));
+        let o = crate::cli::sae(&cli_args(&out, tokens, &extra));
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let log: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("stream.json")).unwrap()).unwrap();
+        let generations = log["generations"].as_array().unwrap();
+        let wrapped = generations.iter().any(|g| g["start"]["pass"] != 0);
+        let want = match max_docs {
+            Some(n) => {
+                assert!(
+                    wrapped,
+                    "the stream should pass over 5 documents more than once"
+                );
+                n.parse::<u64>().unwrap()
+            }
+            None => {
+                assert!(!wrapped, "the stream should stay within the corpus: {log}");
+                generations
+                    .iter()
+                    .map(|g| g["docs"].as_u64().unwrap())
+                    .sum()
+            }
+        };
         for run in CLI_RUNS {
             let cfg: serde_json::Value =
                 serde_json::from_slice(&std::fs::read(out.join(run).join("cfg.json")).unwrap())
                     .unwrap();
             assert_eq!(cfg["metadata"]["training_docs"], want, "{run}: {cfg}");
         }
+    }
+}
+
+/// How far a stream has read is the same after a resume at any step as when the uninterrupted
+/// stream got there, within the first pass and after it wrapped.
+#[test]
+fn a_resumed_stream_knows_how_many_documents_it_has_read() {
+    let (model, tok) = (load_fixture_model(MODEL), tokenizer());
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stream.json");
+    // The whole corpus in each pass, read a pool of 8 documents at a time: generations start
+    // and end within a pass, so a resumed one must learn the pass's length from the log.
+    let cfg = StreamConfig {
+        collect: CollectConfig {
+            batch_size: 1,
+            ..collect_cfg(None)
+        },
+        ..stream_cfg(BUFFER, 64)
+    };
+    let new = || ActivationStream::new(&model, &tok, open_corpus(), cfg.clone()).unwrap();
+    let docs = open_corpus()().unwrap().count() as u64;
+    let steps = 80;
+    let mut stream = new().log_to(&log);
+    let mut reached = Vec::new();
+    for step in 0..steps {
+        stream.batch(step).unwrap();
+        reached.push(stream.docs_reached());
+    }
+    assert!(stream.generations().iter().any(|g| g.start.pass > 0));
+    assert!(
+        reached[0] < docs && reached.last() == Some(&docs),
+        "{docs}: {reached:?}"
+    );
+    for step in 1..steps {
+        let resumed = new().resume(&log, step).unwrap();
+        assert_eq!(
+            resumed.docs_reached(),
+            reached[step as usize],
+            "resumed at step {step}"
+        );
     }
 }

@@ -214,8 +214,8 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> Result<()> {
                     context_size: s.max_len,
                     prepend_bos: false,
                     dataset_path: s.data.dataset().to_string(),
-                    // Each pass reads at most the first max_docs documents.
-                    training_docs: s.max_docs,
+                    // The job records the documents the stream has read with each save.
+                    training_docs: None,
                 },
             };
             job.add(*hook, sae_cfg, train, Some(dir.clone()))?;
