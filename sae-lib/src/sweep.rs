@@ -213,20 +213,20 @@ pub fn run_sweep(
             let f = trainer.sae().encode(&scaled)?;
             let x_hat = trainer.sae().decode(&f)?;
             let counts = metrics::firing_counts(&f)?;
-            let ce_loss_score = match eval {
+            let splice = match eval {
                 Some(e) => {
                     let dir = tempfile_dir()?;
                     trainer.save_checkpoint(&dir)?;
                     let sae = crate::sae::format::load(&dir, e.model.device())?;
                     let _ = std::fs::remove_dir_all(&dir);
-                    Some(splice_eval(e.model, &sae, e.hook, e.sequences, 8)?.ce_loss_score)
+                    Some(splice_eval(e.model, &sae, e.hook, e.sequences, 8)?)
                 }
                 None => None,
             };
             let (l0, fvu) = (metrics::l0(&f)?, metrics::fvu(&scaled, &x_hat)?);
             let dead_fraction =
                 counts.iter().filter(|&&c| c == 0.0).count() as f64 / counts.len() as f64;
-            let warnings = crate::train::diagnose(&crate::train::RunSummary {
+            let mut warnings = crate::train::diagnose(&crate::train::RunSummary {
                 architecture: arch,
                 d_sae: cfg.d_sae,
                 l0,
@@ -235,13 +235,14 @@ pub fn run_sweep(
                 sparsity_coefficient: setting,
                 lr: trainer.config().adam.lr,
             });
+            warnings.extend(splice.as_ref().and_then(|s| s.warning()));
             points.push(SweepPoint {
                 architecture: arch.name().into(),
                 sparsity_setting: setting,
                 l0,
                 fvu,
                 dead_fraction,
-                ce_loss_score,
+                ce_loss_score: splice.map(|s| s.ce_loss_score),
                 held_out: held > 0,
                 warnings,
             });

@@ -38,7 +38,33 @@ pub struct SpliceMetrics {
 }
 
 impl SpliceMetrics {
-    /// The metrics as an HTML table, for notebooks.
+    /// One message when the SAE is of no use inside the model: the loss with it spliced in is
+    /// not finite, or no better than with the activation zeroed (CE loss recovered at or below
+    /// 0). `None` otherwise, and when zeroing the activation does not raise the loss (nothing
+    /// to recover, so the score says nothing).
+    pub fn warning(&self) -> Option<String> {
+        let something_to_recover = self.ce_loss_with_ablation > self.ce_loss_without_sae;
+        // `!(score > 0)` also catches a NaN score.
+        let unusable = !self.ce_loss_with_sae.is_finite()
+            || (something_to_recover && !(self.ce_loss_score > 0.0));
+        unusable.then(|| {
+            format!(
+                "spliced into the model at {}, the SAE does no better than zeroing the \
+                 activation: CE loss {:.4} with it against {:.4} zeroed and {:.4} clean (CE loss \
+                 recovered {:.4}, {} tokens). Its reconstruction is unusable downstream: train \
+                 it longer or at a lower sparsity, and check that the model, hook and dataset \
+                 are the ones it was trained on",
+                self.hook,
+                self.ce_loss_with_sae,
+                self.ce_loss_with_ablation,
+                self.ce_loss_without_sae,
+                self.ce_loss_score,
+                self.tokens
+            )
+        })
+    }
+
+    /// The metrics as an HTML table, for notebooks, with the [`warning`](Self::warning) if any.
     pub fn summary(&self) -> crate::plot::Html {
         let rows = [
             ("tokens evaluated", self.tokens.to_string()),
@@ -64,9 +90,10 @@ impl SpliceMetrics {
                 format!("{:.4} nats", self.kl_div_with_sae),
             ),
         ];
+        let warning = self.warning().map(|w| ("warning", w));
         crate::plot::Html::table(
             &["metric", "value"],
-            rows.iter().map(|(k, v)| vec![k.to_string(), v.clone()]),
+            (rows.into_iter().chain(warning)).map(|(k, v)| vec![k.to_string(), v]),
         )
     }
 }
@@ -210,4 +237,42 @@ pub fn splice_eval(
         kl_div_with_ablation: kl_zero,
         kl_div_score: (kl_zero - kl_sae) / kl_zero,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics(clean: f64, with_sae: f64, zeroed: f64) -> SpliceMetrics {
+        SpliceMetrics {
+            hook: HookPoint::mlp_out(5),
+            tokens: 100,
+            ce_loss_without_sae: clean,
+            ce_loss_with_sae: with_sae,
+            ce_loss_with_ablation: zeroed,
+            ce_loss_with_mean_ablation: zeroed,
+            ce_loss_score: (zeroed - with_sae) / (zeroed - clean),
+            kl_div_with_sae: 0.1,
+            kl_div_with_ablation: 1.0,
+            kl_div_score: 0.9,
+        }
+    }
+
+    #[test]
+    fn an_sae_no_better_than_zeroing_the_activation_is_named() {
+        assert_eq!(metrics(3.0, 3.2, 5.0).warning(), None);
+        let worse = metrics(4.27, 13.18, 10.80).warning().unwrap();
+        assert!(
+            worse.contains("recovered -0.36") && worse.contains("blocks.5.hook_mlp_out"),
+            "{worse}"
+        );
+        assert!(
+            metrics(3.0, 5.0, 5.0).warning().is_some(),
+            "recovered exactly 0"
+        );
+        assert!(metrics(3.0, f64::NAN, 5.0).warning().is_some());
+        assert!(metrics(3.0, f64::INFINITY, 3.0).warning().is_some());
+        // Zeroing does not raise the loss: nothing to recover, the score means nothing.
+        assert_eq!(metrics(3.0, 3.5, 2.9).warning(), None);
+    }
 }

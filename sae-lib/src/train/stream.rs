@@ -565,6 +565,9 @@ mod tests {
         assert_eq!(pass_length(&log), Some(12));
         assert_eq!(pass_length(&log[..2]), None);
         // A generation that ended at the pass' end leaves the next to start the new pass.
-        assert_eq!(pass_length(&[generation(0, 12, 4), generation(1, 4, 5)]), Some(12));
+        assert_eq!(
+            pass_length(&[generation(0, 12, 4), generation(1, 4, 5)]),
+            Some(12)
+        );
     }
 }

@@ -651,6 +651,14 @@ fn eval_and_inspect_default_to_the_model_and_text_the_sae_came_from() {
             let m: serde_json::Value =
                 serde_json::from_slice(&std::fs::read(&metrics).unwrap()).unwrap();
             assert!(m["ce_loss_score"].as_f64().unwrap().is_finite(), "{m}");
+            // Warned, in the log and metrics.json, exactly when the SAE does no better than
+            // zeroing an activation whose loss it should recover.
+            let f = |k: &str| m[k].as_f64().unwrap();
+            let useless =
+                f("ce_loss_with_ablation") > f("ce_loss_without_sae") && f("ce_loss_score") <= 0.0;
+            let warned = m["warnings"].as_array().unwrap();
+            assert_eq!(warned.len(), usize::from(useless), "{m}");
+            assert_eq!(stderr.contains("warning: spliced"), useless, "{stderr}");
             m["tokens"].as_u64().unwrap()
         });
         (tokens, stderr)

@@ -55,11 +55,15 @@ fn identity_sae_recovers_everything_and_zero_sae_nothing() {
         "{m:?}"
     );
     assert_eq!(m.tokens, 18 + 10 + 2);
+    assert_eq!(m.warning(), None);
     let m = splice_eval(&model, &zero_sae(32), hook, &seqs, 2).unwrap();
     assert!(
         m.ce_loss_score.abs() < 1e-9 && m.kl_div_score.abs() < 1e-9,
         "{m:?}"
     );
+    // No better than zeroing: named, unless zeroing does not raise this model's loss.
+    let zeroing_hurts = m.ce_loss_with_ablation > m.ce_loss_without_sae;
+    assert_eq!(m.warning().is_some(), zeroing_hurts, "{m:?}");
     assert!(m.kl_div_with_sae > 0.0);
 }
 

@@ -833,7 +833,10 @@ fn eval(mut args: EvalArgs) -> Result<()> {
         );
     }
     let metrics = sae_lib::eval::splice_eval(&model, &sae, hook, &sequences, args.batch_size)?;
-    sae_lib::io::write_json(&args.out, &metrics)?;
+    let warnings: Vec<String> = metrics.warning().into_iter().collect();
+    let mut json = serde_json::to_value(&metrics)?;
+    json["warnings"] = serde_json::json!(warnings);
+    sae_lib::io::write_json(&args.out, &json)?;
     println!(
         "CE clean {:.4}, with SAE {:.4}, zero-ablated {:.4}: CE loss recovered {:.4}; KL {:.4} nats/token ({} tokens) -> {}",
         metrics.ce_loss_without_sae,
@@ -844,6 +847,7 @@ fn eval(mut args: EvalArgs) -> Result<()> {
         metrics.tokens,
         args.out.display()
     );
+    warn_all(&warnings);
     Ok(())
 }
 

@@ -160,6 +160,7 @@ pub fn run(cfg: &WalkthroughConfig) -> Result<WalkthroughReport> {
         let passes = last.passes(store.len());
         warnings.extend(sae_lib::train::diagnose_held_out(scored.fvu, h.fvu, passes));
     }
+    warnings.extend(splice.warning());
     let report = WalkthroughReport {
         warnings,
         model: cfg.model.clone(),
