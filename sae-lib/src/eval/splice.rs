@@ -44,9 +44,8 @@ impl SpliceMetrics {
     /// to recover, so the score says nothing).
     pub fn warning(&self) -> Option<String> {
         let something_to_recover = self.ce_loss_with_ablation > self.ce_loss_without_sae;
-        // `!(score > 0)` also catches a NaN score.
-        let unusable = !self.ce_loss_with_sae.is_finite()
-            || (something_to_recover && !(self.ce_loss_score > 0.0));
+        let recovers = self.ce_loss_score.is_finite() && self.ce_loss_score > 0.0;
+        let unusable = !self.ce_loss_with_sae.is_finite() || (something_to_recover && !recovers);
         unusable.then(|| {
             format!(
                 "spliced into the model at {}, the SAE does no better than zeroing the \
