@@ -95,6 +95,17 @@ pub fn save_safetensors(
     write_bytes(path, &bytes)
 }
 
+/// `path` made absolute, for provenance that must still point at the file from another working
+/// directory: canonical where it exists, else joined to the working directory (as given if
+/// even that fails).
+pub fn absolute(path: &Path) -> String {
+    std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
 /// The process's peak resident memory (`VmHWM`), where the system reports it (Linux).
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

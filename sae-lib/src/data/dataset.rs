@@ -62,11 +62,12 @@ impl DatasetSource {
         }
     }
 
-    /// A short name for metadata.
+    /// A name for metadata: the repo id, or the local path made absolute (see
+    /// [`crate::io::absolute`]).
     pub fn name(&self) -> String {
         match self {
             DatasetSource::Hub(r) => r.id.clone(),
-            DatasetSource::Path(p) => p.display().to_string(),
+            DatasetSource::Path(p) => crate::io::absolute(p),
         }
     }
 

@@ -43,11 +43,12 @@ impl ModelSource {
         }
     }
 
-    /// A short name for logs and metadata (the repo id or the directory).
+    /// A name for logs and metadata: the repo id, or the local path made absolute, so that an
+    /// SAE or store that records it still finds its model from another working directory.
     pub fn name(&self) -> String {
         match self {
             ModelSource::Hub(r) => r.id.clone(),
-            ModelSource::Dir(d) | ModelSource::Gguf(d) => d.display().to_string(),
+            ModelSource::Dir(d) | ModelSource::Gguf(d) => crate::io::absolute(d),
         }
     }
 

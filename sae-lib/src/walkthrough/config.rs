@@ -8,6 +8,7 @@ use candle_core::{DType, Device};
 use crate::collect::CollectConfig;
 use crate::data::{CollectMode, DatasetOptions, DatasetSource};
 use crate::hub::HubOptions;
+use crate::model::ModelSource;
 use crate::sae::{Architecture, SaeConfig, SaeMetadata};
 use crate::train::TrainConfig;
 use crate::{Error, Result};
@@ -262,7 +263,7 @@ impl WalkthroughConfig {
             k: self.k,
             prefixes: None,
             metadata: SaeMetadata {
-                model_name: self.model.clone(),
+                model_name: ModelSource::parse(&self.model).name(),
                 hook_name: self.collect.hook.to_string(),
                 context_size: self.collect.max_len,
                 prepend_bos: false,

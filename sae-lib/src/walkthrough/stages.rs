@@ -230,7 +230,7 @@ fn collect_stage(
         ..cfg.collect.clone()
     };
     let provenance = Provenance {
-        model: cfg.model.clone(),
+        model: ModelSource::parse(&cfg.model).name(),
         revision: None,
         dataset: DatasetSource::parse(&cfg.dataset).name(),
     };

@@ -9,7 +9,13 @@ use crate::common::*;
 use crate::eval::assert_valid_png;
 
 pub(crate) fn sae(args: &[&str]) -> Output {
+    sae_in(Path::new("."), args)
+}
+
+/// [`sae`] run from the working directory `cwd`.
+pub(crate) fn sae_in(cwd: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sae"))
+        .current_dir(cwd)
         .args(args)
         .env("HF_HUB_OFFLINE", "1")
         .env(
@@ -324,27 +330,33 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// A small activation store from the fixture model.
+/// A small activation store from the fixture model, collected from within `dir` with paths
+/// relative to it (`./model`, `text.txt`), as a user in their own folder would: its
+/// provenance must still find them from elsewhere.
 pub(crate) fn make_store(dir: &Path) -> PathBuf {
-    let text = text_fixture(dir);
+    text_fixture(dir);
     let acts = dir.join("acts");
-    let o = sae(&[
-        "collect",
-        "--model",
-        s(&fixture("gpt_neox_parallel")),
-        "--dataset",
-        s(&text),
-        "--hook",
-        "blocks.1.hook_mlp_out",
-        "--mode",
-        "all",
-        "--max-len",
-        "64",
-        "--device",
-        "cpu",
-        "--out",
-        s(&acts),
-    ]);
+    std::os::unix::fs::symlink(fixture("gpt_neox_parallel"), dir.join("model")).unwrap();
+    let o = sae_in(
+        dir,
+        &[
+            "collect",
+            "--model",
+            "./model",
+            "--dataset",
+            "text.txt",
+            "--hook",
+            "blocks.1.hook_mlp_out",
+            "--mode",
+            "all",
+            "--max-len",
+            "64",
+            "--device",
+            "cpu",
+            "--out",
+            "acts",
+        ],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     acts
 }
@@ -629,6 +641,12 @@ fn eval_and_inspect_default_to_the_model_and_text_the_sae_came_from() {
     let mut cfg: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
     assert_eq!(cfg["metadata"]["training_docs"], 80, "{cfg}");
+    // The store was collected from `d` with relative paths; they are recorded absolute, so
+    // `eval` below, run from the tests' own folder, finds the model and text.
+    for key in ["model_name", "dataset_path"] {
+        let path = Path::new(cfg["metadata"][key].as_str().unwrap());
+        assert!(path.is_absolute() && path.exists(), "{key}: {cfg}");
+    }
     let metrics = d.join("m.json");
     let eval = |extra: &[&str]| {
         let mut args = vec![
@@ -643,10 +661,7 @@ fn eval_and_inspect_default_to_the_model_and_text_the_sae_came_from() {
         args.extend(extra);
         let o = sae(&args);
         let stderr = String::from_utf8_lossy(&o.stderr).to_string();
-        assert!(
-            stderr.contains("evaluating with the SAE's own model"),
-            "{stderr}"
-        );
+        assert!(stderr.contains("using the SAE's own model"), "{stderr}");
         let tokens = o.status.success().then(|| {
             let m: serde_json::Value =
                 serde_json::from_slice(&std::fs::read(&metrics).unwrap()).unwrap();
@@ -700,22 +715,41 @@ fn eval_and_inspect_default_to_the_model_and_text_the_sae_came_from() {
     );
     assert_eq!(unknown, from_first, "{stderr}");
 
-    let o = sae(&[
-        "inspect",
-        "--sae",
-        s(&out),
-        "--acts",
-        s(&acts),
-        "--feature",
-        "0",
-        "--top",
-        "3",
-    ]);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(stdout.contains("feature 0: top"), "{stdout}");
+    // `inspect` on the store, and without one: it then collects every token of the SAE's own
+    // text at its hook and context size, here the store's 80 documents, and shows the same.
+    let inspect = |feature: &str, extra: &[&str]| {
+        let mut args = vec![
+            "inspect",
+            "--sae",
+            s(&out),
+            "--feature",
+            feature,
+            "--top",
+            "3",
+        ];
+        args.extend(extra);
+        let o = sae(&args);
+        let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{stderr}");
+        (String::from_utf8_lossy(&o.stdout).to_string(), stderr)
+    };
+    let live = (0..16)
+        .map(|f| f.to_string())
+        .find(|f| inspect(f, &["--acts", s(&acts)]).0.contains("[["))
+        .expect("one of the first 16 features fires");
+    let (stdout, _) = inspect(&live, &["--acts", s(&acts)]);
+    assert!(
+        stdout.contains(&format!("feature {live}: top 3")),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("promotes:"),
         "the logit lens needs the model: {stdout}"
     );
+    let (collected, stderr) = inspect(&live, &["--max-docs", "80"]);
+    assert!(
+        stderr.contains("using the SAE's own model") && stderr.contains("from 80 documents"),
+        "{stderr}"
+    );
+    assert_eq!(collected, stdout, "{stderr}");
 }

@@ -1,5 +1,6 @@
 //! `sae`: the command-line face of sae-lib. Each subcommand is a thin call into the library.
 
+mod eval;
 mod report;
 mod stream;
 
@@ -39,9 +40,9 @@ enum Command {
     /// Train an SAE on stored activations.
     Train(TrainArgs),
     /// Evaluate an SAE spliced into the model: CE loss recovered, KL.
-    Eval(EvalArgs),
+    Eval(eval::EvalArgs),
     /// Show one feature: top activating contexts, activation histogram, logit lens.
-    Inspect(InspectArgs),
+    Inspect(eval::InspectArgs),
     /// The whole tutorial headless: collect, train, evaluate, report.
     Walkthrough(WalkthroughArgs),
     /// Train every SAE variant over several sparsity levels and compare them.
@@ -134,59 +135,6 @@ struct SweepArgs {
 }
 
 #[derive(Args)]
-struct EvalArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    #[command(flatten)]
-    data: DataArgs,
-    /// SAE folder (SAELens format).
-    #[arg(long)]
-    sae: PathBuf,
-    /// Hook to splice at (default: the SAE's own hook_name).
-    #[arg(long)]
-    hook: Option<String>,
-    /// Documents to evaluate on.
-    #[arg(long, default_value_t = 100)]
-    max_docs: usize,
-    /// Skip this many documents first [default: on the text the SAE came from, the documents
-    /// its activations were collected from (its cfg.json's `training_docs`); else 0].
-    #[arg(long)]
-    skip_docs: Option<usize>,
-    /// Tokens kept per document [default: the SAE's context_size, else 128].
-    #[arg(long)]
-    max_len: Option<usize>,
-    #[arg(long, default_value_t = 8)]
-    batch_size: usize,
-    /// Where to write the metrics.
-    #[arg(long, default_value = "metrics.json")]
-    out: PathBuf,
-}
-
-#[derive(Args)]
-struct InspectArgs {
-    /// SAE folder (SAELens format).
-    #[arg(long)]
-    sae: PathBuf,
-    /// Activation store the SAE was trained on.
-    #[arg(long)]
-    acts: PathBuf,
-    #[arg(long)]
-    feature: usize,
-    /// Model (for its tokenizer and the logit lens) [default: the one the store was collected
-    /// from].
-    #[arg(long)]
-    model: Option<String>,
-    #[arg(long)]
-    tokenizer: Option<PathBuf>,
-    /// Contexts to show.
-    #[arg(long, default_value_t = 10)]
-    top: usize,
-    /// Also write the contexts as HTML and the histogram as PNG with this path prefix.
-    #[arg(long)]
-    out: Option<PathBuf>,
-}
-
-#[derive(Args)]
 struct WalkthroughArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -219,7 +167,8 @@ struct WalkthroughArgs {
 #[derive(Args, Clone)]
 struct ModelArgs {
     /// Hub id (`org/name[@revision]`), local directory, or llama.cpp `.gguf` file [default:
-    /// for eval the SAE's own model (its cfg.json), otherwise EleutherAI/pythia-70m-deduped].
+    /// for eval and inspect the SAE's own model (its cfg.json), otherwise
+    /// EleutherAI/pythia-70m-deduped].
     #[arg(long)]
     model: Option<String>,
     /// tokenizer.json to use instead of the model's own.
@@ -242,7 +191,7 @@ impl ModelArgs {
 #[derive(Args, Clone)]
 struct DataArgs {
     /// Hub dataset id, or a local .parquet / .jsonl / .txt file or directory [default: for
-    /// eval the SAE's own dataset (its cfg.json), otherwise NeelNanda/pile-10k].
+    /// eval and inspect the SAE's own dataset (its cfg.json), otherwise NeelNanda/pile-10k].
     #[arg(long)]
     dataset: Option<String>,
     /// Hub split.
@@ -502,8 +451,8 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Collect(args) => collect(args),
         Command::Train(args) => train(args),
-        Command::Eval(args) => eval(args),
-        Command::Inspect(args) => inspect(args),
+        Command::Eval(args) => eval::eval(args),
+        Command::Inspect(args) => eval::inspect(args),
         Command::Walkthrough(args) => walkthrough(args),
         Command::Sweep(args) => sweep(args),
         Command::LmLoss(args) => lm_loss(args),
@@ -753,161 +702,6 @@ fn lm_loss(args: LmLossArgs) -> Result<()> {
         "next-token CE {:.4} nats/token, unigram baseline {:.4} nats/token ({} tokens)",
         loss.ce_loss, loss.unigram_ce_loss, loss.tokens
     );
-    Ok(())
-}
-
-fn eval(mut args: EvalArgs) -> Result<()> {
-    // Unless told otherwise, splice the SAE into the model and text it was trained on, where
-    // its cfg.json names them as sae-lib can load them (SAELens' TransformerLens names, such as
-    // `pythia-70m-deduped`, are not Hub ids).
-    let meta = sae_lib::sae::format::metadata(&args.sae)?;
-    let loadable = |name: &str| name.contains('/') || Path::new(name).exists();
-    let mut own = Vec::new();
-    if args.model.model.is_none() && loadable(&meta.model_name) {
-        own.push(format!("model {}", meta.model_name));
-        args.model.model = Some(meta.model_name.clone());
-    }
-    if args.data.dataset.is_none() && loadable(&meta.dataset_path) {
-        own.push(format!("dataset {}", meta.dataset_path));
-        args.data.dataset = Some(meta.dataset_path.clone());
-    }
-    let max_len = match (args.max_len, meta.context_size) {
-        (Some(n), _) => n,
-        (None, 0) => 128,
-        (None, n) => n,
-    };
-    if !own.is_empty() {
-        eprintln!(
-            "note: evaluating with the SAE's own {} (its cfg.json; --model and --dataset choose \
-             others)",
-            own.join(" and ")
-        );
-    }
-    let own_text = args.data.dataset() == meta.dataset_path;
-    let skip = match (args.skip_docs, meta.training_docs) {
-        (Some(n), _) => n,
-        (None, Some(n)) if own_text => {
-            eprintln!(
-                "note: evaluating on the documents of {} after the first {n}, which the SAE's \
-                 activations came from (--skip-docs 0 starts at the first)",
-                meta.dataset_path
-            );
-            n
-        }
-        (None, _) => {
-            if own_text {
-                eprintln!(
-                    "note: the first documents of {} may be ones the SAE trained on (its \
-                     cfg.json does not say how many); --skip-docs N evaluates on the documents \
-                     after the first N",
-                    meta.dataset_path
-                );
-            }
-            0
-        }
-    };
-    let (model, tokenizer, _) = load(&args.model)?;
-    let sae = sae_lib::sae::format::load(&args.sae, model.device())?;
-    let hook: HookPoint = match &args.hook {
-        Some(h) => h.parse()?,
-        None => sae
-            .config()
-            .metadata
-            .hook_name
-            .parse()
-            .context("the SAE's cfg.json names no usable hook_name; pass --hook")?,
-    };
-    let (data, opts) = dataset(&args.data);
-    let sequences = data
-        .documents(&opts, &HubOptions::from_env())?
-        .skip(skip)
-        .take(args.max_docs)
-        .map(|d| tokenizer.encode(&d?, Some(max_len)))
-        .collect::<sae_lib::Result<Vec<_>>>()?;
-    if skip > 0 && sequences.iter().all(Vec::is_empty) {
-        anyhow::bail!(
-            "{} has no documents with text after the first {skip}, so nothing is left to \
-             evaluate on: pass a smaller --skip-docs (0 evaluates on the documents the SAE may \
-             have trained on) or another --dataset",
-            args.data.dataset()
-        );
-    }
-    let metrics = sae_lib::eval::splice_eval(&model, &sae, hook, &sequences, args.batch_size)?;
-    let warnings: Vec<String> = metrics.warning().into_iter().collect();
-    let mut json = serde_json::to_value(&metrics)?;
-    json["warnings"] = serde_json::json!(warnings);
-    sae_lib::io::write_json(&args.out, &json)?;
-    println!(
-        "CE clean {:.4}, with SAE {:.4}, zero-ablated {:.4}: CE loss recovered {:.4}; KL {:.4} nats/token ({} tokens) -> {}",
-        metrics.ce_loss_without_sae,
-        metrics.ce_loss_with_sae,
-        metrics.ce_loss_with_ablation,
-        metrics.ce_loss_score,
-        metrics.kl_div_with_sae,
-        metrics.tokens,
-        args.out.display()
-    );
-    warn_all(&warnings);
-    Ok(())
-}
-
-fn inspect(args: InspectArgs) -> Result<()> {
-    use sae_lib::eval::inspect::{contexts_html, feature_activations, logit_lens, top_contexts};
-    let store = ActivationStore::open(&args.acts)?;
-    let sae = sae_lib::sae::format::load(&args.sae, &candle_core::Device::Cpu)?;
-    let hub = HubOptions::from_env();
-    let source = ModelSource::parse(args.model.as_deref().unwrap_or(&store.meta().model));
-    let tokenizer = match &args.tokenizer {
-        Some(p) => Tokenizer::from_file(p)?,
-        None => load_tokenizer(&source, &hub)?,
-    };
-    let contexts = top_contexts(&store, &sae, &tokenizer, args.feature, args.top)?;
-    println!("feature {}: top {} contexts", args.feature, contexts.len());
-    for c in &contexts {
-        let p = c.position as usize;
-        let before = c.tokens[p.saturating_sub(12)..p].concat();
-        let after = c.tokens[p + 1..(p + 6).min(c.tokens.len())].concat();
-        println!(
-            "  {:8.3}  {}[[{}]]{}",
-            c.activation,
-            before.replace('\n', " "),
-            c.tokens[p],
-            after.replace('\n', " ")
-        );
-    }
-    // The logit lens needs the model's unembedding; skip it when the model cannot be loaded.
-    match load_model(&source, &candle_core::Device::Cpu, DType::F32, &hub) {
-        Ok(model) => {
-            let (up, down) = logit_lens(&sae, &model.unembed()?, &tokenizer, args.feature, 10)?;
-            println!(
-                "  promotes: {}",
-                up.iter()
-                    .map(|(t, s)| format!("{t:?} {s:.2}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            println!(
-                "  suppresses: {}",
-                down.iter()
-                    .map(|(t, s)| format!("{t:?} {s:.2}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-        Err(e) => println!("  (no logit lens: {e})"),
-    }
-    if let Some(prefix) = &args.out {
-        let html = prefix.with_extension("html");
-        sae_lib::io::write_bytes(&html, contexts_html(args.feature, &contexts, 24).as_bytes())?;
-        let values = feature_activations(&store, &sae, args.feature)?;
-        let png = prefix.with_extension("png");
-        sae_lib::plot::Chart::ActivationHistogram {
-            feature: args.feature,
-            values,
-        }
-        .save_png(&png)?;
-        println!("wrote {} and {}", html.display(), png.display());
-    }
     Ok(())
 }
 

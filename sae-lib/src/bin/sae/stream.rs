@@ -156,6 +156,7 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> Result<()> {
     };
     let (model, tokenizer, source) = load(&model_args)?;
     let (data, opts) = dataset(&s.data);
+    let dataset_path = data.name();
     let hub = HubOptions::from_env();
     let cfg = StreamConfig {
         hooks: hooks.clone(),
@@ -213,7 +214,7 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> Result<()> {
                     hook_name: hook.to_string(),
                     context_size: s.max_len,
                     prepend_bos: false,
-                    dataset_path: s.data.dataset().to_string(),
+                    dataset_path: dataset_path.clone(),
                     // The job records the documents the stream has read with each save.
                     training_docs: None,
                 },

@@ -1,0 +1,303 @@
+//! `sae eval` and `sae inspect`: an SAE read against a model, by default the model and text
+//! its cfg.json names.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+use clap::Args;
+use sae_lib::collect::{collect_to_store, CollectConfig, Provenance};
+use sae_lib::data::{ActivationStore, CollectMode, DatasetSource};
+use sae_lib::hooks::HookPoint;
+use sae_lib::hub::HubOptions;
+use sae_lib::model::{load_model, load_tokenizer, Model, ModelSource};
+use sae_lib::sae::{Sae, SaeMetadata};
+use sae_lib::tokenizer::Tokenizer;
+
+use super::{dataset, load, warn_all, DataArgs, ModelArgs};
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    data: DataArgs,
+    /// SAE folder (SAELens format).
+    #[arg(long)]
+    sae: PathBuf,
+    /// Hook to splice at (default: the SAE's own hook_name).
+    #[arg(long)]
+    hook: Option<String>,
+    /// Documents to evaluate on.
+    #[arg(long, default_value_t = 100)]
+    max_docs: usize,
+    /// Skip this many documents first [default: on the text the SAE came from, the documents
+    /// its activations were collected from (its cfg.json's `training_docs`); else 0].
+    #[arg(long)]
+    skip_docs: Option<usize>,
+    /// Tokens kept per document [default: the SAE's context_size, else 128].
+    #[arg(long)]
+    max_len: Option<usize>,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Where to write the metrics.
+    #[arg(long, default_value = "metrics.json")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// Model (for the tokens, the logit lens and, without --acts, the activations)
+    /// [default: the store's model with --acts, else the SAE's own (its cfg.json)].
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Without --acts: the text to collect from.
+    #[command(flatten)]
+    data: DataArgs,
+    /// SAE folder (SAELens format).
+    #[arg(long)]
+    sae: PathBuf,
+    /// Activation store to find the top contexts in [default: every token of the first
+    /// --max-docs documents of the SAE's own text, collected now at its hook].
+    #[arg(long)]
+    acts: Option<PathBuf>,
+    /// Without --acts: documents to collect from.
+    #[arg(long, default_value_t = 200)]
+    max_docs: usize,
+    #[arg(long)]
+    feature: usize,
+    /// Contexts to show.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    /// Also write the contexts as HTML and the histogram as PNG with this path prefix.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Where the flags leave them out, takes the model and dataset the SAE's cfg.json names, when
+/// sae-lib can load them (SAELens' TransformerLens names, such as `pythia-70m-deduped`, are
+/// not Hub ids), and says so.
+fn own_sources(meta: &SaeMetadata, model: &mut ModelArgs, data: &mut DataArgs) {
+    let loadable = |name: &str| name.contains('/') || Path::new(name).exists();
+    let mut own = Vec::new();
+    if model.model.is_none() && loadable(&meta.model_name) {
+        own.push(format!("model {}", meta.model_name));
+        model.model = Some(meta.model_name.clone());
+    }
+    if data.dataset.is_none() && loadable(&meta.dataset_path) {
+        own.push(format!("dataset {}", meta.dataset_path));
+        data.dataset = Some(meta.dataset_path.clone());
+    }
+    if !own.is_empty() {
+        eprintln!(
+            "note: using the SAE's own {} (its cfg.json; --model and --dataset choose others)",
+            own.join(" and ")
+        );
+    }
+}
+
+/// Tokens kept per document: the flag, else the SAE's context size, else 128.
+fn context(flag: Option<usize>, meta: &SaeMetadata) -> usize {
+    match (flag, meta.context_size) {
+        (Some(n), _) => n,
+        (None, 0) => 128,
+        (None, n) => n,
+    }
+}
+
+/// The hook to read: the flag, else the SAE's own.
+fn hook_of(flag: Option<&str>, meta: &SaeMetadata) -> Result<HookPoint> {
+    match flag {
+        Some(h) => Ok(h.parse()?),
+        None => meta
+            .hook_name
+            .parse()
+            .context("the SAE's cfg.json names no usable hook_name; pass --hook"),
+    }
+}
+
+pub fn eval(mut args: EvalArgs) -> Result<()> {
+    let meta = sae_lib::sae::format::metadata(&args.sae)?;
+    own_sources(&meta, &mut args.model, &mut args.data);
+    let max_len = context(args.max_len, &meta);
+    let own_text = DatasetSource::parse(args.data.dataset()).name() == meta.dataset_path;
+    let skip = match (args.skip_docs, meta.training_docs) {
+        (Some(n), _) => n,
+        (None, Some(n)) if own_text => {
+            eprintln!(
+                "note: evaluating on the documents of {} after the first {n}, which the SAE's \
+                 activations came from (--skip-docs 0 starts at the first)",
+                meta.dataset_path
+            );
+            n
+        }
+        (None, _) => {
+            if own_text {
+                eprintln!(
+                    "note: the first documents of {} may be ones the SAE trained on (its \
+                     cfg.json does not say how many); --skip-docs N evaluates on the documents \
+                     after the first N",
+                    meta.dataset_path
+                );
+            }
+            0
+        }
+    };
+    let (model, tokenizer, _) = load(&args.model)?;
+    let sae = sae_lib::sae::format::load(&args.sae, model.device())?;
+    let hook = hook_of(args.hook.as_deref(), &meta)?;
+    let (data, opts) = dataset(&args.data);
+    let sequences = data
+        .documents(&opts, &HubOptions::from_env())?
+        .skip(skip)
+        .take(args.max_docs)
+        .map(|d| tokenizer.encode(&d?, Some(max_len)))
+        .collect::<sae_lib::Result<Vec<_>>>()?;
+    if skip > 0 && sequences.iter().all(Vec::is_empty) {
+        anyhow::bail!(
+            "{} has no documents with text after the first {skip}, so nothing is left to \
+             evaluate on: pass a smaller --skip-docs (0 evaluates on the documents the SAE may \
+             have trained on) or another --dataset",
+            args.data.dataset()
+        );
+    }
+    let metrics = sae_lib::eval::splice_eval(&model, &sae, hook, &sequences, args.batch_size)?;
+    let warnings: Vec<String> = metrics.warning().into_iter().collect();
+    let mut json = serde_json::to_value(&metrics)?;
+    json["warnings"] = serde_json::json!(warnings);
+    sae_lib::io::write_json(&args.out, &json)?;
+    println!(
+        "CE clean {:.4}, with SAE {:.4}, zero-ablated {:.4}: CE loss recovered {:.4}; KL {:.4} nats/token ({} tokens) -> {}",
+        metrics.ce_loss_without_sae,
+        metrics.ce_loss_with_sae,
+        metrics.ce_loss_with_ablation,
+        metrics.ce_loss_score,
+        metrics.kl_div_with_sae,
+        metrics.tokens,
+        args.out.display()
+    );
+    warn_all(&warnings);
+    Ok(())
+}
+
+/// The activations `inspect` reads, with the tokenizer and (for the logit lens) the model.
+struct Inspected {
+    store: ActivationStore,
+    tokenizer: Tokenizer,
+    model: sae_lib::Result<Model>,
+    /// Holds a store collected for this run; it is deleted when dropped.
+    _collected: Option<tempfile::TempDir>,
+}
+
+/// A given store, with the model it names (or `--model`) for its tokens and the logit lens.
+fn from_store(acts: &Path, args: &InspectArgs) -> Result<Inspected> {
+    let store = ActivationStore::open(acts)?;
+    let hub = HubOptions::from_env();
+    let source = ModelSource::parse(args.model.model.as_deref().unwrap_or(&store.meta().model));
+    let tokenizer = match &args.model.tokenizer {
+        Some(p) => Tokenizer::from_file(p)?,
+        None => load_tokenizer(&source, &hub)?,
+    };
+    // The logit lens needs the model's unembedding; it is skipped when the model cannot load.
+    let model = load_model(&source, &Device::Cpu, DType::F32, &hub);
+    Ok(Inspected {
+        store,
+        tokenizer,
+        model,
+        _collected: None,
+    })
+}
+
+/// Every token of the first `--max-docs` documents, run through the model at the SAE's hook
+/// into a temporary store.
+fn collected(args: &mut InspectArgs, meta: &SaeMetadata) -> Result<Inspected> {
+    own_sources(meta, &mut args.model, &mut args.data);
+    let (model, tokenizer, source) = load(&args.model)?;
+    let (data, opts) = dataset(&args.data);
+    let cfg = CollectConfig {
+        hook: hook_of(None, meta)?,
+        mode: CollectMode::All,
+        max_len: context(None, meta),
+        max_docs: Some(args.max_docs),
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().context("cannot make a folder for the activations")?;
+    let provenance = Provenance {
+        model: source.name(),
+        revision: None,
+        dataset: data.name(),
+    };
+    let docs = data.documents(&opts, &HubOptions::from_env())?;
+    let m = collect_to_store(&model, &tokenizer, docs, &cfg, &provenance, dir.path())?;
+    eprintln!(
+        "note: collected {} activations at {} from {} documents of {} (--acts reads a store \
+         instead)",
+        m.rows,
+        cfg.hook,
+        m.docs,
+        data.name()
+    );
+    Ok(Inspected {
+        store: ActivationStore::open(dir.path())?,
+        tokenizer,
+        model: Ok(model),
+        _collected: Some(dir),
+    })
+}
+
+pub fn inspect(mut args: InspectArgs) -> Result<()> {
+    use sae_lib::eval::inspect::{contexts_html, feature_activations, logit_lens, top_contexts};
+    let sae = sae_lib::sae::format::load(&args.sae, &Device::Cpu)?;
+    let Inspected {
+        store,
+        tokenizer,
+        model,
+        _collected,
+    } = match args.acts.clone() {
+        Some(acts) => from_store(&acts, &args)?,
+        None => collected(&mut args, &sae.config().metadata)?,
+    };
+    let contexts = top_contexts(&store, &sae, &tokenizer, args.feature, args.top)?;
+    println!("feature {}: top {} contexts", args.feature, contexts.len());
+    for c in &contexts {
+        let p = c.position as usize;
+        let before = c.tokens[p.saturating_sub(12)..p].concat();
+        let after = c.tokens[p + 1..(p + 6).min(c.tokens.len())].concat();
+        println!(
+            "  {:8.3}  {}[[{}]]{}",
+            c.activation,
+            before.replace('\n', " "),
+            c.tokens[p],
+            after.replace('\n', " ")
+        );
+    }
+    match model {
+        Ok(model) => {
+            let unembed = model.unembed()?.to_device(&Device::Cpu)?;
+            let (up, down) = logit_lens(&sae, &unembed, &tokenizer, args.feature, 10)?;
+            let show = |scores: &[(String, f32)]| {
+                scores
+                    .iter()
+                    .map(|(t, s)| format!("{t:?} {s:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            println!("  promotes: {}", show(&up));
+            println!("  suppresses: {}", show(&down));
+        }
+        Err(e) => println!("  (no logit lens: {e})"),
+    }
+    if let Some(prefix) = &args.out {
+        let html = prefix.with_extension("html");
+        sae_lib::io::write_bytes(&html, contexts_html(args.feature, &contexts, 24).as_bytes())?;
+        let values = feature_activations(&store, &sae, args.feature)?;
+        let png = prefix.with_extension("png");
+        sae_lib::plot::Chart::ActivationHistogram {
+            feature: args.feature,
+            values,
+        }
+        .save_png(&png)?;
+        println!("wrote {} and {}", html.display(), png.display());
+    }
+    Ok(())
+}
