@@ -16,15 +16,46 @@ use sae_lib::tokenizer::Tokenizer;
 
 use super::{dataset, load, warn_all, DataArgs, ModelArgs};
 
+/// An SAE and the model and text to read it against (by default those its cfg.json names).
 #[derive(Args)]
-pub struct EvalArgs {
+pub struct SaeSources {
+    /// SAE folder (SAELens format).
+    #[arg(long)]
+    sae: PathBuf,
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
     data: DataArgs,
-    /// SAE folder (SAELens format).
-    #[arg(long)]
-    sae: PathBuf,
+}
+
+impl SaeSources {
+    /// Where the flags leave them out, takes the model and dataset the SAE's cfg.json names,
+    /// when sae-lib can load them (SAELens' TransformerLens names, such as
+    /// `pythia-70m-deduped`, are not Hub ids), and says so.
+    fn default_to_own(&mut self, meta: &SaeMetadata) {
+        let loadable = |name: &str| name.contains('/') || Path::new(name).exists();
+        let mut own = Vec::new();
+        if self.model.model.is_none() && loadable(&meta.model_name) {
+            own.push(format!("model {}", meta.model_name));
+            self.model.model = Some(meta.model_name.clone());
+        }
+        if self.data.dataset.is_none() && loadable(&meta.dataset_path) {
+            own.push(format!("dataset {}", meta.dataset_path));
+            self.data.dataset = Some(meta.dataset_path.clone());
+        }
+        if !own.is_empty() {
+            eprintln!(
+                "note: using the SAE's own {} (its cfg.json; --model and --dataset choose others)",
+                own.join(" and ")
+            );
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    src: SaeSources,
     /// Hook to splice at (default: the SAE's own hook_name).
     #[arg(long)]
     hook: Option<String>,
@@ -45,18 +76,12 @@ pub struct EvalArgs {
     out: PathBuf,
 }
 
+/// `--model` gives the tokens and the logit lens (and, without --acts, the activations); it
+/// defaults to the store's model with --acts, else to the SAE's own, as `--dataset` does.
 #[derive(Args)]
 pub struct InspectArgs {
-    /// Model (for the tokens, the logit lens and, without --acts, the activations)
-    /// [default: the store's model with --acts, else the SAE's own (its cfg.json)].
     #[command(flatten)]
-    model: ModelArgs,
-    /// Without --acts: the text to collect from.
-    #[command(flatten)]
-    data: DataArgs,
-    /// SAE folder (SAELens format).
-    #[arg(long)]
-    sae: PathBuf,
+    src: SaeSources,
     /// Activation store to find the top contexts in [default: every token of the first
     /// --max-docs documents of the SAE's own text, collected now at its hook].
     #[arg(long)]
@@ -64,6 +89,7 @@ pub struct InspectArgs {
     /// Without --acts: documents to collect from.
     #[arg(long, default_value_t = 200)]
     max_docs: usize,
+    /// The feature to show (its index, from 0).
     #[arg(long)]
     feature: usize,
     /// Contexts to show.
@@ -72,28 +98,6 @@ pub struct InspectArgs {
     /// Also write the contexts as HTML and the histogram as PNG with this path prefix.
     #[arg(long)]
     out: Option<PathBuf>,
-}
-
-/// Where the flags leave them out, takes the model and dataset the SAE's cfg.json names, when
-/// sae-lib can load them (SAELens' TransformerLens names, such as `pythia-70m-deduped`, are
-/// not Hub ids), and says so.
-fn own_sources(meta: &SaeMetadata, model: &mut ModelArgs, data: &mut DataArgs) {
-    let loadable = |name: &str| name.contains('/') || Path::new(name).exists();
-    let mut own = Vec::new();
-    if model.model.is_none() && loadable(&meta.model_name) {
-        own.push(format!("model {}", meta.model_name));
-        model.model = Some(meta.model_name.clone());
-    }
-    if data.dataset.is_none() && loadable(&meta.dataset_path) {
-        own.push(format!("dataset {}", meta.dataset_path));
-        data.dataset = Some(meta.dataset_path.clone());
-    }
-    if !own.is_empty() {
-        eprintln!(
-            "note: using the SAE's own {} (its cfg.json; --model and --dataset choose others)",
-            own.join(" and ")
-        );
-    }
 }
 
 /// Tokens kept per document: the flag, else the SAE's context size, else 128.
@@ -117,10 +121,10 @@ fn hook_of(flag: Option<&str>, meta: &SaeMetadata) -> Result<HookPoint> {
 }
 
 pub fn eval(mut args: EvalArgs) -> Result<()> {
-    let meta = sae_lib::sae::format::metadata(&args.sae)?;
-    own_sources(&meta, &mut args.model, &mut args.data);
+    let meta = sae_lib::sae::format::metadata(&args.src.sae)?;
+    args.src.default_to_own(&meta);
     let max_len = context(args.max_len, &meta);
-    let own_text = DatasetSource::parse(args.data.dataset()).name() == meta.dataset_path;
+    let own_text = DatasetSource::parse(args.src.data.dataset()).name() == meta.dataset_path;
     let skip = match (args.skip_docs, meta.training_docs) {
         (Some(n), _) => n,
         (None, Some(n)) if own_text => {
@@ -143,10 +147,10 @@ pub fn eval(mut args: EvalArgs) -> Result<()> {
             0
         }
     };
-    let (model, tokenizer, _) = load(&args.model)?;
-    let sae = sae_lib::sae::format::load(&args.sae, model.device())?;
+    let (model, tokenizer, _) = load(&args.src.model)?;
+    let sae = sae_lib::sae::format::load(&args.src.sae, model.device())?;
     let hook = hook_of(args.hook.as_deref(), &meta)?;
-    let (data, opts) = dataset(&args.data);
+    let (data, opts) = dataset(&args.src.data);
     let sequences = data
         .documents(&opts, &HubOptions::from_env())?
         .skip(skip)
@@ -158,7 +162,7 @@ pub fn eval(mut args: EvalArgs) -> Result<()> {
             "{} has no documents with text after the first {skip}, so nothing is left to \
              evaluate on: pass a smaller --skip-docs (0 evaluates on the documents the SAE may \
              have trained on) or another --dataset",
-            args.data.dataset()
+            args.src.data.dataset()
         );
     }
     let metrics = sae_lib::eval::splice_eval(&model, &sae, hook, &sequences, args.batch_size)?;
@@ -193,8 +197,14 @@ struct Inspected {
 fn from_store(acts: &Path, args: &InspectArgs) -> Result<Inspected> {
     let store = ActivationStore::open(acts)?;
     let hub = HubOptions::from_env();
-    let source = ModelSource::parse(args.model.model.as_deref().unwrap_or(&store.meta().model));
-    let tokenizer = match &args.model.tokenizer {
+    let source = ModelSource::parse(
+        args.src
+            .model
+            .model
+            .as_deref()
+            .unwrap_or(&store.meta().model),
+    );
+    let tokenizer = match &args.src.model.tokenizer {
         Some(p) => Tokenizer::from_file(p)?,
         None => load_tokenizer(&source, &hub)?,
     };
@@ -211,9 +221,9 @@ fn from_store(acts: &Path, args: &InspectArgs) -> Result<Inspected> {
 /// Every token of the first `--max-docs` documents, run through the model at the SAE's hook
 /// into a temporary store.
 fn collected(args: &mut InspectArgs, meta: &SaeMetadata) -> Result<Inspected> {
-    own_sources(meta, &mut args.model, &mut args.data);
-    let (model, tokenizer, source) = load(&args.model)?;
-    let (data, opts) = dataset(&args.data);
+    args.src.default_to_own(meta);
+    let (model, tokenizer, source) = load(&args.src.model)?;
+    let (data, opts) = dataset(&args.src.data);
     let cfg = CollectConfig {
         hook: hook_of(None, meta)?,
         mode: CollectMode::All,
@@ -247,7 +257,7 @@ fn collected(args: &mut InspectArgs, meta: &SaeMetadata) -> Result<Inspected> {
 
 pub fn inspect(mut args: InspectArgs) -> Result<()> {
     use sae_lib::eval::inspect::{contexts_html, feature_activations, logit_lens, top_contexts};
-    let sae = sae_lib::sae::format::load(&args.sae, &Device::Cpu)?;
+    let sae = sae_lib::sae::format::load(&args.src.sae, &Device::Cpu)?;
     let Inspected {
         store,
         tokenizer,
