@@ -40,24 +40,25 @@ pub(crate) fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// The fixture's layer-1 MLP output, every token of each document's first 64.
+const EVERY_TOKEN_OF_LAYER_1: [&str; 6] = [
+    "--hook",
+    "blocks.1.hook_mlp_out",
+    "--mode",
+    "all",
+    "--max-len",
+    "64",
+];
+
 #[test]
 fn walkthrough_writes_the_whole_report() {
     let dir = tempfile::tempdir().unwrap();
     let text = text_fixture(dir.path());
     let out = dir.path().join("report");
     let model = fixture("gpt_neox_parallel");
-    let o = sae(&[
-        "walkthrough",
-        "--model",
-        s(&model),
-        "--dataset",
-        s(&text),
-        "--hook",
-        "blocks.1.hook_mlp_out",
-        "--mode",
-        "all",
-        "--max-len",
-        "64",
+    let mut args = vec!["walkthrough", "--model", s(&model), "--dataset", s(&text)];
+    args.extend(EVERY_TOKEN_OF_LAYER_1);
+    args.extend([
         "--max-docs",
         "60",
         "--eval-docs",
@@ -75,6 +76,7 @@ fn walkthrough_writes_the_whole_report() {
         "--out",
         s(&out),
     ]);
+    let o = sae(&args);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "walkthrough failed: {stderr}");
     let metrics: serde_json::Value =
@@ -337,26 +339,10 @@ pub(crate) fn make_store(dir: &Path) -> PathBuf {
     text_fixture(dir);
     let acts = dir.join("acts");
     std::os::unix::fs::symlink(fixture("gpt_neox_parallel"), dir.join("model")).unwrap();
-    let o = sae_in(
-        dir,
-        &[
-            "collect",
-            "--model",
-            "./model",
-            "--dataset",
-            "text.txt",
-            "--hook",
-            "blocks.1.hook_mlp_out",
-            "--mode",
-            "all",
-            "--max-len",
-            "64",
-            "--device",
-            "cpu",
-            "--out",
-            "acts",
-        ],
-    );
+    let mut args = vec!["collect", "--model", "./model", "--dataset", "text.txt"];
+    args.extend(EVERY_TOKEN_OF_LAYER_1);
+    args.extend(["--device", "cpu", "--out", "acts"]);
+    let o = sae_in(dir, &args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     acts
 }
