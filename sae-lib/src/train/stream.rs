@@ -474,8 +474,8 @@ impl<'m> ActivationStream<'m> {
 /// on, so `docs = k·len - d + d'`.
 fn pass_length(log: &[Generation]) -> Option<u64> {
     log.windows(2).find_map(|w| {
-        let crossed = w[1].start.pass - w[0].start.pass;
-        (crossed > 0).then(|| (w[0].docs + w[0].start.doc - w[1].start.doc) / crossed)
+        let crossed = w[1].start.pass.saturating_sub(w[0].start.pass);
+        (crossed > 0).then(|| (w[0].docs + w[0].start.doc).saturating_sub(w[1].start.doc) / crossed)
     })
 }
 
