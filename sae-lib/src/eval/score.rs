@@ -98,6 +98,18 @@ pub fn score(
     })
 }
 
+/// One clear error when a feature index is past the SAE's last feature.
+pub fn check_features(sae: &dyn Sae, features: &[usize]) -> Result<()> {
+    let d_sae = sae.config().d_sae;
+    match features.iter().find(|&&f| f >= d_sae) {
+        Some(&bad) => Err(Error::Input(format!(
+            "feature {bad} does not exist: the SAE has {d_sae} features (0 to {})",
+            d_sae.saturating_sub(1)
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The activations of `features` on every row of `data`, in row order, one `Vec` per feature;
 /// one chunked pass however many features are asked for.
 pub fn feature_activations(
@@ -106,13 +118,7 @@ pub fn feature_activations(
     features: &[usize],
     device: &Device,
 ) -> Result<Vec<Vec<f32>>> {
-    let d_sae = sae.config().d_sae;
-    if let Some(&bad) = features.iter().find(|&&f| f >= d_sae) {
-        return Err(Error::Input(format!(
-            "feature {bad} does not exist: the SAE has {d_sae} features (0 to {})",
-            d_sae - 1
-        )));
-    }
+    check_features(sae, features)?;
     if data.d() != sae.config().d_in {
         return Err(Error::Input(format!(
             "the store's activations have width {} but the SAE's d_in is {}",

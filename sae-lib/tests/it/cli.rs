@@ -738,4 +738,13 @@ fn eval_and_inspect_default_to_the_model_and_text_the_sae_came_from() {
         "{stderr}"
     );
     assert_eq!(collected, stdout, "{stderr}");
+    // A feature past the last (256 of them) is refused before any collection.
+    let o = sae(&["inspect", "--sae", s(&out), "--feature", "256"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("feature 256 does not exist: the SAE has 256 features (0 to 255)")
+            && !stderr.contains("collected"),
+        "{stderr}"
+    );
 }

@@ -258,6 +258,8 @@ fn collected(args: &mut InspectArgs, meta: &SaeMetadata) -> Result<Inspected> {
 pub fn inspect(mut args: InspectArgs) -> Result<()> {
     use sae_lib::eval::inspect::{contexts_html, feature_activations, logit_lens, top_contexts};
     let sae = sae_lib::sae::format::load(&args.src.sae, &Device::Cpu)?;
+    // Before a collection that may take minutes.
+    sae_lib::eval::score::check_features(&sae, &[args.feature])?;
     let Inspected {
         store,
         tokenizer,
