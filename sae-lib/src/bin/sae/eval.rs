@@ -231,7 +231,11 @@ fn collected(args: &mut InspectArgs, meta: &SaeMetadata) -> Result<Inspected> {
         max_docs: Some(args.max_docs),
         ..Default::default()
     };
-    let dir = tempfile::tempdir().context("cannot make a folder for the activations")?;
+    // Named, so that one left behind by a killed run is recognisable in the temp folder.
+    let dir = tempfile::Builder::new()
+        .prefix("sae-inspect-")
+        .tempdir()
+        .context("cannot make a folder for the activations")?;
     let provenance = Provenance {
         model: source.name(),
         revision: None,
