@@ -3,9 +3,11 @@
 //! to change; `train`, `walkthrough`, `sweep` and the notebooks show its messages, and
 //! `metrics.json` and the report carry them.
 
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::sae::{Architecture, Sparsity};
+use crate::Result;
 
 /// The numbers a diagnosis reads, measured on the SAE as trained.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -102,6 +104,49 @@ pub fn diagnose(s: &RunSummary) -> Vec<String> {
     out
 }
 
+/// How far from the mean, in median distances, a row counts as an outlier.
+pub const OUTLIER_DISTANCE: f64 = 10.0;
+/// At or above this share of the variance in the outlier rows, they dominate the loss.
+pub const OUTLIER_VARIANCE: f64 = 0.5;
+/// Rows a sample needs before its median says anything.
+const OUTLIER_MIN_SAMPLE: usize = 200;
+
+/// One message when a few rows of `sample` `(rows, d)` hold most of its variance: those
+/// farther from the mean than [`OUTLIER_DISTANCE`] times the median row hold at least half of
+/// `Σ‖x − x̄‖²`. Such rows (a document's first tokens, where many models park attention, with
+/// norms a hundred times the rest) dominate the reconstruction loss and FVU, so a low FVU can
+/// hide an SAE that is poor everywhere else. `None` for a sample of fewer than 200 rows.
+pub fn diagnose_outliers(sample: &Tensor) -> Result<Option<String>> {
+    let (n, _) = sample.dims2()?;
+    if n < OUTLIER_MIN_SAMPLE {
+        return Ok(None);
+    }
+    let x = sample.to_dtype(DType::F64)?;
+    let centred = x.broadcast_sub(&x.mean_keepdim(0)?)?;
+    let sq: Vec<f64> = centred.sqr()?.sum(1)?.to_vec1()?;
+    let mut sorted = sq.clone();
+    sorted.sort_unstable_by(|a, b| a.total_cmp(b));
+    let (median, max) = (sorted[n / 2], sorted[n - 1]);
+    let far = median * OUTLIER_DISTANCE * OUTLIER_DISTANCE;
+    let outliers: Vec<f64> = sq.into_iter().filter(|&s| s > far).collect();
+    let share = outliers.iter().sum::<f64>() / sorted.iter().sum::<f64>();
+    if !(share >= OUTLIER_VARIANCE) {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "{:.0}% of the activations' variance is in {} of {n} sampled rows ({:.1}%), each over \
+         {OUTLIER_DISTANCE}x the median row's distance from the mean (up to {:.0}x): outlier \
+         tokens, such as each document's first where many models park attention, dominate the \
+         reconstruction loss and FVU, so a low FVU can hide an SAE that is poor on every other \
+         token. Judge it by CE loss recovered (sae eval), and leave the outliers out where you \
+         can (--exclude-first drops each document's first token)",
+        100.0 * share,
+        outliers.len(),
+        100.0 * outliers.len() as f64 / n as f64,
+        (max / median).sqrt()
+    )))
+}
+
 /// One message when the SAE explains almost none of the held-out variance although it
 /// reconstructs its training rows: it learnt those rows (read `passes` times each) rather than
 /// features that carry over. `None` when it generalises, or fails on both (which [`diagnose`]
@@ -153,5 +198,41 @@ mod tests {
         assert!(diagnose_held_out(0.02, f64::NAN, 10.0).is_some());
         assert_eq!(diagnose_held_out(0.2, 0.35, 10.0), None);
         assert_eq!(diagnose_held_out(1.0, 1.0, 10.0), None, "diagnose names it");
+    }
+}
+
+#[cfg(test)]
+mod outlier_tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Gaussian rows hold no outliers; ten rows of 1,000 scaled up 30 times (as a model's
+    /// first tokens are) hold about 90% of the variance and are named; fewer than 200 rows say
+    /// nothing.
+    #[test]
+    fn a_few_rows_holding_most_of_the_variance_are_named() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (1000, 64), &dev).unwrap();
+        assert_eq!(diagnose_outliers(&x).unwrap(), None);
+        let scale: Vec<f32> = (0..1000)
+            .map(|i| if i % 100 == 7 { 30.0 } else { 1.0 })
+            .collect();
+        let scale = Tensor::from_vec(scale, (1000, 1), &dev).unwrap();
+        let spiked = x.broadcast_mul(&scale).unwrap();
+        let message = diagnose_outliers(&spiked)
+            .unwrap()
+            .expect("ten outlier rows");
+        // 10 · 900 against 10 · 900 + 990 in expectation: 90% of the variance.
+        let share: f64 = message.split('%').next().unwrap().parse().unwrap();
+        assert!((85.0..=95.0).contains(&share), "{message}");
+        assert!(
+            message.contains("variance is in 10 of 1000 sampled rows (1.0%)"),
+            "{message}"
+        );
+        assert!(message.contains("--exclude-first"), "{message}");
+        assert_eq!(
+            diagnose_outliers(&spiked.narrow(0, 0, 199).unwrap()).unwrap(),
+            None
+        );
     }
 }

@@ -8,7 +8,7 @@ pub mod source;
 pub mod stream;
 pub mod trainer;
 
-pub use health::{diagnose, diagnose_held_out, RunSummary};
+pub use health::{diagnose, diagnose_held_out, diagnose_outliers, RunSummary};
 pub use job::StreamJob;
 pub use source::{ActivationSource, BatchSource, RowRange, StoreBatches};
 pub use stream::{ActivationStream, StreamConfig};

@@ -296,6 +296,9 @@ struct TrainerState {
     scale: f64,
     samples_seen: u64,
     metrics: Vec<MetricsRow>,
+    /// What `diagnose_outliers` found at the start (absent from older checkpoints).
+    #[serde(default)]
+    outliers: Option<String>,
     /// The tensors of this step (`trainer_state-<step>.safetensors`).
     state_file: String,
 }
@@ -321,6 +324,8 @@ pub struct Trainer<'a> {
     /// Per feature: firings since the start (for `sparsity.safetensors`).
     fired_total: Vec<f32>,
     metrics: Vec<MetricsRow>,
+    /// What [`super::diagnose_outliers`] found in the initialisation sample.
+    outliers: Option<String>,
 }
 
 /// The mean of the rows' L2 norms.
@@ -402,6 +407,7 @@ impl<'a> Trainer<'a> {
         }
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         let sample = source.sample(cfg.init_sample, cfg.seed, device)?;
+        let outliers = super::diagnose_outliers(&sample)?;
         let scale = if cfg.normalize_inputs {
             input_scale(&sample, sae_cfg.d_in)?
         } else {
@@ -437,6 +443,7 @@ impl<'a> Trainer<'a> {
             since_fired: vec![0; d_sae],
             fired_total: vec![0.0; d_sae],
             metrics: Vec::new(),
+            outliers,
         })
     }
 
@@ -524,6 +531,7 @@ impl<'a> Trainer<'a> {
             since_fired: vec![0; state.sae.d_sae],
             fired_total: vec![0.0; state.sae.d_sae],
             metrics: state.metrics.clone(),
+            outliers: state.outliers.clone(),
         })
     }
 
@@ -816,9 +824,13 @@ impl<'a> Trainer<'a> {
 
     /// Problems with the run so far, each saying what to change (empty when healthy).
     pub fn warnings(&self) -> Vec<String> {
-        self.summary()
-            .map(|s| super::diagnose(&s))
-            .unwrap_or_default()
+        let mut out: Vec<String> = self.outliers.iter().cloned().collect();
+        out.extend(
+            self.summary()
+                .map(|s| super::diagnose(&s))
+                .unwrap_or_default(),
+        );
+        out
     }
 
     /// Per-feature firing frequency over the whole run.
@@ -856,6 +868,7 @@ impl<'a> Trainer<'a> {
             scale: self.scale,
             samples_seen: self.samples_seen,
             metrics: self.metrics.clone(),
+            outliers: self.outliers.clone(),
             state_file: state_file.clone(),
         };
         io::write_json(&dir.join("trainer.json"), &state)?;

@@ -586,3 +586,37 @@ fn relu_b_dec_starts_at_zero_unless_the_rows_share_a_large_offset() {
     let dist = got.iter().map(|v| (v - 5.0).powi(2)).sum::<f32>().sqrt();
     assert!(dist < 1.0, "b_dec {got:?} is {dist} from the offset");
 }
+
+/// Rows where a few (each 40th, 30 times as far out) hold most of the variance are named in
+/// the trainer's warnings from the start, and still after a resume from a checkpoint; the same
+/// rows without the spikes are not.
+#[test]
+fn a_trainer_names_a_few_rows_that_hold_most_of_the_variance() {
+    let syn = synthetic(32, 16, 3.0, 2000, 5);
+    let cfg = TrainConfig {
+        steps: 4,
+        batch_size: 64,
+        ..TrainConfig::for_architecture(Architecture::Relu, 64)
+    };
+    let spikes: Vec<f32> = (0..2000)
+        .map(|i| if i % 40 == 0 { 30.0 } else { 1.0 })
+        .collect();
+    let spikes = Tensor::from_vec(spikes, (2000, 1), &Device::Cpu).unwrap();
+    let spiked = syn.data.broadcast_mul(&spikes).unwrap();
+    let outliers = |t: &Trainer| -> usize {
+        t.warnings()
+            .iter()
+            .filter(|w| w.contains("of the activations' variance is in"))
+            .count()
+    };
+    let sae = sae_cfg(Architecture::Relu, 16, 64);
+    let plain = Trainer::new(sae.clone(), cfg.clone(), &syn.data, &Device::Cpu).unwrap();
+    assert_eq!(outliers(&plain), 0, "{:?}", plain.warnings());
+    let mut t = Trainer::new(sae, cfg, &spiked, &Device::Cpu).unwrap();
+    assert_eq!(outliers(&t), 1, "{:?}", t.warnings());
+    let dir = tempfile::tempdir().unwrap();
+    t.train_step().unwrap();
+    t.save_checkpoint(dir.path()).unwrap();
+    let resumed = Trainer::resume(dir.path(), &spiked, &Device::Cpu).unwrap();
+    assert_eq!(outliers(&resumed), 1, "{:?}", resumed.warnings());
+}
