@@ -130,7 +130,8 @@ pub fn diagnose_outliers(sample: &Tensor) -> Result<Option<String>> {
     let far = median * OUTLIER_DISTANCE * OUTLIER_DISTANCE;
     let outliers: Vec<f64> = sq.into_iter().filter(|&s| s > far).collect();
     let share = outliers.iter().sum::<f64>() / sorted.iter().sum::<f64>();
-    if !(share >= OUTLIER_VARIANCE) {
+    // NaN when every row is the mean: no outliers.
+    if share.is_nan() || share < OUTLIER_VARIANCE {
         return Ok(None);
     }
     Ok(Some(format!(
