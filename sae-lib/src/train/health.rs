@@ -139,8 +139,8 @@ pub fn diagnose_outliers(sample: &Tensor) -> Result<Option<String>> {
          {OUTLIER_DISTANCE}x the median row's distance from the mean (up to {:.0}x): outlier \
          tokens, such as each document's first where many models park attention, dominate the \
          reconstruction loss and FVU, so a low FVU can hide an SAE that is poor on every other \
-         token. Judge it by CE loss recovered (sae eval), and leave the outliers out where you \
-         can (--exclude-first drops each document's first token)",
+         token. Judge it by CE loss recovered (sae eval); where the outliers are each \
+         document's first token, --exclude-first leaves them out",
         100.0 * share,
         outliers.len(),
         100.0 * outliers.len() as f64 / n as f64,

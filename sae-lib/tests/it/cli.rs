@@ -59,6 +59,7 @@ fn walkthrough_writes_the_whole_report() {
     let mut args = vec!["walkthrough", "--model", s(&model), "--dataset", s(&text)];
     args.extend(EVERY_TOKEN_OF_LAYER_1);
     args.extend([
+        "--exclude-first",
         "--max-docs",
         "60",
         "--eval-docs",
@@ -95,6 +96,13 @@ fn walkthrough_writes_the_whole_report() {
     assert!(splice["ce_loss_score"].as_f64().unwrap().is_finite());
     assert!(splice["tokens"].as_u64().unwrap() > 100);
     assert!(metrics["rows"].as_u64().unwrap() > 1000);
+    // --exclude-first reaches both collections (the training and the held-out one).
+    for store in ["activations", "held_out_activations"] {
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join(store).join("meta.json")).unwrap())
+                .unwrap();
+        assert_eq!(meta["exclude_first"], true, "{store}: {meta}");
+    }
     let charts = metrics["charts"].as_array().unwrap();
     assert!(charts.len() >= 5);
     let html = std::fs::read_to_string(out.join("index.html")).unwrap();

@@ -146,6 +146,9 @@ struct WalkthroughArgs {
     mode: ModeArg,
     #[arg(long, default_value_t = 128)]
     max_len: usize,
+    /// Leave out each document's first token (mode all).
+    #[arg(long)]
+    exclude_first: bool,
     /// Training documents (default: all but the held-out ones, which are then the dataset's
     /// last).
     #[arg(long)]
@@ -728,6 +731,7 @@ fn walkthrough(args: WalkthroughArgs) -> Result<()> {
             // The faithful middle-token collection runs one prompt at a time, as the tutorial does.
             batch_size: if m == CollectMode::Middle { 1 } else { 32 },
             pack: m != CollectMode::Middle,
+            exclude_first: args.exclude_first,
             ..Default::default()
         },
         architecture,
