@@ -560,16 +560,21 @@ fn resampling_revives_features_forced_dead_in_every_architecture() {
     }
 }
 
+/// 2,000 rows of 16 from 32 features, and a ReLU run on them of `steps` steps of 64 rows.
+fn small_relu_run(steps: u64) -> (Synthetic, TrainConfig) {
+    let cfg = TrainConfig {
+        steps,
+        batch_size: 64,
+        ..TrainConfig::for_architecture(Architecture::Relu, 64)
+    };
+    (synthetic(32, 16, 3.0, 2000, 5), cfg)
+}
+
 /// ReLU's `b_dec` starts at zero on rows without a dominant shared offset, and at their
 /// geometric median once an offset longer than their spread is added.
 #[test]
 fn relu_b_dec_starts_at_zero_unless_the_rows_share_a_large_offset() {
-    let syn = synthetic(32, 16, 3.0, 2000, 5);
-    let cfg = TrainConfig {
-        steps: 10,
-        batch_size: 64,
-        ..TrainConfig::for_architecture(Architecture::Relu, 64)
-    };
+    let (syn, cfg) = small_relu_run(10);
     assert_eq!(cfg.b_dec_init, BDecInit::ZerosUnlessOffset);
     // b_dec in the rows' own units (the trainer holds it for the scaled inputs)
     let b_dec = |data: &Tensor| -> Vec<f32> {
@@ -592,12 +597,7 @@ fn relu_b_dec_starts_at_zero_unless_the_rows_share_a_large_offset() {
 /// rows without the spikes are not.
 #[test]
 fn a_trainer_names_a_few_rows_that_hold_most_of_the_variance() {
-    let syn = synthetic(32, 16, 3.0, 2000, 5);
-    let cfg = TrainConfig {
-        steps: 4,
-        batch_size: 64,
-        ..TrainConfig::for_architecture(Architecture::Relu, 64)
-    };
+    let (syn, cfg) = small_relu_run(4);
     let spikes: Vec<f32> = (0..2000)
         .map(|i| if i % 40 == 0 { 30.0 } else { 1.0 })
         .collect();
