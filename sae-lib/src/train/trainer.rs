@@ -833,6 +833,12 @@ impl<'a> Trainer<'a> {
         out
     }
 
+    /// What [`super::diagnose_outliers`] found in the activations at the start (also among
+    /// [`warnings`](Self::warnings)): known before the first step, so worth showing then.
+    pub fn outliers(&self) -> Option<&str> {
+        self.outliers.as_deref()
+    }
+
     /// Per-feature firing frequency over the whole run.
     pub fn feature_frequencies(&self) -> Vec<f64> {
         let n = self.samples_seen.max(1) as f64;

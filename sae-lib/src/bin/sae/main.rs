@@ -534,9 +534,9 @@ fn collect(args: CollectArgs) -> Result<()> {
 }
 
 /// Prints each warning of a finished run on stderr, loudly.
-fn warn_all(warnings: &[String]) {
+fn warn_all<S: AsRef<str>>(warnings: &[S]) {
     for w in warnings {
-        eprintln!("warning: {w}");
+        eprintln!("warning: {}", w.as_ref());
     }
 }
 
@@ -619,6 +619,8 @@ fn train(args: TrainArgs) -> Result<()> {
             Trainer::new(sae_cfg, cfg, &store, &device)?
         }
     };
+    // Known from the initialisation sample: said now, not only after the run.
+    warn_all(trainer.outliers().as_slice());
     trainer.train(Some(&args.out), Some(&stop))?;
     if stop.load(Ordering::SeqCst) {
         eprintln!(

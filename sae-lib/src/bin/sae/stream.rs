@@ -223,6 +223,15 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> Result<()> {
         }
         job
     };
+    // Known from each SAE's initialisation sample: said now, not only after the run. SAEs
+    // on one hook share the sample's rows, so once per hook.
+    let mut told = Vec::new();
+    for run in job.runs() {
+        if let Some(w) = run.trainer.outliers().filter(|_| !told.contains(&run.hook)) {
+            eprintln!("warning: {}: {w}", run.hook);
+            told.push(run.hook);
+        }
+    }
     job.train(Some(stop))?;
     report(&job, &args.out)
 }
