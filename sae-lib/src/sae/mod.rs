@@ -278,8 +278,7 @@ pub struct SaeMetadata {
     pub dataset_path: String,
     /// How many of `dataset_path`'s documents, from its first, the activations were collected
     /// from (at most), so that an evaluation on the same text can start after them (`sae
-    /// eval`). `None` where that was not recorded (SAELens' folders, training streamed
-    /// without `--max-docs`).
+    /// eval`). `None` where that was not recorded (SAELens' folders).
     pub training_docs: Option<usize>,
 }
 

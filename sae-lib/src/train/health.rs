@@ -200,19 +200,13 @@ mod tests {
         assert_eq!(diagnose_held_out(0.2, 0.35, 10.0), None);
         assert_eq!(diagnose_held_out(1.0, 1.0, 10.0), None, "diagnose names it");
     }
-}
-
-#[cfg(test)]
-mod outlier_tests {
-    use super::*;
-    use candle_core::Device;
 
     /// Gaussian rows hold no outliers; ten rows of 1,000 scaled up 30 times (as a model's
     /// first tokens are) hold about 90% of the variance and are named; fewer than 200 rows say
     /// nothing.
     #[test]
     fn a_few_rows_holding_most_of_the_variance_are_named() {
-        let dev = Device::Cpu;
+        let dev = candle_core::Device::Cpu;
         let x = Tensor::randn(0f32, 1.0, (1000, 64), &dev).unwrap();
         assert_eq!(diagnose_outliers(&x).unwrap(), None);
         let scale: Vec<f32> = (0..1000)
