@@ -31,7 +31,8 @@ fn main() -> anyhow::Result<()> {
         dtype: String::new(),
         docs: 0,
         skipped_empty: 0,
-        exclude_first: false,
+        filter: Default::default(),
+        outliers_dropped: 0,
         shards: vec![],
     };
     let mut writer = StoreWriter::create(out.as_ref(), meta, 1 << 16, candle_core::DType::F32)?;

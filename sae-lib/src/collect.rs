@@ -5,7 +5,9 @@ use std::path::Path;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 
+use crate::data::filter::norm;
 use crate::data::store::{CollectMode, StoreMeta, StoreWriter};
+use crate::data::TokenFilter;
 use crate::hooks::{HookPoint, Hooks};
 use crate::model::{Model, Padding, TokenBatch};
 use crate::progress::Progress;
@@ -63,8 +65,8 @@ pub struct CollectConfig {
     pub batch_size: usize,
     /// Stop after this many documents (empty ones included).
     pub max_docs: Option<usize>,
-    /// In `All` mode, leave out each document's first position (often an outlier).
-    pub exclude_first: bool,
+    /// Tokens left out beyond the mode's choice: the first of each document, outliers.
+    pub filter: TokenFilter,
     /// Which side of a row the padding goes on; padded positions never become rows.
     pub padding: Padding,
     /// Pack several short documents into each row; when false, each document has a row of its
@@ -84,7 +86,7 @@ impl Default for CollectConfig {
             max_len: 128,
             batch_size: 32,
             max_docs: None,
-            exclude_first: false,
+            filter: TokenFilter::default(),
             padding: Padding::Right,
             pack: true,
             shard_rows: 1 << 16,
@@ -111,7 +113,7 @@ impl CollectConfig {
         if let Some(n) = self.max_docs {
             check("max documents", n)?;
         }
-        Ok(())
+        self.filter.validate()
     }
 }
 
@@ -235,7 +237,8 @@ pub fn collect_to_store(
         dtype: String::new(),
         docs: 0,
         skipped_empty: 0,
-        exclude_first: cfg.exclude_first,
+        filter: cfg.filter,
+        outliers_dropped: 0,
         shards: Vec::new(),
     };
     let mut writer = StoreWriter::create(out, meta, cfg.shard_rows, cfg.dtype)?;
@@ -252,6 +255,7 @@ pub fn collect_to_store(
         let rows = run_pool(model, tokenizer, &pool.docs, &[cfg.hook], cfg)?;
         for ((doc_index, ids), row) in pool.docs.iter().zip(rows) {
             writer.add_document(*doc_index, ids, &row.positions, &row.values[0])?;
+            writer.drop_outliers(row.outliers);
             tokens_seen += ids.len();
         }
         progress.inc((pool.docs.len() + pool.skipped_empty) as u64);
@@ -307,6 +311,8 @@ pub(crate) struct DocRows {
     pub positions: Vec<u32>,
     /// Per hook (in the order asked), `positions.len() × d` activations, row-major.
     pub values: Vec<Vec<f32>>,
+    /// Positions the mode kept that [`TokenFilter::outlier_norm`] left out.
+    pub outliers: usize,
 }
 
 /// Runs a pool through the model, packed into `cfg.batch_size` rows per forward, and returns
@@ -353,6 +359,9 @@ pub(crate) fn run_pool(
             flats.push(acts.flatten_all()?.to_vec1::<f32>()?);
         }
         let (t, d) = dims;
+        // Every kept (document, position) of the chunk with its offset into the flat
+        // activations; the outlier filter needs them all, since its median is the chunk's.
+        let mut kept: Vec<(usize, u32, usize)> = Vec::new();
         for (row, (docs, mask)) in chunk.iter().zip(batch.mask()).enumerate() {
             // Columns of the real tokens, in order (left padding shifts them); each packed
             // document takes the next `len` of them.
@@ -360,26 +369,43 @@ pub(crate) fn run_pool(
             let mut offset = 0;
             for &i in docs {
                 let len = pool[i].1.len();
-                let keep: Vec<usize> = match cfg.mode {
-                    CollectMode::Middle => vec![len / 2],
-                    CollectMode::All => (usize::from(cfg.exclude_first)..len).collect(),
+                let keep = match cfg.mode {
+                    CollectMode::Middle => len / 2..len / 2 + 1,
+                    CollectMode::All => usize::from(cfg.filter.exclude_first)..len,
                 };
-                let values = flats
+                for k in keep {
+                    kept.push((i, k as u32, (row * t + columns[offset + k]) * d));
+                }
+                offset += lens[i];
+                rows[i] = Some(DocRows {
+                    positions: Vec::new(),
+                    values: vec![Vec::new(); hooks.len()],
+                    outliers: 0,
+                });
+            }
+        }
+        let outlier = match cfg.filter.outlier_norm {
+            Some(_) => cfg.filter.outliers(
+                &flats
                     .iter()
                     .map(|flat| {
-                        let mut v = Vec::with_capacity(keep.len() * d);
-                        for &k in &keep {
-                            let start = (row * t + columns[offset + k]) * d;
-                            v.extend_from_slice(&flat[start..start + d]);
-                        }
-                        v
+                        kept.iter()
+                            .map(|&(_, _, start)| norm(&flat[start..start + d]))
+                            .collect()
                     })
-                    .collect();
-                rows[i] = Some(DocRows {
-                    positions: keep.iter().map(|&k| k as u32).collect(),
-                    values,
-                });
-                offset += lens[i];
+                    .collect::<Vec<_>>(),
+            ),
+            None => vec![false; kept.len()],
+        };
+        for (j, &(i, k, start)) in kept.iter().enumerate() {
+            let doc = rows[i].as_mut().expect("set above");
+            if outlier[j] {
+                doc.outliers += 1;
+                continue;
+            }
+            doc.positions.push(k);
+            for (v, flat) in doc.values.iter_mut().zip(&flats) {
+                v.extend_from_slice(&flat[start..start + d]);
             }
         }
     }

@@ -22,6 +22,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use super::TokenFilter;
 use crate::hooks::HookPoint;
 use crate::io;
 use crate::{Error, Result};
@@ -75,8 +76,12 @@ pub struct StoreMeta {
     pub docs: usize,
     /// Empty documents that were skipped.
     pub skipped_empty: usize,
-    /// Whether each document's first position was left out.
-    pub exclude_first: bool,
+    /// Tokens left out (each document's first, outliers by norm).
+    #[serde(flatten)]
+    pub filter: TokenFilter,
+    /// Rows the filter's outlier rule left out.
+    #[serde(default)]
+    pub outliers_dropped: usize,
     /// The shards, in row order.
     pub shards: Vec<ShardMeta>,
 }
@@ -188,6 +193,11 @@ impl StoreWriter {
             self.flush()?;
         }
         Ok(())
+    }
+
+    /// Records rows the outlier filter left out.
+    pub fn drop_outliers(&mut self, rows: usize) {
+        self.meta.outliers_dropped += rows;
     }
 
     /// Records a skipped empty document.

@@ -1,10 +1,17 @@
 //! The model with the SAE spliced in: next-token cross-entropy with the hook's activation
 //! replaced by the SAE's reconstruction, by zeros and by its mean, and the KL divergence of
 //! each from the clean model. Names follow SAELens' `evals.py` so numbers compare directly.
+//!
+//! Tokens the SAE's activations left out (its [`TokenFilter`]: each document's first, outliers
+//! by norm) keep their clean activation when the SAE is spliced in, as SAELens does for the
+//! special tokens it excludes. The ablations replace every token, also as SAELens does, so
+//! the zero-ablation baseline is the same whatever the SAE left out and CE loss recovered
+//! compares across SAEs. Every predicted token counts in the means.
 
 use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
+use crate::data::filter::{norm, TokenFilter};
 use crate::hooks::{HookPoint, Hooks};
 use crate::model::{Model, Padding, TokenBatch};
 use crate::progress::Progress;
@@ -18,6 +25,10 @@ pub struct SpliceMetrics {
     pub hook: HookPoint,
     /// Tokens whose next token was predicted.
     pub tokens: usize,
+    /// Tokens left with their clean activation when the SAE is spliced in, since its training
+    /// activations left them out (its `exclude_first` and `outlier_norm`).
+    #[serde(default)]
+    pub tokens_passed_through: usize,
     /// Mean next-token cross-entropy of the clean model, in nats.
     pub ce_loss_without_sae: f64,
     /// Mean next-token cross-entropy with the activation replaced by the SAE's
@@ -67,6 +78,10 @@ impl SpliceMetrics {
     pub fn summary(&self) -> crate::plot::Html {
         let rows = [
             ("tokens evaluated", self.tokens.to_string()),
+            (
+                "tokens passed through (left out of training)",
+                self.tokens_passed_through.to_string(),
+            ),
             (
                 "CE loss, clean model",
                 format!("{:.4} nats", self.ce_loss_without_sae),
@@ -132,6 +147,48 @@ pub(crate) fn masked_sum(x: &Tensor, mask: &Tensor) -> Result<f64> {
         .to_scalar::<f64>()?)
 }
 
+/// The real tokens of `batch` the SAE covers, as a `(b, t)` 0/1 mask, given the clean
+/// activations `acts` `(b, t, d)` at its hook and the tokens its training left out (each row
+/// is one sequence from its first token). `None` when the filter leaves nothing out.
+fn covered(
+    filter: &TokenFilter,
+    acts: &Tensor,
+    batch: &TokenBatch,
+) -> Result<Option<Vec<Vec<u8>>>> {
+    if !filter.is_active() {
+        return Ok(None);
+    }
+    let mut mask = batch.mask().to_vec();
+    if filter.exclude_first {
+        mask.iter_mut().for_each(|row| row[0] = 0);
+    }
+    if filter.outlier_norm.is_some() {
+        let (_, t, d) = acts.dims3()?;
+        let flat = acts.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let real: Vec<usize> = (0..mask.len() * t)
+            .filter(|&i| mask[i / t][i % t] == 1)
+            .collect();
+        let norms: Vec<f32> = real
+            .iter()
+            .map(|&i| norm(&flat[i * d..(i + 1) * d]))
+            .collect();
+        for (&i, out) in real.iter().zip(filter.outliers(&[norms])) {
+            if out {
+                mask[i / t][i % t] = 0;
+            }
+        }
+    }
+    Ok(Some(mask))
+}
+
+/// `replaced` where `covered` is 1, `x` elsewhere (both `(b, t, d)`).
+fn within(covered: Option<&Tensor>, replaced: Tensor, x: &Tensor) -> Result<Tensor> {
+    match covered {
+        None => Ok(replaced),
+        Some(c) => Ok(c.broadcast_as(x.shape())?.where_cond(&replaced, x)?),
+    }
+}
+
 /// The SAE's reconstruction of `x` `(b, t, d)`, keeping the shape.
 pub fn reconstruct(sae: &dyn Sae, x: &Tensor) -> Result<Tensor> {
     let (b, t, d) = x.dims3()?;
@@ -172,23 +229,35 @@ pub fn splice_eval(
         .chunks(batch_size.max(1))
         .map(|c| TokenBatch::from_sequences(c, Padding::Right, 0, device))
         .collect::<Result<_>>()?;
-    // Pass 1: the hook's mean activation over all real tokens, for mean ablation.
-    let (mut sum, mut count) = (
+    // Pass 1: the hook's mean activation over all real tokens, for mean ablation, and which
+    // tokens the SAE covers.
+    let filter = sae.config().metadata.filter;
+    let (mut sum, mut count, mut passed) = (
         Tensor::zeros(model.d_model(), DType::F64, &Device::Cpu)?,
         0usize,
+        0usize,
     );
+    let mut coverage = Vec::with_capacity(batches.len());
     for batch in &batches {
         let mut hooks = Hooks::new().capture(hook).stop_at(hook);
         model.forward(batch, &mut hooks)?;
-        let acts = hooks
-            .take(hook)?
-            .to_dtype(DType::F64)?
-            .to_device(&Device::Cpu)?;
-        let mask: Vec<f64> = batch.mask().iter().flatten().map(|&m| m as f64).collect();
+        let acts = hooks.take(hook)?.to_device(&Device::Cpu)?;
         let (b, t) = batch.dims();
-        let mask = Tensor::from_vec(mask, (b, t, 1), &Device::Cpu)?;
-        sum = (sum + acts.broadcast_mul(&mask)?.sum((0, 1))?)?;
-        count += batch.mask().iter().flatten().filter(|&&m| m == 1).count();
+        let as_tensor = |rows: &[Vec<u8>]| {
+            let flat: Vec<u8> = rows.iter().flatten().copied().collect();
+            Tensor::from_vec(flat, (b, t, 1), &Device::Cpu)
+        };
+        let real: usize = batch.mask().iter().flatten().map(|&m| m as usize).sum();
+        let m = as_tensor(batch.mask())?.to_dtype(DType::F64)?;
+        sum = (sum + acts.to_dtype(DType::F64)?.broadcast_mul(&m)?.sum((0, 1))?)?;
+        count += real;
+        coverage.push(match covered(&filter, &acts, batch)? {
+            Some(rows) => {
+                passed += real - rows.iter().flatten().map(|&m| m as usize).sum::<usize>();
+                Some(as_tensor(&rows)?.to_device(device)?)
+            }
+            None => None,
+        });
     }
     let mean = (sum / count as f64)?
         .to_dtype(model.dtype())?
@@ -197,14 +266,16 @@ pub fn splice_eval(
     let progress = Progress::new("splice eval", Some(batches.len() as u64), "batches");
     let (mut tokens, mut ce) = (0f64, [0f64; 4]);
     let mut kls = [0f64; 2];
-    for batch in &batches {
+    for (batch, cover) in batches.iter().zip(&coverage) {
         let run = |hooks: &mut Hooks| -> Result<Tensor> {
             model
                 .forward(batch, hooks)?
                 .ok_or_else(|| Error::Input("the forward stopped early".into()))
         };
         let clean = run(&mut Hooks::new())?;
-        let spliced = run(&mut Hooks::new().write(hook, |x| reconstruct(sae, x)))?;
+        let spliced = run(
+            &mut Hooks::new().write(hook, |x| within(cover.as_ref(), reconstruct(sae, x)?, x))
+        )?;
         let zero = run(&mut Hooks::new().write(hook, |x| Ok(x.zeros_like()?)))?;
         let mean_abl =
             run(&mut Hooks::new()
@@ -227,6 +298,7 @@ pub fn splice_eval(
     Ok(SpliceMetrics {
         hook,
         tokens: tokens as usize,
+        tokens_passed_through: passed,
         ce_loss_without_sae: clean,
         ce_loss_with_sae: with_sae,
         ce_loss_with_ablation: zero,
@@ -246,6 +318,7 @@ mod tests {
         SpliceMetrics {
             hook: HookPoint::mlp_out(5),
             tokens: 100,
+            tokens_passed_through: 0,
             ce_loss_without_sae: clean,
             ce_loss_with_sae: with_sae,
             ce_loss_with_ablation: zeroed,

@@ -2,7 +2,8 @@
 //! load what SAELens saves:
 //! - `cfg.json`: architecture, `d_in`, `d_sae`, dtype, device, `apply_b_dec_to_input`,
 //!   `normalize_activations`, and `metadata` (model, hook, context size, dataset, version,
-//!   and `training_docs`: how many of the dataset's first documents the activations came from);
+//!   `training_docs`: how many of the dataset's first documents the activations came from,
+//!   and `exclude_first` and `outlier_norm` where tokens were left out);
 //! - `sae_weights.safetensors`: `W_enc` `(d_in, d_sae)`, `b_enc`, `W_dec` `(d_sae, d_in)`,
 //!   `b_dec`, plus each variant's extras;
 //! - `sparsity.safetensors`: `sparsity`, the log10 firing frequency of each feature.
@@ -18,6 +19,7 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
 use super::{AnySae, Architecture, Sae, SaeConfig, SaeMetadata};
+use crate::data::TokenFilter;
 use crate::{io, Error, Result};
 
 /// The SAELens version whose format this writes.
@@ -51,6 +53,12 @@ pub fn cfg_json(cfg: &SaeConfig) -> Value {
     });
     if let Some(n) = m.training_docs {
         v["metadata"]["training_docs"] = json!(n);
+    }
+    if m.filter.exclude_first {
+        v["metadata"]["exclude_first"] = json!(true);
+    }
+    if let Some(r) = m.filter.outlier_norm {
+        v["metadata"]["outlier_norm"] = json!(r);
     }
     if cfg.architecture == Architecture::TopK {
         v["k"] = json!(cfg.k);
@@ -113,6 +121,10 @@ fn metadata_of(raw: &Value) -> SaeMetadata {
         prepend_bos: meta["prepend_bos"].as_bool().unwrap_or(false),
         dataset_path: text("dataset_path"),
         training_docs: meta["training_docs"].as_u64().map(|n| n as usize),
+        filter: TokenFilter {
+            exclude_first: meta["exclude_first"].as_bool().unwrap_or(false),
+            outlier_norm: meta["outlier_norm"].as_f64().map(|r| r as f32),
+        },
     }
 }
 

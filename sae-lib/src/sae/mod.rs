@@ -280,6 +280,10 @@ pub struct SaeMetadata {
     /// from (at most), so that an evaluation on the same text can start after them (`sae
     /// eval`). `None` where that was not recorded (SAELens' folders).
     pub training_docs: Option<usize>,
+    /// Tokens left out of its training activations; spliced into the model, the SAE leaves
+    /// them as they are.
+    #[serde(default)]
+    pub filter: crate::data::TokenFilter,
 }
 
 impl Default for SaeMetadata {
@@ -291,6 +295,7 @@ impl Default for SaeMetadata {
             prepend_bos: false,
             dataset_path: crate::TUTORIAL_DATASET.into(),
             training_docs: None,
+            filter: Default::default(),
         }
     }
 }
@@ -305,6 +310,7 @@ impl SaeMetadata {
             prepend_bos: false,
             dataset_path: meta.dataset.clone(),
             training_docs: Some(meta.docs_read()),
+            filter: meta.filter,
         }
     }
 }

@@ -139,8 +139,8 @@ pub fn diagnose_outliers(sample: &Tensor) -> Result<Option<String>> {
          {OUTLIER_DISTANCE}x the median row's distance from the mean (up to {:.0}x): outlier \
          tokens, such as each document's first where many models park attention, dominate the \
          reconstruction loss and FVU, so a low FVU can hide an SAE that is poor on every other \
-         token. Judge it by CE loss recovered (sae eval); where the outliers are each \
-         document's first token, --exclude-first leaves them out",
+         token. Judge it by CE loss recovered (sae eval), and collect without them: \
+         --drop-outliers leaves out tokens over 10x the median norm",
         100.0 * share,
         outliers.len(),
         100.0 * outliers.len() as f64 / n as f64,
@@ -224,7 +224,7 @@ mod tests {
             message.contains("variance is in 10 of 1000 sampled rows (1.0%)"),
             "{message}"
         );
-        assert!(message.contains("--exclude-first"), "{message}");
+        assert!(message.contains("--drop-outliers"), "{message}");
         assert_eq!(
             diagnose_outliers(&spiked.narrow(0, 0, 199).unwrap()).unwrap(),
             None

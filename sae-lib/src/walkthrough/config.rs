@@ -269,6 +269,7 @@ impl WalkthroughConfig {
                 prepend_bos: false,
                 dataset_path: DatasetSource::parse(&self.dataset).name(),
                 training_docs: None,
+                filter: self.collect.filter,
             },
         }
     }

@@ -60,7 +60,8 @@ fn stage_key(cfg: &WalkthroughConfig, stage: Stage) -> serde_json::Value {
     let collect = serde_json::json!({
         "model": cfg.model, "tokenizer": cfg.tokenizer, "dataset": cfg.dataset,
         "hook": c.hook.to_string(), "mode": c.mode, "max_len": c.max_len,
-        "max_docs": c.max_docs, "exclude_first": c.exclude_first,
+        "max_docs": c.max_docs, "exclude_first": c.filter.exclude_first,
+        "outlier_norm": c.filter.outlier_norm,
         // With every document asked for, the held-out count decides where training stops.
         "held_out_last": c.max_docs.is_none().then_some(cfg.eval_docs),
     });

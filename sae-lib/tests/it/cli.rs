@@ -756,3 +756,75 @@ fn eval_and_inspect_default_to_the_model_and_text_the_sae_came_from() {
         "{stderr}"
     );
 }
+
+/// `--drop-outliers` (10 unless given) and `--exclude-first` reach the store and the SAE's
+/// cfg.json, and `sae eval` leaves those tokens alone and says how many; a ratio that would cut
+/// into ordinary tokens is one clear error.
+#[test]
+fn tokens_left_out_at_collection_are_left_alone_by_eval() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text = text_fixture(d);
+    let model = fixture("gpt_neox_parallel");
+    let collect = |out: &str, filter: &[&str]| {
+        let acts = d.join(out);
+        let mut args = vec!["collect", "--model", s(&model), "--dataset", s(&text)];
+        args.extend(EVERY_TOKEN_OF_LAYER_1);
+        args.extend(["--max-docs", "40", "--device", "cpu", "--out", s(&acts)]);
+        args.extend(filter);
+        let o = sae(&args);
+        let meta = o.status.success().then(|| {
+            serde_json::from_slice::<serde_json::Value>(
+                &std::fs::read(acts.join("meta.json")).unwrap(),
+            )
+            .unwrap()
+        });
+        (o, meta)
+    };
+    let (_, meta) = collect("default-ratio", &["--drop-outliers"]);
+    assert_eq!(meta.unwrap()["outlier_norm"], 10.0);
+    let (o, _) = collect("bad", &["--drop-outliers", "1"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && stderr.contains("above 1") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    let (o, meta) = collect("acts", &["--drop-outliers", "1.2", "--exclude-first"]);
+    let meta = meta.unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(&o.stderr)));
+    assert!(meta["outliers_dropped"].as_u64().unwrap() > 0, "{meta}");
+    assert_eq!(meta["exclude_first"], true);
+
+    let out = d.join("sae");
+    let acts = d.join("acts");
+    let o = sae(&train_args(&acts, &out, "10"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("cfg.json")).unwrap()).unwrap();
+    assert_eq!(cfg["metadata"]["exclude_first"], true, "{cfg}");
+    assert!((cfg["metadata"]["outlier_norm"].as_f64().unwrap() - 1.2).abs() < 1e-6);
+
+    let metrics = d.join("m.json");
+    let o = sae(&[
+        "eval",
+        "--sae",
+        s(&out),
+        "--max-docs",
+        "5",
+        "--device",
+        "cpu",
+        "--out",
+        s(&metrics),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&metrics).unwrap()).unwrap();
+    // At least each document's first token, and not all of them.
+    let passed = m["tokens_passed_through"].as_u64().unwrap();
+    assert!(passed > 5 && passed < m["tokens"].as_u64().unwrap(), "{m}");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "{passed} tokens kept their own activation with the SAE"
+        )),
+        "{stdout}"
+    );
+}

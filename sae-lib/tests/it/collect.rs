@@ -6,7 +6,9 @@ use std::path::Path;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use sae_lib::collect::{collect_to_store, tutorial_middle_tokens, CollectConfig, Provenance};
 use sae_lib::data::store::{permutation, StoreWriter};
-use sae_lib::data::{ActivationStore, CollectMode, DatasetOptions, DatasetSource, StoreMeta};
+use sae_lib::data::{
+    ActivationStore, CollectMode, DatasetOptions, DatasetSource, StoreMeta, TokenFilter,
+};
 use sae_lib::hooks::{HookPoint, Hooks};
 use sae_lib::model::{load_tokenizer, ModelSource, Padding, TokenBatch};
 use sae_lib::tokenizer::Tokenizer;
@@ -253,6 +255,80 @@ fn batched_collection_equals_the_tutorial_loop_and_a_direct_forward() {
     }
 }
 
+/// With every document in one forward batch, the outlier filter keeps exactly the unfiltered
+/// rows whose norm is at most the ratio times their median, with their positions, and counts
+/// the rest; with the first token left out too, no row is at position 0.
+#[test]
+fn the_outlier_filter_leaves_out_exactly_the_rows_over_the_ratio() {
+    let model = load_fixture_model("gpt_neox_sequential");
+    let tok = tokenizer();
+    let cfg = CollectConfig {
+        hook: HookPoint::resid_post(2),
+        mode: CollectMode::All,
+        max_len: 64,
+        batch_size: 16,
+        ..Default::default()
+    };
+    let collect = |filter: TokenFilter| {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = CollectConfig {
+            filter,
+            ..cfg.clone()
+        };
+        let meta = collect_to_store(&model, &tok, docs(), &cfg, &provenance(), dir.path()).unwrap();
+        (dir, meta)
+    };
+    let (all_dir, _) = collect(TokenFilter::default());
+    let all = ActivationStore::open(all_dir.path()).unwrap();
+    let norms: Vec<f32> = all
+        .to_tensor(&Device::Cpu)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum(1)
+        .unwrap()
+        .sqrt()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let median_of = |rows: &[usize]| {
+        let mut sorted: Vec<f32> = rows.iter().map(|&i| norms[i]).collect();
+        sorted.sort_by(f32::total_cmp);
+        (sorted[sorted.len() / 2], sorted[sorted.len() - 1])
+    };
+    for exclude_first in [false, true] {
+        // The rows the filter weighs: all, or all but each document's first.
+        let candidates: Vec<usize> = (0..all.len())
+            .filter(|&i| !(exclude_first && all.row_ref(i).position == 0))
+            .collect();
+        let (median, max) = median_of(&candidates);
+        // A ratio between the median and the largest norm, so that some rows go, most stay.
+        let ratio = (1.0 + max / median) / 2.0;
+        let filter = TokenFilter {
+            exclude_first,
+            outlier_norm: Some(ratio),
+        };
+        let (dir, meta) = collect(filter);
+        let expected: Vec<(u32, u32)> = candidates
+            .iter()
+            .filter(|&&i| norms[i] <= ratio * median)
+            .map(|&i| (all.row_ref(i).doc_index, all.row_ref(i).position))
+            .collect();
+        assert!(
+            meta.outliers_dropped > 0 && !expected.is_empty(),
+            "{meta:?}"
+        );
+        assert_eq!(meta.outliers_dropped, candidates.len() - expected.len());
+        let store = ActivationStore::open(dir.path()).unwrap();
+        let got: Vec<(u32, u32)> = (0..store.len())
+            .map(|i| store.row_ref(i))
+            .map(|r| (r.doc_index, r.position))
+            .collect();
+        assert_eq!(got, expected, "exclude_first {exclude_first}");
+        assert_eq!(meta.filter, filter);
+    }
+}
+
 /// The Pythia-shaped checkpoint as people download it (BOOL buffers, `embed_out`, fp16), in
 /// each of its three file layouts: collected rows equal transformers' activations.
 #[test]
@@ -317,7 +393,8 @@ fn empty_meta(d: usize) -> StoreMeta {
         dtype: String::new(),
         docs: 0,
         skipped_empty: 0,
-        exclude_first: false,
+        filter: TokenFilter::default(),
+        outliers_dropped: 0,
         shards: vec![],
     }
 }

@@ -1,10 +1,12 @@
 //! Splice evaluation against transformers' numbers, and every chart as SVG and PNG.
 
 use candle_core::{DType, Device, Tensor};
+use sae_lib::data::TokenFilter;
 use sae_lib::eval::splice_eval;
-use sae_lib::hooks::HookPoint;
+use sae_lib::hooks::{HookPoint, Hooks};
+use sae_lib::model::{Padding, TokenBatch};
 use sae_lib::plot::{Chart, ParetoMetric, ParetoPoint};
-use sae_lib::sae::{AnySae, Architecture, SaeConfig, SaeMetadata};
+use sae_lib::sae::{AnySae, Architecture, Sae, SaeConfig, SaeMetadata};
 use sae_lib::train::MetricsRow;
 
 use crate::common::*;
@@ -93,6 +95,124 @@ fn ce_and_kl_match_the_same_splice_in_transformers() {
             (m.kl_div_with_sae - scalar("zero_mlp1.kl")).abs() < 1e-4,
             "{name}: {m:?}"
         );
+    }
+}
+
+/// Which (row, position) pairs to keep, from the clean activations `(b, t, d)`.
+type Pick<'a> = &'a dyn Fn(&[Vec<Vec<f32>>]) -> Vec<Vec<bool>>;
+
+/// Mean next-token CE of `seqs` (one batch) with `hook`'s activation zeroed except at the
+/// (row, position) pairs `keep` picks from the clean activations, and how many it kept.
+fn ce_zeroed_except(
+    model: &sae_lib::model::Model,
+    hook: HookPoint,
+    seqs: &[Vec<u32>],
+    keep: impl Fn(&[Vec<Vec<f32>>]) -> Vec<Vec<bool>>,
+) -> (f64, usize) {
+    let batch = TokenBatch::from_sequences(seqs, Padding::Right, 0, &Device::Cpu).unwrap();
+    let mut hooks = Hooks::new().capture(hook);
+    model.forward(&batch, &mut hooks).unwrap();
+    let clean: Vec<Vec<Vec<f32>>> = hooks.get(hook).unwrap().to_vec3().unwrap();
+    let mut kept: Vec<Vec<bool>> = keep(&clean);
+    for (row, seq) in kept.iter_mut().zip(seqs) {
+        row.iter_mut().skip(seq.len()).for_each(|k| *k = false);
+    }
+    let passed = kept.iter().flatten().filter(|&&k| k).count();
+    let mask: Vec<f32> = kept
+        .iter()
+        .flatten()
+        .map(|&k| f32::from(u8::from(k)))
+        .collect();
+    let (b, t) = (kept.len(), kept[0].len());
+    let mask = Tensor::from_vec(mask, (b, t, 1), &Device::Cpu).unwrap();
+    let mut zeroed = Hooks::new().write(hook, move |x| Ok(x.broadcast_mul(&mask)?));
+    let logits = model.forward(&batch, &mut zeroed).unwrap().unwrap();
+    let lp: Vec<Vec<Vec<f32>>> = candle_nn::ops::log_softmax(&logits, 2)
+        .unwrap()
+        .to_vec3()
+        .unwrap();
+    let (mut sum, mut n) = (0f64, 0usize);
+    for (row, seq) in seqs.iter().enumerate() {
+        for i in 0..seq.len() - 1 {
+            sum -= lp[row][i][seq[i + 1] as usize] as f64;
+            n += 1;
+        }
+    }
+    (sum / n as f64, passed)
+}
+
+/// An SAE trained without some tokens leaves them as they are when spliced in: a zero SAE that
+/// left out the first tokens (or the outliers by norm) gives the CE of zeroing every other
+/// token, computed here directly. The ablations still replace every token, so the zero-ablation
+/// baseline is the unfiltered one.
+#[test]
+fn tokens_left_out_of_training_keep_their_activation_in_the_splice() {
+    let model = load_fixture_model("gpt_neox_parallel");
+    let seqs: Vec<Vec<u32>> = vec![(1..20).collect(), (30..41).collect(), vec![5, 6, 7]];
+    let hook = HookPoint::mlp_out(1);
+    let ratio = 1.3;
+    let outliers = |clean: &[Vec<Vec<f32>>]| -> Vec<Vec<bool>> {
+        let norm = |v: &Vec<f32>| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let mut real: Vec<f32> = clean
+            .iter()
+            .zip(&seqs)
+            .flat_map(|(row, seq)| row[..seq.len()].iter().map(norm))
+            .collect();
+        real.sort_by(f32::total_cmp);
+        let median = real[real.len() / 2];
+        clean
+            .iter()
+            .map(|row| row.iter().map(|v| norm(v) > ratio * median).collect())
+            .collect()
+    };
+    let firsts = |clean: &[Vec<Vec<f32>>]| -> Vec<Vec<bool>> {
+        clean
+            .iter()
+            .map(|row| (0..row.len()).map(|i| i == 0).collect())
+            .collect()
+    };
+    let cases: [(TokenFilter, Pick<'_>); 2] = [
+        (
+            TokenFilter {
+                exclude_first: true,
+                outlier_norm: None,
+            },
+            &firsts,
+        ),
+        (
+            TokenFilter {
+                exclude_first: false,
+                outlier_norm: Some(ratio),
+            },
+            &outliers,
+        ),
+    ];
+    let unfiltered = splice_eval(&model, &zero_sae(32), hook, &seqs, 3).unwrap();
+    for (filter, keep) in cases {
+        let (expected_ce, passed) = ce_zeroed_except(&model, hook, &seqs, keep);
+        let real: usize = seqs.iter().map(Vec::len).sum();
+        assert!(
+            passed > 0 && passed < real,
+            "{filter:?}: {passed} of {real}"
+        );
+        let mut sae = zero_sae(32);
+        sae.config_mut().metadata.filter = filter;
+        let m = splice_eval(&model, &sae, hook, &seqs, 3).unwrap();
+        assert_eq!(m.tokens_passed_through, passed, "{filter:?}");
+        assert!(
+            (m.ce_loss_with_sae - expected_ce).abs() < 1e-5,
+            "{filter:?}: {} against {expected_ce}",
+            m.ce_loss_with_sae
+        );
+        assert_eq!(m.ce_loss_with_ablation, unfiltered.ce_loss_with_ablation);
+        assert_eq!(
+            m.ce_loss_with_mean_ablation,
+            unfiltered.ce_loss_with_mean_ablation
+        );
+        let mut identity = identity_sae(32);
+        identity.config_mut().metadata.filter = filter;
+        let m = splice_eval(&model, &identity, hook, &seqs, 3).unwrap();
+        assert!((m.ce_loss_score - 1.0).abs() < 1e-5, "{filter:?}: {m:?}");
     }
 }
 

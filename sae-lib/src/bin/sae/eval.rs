@@ -180,6 +180,13 @@ pub fn eval(mut args: EvalArgs) -> Result<()> {
         metrics.tokens,
         args.out.display()
     );
+    if metrics.tokens_passed_through > 0 {
+        println!(
+            "{} tokens kept their own activation with the SAE spliced in: its training left them \
+             out (exclude_first {}, outlier_norm {:?} in its cfg.json)",
+            metrics.tokens_passed_through, meta.filter.exclude_first, meta.filter.outlier_norm
+        );
+    }
     warn_all(&warnings);
     Ok(())
 }
@@ -229,6 +236,8 @@ fn collected(args: &mut InspectArgs, meta: &SaeMetadata) -> Result<Inspected> {
         mode: CollectMode::All,
         max_len: context(None, meta),
         max_docs: Some(args.max_docs),
+        // The tokens it was trained on: attention sinks would top every feature's list.
+        filter: meta.filter,
         ..Default::default()
     };
     // Named, so that one left behind by a killed run is recognisable in the temp folder.

@@ -13,7 +13,9 @@ use anyhow::{Context, Result};
 use candle_core::DType;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sae_lib::collect::{collect_to_store, CollectConfig, Provenance};
-use sae_lib::data::{ActivationStore, CollectMode, DatasetOptions, DatasetSource, TxtSplit};
+use sae_lib::data::{
+    ActivationStore, CollectMode, DatasetOptions, DatasetSource, TokenFilter, TxtSplit,
+};
 use sae_lib::hooks::HookPoint;
 use sae_lib::hub::HubOptions;
 use sae_lib::model::{load_model, load_tokenizer, ModelSource};
@@ -146,9 +148,8 @@ struct WalkthroughArgs {
     mode: ModeArg,
     #[arg(long, default_value_t = 128)]
     max_len: usize,
-    /// Leave out each document's first token (mode all).
-    #[arg(long)]
-    exclude_first: bool,
+    #[command(flatten)]
+    filter: FilterArgs,
     /// Training documents (default: all but the held-out ones, which are then the dataset's
     /// last).
     #[arg(long)]
@@ -214,6 +215,28 @@ impl DataArgs {
     }
 }
 
+/// Tokens to leave out of the activations.
+#[derive(Args, Debug, Clone)]
+struct FilterArgs {
+    /// Leave out each document's first token (mode all).
+    #[arg(long)]
+    exclude_first: bool,
+    /// Leave out tokens whose activation norm is over RATIO times the median of their forward
+    /// batch (attention sinks, often each document's first few tokens); RATIO defaults to 10.
+    /// Recorded with the SAE, so that `sae eval` leaves these tokens alone too.
+    #[arg(long, value_name = "RATIO", num_args = 0..=1, default_missing_value = "10")]
+    drop_outliers: Option<f32>,
+}
+
+impl FilterArgs {
+    fn filter(&self) -> TokenFilter {
+        TokenFilter {
+            exclude_first: self.exclude_first,
+            outlier_norm: self.drop_outliers,
+        }
+    }
+}
+
 #[derive(Args)]
 struct CollectArgs {
     #[command(flatten)]
@@ -237,9 +260,8 @@ struct CollectArgs {
     /// One document per row instead of packing short ones together.
     #[arg(long)]
     no_pack: bool,
-    /// Leave out each document's first token (mode all).
-    #[arg(long)]
-    exclude_first: bool,
+    #[command(flatten)]
+    filter: FilterArgs,
     /// Storage dtype of the activations.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     store_dtype: Precision,
@@ -503,7 +525,7 @@ fn collect(args: CollectArgs) -> Result<()> {
         batch_size: args.batch_size,
         pack: !args.no_pack,
         max_docs: args.max_docs,
-        exclude_first: args.exclude_first,
+        filter: args.filter.filter(),
         shard_rows: args.shard_rows,
         dtype: args.store_dtype.dtype(),
         ..Default::default()
@@ -733,7 +755,7 @@ fn walkthrough(args: WalkthroughArgs) -> Result<()> {
             // The faithful middle-token collection runs one prompt at a time, as the tutorial does.
             batch_size: if m == CollectMode::Middle { 1 } else { 32 },
             pack: m != CollectMode::Middle,
-            exclude_first: args.exclude_first,
+            filter: args.filter.filter(),
             ..Default::default()
         },
         architecture,

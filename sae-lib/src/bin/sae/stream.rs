@@ -49,9 +49,8 @@ pub struct StreamArgs {
     /// `all` tokens (the default here) or the tutorial's `middle` token per document.
     #[arg(long, value_enum, default_value_t = ModeArg::All)]
     mode: ModeArg,
-    /// Leave out each document's first token.
-    #[arg(long)]
-    exclude_first: bool,
+    #[command(flatten)]
+    filter: super::FilterArgs,
     /// Read only the first N documents of each pass over the dataset.
     #[arg(long)]
     max_docs: Option<usize>,
@@ -165,7 +164,7 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> Result<()> {
             max_len: s.max_len,
             batch_size: s.forward_batch,
             max_docs: s.max_docs,
-            exclude_first: s.exclude_first,
+            filter: s.filter.filter(),
             ..Default::default()
         },
         buffer_rows: s.buffer_rows,
@@ -217,6 +216,7 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> Result<()> {
                     dataset_path: dataset_path.clone(),
                     // The job records the documents the stream has read with each save.
                     training_docs: None,
+                    filter: s.filter.filter(),
                 },
             };
             job.add(*hook, sae_cfg, train, Some(dir.clone()))?;
