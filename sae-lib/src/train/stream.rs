@@ -113,6 +113,9 @@ pub struct StreamStats {
     pub distinct_docs: u64,
     /// Wall time spent reading, tokenising and running the model.
     pub fill_seconds: f64,
+    /// Tokens the outlier filter left out (once per token, whatever the number of hooks).
+    #[serde(default)]
+    pub outliers_dropped: u64,
 }
 
 impl StreamStats {
@@ -387,6 +390,7 @@ impl<'m> ActivationStream<'m> {
                 }
                 self.stats.tokens_forwarded += forwarded(ids, self.cfg.collect.mode).len() as u64;
                 self.pass_rows += row.positions.len() as u64;
+                self.stats.outliers_dropped += row.outliers as u64;
             }
             self.cursor.doc += read;
             self.stats.docs_read += read;

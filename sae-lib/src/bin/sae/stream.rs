@@ -265,6 +265,12 @@ fn report(job: &StreamJob, out: &Path) -> Result<()> {
         stats.mean_docs_per_batch(),
         peak.map_or("unknown".into(), |b| format!("{:.0} MB", b as f64 / 1e6))
     );
+    if stats.outliers_dropped > 0 {
+        println!(
+            "stream: {} outlier tokens left out (--drop-outliers)",
+            stats.outliers_dropped
+        );
+    }
     sae_lib::io::write_json(
         &out.join("stream_summary.json"),
         &serde_json::json!({
