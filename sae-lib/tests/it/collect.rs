@@ -280,15 +280,7 @@ fn the_outlier_filter_leaves_out_exactly_the_rows_over_the_ratio() {
     };
     let (all_dir, _) = collect(TokenFilter::default());
     let all = ActivationStore::open(all_dir.path()).unwrap();
-    let norms: Vec<f32> = all
-        .to_tensor(&Device::Cpu)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum(1)
-        .unwrap()
-        .sqrt()
-        .unwrap()
+    let norms: Vec<f32> = row_norms(&all.to_tensor(&Device::Cpu).unwrap())
         .to_vec1()
         .unwrap();
     let median_of = |rows: &[usize]| {

@@ -88,3 +88,8 @@ pub fn masked_max_abs_diff(a: &Tensor, b: &Tensor, mask: &Tensor) -> f32 {
         .to_scalar::<f32>()
         .unwrap()
 }
+
+/// The Euclidean norm of each row of `t` `(n, d)`: `(n,)`.
+pub fn row_norms(t: &Tensor) -> Tensor {
+    t.sqr().unwrap().sum(1).unwrap().sqrt().unwrap()
+}

@@ -49,13 +49,7 @@ fn synthetic(d: usize, n: usize, features: usize, mean: f32, norm: f32, seed: u6
         }
     }
     let t = Tensor::from_vec(x, (n, d), &Device::Cpu).unwrap();
-    let avg = t
-        .sqr()
-        .unwrap()
-        .sum(1)
-        .unwrap()
-        .sqrt()
-        .unwrap()
+    let avg = row_norms(&t)
         .mean_all()
         .unwrap()
         .to_scalar::<f32>()
