@@ -19,7 +19,9 @@ pub struct TokenFilter {
     #[serde(default)]
     pub exclude_first: bool,
     /// Leave out tokens whose activation norm is over this many times the median norm of the
-    /// tokens in the same forward batch (at any hook collected). `None` keeps them.
+    /// tokens in the same forward batch. `None` keeps them. A stream feeding several hooks
+    /// leaves a token out of all of them when it is an outlier at any; the splice judges by
+    /// the SAE's own hook alone.
     #[serde(default)]
     pub outlier_norm: Option<f32>,
 }

@@ -827,4 +827,22 @@ fn tokens_left_out_at_collection_are_left_alone_by_eval() {
         )),
         "{stdout}"
     );
+    // Read without a store, its features are read on the tokens it trained on.
+    let page = d.join("feature");
+    let o = sae(&[
+        "inspect",
+        "--sae",
+        s(&out),
+        "--feature",
+        "0",
+        "--max-docs",
+        "5",
+        "--out",
+        s(&page),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && stderr.contains("leaving out each first token and "),
+        "{stderr}"
+    );
 }

@@ -252,9 +252,17 @@ fn collected(args: &mut InspectArgs, meta: &SaeMetadata) -> Result<Inspected> {
     };
     let docs = data.documents(&opts, &HubOptions::from_env())?;
     let m = collect_to_store(&model, &tokenizer, docs, &cfg, &provenance, dir.path())?;
+    // The tokens its training left out are left out here too.
+    let left_out = match (m.filter.exclude_first, m.outliers_dropped) {
+        (false, 0) => String::new(),
+        (first, n) => format!(
+            ", leaving out {}{n} outlier tokens as its training did",
+            if first { "each first token and " } else { "" }
+        ),
+    };
     eprintln!(
-        "note: collected {} activations at {} from {} documents of {} (--acts reads a store \
-         instead)",
+        "note: collected {} activations at {} from {} documents of {}{left_out} (--acts reads \
+         a store instead)",
         m.rows,
         cfg.hook,
         m.docs,
