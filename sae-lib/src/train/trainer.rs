@@ -285,6 +285,10 @@ pub struct TrainReport {
     pub final_metrics: Option<MetricsRow>,
     /// One message per problem, each saying what to change (empty when healthy).
     pub warnings: Vec<String>,
+    /// What the check of the activations at the start found (also among `warnings`; see
+    /// [`Trainer::outliers`]).
+    #[serde(default)]
+    pub outliers: Option<String>,
 }
 
 /// What a checkpoint's `trainer.json` holds.
@@ -622,6 +626,7 @@ impl<'a> Trainer<'a> {
                     step: self.step,
                     final_metrics: self.metrics.last().cloned(),
                     warnings: self.warnings(),
+                    outliers: self.outliers.clone(),
                 },
             )?;
         }

@@ -9,7 +9,7 @@ use crate::hub::HubOptions;
 use crate::model::{load_model, load_tokenizer, Model, ModelSource};
 use crate::sae::{format, AnySae};
 use crate::tokenizer::Tokenizer;
-use crate::train::{MetricsRow, RunSummary, Trainer};
+use crate::train::{MetricsRow, RunSummary, TrainReport, Trainer};
 use crate::{io, Result};
 
 use super::{DocSplit, WalkthroughConfig};
@@ -268,10 +268,11 @@ pub fn train_sae(
     Ok((format::load(&dir, &cfg.device)?, trainer.metrics().to_vec()))
 }
 
-/// What is wrong with an SAE trained by [`train_sae`], from its last training metrics, each
-/// with what to change (empty when it is healthy).
+/// What is wrong with an SAE trained by [`train_sae`], each with what to change (empty when it
+/// is healthy): what the trainer found in the activations before its first step, and what its
+/// last training metrics say.
 pub fn warnings(cfg: &WalkthroughConfig, training: &[MetricsRow]) -> Vec<String> {
-    training.last().map_or_else(Vec::new, |last| {
+    let last = training.last().map(|last| {
         crate::train::diagnose(&RunSummary {
             architecture: cfg.architecture,
             d_sae: cfg.d_sae,
@@ -281,7 +282,20 @@ pub fn warnings(cfg: &WalkthroughConfig, training: &[MetricsRow]) -> Vec<String>
             sparsity_coefficient: cfg.train.sparsity_coefficient,
             lr: cfg.train.adam.lr,
         })
-    })
+    });
+    outliers(cfg)
+        .into_iter()
+        .chain(last.into_iter().flatten())
+        .collect()
+}
+
+/// What the trainer of [`train_sae`] found in the activations before its first step (a few
+/// rows holding most of the variance, see [`crate::train::diagnose_outliers`]), as saved with
+/// the SAE. `None` when it found nothing or the SAE is not trained yet.
+pub fn outliers(cfg: &WalkthroughConfig) -> Option<String> {
+    io::read_json::<TrainReport>(&cfg.sae_dir().join("metrics.json"))
+        .ok()
+        .and_then(|r| r.outliers)
 }
 
 /// Documents for the splice evaluation, tokenised.

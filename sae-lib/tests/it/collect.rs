@@ -6,9 +6,7 @@ use std::path::Path;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use sae_lib::collect::{collect_to_store, tutorial_middle_tokens, CollectConfig, Provenance};
 use sae_lib::data::store::{permutation, StoreWriter};
-use sae_lib::data::{
-    ActivationStore, CollectMode, DatasetOptions, DatasetSource, StoreMeta, TokenFilter,
-};
+use sae_lib::data::{ActivationStore, CollectMode, DatasetOptions, DatasetSource, TokenFilter};
 use sae_lib::hooks::{HookPoint, Hooks};
 use sae_lib::model::{load_tokenizer, ModelSource, Padding, TokenBatch};
 use sae_lib::tokenizer::Tokenizer;
@@ -369,25 +367,6 @@ fn collection_from_every_pythia_layout_equals_transformers() {
             );
             assert!(d < 1e-4, "{layout} {hook}: middle row differs by {d}");
         }
-    }
-}
-
-fn empty_meta(d: usize) -> StoreMeta {
-    StoreMeta {
-        model: "m".into(),
-        revision: None,
-        hook: HookPoint::mlp_out(0),
-        context_size: 8,
-        dataset: "d".into(),
-        mode: CollectMode::All,
-        rows: 0,
-        d,
-        dtype: String::new(),
-        docs: 0,
-        skipped_empty: 0,
-        filter: TokenFilter::default(),
-        outliers_dropped: 0,
-        shards: vec![],
     }
 }
 

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use sae_lib::data::{CollectMode, StoreMeta, TokenFilter};
+use sae_lib::hooks::HookPoint;
 use sae_lib::hub::HubOptions;
 use sae_lib::model::{load_model, Model, ModelSource};
 
@@ -92,4 +94,24 @@ pub fn masked_max_abs_diff(a: &Tensor, b: &Tensor, mask: &Tensor) -> f32 {
 /// The Euclidean norm of each row of `t` `(n, d)`: `(n,)`.
 pub fn row_norms(t: &Tensor) -> Tensor {
     t.sqr().unwrap().sum(1).unwrap().sqrt().unwrap()
+}
+
+/// A store's description before any row: `d`-wide rows, every token.
+pub fn empty_meta(d: usize) -> StoreMeta {
+    StoreMeta {
+        model: "m".into(),
+        revision: None,
+        hook: HookPoint::mlp_out(0),
+        context_size: 8,
+        dataset: "d".into(),
+        mode: CollectMode::All,
+        rows: 0,
+        d,
+        dtype: String::new(),
+        docs: 0,
+        skipped_empty: 0,
+        filter: TokenFilter::default(),
+        outliers_dropped: 0,
+        shards: vec![],
+    }
 }

@@ -1,8 +1,15 @@
 //! The walkthrough's stages as notebooks use them: each reuses its saved output when the
 //! settings are unchanged and recomputes it when they change.
 
-use crate::common::*;
+use candle_core::DType;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use sae_lib::data::store::StoreWriter;
+use sae_lib::data::ActivationStore;
+use sae_lib::sae::common::normal_vec;
 use sae_lib::sae::Sae;
+
+use crate::common::*;
 use sae_lib::walkthrough::{self, DocSplit, WalkthroughConfig};
 
 fn config(out: &std::path::Path) -> WalkthroughConfig {
@@ -138,4 +145,48 @@ fn all_documents_leave_the_last_ones_held_out() {
     assert!(walkthrough::held_out_activations(&cfg, &model, &tokenizer)
         .unwrap()
         .is_none());
+}
+
+/// What the trainer found before its first step (a few rows holding most of the variance)
+/// reaches the warnings notebooks print, after training and when the SAE is reloaded; a store
+/// without such rows gives no such warning.
+#[test]
+fn warnings_name_a_few_rows_holding_most_of_the_variance() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.train.steps = 3;
+    let (n, d) = (1000, 32);
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let plain = normal_vec(n * d, &mut rng);
+    // Every 40th row 30 times as far out: 25 rows hold about 96% of the variance.
+    let spiked: Vec<f32> = plain
+        .iter()
+        .enumerate()
+        .map(|(i, v)| if (i / d) % 40 == 0 { 30.0 * v } else { *v })
+        .collect();
+    let outlier_warnings = |cfg: &WalkthroughConfig, values: &[f32]| {
+        let store_dir = cfg.out.join("store");
+        let _ = std::fs::remove_dir_all(&store_dir);
+        let mut w = StoreWriter::create(&store_dir, empty_meta(d), 1 << 16, DType::F32).unwrap();
+        for (doc, rows) in values.chunks(10 * d).enumerate() {
+            let positions: Vec<u32> = (0..10).collect();
+            w.add_document(doc as u32, &[1; 10], &positions, rows)
+                .unwrap();
+        }
+        w.finish().unwrap();
+        let store = ActivationStore::open(&store_dir).unwrap();
+        let (_, rows) = walkthrough::train_sae(cfg, &store).unwrap();
+        let named = |w: Vec<String>| {
+            w.iter()
+                .filter(|w| w.contains("of the activations' variance is in"))
+                .count()
+        };
+        let first = named(walkthrough::warnings(cfg, &rows));
+        let (_, reloaded) = walkthrough::train_sae(cfg, &store).unwrap();
+        assert_eq!(named(walkthrough::warnings(cfg, &reloaded)), first);
+        first
+    };
+    assert_eq!(outlier_warnings(&cfg, &spiked), 1);
+    cfg.train.seed = 5; // another SAE stage, trained anew
+    assert_eq!(outlier_warnings(&cfg, &plain), 0);
 }

@@ -6,7 +6,7 @@ use sae_lib::data::{CollectMode, DatasetSource};
 use sae_lib::eval::{inspect, metrics, splice_eval, SpliceMetrics};
 use sae_lib::hooks::HookPoint;
 use sae_lib::plot::Chart;
-use sae_lib::train::{BatchSource, MetricsRow, RunSummary, StoreBatches};
+use sae_lib::train::{MetricsRow, RunSummary};
 use sae_lib::walkthrough::{
     activations, held_out_activations, held_out_sequences, is_saved, load, train_sae, Stage,
     WalkthroughConfig,
@@ -147,16 +147,8 @@ pub fn run(cfg: &WalkthroughConfig) -> Result<WalkthroughReport> {
         chart.save_png(&cfg.out.join(&file))?;
         chart_files.push(file);
     }
-    // The rows the trainer's initialisation sample reads (its seed, its size), so the report
-    // names outliers exactly when `sae train` on this store would.
-    let sample = StoreBatches::new(&store, cfg.train.batch_size, cfg.train.seed)?.sample(
-        cfg.train.init_sample,
-        cfg.train.seed,
-        &cfg.device,
-    )?;
-    let mut warnings: Vec<String> = sae_lib::train::diagnose_outliers(&sample)?
-        .into_iter()
-        .collect();
+    // What the trainer found in the activations before its first step.
+    let mut warnings: Vec<String> = sae_lib::walkthrough::outliers(cfg).into_iter().collect();
     warnings.extend(sae_lib::train::diagnose(&RunSummary {
         architecture: cfg.architecture,
         d_sae: cfg.d_sae,
