@@ -95,6 +95,9 @@ pub fn save(sae: &AnySae, scale: f64, log10_sparsity: Option<&[f32]>, dir: &Path
 /// What an SAE folder says it was trained on (`cfg.json`'s `metadata`), without its weights;
 /// fields it leaves out are empty.
 pub fn metadata(dir: &Path) -> Result<SaeMetadata> {
+    if super::sparsify::is_sparsify(dir) {
+        return super::sparsify::metadata(dir);
+    }
     Ok(metadata_of(&read_cfg(dir)?.1))
 }
 
@@ -104,7 +107,9 @@ fn read_cfg(dir: &Path) -> Result<(std::path::PathBuf, Value)> {
         return Err(Error::MissingFile {
             what: "SAE config (cfg.json)",
             path: dir.into(),
-            hint: "pass a folder written by `sae train` or by SAELens' save_model".into(),
+            hint: super::sparsify::runs_within(dir).unwrap_or_else(|| {
+                "pass a folder written by `sae train`, by SAELens' save_model or by sparsify".into()
+            }),
         });
     }
     let raw = io::read_json(&cfg_path)?;
@@ -128,8 +133,11 @@ fn metadata_of(raw: &Value) -> SaeMetadata {
     }
 }
 
-/// Loads an SAE saved by [`save`] or by SAELens.
+/// Loads an SAE saved by [`save`], by SAELens or by sparsify ([`super::sparsify`]).
 pub fn load(dir: &Path, device: &Device) -> Result<AnySae> {
+    if super::sparsify::is_sparsify(dir) {
+        return super::sparsify::load(dir, device);
+    }
     let (cfg_path, raw) = read_cfg(dir)?;
     let bad = |message: String| Error::Config {
         path: cfg_path.clone(),
@@ -190,17 +198,28 @@ pub fn load(dir: &Path, device: &Device) -> Result<AnySae> {
             }
         }
     }
+    from_named(cfg, &tensors, &weights_path, arch)
+}
+
+/// The SAE `cfg` describes, built from `tensors` (read from `path`, SAELens' names and
+/// shapes): each checked against the shape `cfg` implies, and none left over.
+pub(super) fn from_named(
+    cfg: SaeConfig,
+    tensors: &HashMap<String, Tensor>,
+    path: &Path,
+    arch: &str,
+) -> Result<AnySae> {
     let mut used = Vec::new();
     let mut get = |name: &str, shape: &[usize]| -> Result<Tensor> {
         let t = tensors.get(name).ok_or_else(|| Error::Weights {
-            path: weights_path.clone(),
+            path: path.to_path_buf(),
             message: format!("missing tensor `{name}` for a `{arch}` SAE"),
         })?;
         if t.dims() != shape {
             return Err(Error::Weights {
-                path: weights_path.clone(),
+                path: path.to_path_buf(),
                 message: format!(
-                    "`{name}` has shape {:?}, cfg.json implies {shape:?}",
+                    "`{name}` has shape {:?}, its config implies {shape:?}",
                     t.dims()
                 ),
             });
@@ -213,7 +232,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<AnySae> {
         let mut unused: Vec<&String> = tensors.keys().filter(|k| !used.contains(k)).collect();
         unused.sort();
         return Err(Error::Weights {
-            path: weights_path.clone(),
+            path: path.to_path_buf(),
             message: format!("unexpected tensors for a `{arch}` SAE: {unused:?}"),
         });
     }

@@ -21,6 +21,7 @@ mod panels;
 pub mod relu;
 pub mod select;
 pub mod sparse;
+pub mod sparsify;
 pub mod step;
 pub mod topk;
 

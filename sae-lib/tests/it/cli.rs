@@ -757,6 +757,26 @@ fn eval_and_inspect_default_to_the_model_and_text_the_sae_came_from() {
     );
 }
 
+/// `sae eval --sae DIR --max-docs 5` on the CPU, plus `extra`, into `out`: its stdout and
+/// metrics.json (it must succeed).
+fn eval_five(dir: &Path, extra: &[&str], out: &Path) -> (String, serde_json::Value) {
+    let mut args = vec![
+        "eval",
+        "--sae",
+        s(dir),
+        "--max-docs",
+        "5",
+        "--device",
+        "cpu",
+    ];
+    args.extend(extra);
+    args.extend(["--out", s(out)]);
+    let o = sae(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = serde_json::from_slice(&std::fs::read(out).unwrap()).unwrap();
+    (String::from_utf8_lossy(&o.stdout).into_owned(), m)
+}
+
 /// `--drop-outliers` (10 unless given) and `--exclude-first` reach the store and the SAE's
 /// cfg.json, and `sae eval` leaves those tokens alone and says how many; a ratio that would cut
 /// into ordinary tokens is one clear error.
@@ -803,24 +823,10 @@ fn tokens_left_out_at_collection_are_left_alone_by_eval() {
     assert_eq!(cfg["metadata"]["exclude_first"], true, "{cfg}");
     assert!((cfg["metadata"]["outlier_norm"].as_f64().unwrap() - 1.2).abs() < 1e-6);
 
-    let metrics = d.join("m.json");
-    let o = sae(&[
-        "eval",
-        "--sae",
-        s(&out),
-        "--max-docs",
-        "5",
-        "--device",
-        "cpu",
-        "--out",
-        s(&metrics),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&metrics).unwrap()).unwrap();
+    let (stdout, m) = eval_five(&out, &[], &d.join("m.json"));
     // At least each document's first token, and not all of them.
     let passed = m["tokens_passed_through"].as_u64().unwrap();
     assert!(passed > 5 && passed < m["tokens"].as_u64().unwrap(), "{m}");
-    let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(
         stdout.contains(&format!(
             "{passed} tokens kept their own activation with the SAE"
@@ -845,4 +851,19 @@ fn tokens_left_out_at_collection_are_left_alone_by_eval() {
         o.status.success() && stderr.contains("leaving out each first token and "),
         "{stderr}"
     );
+}
+
+/// An SAE saved by sparsify is evaluated at the hook its folder names (`layers.1.mlp`).
+#[test]
+fn sae_eval_reads_a_sparsify_sae() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = text_fixture(dir.path());
+    let model = fixture("gpt_neox_parallel");
+    let (_, m) = eval_five(
+        &fixture("sparsify/run/layers.1.mlp"),
+        &["--model", s(&model), "--dataset", s(&text)],
+        &dir.path().join("m.json"),
+    );
+    assert_eq!(m["hook"], "blocks.1.hook_mlp_out", "{m}");
+    assert!(m["ce_loss_with_sae"].as_f64().unwrap().is_finite(), "{m}");
 }

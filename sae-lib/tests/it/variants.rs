@@ -91,6 +91,61 @@ fn saelens_saved_saes_load_and_encode_as_saelens_does() {
     }
 }
 
+/// A run saved by sparsify's own code loads as a TopK SAE that encodes and decodes as
+/// sparsify does, with its hook from the folder's name and its model, dataset and context
+/// size from the run's config.json; what it cannot be (a transcoder, a skip connection,
+/// groupmax, the run folder itself) is one clear error.
+#[test]
+fn sparsify_saved_saes_load_and_encode_as_sparsify_does() {
+    let dir = fixture("sparsify/run/layers.1.mlp");
+    let sae = format::load(&dir, &Device::Cpu).unwrap();
+    let exp =
+        candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
+    let f = sae.encode(&exp["x"]).unwrap();
+    assert!(max_abs_diff(&f, &exp["feature_acts"]) < 1e-5);
+    assert!(max_abs_diff(&sae.decode(&f).unwrap(), &exp["sae_out"]) < 1e-5);
+    let c = sae.config();
+    assert_eq!(
+        (c.architecture, c.d_in, c.d_sae, c.k),
+        (Architecture::TopK, 32, 64, Some(4))
+    );
+    let m = format::metadata(&dir).unwrap();
+    assert_eq!(m, c.metadata);
+    assert_eq!(m.hook_name, "blocks.1.hook_mlp_out");
+    assert_eq!(
+        (
+            m.model_name.as_str(),
+            m.dataset_path.as_str(),
+            m.context_size
+        ),
+        ("EleutherAI/pythia-70m-deduped", "NeelNanda/pile-10k", 64)
+    );
+
+    let err = format::load(&fixture("sparsify/run"), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("sparsify run") && err.contains("layers.1.mlp"),
+        "{err}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    for (key, value, says) in [
+        ("transcode", "true", "transcoder"),
+        ("skip_connection", "true", "skip connection"),
+        ("activation", "\"groupmax\"", "groupmax"),
+    ] {
+        let copy = tmp.path().join(key);
+        std::fs::create_dir_all(&copy).unwrap();
+        std::fs::copy(dir.join("sae.safetensors"), copy.join("sae.safetensors")).unwrap();
+        let mut cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("cfg.json")).unwrap()).unwrap();
+        cfg[key] = serde_json::from_str(value).unwrap();
+        std::fs::write(copy.join("cfg.json"), cfg.to_string()).unwrap();
+        let err = format::load(&copy, &Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains(says), "{key}: {err}");
+    }
+}
+
 #[test]
 fn every_variant_round_trips_through_the_saelens_format() {
     let syn = synthetic(64, 16, 3.0, 2000, 9);

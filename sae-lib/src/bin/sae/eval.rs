@@ -19,7 +19,7 @@ use super::{dataset, load, warn_all, DataArgs, ModelArgs};
 /// An SAE and the model and text to read it against (by default those its cfg.json names).
 #[derive(Args)]
 pub struct SaeSources {
-    /// SAE folder (SAELens format).
+    /// SAE folder: written by `sae train`, SAELens or sparsify (one hookpoint's folder).
     #[arg(long)]
     sae: PathBuf,
     #[command(flatten)]

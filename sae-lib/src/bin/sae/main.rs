@@ -57,7 +57,7 @@ enum Command {
 
 #[derive(Args)]
 struct ScoreArgs {
-    /// SAE folder (SAELens format).
+    /// SAE folder: written by `sae train`, SAELens or sparsify (one hookpoint's folder).
     #[arg(long)]
     sae: PathBuf,
     /// Activation store to score it on.
