@@ -49,6 +49,13 @@ impl SaeSources {
                 own.join(" and ")
             );
         }
+        if self.model.model.is_none() && meta.model_name.is_empty() {
+            eprintln!(
+                "note: the SAE's folder does not name its model (a sparsify SAE away from its \
+                 run's config.json); trying {} (--model chooses the one it was trained on)",
+                self.model.model()
+            );
+        }
     }
 }
 
