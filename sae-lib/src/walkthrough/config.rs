@@ -94,6 +94,8 @@ impl WalkthroughConfig {
     /// | `SAE_HOOK` | hook point | `blocks.5.hook_mlp_out` |
     /// | `SAE_MODE` | `middle` (the tutorial's) or `all` tokens | `middle` |
     /// | `SAE_MAX_LEN` | tokens kept per document | 128 |
+    /// | `SAE_EXCLUDE_FIRST` | `1` leaves out each document's first token (`all`) | `0` |
+    /// | `SAE_DROP_OUTLIERS` | leave out tokens over this many times their batch's median norm | off |
     /// | `SAE_MAX_DOCS` | training documents | all but the held-out ones |
     /// | `SAE_EVAL_DOCS` | held-out documents for the evaluation | 100 (at most a tenth of "all") |
     /// | `SAE_ARCH` | relu, topk, batchtopk, jumprelu, gated, matryoshka | relu |
@@ -141,6 +143,16 @@ impl WalkthroughConfig {
         }
         if let Some(v) = var("SAE_MAX_LEN") {
             cfg.collect.max_len = parse("SAE_MAX_LEN", v)?;
+        }
+        if let Some(v) = var("SAE_EXCLUDE_FIRST") {
+            cfg.collect.filter.exclude_first = match v.trim() {
+                "1" | "true" => true,
+                "0" | "false" => false,
+                _ => return Err(Error::Input(format!("SAE_EXCLUDE_FIRST={v}: use 1 or 0"))),
+            };
+        }
+        if let Some(v) = var("SAE_DROP_OUTLIERS") {
+            cfg.collect.filter.outlier_norm = Some(parse("SAE_DROP_OUTLIERS", v)?);
         }
         if let Some(v) = var("SAE_MAX_DOCS") {
             cfg.collect.max_docs = Some(parse("SAE_MAX_DOCS", v)?);
@@ -364,8 +376,17 @@ mod tests {
             ("SAE_LR", "1e-3"),
             ("SAE_DEVICE", "cpu"),
             ("SAE_OUT", "/tmp/x"),
+            ("SAE_EXCLUDE_FIRST", "1"),
+            ("SAE_DROP_OUTLIERS", "10"),
         ])
         .unwrap();
+        assert_eq!(
+            cfg.collect.filter,
+            crate::data::TokenFilter {
+                exclude_first: true,
+                outlier_norm: Some(10.0)
+            }
+        );
         assert_eq!(cfg.model, "./m");
         assert_eq!(cfg.collect.hook, HookPoint::mlp_out(1));
         assert_eq!(
@@ -380,5 +401,9 @@ mod tests {
         assert!(err.contains("SAE_STEPS=many"), "{err}");
         let err = from(&[("SAE_MODE", "some")]).unwrap_err().to_string();
         assert!(err.contains("SAE_MODE"), "{err}");
+        let err = from(&[("SAE_EXCLUDE_FIRST", "yes")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SAE_EXCLUDE_FIRST=yes"), "{err}");
     }
 }
