@@ -32,24 +32,16 @@ pub struct WalkthroughReport {
     pub fvu: f64,
     pub l0: f64,
     pub dead_fraction: f64,
-    /// On the held-out documents' activations; `None` when the dataset has too few documents
-    /// left after the training ones.
-    pub held_out: Option<HeldOutScore>,
+    /// On the activations of the held-out documents (collected as the training ones, never
+    /// trained on); `None` when the dataset has too few documents left after the training
+    /// ones.
+    pub held_out: Option<sae_lib::eval::Score>,
     /// Whether the splice evaluation ran on held-out documents; when `false` none remained
     /// and it ran on training documents.
     pub splice_held_out: bool,
     pub splice: SpliceMetrics,
     pub inspected_features: Vec<usize>,
     pub charts: Vec<String>,
-}
-
-/// The SAE on activations of documents it never trained on, collected as the training ones.
-#[derive(Debug, Clone, Serialize)]
-pub struct HeldOutScore {
-    pub rows: usize,
-    pub fvu: f64,
-    pub explained_variance: f64,
-    pub l0: f64,
 }
 
 /// Runs the whole tutorial and writes the report into `cfg.out`.
@@ -91,13 +83,7 @@ pub fn run(cfg: &WalkthroughConfig) -> Result<WalkthroughReport> {
     let splice = splice_eval(&model, &sae, cfg.collect.hook, &held_out.sequences, 8)?;
     let held_out_score = match held_out_activations(cfg, &model, &tokenizer)? {
         Some(rows) if rows.len() >= 2 => {
-            let s = sae_lib::eval::score(&rows, &sae, &cfg.device, &mut |_| {})?;
-            Some(HeldOutScore {
-                rows: s.rows,
-                fvu: s.fvu,
-                explained_variance: s.explained_variance,
-                l0: s.l0,
-            })
+            Some(sae_lib::eval::score(&rows, &sae, &cfg.device, &mut |_| {})?)
         }
         _ => None,
     };
