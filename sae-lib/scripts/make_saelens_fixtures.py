@@ -26,6 +26,13 @@ Output (all under sae-lib/tests/fixtures/saelens/):
                  threshold = topk_threshold, W_dec rows folded to unit norm; plus
                  sparsity.safetensors written exactly as the training runner does
                  ({"sparsity": log10(feature_freq + 1e-10)}).
+  legacy_standard/  a StandardSAE's weights under a cfg.json as SAELens 3.x wrote it (flat,
+                 `hook_point`, no `architecture`, `apply_b_dec_to_input` or `prepend_bos`),
+                 as most SAEs published on the Hub before SAELens 6 still are
+  legacy_topk/   a TopKSAE's weights under a SAELens 5.x cfg.json (flat, architecture
+                 "standard" with `activation_fn_str` "topk" and `activation_fn_kwargs.k`)
+                 The reference outputs of both come from SAELens 6 loading the old cfg.json
+                 (`SAE.load_from_disk`, which upgrades it).
 Each folder: cfg.json, sae_weights.safetensors, expected.safetensors
   expected.safetensors: x [5,8] f32 input, feature_acts [5,16] = sae.encode(x),
                         sae_out [5,8] = sae.decode(feature_acts) (== sae(x); asserted).
@@ -204,9 +211,67 @@ def main():
     x = torch.randn(N, D_IN)
     write_expected(folder, x)
 
+    # Pre-6.0 cfg.json files, written here by hand as the old versions wrote them (their
+    # keys are the old SAEConfig's fields) around weights SAELens 6 saved.
+    legacy_meta = {
+        "model_name": "pythia-70m-deduped",
+        "context_size": 128,
+        "dataset_path": "NeelNanda/pile-10k",
+        "d_in": D_IN,
+        "d_sae": D_SAE,
+        "dtype": "torch.float32",
+        "device": "cpu",
+    }
+    legacy = [
+        (
+            "legacy_standard",
+            make_standard,
+            {
+                **legacy_meta,
+                "hook_point": "blocks.1.hook_mlp_out",
+                "hook_point_layer": 1,
+                "hook_point_head_index": None,
+                "is_dataset_tokenized": False,
+                "expansion_factor": D_SAE // D_IN,
+                "l1_coefficient": 8e-05,
+                "lr": 0.0004,
+                "seed": 42,
+            },
+        ),
+        (
+            "legacy_topk",
+            lambda: make_topk(False),
+            {
+                **legacy_meta,
+                "architecture": "standard",
+                "activation_fn_str": "topk",
+                "activation_fn_kwargs": {"k": K},
+                "apply_b_dec_to_input": True,
+                "finetuning_scaling_factor": False,
+                "hook_name": "blocks.1.hook_mlp_out",
+                "hook_layer": 1,
+                "hook_head_index": None,
+                "prepend_bos": True,
+                "dataset_trust_remote_code": True,
+                "normalize_activations": "none",
+                "sae_lens_training_version": "5.5.0",
+                "neuronpedia_id": None,
+                "model_from_pretrained_kwargs": {},
+                "seqpos_slice": [None],
+            },
+        ),
+    ]
+    for name, build, cfg in legacy:
+        sae = build()
+        folder = OUT / name
+        sae.save_model(str(folder))
+        (folder / "cfg.json").write_text(json.dumps(cfg, indent=2))
+        x = torch.randn(N, D_IN)
+        write_expected(folder, x)
+
     for folder in sorted(OUT.iterdir()):
         cfg = json.loads((folder / "cfg.json").read_text())
-        print(folder.name, "architecture =", cfg["architecture"], "files =", sorted(os.listdir(folder)))
+        print(folder.name, "architecture =", cfg.get("architecture"), "files =", sorted(os.listdir(folder)))
     print("sae_lens", sae_lens.__version__, "torch", torch.__version__, file=sys.stderr)
 
 

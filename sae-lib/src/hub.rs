@@ -51,6 +51,8 @@ pub enum RepoKind {
     Model,
     /// A dataset repository (`datasets--…` in the cache).
     Dataset,
+    /// A model repository that holds SAEs, one folder each (`models--…` in the cache).
+    Sae,
 }
 
 /// A Hub repository at a revision (branch, tag or commit sha).
@@ -79,16 +81,18 @@ impl HubRepo {
         match self.kind {
             RepoKind::Model => "model",
             RepoKind::Dataset => "dataset",
+            RepoKind::Sae => "SAE repository",
         }
     }
 
     /// This repository's folder in the cache.
     pub fn cache_folder(&self, opts: &HubOptions) -> PathBuf {
-        opts.cache_dir.join(format!(
-            "{}s--{}",
-            self.kind_name(),
-            self.id.replace('/', "--")
-        ))
+        let kind = match self.kind {
+            RepoKind::Model | RepoKind::Sae => "models",
+            RepoKind::Dataset => "datasets",
+        };
+        opts.cache_dir
+            .join(format!("{kind}--{}", self.id.replace('/', "--")))
     }
 
     /// The snapshot folder of this revision in the cache, if the revision was ever fetched.
@@ -137,6 +141,11 @@ impl HubRepo {
             files.sort();
             return Ok(files);
         }
+        self.list_files_online(opts)
+    }
+
+    /// The repository's file names as the Hub lists them now (an error when offline).
+    pub fn list_files_online(&self, opts: &HubOptions) -> Result<Vec<String>> {
         if opts.offline {
             return Err(self.unavailable("the file list", opts, "HF_HUB_OFFLINE is set"));
         }
@@ -150,7 +159,7 @@ impl HubRepo {
 
     fn hf_repo(&self) -> Repo {
         let kind = match self.kind {
-            RepoKind::Model => RepoType::Model,
+            RepoKind::Model | RepoKind::Sae => RepoType::Model,
             RepoKind::Dataset => RepoType::Dataset,
         };
         Repo::with_revision(self.id.clone(), kind, self.revision.clone())
@@ -171,6 +180,7 @@ impl HubRepo {
         let local = match self.kind {
             RepoKind::Model => "a local model directory (holding config.json, model.safetensors and tokenizer.json) with --model /path/to/dir",
             RepoKind::Dataset => "local text with --dataset /path/to/file.txt|.jsonl|.parquet or a directory of them",
+            RepoKind::Sae => "the SAE's folder on disk with --sae /path/to/folder",
         };
         Error::Hub(format!(
             "cannot get {what} of {} `{}` (revision {}): {why}; no cached copy in {}. \

@@ -17,6 +17,19 @@ use crate::hub::{HubOptions, HubRepo, RepoKind};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
+/// The Hub id of a model that SAELens' cfg.json names as TransformerLens does, without its
+/// organisation (`pythia-70m-deduped` is `EleutherAI/pythia-70m-deduped`); a name that is
+/// already an id or a path is itself. `None` for names of families sae-lib does not load.
+pub fn hub_id_of(name: &str) -> Option<String> {
+    if name.contains('/') || Path::new(name).exists() {
+        Some(name.to_string())
+    } else if name.starts_with("pythia-") {
+        Some(format!("EleutherAI/{name}"))
+    } else {
+        None
+    }
+}
+
 /// Where a model comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {

@@ -21,7 +21,7 @@ use crate::sae::kernels::{simd, written_by};
 pub use batch::{Padding, TokenBatch};
 pub use gpt_neox::GptNeoX;
 pub use llama::Llama;
-pub use load::{load_model, load_tokenizer, ModelSource};
+pub use load::{hub_id_of, load_model, load_tokenizer, ModelSource};
 
 use crate::hooks::Hooks;
 use crate::Result;

@@ -112,8 +112,67 @@ fn read_cfg(dir: &Path) -> Result<(std::path::PathBuf, Value)> {
             }),
         });
     }
-    let raw = io::read_json(&cfg_path)?;
+    let raw = upgraded(io::read_json(&cfg_path)?);
     Ok((cfg_path, raw))
+}
+
+/// A cfg.json in SAELens 6's layout. Versions before 6 (most SAEs published on the Hub)
+/// wrote it flat: the model, hook and dataset beside the sizes, the hook as `hook_point` in
+/// 3.x, TopK as `activation_fn_str: "topk"` with `activation_fn_kwargs.k`, and no
+/// `apply_b_dec_to_input` or `prepend_bos` before they existed. SAELens 6 upgrades such a
+/// file on load by these rules, defaults included; a file that names no version is one.
+fn upgraded(mut raw: Value) -> Value {
+    let version = raw["sae_lens_version"]
+        .as_str()
+        .or(raw["metadata"]["sae_lens_version"].as_str());
+    let major = version.and_then(|v| v.split('.').next()?.parse::<u32>().ok());
+    if major.is_some_and(|m| m >= 6) {
+        return raw;
+    }
+    let Value::Object(map) = &mut raw else {
+        return raw;
+    };
+    for (old, new) in [
+        ("hook_point", "hook_name"),
+        ("hook_point_head_index", "hook_head_index"),
+        ("activation_fn_str", "activation_fn"),
+    ] {
+        if let Some(v) = map.remove(old) {
+            map.insert(new.into(), v);
+        }
+    }
+    for (key, default) in [
+        ("prepend_bos", json!(true)),
+        ("apply_b_dec_to_input", json!(true)),
+        ("architecture", json!("standard")),
+    ] {
+        map.entry(key).or_insert(default);
+    }
+    let k = map.get("activation_fn_kwargs").map(|kw| kw["k"].clone());
+    if map.get("activation_fn") == Some(&json!("topk")) && k.as_ref().is_some_and(|k| !k.is_null())
+    {
+        map.insert("architecture".into(), json!("topk"));
+        map.insert("k".into(), k.unwrap_or_default());
+    }
+    let normalize = match map.get("normalize_activations") {
+        Some(Value::Bool(true)) => json!("expected_average_only_in"),
+        Some(Value::String(s)) => json!(s),
+        _ => json!("none"),
+    };
+    map.insert("normalize_activations".into(), normalize);
+    let metadata: serde_json::Map<String, Value> = [
+        "model_name",
+        "hook_name",
+        "hook_head_index",
+        "context_size",
+        "prepend_bos",
+        "dataset_path",
+    ]
+    .iter()
+    .filter_map(|k| Some((k.to_string(), map.get(*k)?.clone())))
+    .collect();
+    map.insert("metadata".into(), Value::Object(metadata));
+    raw
 }
 
 fn metadata_of(raw: &Value) -> SaeMetadata {

@@ -20,6 +20,7 @@ pub mod nested;
 mod panels;
 pub mod relu;
 pub mod select;
+pub mod source;
 pub mod sparse;
 pub mod sparsify;
 pub mod step;
@@ -29,6 +30,7 @@ use candle_core::{Tensor, Var};
 
 pub use common::SaeParams;
 use serde::{Deserialize, Serialize};
+pub use source::locate;
 
 pub use batch_topk::BatchTopKSae;
 pub use gated::GatedSae;

@@ -853,6 +853,64 @@ fn tokens_left_out_at_collection_are_left_alone_by_eval() {
     );
 }
 
+/// `sae eval --sae org/name/folder` with nothing but a Hub cache: the SAE from its
+/// repository's folder, its cfg.json from before SAELens 6 naming its model as TransformerLens
+/// does (`pythia-70m-deduped`), and that model then read from EleutherAI's repository.
+#[test]
+fn sae_eval_reads_a_hub_sae_and_finds_its_model() {
+    use candle_core::{DType, Device, Tensor};
+    let dir = tempfile::tempdir().unwrap();
+    let text = text_fixture(dir.path());
+    let folder = dir.path().join("1-mlp-sm");
+    std::fs::create_dir_all(&folder).unwrap();
+    let (d_in, d_sae, dev) = (32, 64, &Device::Cpu);
+    let weights = std::collections::HashMap::from([
+        (
+            "W_enc",
+            Tensor::randn(0f32, 0.2, (d_in, d_sae), dev).unwrap(),
+        ),
+        ("b_enc", Tensor::zeros(d_sae, DType::F32, dev).unwrap()),
+        (
+            "W_dec",
+            Tensor::randn(0f32, 0.2, (d_sae, d_in), dev).unwrap(),
+        ),
+        ("b_dec", Tensor::zeros(d_in, DType::F32, dev).unwrap()),
+    ]);
+    candle_core::safetensors::save(&weights, folder.join("sae_weights.safetensors")).unwrap();
+    let cfg = serde_json::json!({
+        "model_name": "pythia-70m-deduped", "hook_point": "blocks.1.hook_mlp_out",
+        "hook_point_layer": 1, "d_in": d_in, "d_sae": d_sae, "context_size": 16,
+        "dataset_path": s(&text),
+    });
+    std::fs::write(folder.join("cfg.json"), cfg.to_string()).unwrap();
+    let home = dir.path().join("hf");
+    cache_repo(&home.join("hub"), "org/saes", &[("1-mlp-sm", folder)], &[]);
+    let model = fixture("gpt_neox_parallel");
+    cache_repo(
+        &home.join("hub"),
+        "EleutherAI/pythia-70m-deduped",
+        &[("", model)],
+        &[],
+    );
+    let out = dir.path().join("m.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_sae"))
+        .args(["eval", "--sae", "org/saes/1-mlp-sm", "--max-docs", "5"])
+        .args(["--device", "cpu", "--out", s(&out)])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", &home)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("model EleutherAI/pythia-70m-deduped and dataset"),
+        "{stderr}"
+    );
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(out).unwrap()).unwrap();
+    assert_eq!(m["hook"], "blocks.1.hook_mlp_out", "{m}");
+    assert!(m["ce_loss_with_sae"].as_f64().unwrap().is_finite(), "{m}");
+}
+
 /// An SAE saved by sparsify is evaluated at the hook its folder names (`layers.1.mlp`).
 #[test]
 fn sae_eval_reads_a_sparsify_sae() {

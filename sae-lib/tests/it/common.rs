@@ -115,3 +115,28 @@ pub fn empty_meta(d: usize) -> StoreMeta {
         shards: vec![],
     }
 }
+
+/// Puts into the Hub cache `cache` (what `$HF_HOME/hub` holds) a snapshot of the model
+/// repository `id` at `main`, laid out as the Hub client lays it out, holding the files of
+/// each `(folder in the repository, folder on disk)` and each `(file in the repository, file
+/// on disk)`.
+pub fn cache_repo(cache: &Path, id: &str, folders: &[(&str, PathBuf)], files: &[(&str, PathBuf)]) {
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    let repo = cache.join(format!("models--{}", id.replace('/', "--")));
+    let snapshot = repo.join("snapshots").join(sha);
+    let mut all: Vec<(PathBuf, PathBuf)> = files
+        .iter()
+        .map(|(to, from)| (snapshot.join(to), from.clone()))
+        .collect();
+    for (to, from) in folders {
+        for entry in std::fs::read_dir(from).unwrap().flatten() {
+            all.push((snapshot.join(to).join(entry.file_name()), entry.path()));
+        }
+    }
+    for (to, from) in all {
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&from, &to).unwrap();
+    }
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), sha).unwrap();
+}

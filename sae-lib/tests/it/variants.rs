@@ -74,6 +74,8 @@ fn saelens_saved_saes_load_and_encode_as_saelens_does() {
         "jumprelu",
         "gated",
         "batchtopk",
+        "legacy_standard",
+        "legacy_topk",
     ] {
         let dir = fixture(&format!("saelens/{arch}"));
         let sae = format::load(&dir, &Device::Cpu).unwrap_or_else(|e| panic!("{arch}: {e}"));
@@ -88,6 +90,106 @@ fn saelens_saved_saes_load_and_encode_as_saelens_does() {
             max_abs_diff(&sae.decode(&f).unwrap(), &exp["sae_out"]) < 1e-5,
             "{arch}: sae_out differs"
         );
+    }
+}
+
+/// A cfg.json written before SAELens 6 (flat, `hook_point`, TopK as an activation function)
+/// is read as SAELens 6 reads it: the architecture, `k`, the hook and the defaults it did not
+/// yet write; one asking for activation normalisation is refused.
+#[test]
+fn saelens_configs_from_before_version_6_are_upgraded_as_saelens_does() {
+    let standard = format::load(&fixture("saelens/legacy_standard"), &Device::Cpu).unwrap();
+    let topk = format::load(&fixture("saelens/legacy_topk"), &Device::Cpu).unwrap();
+    assert_eq!(standard.config().architecture, Architecture::Relu);
+    assert_eq!(
+        (topk.config().architecture, topk.config().k),
+        (Architecture::TopK, Some(4))
+    );
+    for sae in [&standard, &topk] {
+        let m = &sae.config().metadata;
+        assert_eq!(
+            (m.hook_name.as_str(), m.model_name.as_str(), m.context_size),
+            ("blocks.1.hook_mlp_out", "pythia-70m-deduped", 128)
+        );
+        assert!(m.prepend_bos, "SAELens' default before it was written");
+        assert_eq!(m.dataset_path, "NeelNanda/pile-10k");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fixture("saelens/legacy_standard");
+    std::fs::copy(
+        dir.join("sae_weights.safetensors"),
+        tmp.path().join("sae_weights.safetensors"),
+    )
+    .unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("cfg.json")).unwrap()).unwrap();
+    cfg["normalize_activations"] = true.into();
+    std::fs::write(tmp.path().join("cfg.json"), cfg.to_string()).unwrap();
+    let err = format::load(tmp.path(), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expected_average_only_in"), "{err}");
+}
+
+/// `--sae org/name/folder` reads the SAE in that folder of a Hub repository (here from the
+/// cache, offline), in SAELens' layout or sparsify's, as it reads the same folder on disk;
+/// a repository folder that holds no SAE is an error that lists the ones it holds.
+#[test]
+fn saes_load_from_a_hub_repository_folder() {
+    let cache = tempfile::tempdir().unwrap();
+    cache_repo(
+        cache.path(),
+        "org/saes",
+        &[
+            ("5-mlp-sm", fixture("saelens/legacy_standard")),
+            ("run/layers.1.mlp", fixture("sparsify/run/layers.1.mlp")),
+        ],
+        &[("run/config.json", fixture("sparsify/run/config.json"))],
+    );
+    let hub = sae_lib::hub::HubOptions {
+        cache_dir: cache.path().to_path_buf(),
+        endpoint: Some("http://127.0.0.1:9".into()),
+        offline: true,
+    };
+    for (spec, local) in [
+        ("org/saes/5-mlp-sm", "saelens/legacy_standard"),
+        (
+            "org/saes@main/run/layers.1.mlp",
+            "sparsify/run/layers.1.mlp",
+        ),
+    ] {
+        let dir = sae_lib::sae::locate(spec, &hub).unwrap();
+        assert!(dir.starts_with(cache.path()), "{spec}: {}", dir.display());
+        let (got, want) = (
+            format::load(&dir, &Device::Cpu).unwrap(),
+            format::load(&fixture(local), &Device::Cpu).unwrap(),
+        );
+        assert_eq!(got.config(), want.config(), "{spec}");
+        assert_eq!(
+            format::metadata(&dir).unwrap(),
+            format::metadata(&fixture(local)).unwrap(),
+            "{spec}"
+        );
+        let x = Tensor::randn(0f32, 1., (3, want.config().d_in), &Device::Cpu).unwrap();
+        assert_eq!(
+            max_abs_diff(&got.encode(&x).unwrap(), &want.encode(&x).unwrap()),
+            0.0
+        );
+    }
+    // A local folder is itself, whatever the cache holds.
+    let local = fixture("saelens/topk");
+    assert_eq!(
+        sae_lib::sae::locate(local.to_str().unwrap(), &hub).unwrap(),
+        local
+    );
+    for (spec, says) in [
+        ("org/saes", "org/saes/5-mlp-sm, org/saes/run/layers.1.mlp"),
+        ("org/saes/run", "holds no SAE in `run`"),
+        ("org/other/5-mlp-sm", "HF_HUB_OFFLINE"),
+        ("no-such-folder", "org/name/folder"),
+    ] {
+        let err = sae_lib::sae::locate(spec, &hub).unwrap_err().to_string();
+        assert!(err.contains(says), "{spec}: {err}");
     }
 }
 

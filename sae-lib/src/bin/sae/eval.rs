@@ -10,16 +10,17 @@ use sae_lib::collect::{collect_to_store, CollectConfig, Provenance};
 use sae_lib::data::{ActivationStore, CollectMode, DatasetSource};
 use sae_lib::hooks::HookPoint;
 use sae_lib::hub::HubOptions;
-use sae_lib::model::{load_model, load_tokenizer, Model, ModelSource};
+use sae_lib::model::{hub_id_of, load_model, load_tokenizer, Model, ModelSource};
 use sae_lib::sae::{Sae, SaeMetadata};
 use sae_lib::tokenizer::Tokenizer;
 
-use super::{dataset, load, warn_all, DataArgs, ModelArgs};
+use super::{dataset, load, sae_folder, warn_all, DataArgs, ModelArgs};
 
 /// An SAE and the model and text to read it against (by default those its cfg.json names).
 #[derive(Args)]
 pub struct SaeSources {
-    /// SAE folder: written by `sae train`, SAELens or sparsify (one hookpoint's folder).
+    /// SAE folder: written by `sae train`, SAELens or sparsify (one hookpoint's folder), on
+    /// disk or in a Hugging Face Hub repository as `org/name[@revision]/folder`.
     #[arg(long)]
     sae: PathBuf,
     #[command(flatten)]
@@ -30,14 +31,14 @@ pub struct SaeSources {
 
 impl SaeSources {
     /// Where the flags leave them out, takes the model and dataset the SAE's cfg.json names,
-    /// when sae-lib can load them (SAELens' TransformerLens names, such as
-    /// `pythia-70m-deduped`, are not Hub ids), and says so.
+    /// when sae-lib can load them (of SAELens' TransformerLens names, Pythia's, such as
+    /// `pythia-70m-deduped`, are read as EleutherAI's), and says so.
     fn default_to_own(&mut self, meta: &SaeMetadata) {
         let loadable = |name: &str| name.contains('/') || Path::new(name).exists();
         let mut own = Vec::new();
-        if self.model.model.is_none() && loadable(&meta.model_name) {
-            own.push(format!("model {}", meta.model_name));
-            self.model.model = Some(meta.model_name.clone());
+        if let (None, Some(id)) = (&self.model.model, hub_id_of(&meta.model_name)) {
+            own.push(format!("model {id}"));
+            self.model.model = Some(id);
         }
         if self.data.dataset.is_none() && loadable(&meta.dataset_path) {
             own.push(format!("dataset {}", meta.dataset_path));
@@ -128,6 +129,7 @@ fn hook_of(flag: Option<&str>, meta: &SaeMetadata) -> Result<HookPoint> {
 }
 
 pub fn eval(mut args: EvalArgs) -> Result<()> {
+    args.src.sae = sae_folder(&args.src.sae)?;
     let meta = sae_lib::sae::format::metadata(&args.src.sae)?;
     args.src.default_to_own(&meta);
     let max_len = context(args.max_len, &meta);
@@ -285,6 +287,7 @@ fn collected(args: &mut InspectArgs, meta: &SaeMetadata) -> Result<Inspected> {
 
 pub fn inspect(mut args: InspectArgs) -> Result<()> {
     use sae_lib::eval::inspect::{contexts_html, feature_activations, logit_lens, top_contexts};
+    args.src.sae = sae_folder(&args.src.sae)?;
     let sae = sae_lib::sae::format::load(&args.src.sae, &Device::Cpu)?;
     // Before a collection that may take minutes.
     sae_lib::eval::score::check_features(&sae, &[args.feature])?;

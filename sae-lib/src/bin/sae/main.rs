@@ -57,7 +57,8 @@ enum Command {
 
 #[derive(Args)]
 struct ScoreArgs {
-    /// SAE folder: written by `sae train`, SAELens or sparsify (one hookpoint's folder).
+    /// SAE folder: written by `sae train`, SAELens or sparsify (one hookpoint's folder), on
+    /// disk or in a Hugging Face Hub repository as `org/name[@revision]/folder`.
     #[arg(long)]
     sae: PathBuf,
     /// Activation store to score it on.
@@ -485,6 +486,14 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// The folder `--sae` names, fetched from the Hub when it names a repository's folder.
+fn sae_folder(spec: &Path) -> Result<PathBuf> {
+    Ok(sae_lib::sae::locate(
+        &spec.to_string_lossy(),
+        &HubOptions::from_env(),
+    )?)
+}
+
 fn load(args: &ModelArgs) -> Result<(sae_lib::model::Model, Tokenizer, ModelSource)> {
     let device = sae_lib::device::parse_device(&args.device)?;
     let hub = HubOptions::from_env();
@@ -696,7 +705,7 @@ const REPEAT_NOTE_PASSES: f64 = 10.0;
 fn score(args: ScoreArgs) -> Result<()> {
     let device = sae_lib::device::parse_device(&args.device)?;
     let store = ActivationStore::open(&args.acts)?;
-    let sae = sae_lib::sae::format::load(&args.sae, &device)?;
+    let sae = sae_lib::sae::format::load(&sae_folder(&args.sae)?, &device)?;
     let progress = sae_lib::progress::Progress::new("score", Some(store.len() as u64), "rows");
     let scored = sae_lib::eval::score(&store, &sae, &device, &mut |n| progress.inc(n as u64))?;
     progress.finish();

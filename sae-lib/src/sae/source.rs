@@ -1,0 +1,115 @@
+//! Where an SAE comes from: a folder on disk, or a folder of a Hugging Face Hub repository,
+//! `org/name[@revision]/folder`. SAELens' published SAEs are such folders
+//! (`ctigges/pythia-70m-deduped__mlp-sm_processed/5-mlp-sm` is its `pythia-70m-deduped-mlp-sm`
+//! release's `blocks.5.hook_mlp_out`), and so are sparsify's
+//! (`EleutherAI/sae-pythia-70m-deduped-32k/layers.5`). A Hub folder's files are fetched into
+//! the Hub cache, or found there (`HF_HUB_OFFLINE=1` included), and read from it as from disk.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use crate::hub::{HubOptions, HubRepo, RepoKind};
+use crate::{Error, Result};
+
+/// The weights file that marks an SAE folder, by format: SAELens' (and ours), then sparsify's.
+const WEIGHTS: [&str; 2] = ["sae_weights.safetensors", "sae.safetensors"];
+
+/// The folder the SAE `spec` names: `spec` itself when it exists on disk, else the Hub
+/// repository folder it names, its files fetched into the cache. Only the files the SAE is
+/// read from are fetched: its weights, `cfg.json`, SAELens' `sparsity.safetensors` and
+/// sparsify's run `config.json` one level up, where the repository has them.
+pub fn locate(spec: &str, hub: &HubOptions) -> Result<PathBuf> {
+    let path = Path::new(spec);
+    if path.exists() {
+        return Ok(path.to_path_buf());
+    }
+    let not_found = |hint: String| Error::MissingFile {
+        what: "SAE folder",
+        path: path.into(),
+        hint,
+    };
+    let parts: Vec<&str> = spec.split('/').collect();
+    if spec.starts_with(['/', '.', '~']) || parts.len() < 2 || parts.iter().any(|p| p.is_empty()) {
+        return Err(not_found(
+            "pass a folder written by `sae train`, by SAELens or by sparsify, or a Hugging Face \
+             Hub repository's SAE folder as org/name/folder"
+                .into(),
+        ));
+    }
+    let repo = HubRepo::parse(&parts[..2].join("/"), RepoKind::Sae);
+    let folder = parts[2..].join("/");
+    let within = |name: &str| {
+        if folder.is_empty() {
+            name.to_string()
+        } else {
+            format!("{folder}/{name}")
+        }
+    };
+    let weights_in = |files: &[String]| WEIGHTS.into_iter().find(|w| files.contains(&within(w)));
+    let mut files = repo.list_files(hub)?;
+    if weights_in(&files).is_none() && !hub.offline {
+        // A cached snapshot lists only the files fetched so far.
+        files = repo.list_files_online(hub)?;
+    }
+    let Some(weights) = weights_in(&files) else {
+        return Err(not_found(folders_hint(&repo, &folder, &files)));
+    };
+    let mut wanted = vec![within(weights), within("cfg.json")];
+    if weights == WEIGHTS[0] {
+        wanted.push(within("sparsity.safetensors"));
+    } else if let Some((parent, _)) = folder.rsplit_once('/') {
+        wanted.push(format!("{parent}/config.json"));
+    } else if !folder.is_empty() {
+        wanted.push("config.json".into());
+    }
+    let mut dir = None;
+    for file in wanted.iter().filter(|f| files.contains(f)) {
+        let got = repo.fetch(file, hub)?;
+        if dir.is_none() {
+            dir = got.parent().map(Path::to_path_buf);
+        }
+    }
+    dir.ok_or_else(|| Error::Hub(format!("`{spec}`: the Hub cache gave no folder")))
+}
+
+/// What to pass instead of `folder`: the SAE folders `files` hold.
+fn folders_hint(repo: &HubRepo, folder: &str, files: &[String]) -> String {
+    let folders: BTreeSet<&str> = files
+        .iter()
+        .filter_map(|f| {
+            let (dir, name) = f.rsplit_once('/').unwrap_or(("", f));
+            WEIGHTS.contains(&name).then_some(dir)
+        })
+        .collect();
+    let at = if folder.is_empty() {
+        "at its top level".to_string()
+    } else {
+        format!("in `{folder}`")
+    };
+    if folders.is_empty() {
+        return format!(
+            "the Hub repository {} holds no SAE {at}, nor anywhere else (no sae_weights.safetensors \
+             or sae.safetensors)",
+            repo.id
+        );
+    }
+    let shown: Vec<String> = folders
+        .iter()
+        .take(12)
+        .map(|f| match *f {
+            "" => repo.id.clone(),
+            f => format!("{}/{f}", repo.id),
+        })
+        .collect();
+    let more = folders.len().saturating_sub(shown.len());
+    format!(
+        "the Hub repository {} holds no SAE {at}; its SAE folders are {}{}",
+        repo.id,
+        shown.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
+    )
+}
