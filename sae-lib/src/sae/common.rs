@@ -45,6 +45,18 @@ pub fn row_norms(w: &Tensor) -> Result<Tensor> {
     Ok(w.sqr()?.sum(D::Minus1)?.sqrt()?)
 }
 
+/// `(W_enc, b_enc, W_dec)` of the same ReLU-family SAE with unit-norm decoder rows: each
+/// feature's decoder norm moved into its encoder column and bias, so the reconstruction is
+/// unchanged and a feature's activation is its contribution's length.
+pub fn unit_decoder(w_enc: &Tensor, b_enc: &Tensor, w_dec: &Tensor) -> Result<[Tensor; 3]> {
+    let norms = row_norms(w_dec)?;
+    Ok([
+        w_enc.broadcast_mul(&norms.unsqueeze(0)?)?,
+        (b_enc * &norms)?,
+        w_dec.broadcast_div(&norms.unsqueeze(1)?)?,
+    ])
+}
+
 /// The geometric median of the rows of `x` `(n, d)` by Weiszfeld's algorithm: the point
 /// minimising the summed Euclidean distance, robust to the outliers that pull the mean.
 pub fn geometric_median(x: &Tensor, iterations: usize) -> Result<Tensor> {

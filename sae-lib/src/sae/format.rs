@@ -98,6 +98,9 @@ pub fn metadata(dir: &Path) -> Result<SaeMetadata> {
     if super::sparsify::is_sparsify(dir) {
         return super::sparsify::metadata(dir);
     }
+    if super::dictionary_learning::is_dictionary_learning(dir) {
+        return super::dictionary_learning::metadata(dir);
+    }
     Ok(metadata_of(&read_cfg(dir)?.1))
 }
 
@@ -108,7 +111,9 @@ fn read_cfg(dir: &Path) -> Result<(std::path::PathBuf, Value)> {
             what: "SAE config (cfg.json)",
             path: dir.into(),
             hint: super::sparsify::runs_within(dir).unwrap_or_else(|| {
-                "pass a folder written by `sae train`, by SAELens' save_model or by sparsify".into()
+                "pass a folder written by `sae train`, by SAELens' save_model, by sparsify or by \
+                 dictionary_learning"
+                    .into()
             }),
         });
     }
@@ -192,10 +197,14 @@ fn metadata_of(raw: &Value) -> SaeMetadata {
     }
 }
 
-/// Loads an SAE saved by [`save`], by SAELens or by sparsify ([`super::sparsify`]).
+/// Loads an SAE saved by [`save`], by SAELens, by sparsify ([`super::sparsify`]) or by
+/// dictionary_learning ([`super::dictionary_learning`]).
 pub fn load(dir: &Path, device: &Device) -> Result<AnySae> {
     if super::sparsify::is_sparsify(dir) {
         return super::sparsify::load(dir, device);
+    }
+    if super::dictionary_learning::is_dictionary_learning(dir) {
+        return super::dictionary_learning::load(dir, device);
     }
     let (cfg_path, raw) = read_cfg(dir)?;
     let bad = |message: String| Error::Config {
@@ -246,13 +255,8 @@ pub fn load(dir: &Path, device: &Device) -> Result<AnySae> {
             tensors.get("b_enc"),
             tensors.get("W_dec"),
         ) {
-            let norms = super::common::row_norms(w_dec)?;
-            let folded = [
-                ("W_enc", w_enc.broadcast_mul(&norms.unsqueeze(0)?)?),
-                ("b_enc", (b_enc * &norms)?),
-                ("W_dec", w_dec.broadcast_div(&norms.unsqueeze(1)?)?),
-            ];
-            for (name, t) in folded {
+            let folded = super::common::unit_decoder(w_enc, b_enc, w_dec)?;
+            for (name, t) in ["W_enc", "b_enc", "W_dec"].into_iter().zip(folded) {
                 tensors.insert(name.to_string(), t);
             }
         }

@@ -10,6 +10,7 @@ pub mod batch_topk;
 mod by_feature;
 pub mod common;
 pub mod dense;
+pub mod dictionary_learning;
 pub mod format;
 pub mod gated;
 pub mod grads;

@@ -2,7 +2,8 @@
 //! `org/name[@revision]/folder`. SAELens' published SAEs are such folders
 //! (`ctigges/pythia-70m-deduped__mlp-sm_processed/5-mlp-sm` is its `pythia-70m-deduped-mlp-sm`
 //! release's `blocks.5.hook_mlp_out`), and so are sparsify's
-//! (`EleutherAI/sae-pythia-70m-deduped-32k/layers.5`). A Hub folder's files are fetched into
+//! (`EleutherAI/sae-pythia-70m-deduped-32k/layers.5`) and dictionary_learning's (`ae.pt` with
+//! its `config.json`). A Hub folder's files are fetched into
 //! the Hub cache, or found there (`HF_HUB_OFFLINE=1` included), and read from it as from disk.
 
 use std::collections::BTreeSet;
@@ -11,12 +12,13 @@ use std::path::{Path, PathBuf};
 use crate::hub::{HubOptions, HubRepo, RepoKind};
 use crate::{Error, Result};
 
-/// The weights file that marks an SAE folder, by format: SAELens' (and ours), then sparsify's.
-const WEIGHTS: [&str; 2] = ["sae_weights.safetensors", "sae.safetensors"];
+/// The weights file that marks an SAE folder, by format: SAELens' (and ours), sparsify's,
+/// dictionary_learning's.
+const WEIGHTS: [&str; 3] = ["sae_weights.safetensors", "sae.safetensors", "ae.pt"];
 
 /// The folder the SAE `spec` names: `spec` itself when it exists on disk, else the Hub
 /// repository folder it names, its files fetched into the cache. Only the files the SAE is
-/// read from are fetched: its weights, `cfg.json`, SAELens' `sparsity.safetensors` and
+/// read from are fetched: its weights and config, SAELens' `sparsity.safetensors` and
 /// sparsify's run `config.json` one level up, where the repository has them.
 pub fn locate(spec: &str, hub: &HubOptions) -> Result<PathBuf> {
     let path = Path::new(spec);
@@ -31,8 +33,8 @@ pub fn locate(spec: &str, hub: &HubOptions) -> Result<PathBuf> {
     let parts: Vec<&str> = spec.split('/').collect();
     if spec.starts_with(['/', '.', '~']) || parts.len() < 2 || parts.iter().any(|p| p.is_empty()) {
         return Err(not_found(
-            "pass a folder written by `sae train`, by SAELens or by sparsify, or a Hugging Face \
-             Hub repository's SAE folder as org/name/folder"
+            "pass a folder written by `sae train`, SAELens, sparsify or dictionary_learning, or \
+             a Hugging Face Hub repository's SAE folder as org/name/folder"
                 .into(),
         ));
     }
@@ -54,13 +56,18 @@ pub fn locate(spec: &str, hub: &HubOptions) -> Result<PathBuf> {
     let Some(weights) = weights_in(&files) else {
         return Err(not_found(folders_hint(&repo, &folder, &files)));
     };
-    let mut wanted = vec![within(weights), within("cfg.json")];
+    let mut wanted = vec![within(weights)];
     if weights == WEIGHTS[0] {
-        wanted.push(within("sparsity.safetensors"));
-    } else if let Some((parent, _)) = folder.rsplit_once('/') {
-        wanted.push(format!("{parent}/config.json"));
-    } else if !folder.is_empty() {
-        wanted.push("config.json".into());
+        wanted.extend([within("cfg.json"), within("sparsity.safetensors")]);
+    } else if weights == WEIGHTS[2] {
+        wanted.push(within("config.json"));
+    } else {
+        wanted.push(within("cfg.json"));
+        match folder.rsplit_once('/') {
+            Some((parent, _)) => wanted.push(format!("{parent}/config.json")),
+            None if !folder.is_empty() => wanted.push("config.json".into()),
+            None => {}
+        }
     }
     let mut dir = None;
     for file in wanted.iter().filter(|f| files.contains(f)) {
@@ -88,8 +95,8 @@ fn folders_hint(repo: &HubRepo, folder: &str, files: &[String]) -> String {
     };
     if folders.is_empty() {
         return format!(
-            "the Hub repository {} holds no SAE {at}, nor anywhere else (no sae_weights.safetensors \
-             or sae.safetensors)",
+            "the Hub repository {} holds no SAE {at}, nor anywhere else (no \
+             sae_weights.safetensors, sae.safetensors or ae.pt)",
             repo.id
         );
     }

@@ -132,7 +132,8 @@ fn saelens_configs_from_before_version_6_are_upgraded_as_saelens_does() {
 }
 
 /// `--sae org/name/folder` reads the SAE in that folder of a Hub repository (here from the
-/// cache, offline), in SAELens' layout or sparsify's, as it reads the same folder on disk;
+/// cache, offline), in SAELens', sparsify's or dictionary_learning's layout, as it reads the
+/// same folder on disk;
 /// a repository folder that holds no SAE is an error that lists the ones it holds.
 #[test]
 fn saes_load_from_a_hub_repository_folder() {
@@ -143,6 +144,7 @@ fn saes_load_from_a_hub_repository_folder() {
         &[
             ("5-mlp-sm", fixture("saelens/legacy_standard")),
             ("run/layers.1.mlp", fixture("sparsify/run/layers.1.mlp")),
+            ("dl/trainer_0", fixture("dictionary_learning/topk")),
         ],
         &[("run/config.json", fixture("sparsify/run/config.json"))],
     );
@@ -157,6 +159,7 @@ fn saes_load_from_a_hub_repository_folder() {
             "org/saes@main/run/layers.1.mlp",
             "sparsify/run/layers.1.mlp",
         ),
+        ("org/saes/dl/trainer_0", "dictionary_learning/topk"),
     ] {
         let dir = sae_lib::sae::locate(spec, &hub).unwrap();
         assert!(dir.starts_with(cache.path()), "{spec}: {}", dir.display());
@@ -183,7 +186,10 @@ fn saes_load_from_a_hub_repository_folder() {
         local
     );
     for (spec, says) in [
-        ("org/saes", "org/saes/5-mlp-sm, org/saes/run/layers.1.mlp"),
+        (
+            "org/saes",
+            "org/saes/5-mlp-sm, org/saes/dl/trainer_0, org/saes/run/layers.1.mlp",
+        ),
         ("org/saes/run", "holds no SAE in `run`"),
         ("org/other/5-mlp-sm", "HF_HUB_OFFLINE"),
         ("no-such-folder", "org/name/folder"),
@@ -191,6 +197,84 @@ fn saes_load_from_a_hub_repository_folder() {
         let err = sae_lib::sae::locate(spec, &hub).unwrap_err().to_string();
         assert!(err.contains(says), "{spec}: {err}");
     }
+}
+
+/// SAEs saved by dictionary_learning's own trainers (`ae.pt` and `config.json`) load as the
+/// variant of ours each class is and encode and decode as dictionary_learning does, with the
+/// model, hook and context size its config.json gives; a class it does not know is one clear
+/// error.
+#[test]
+fn dictionary_learning_saes_load_and_encode_as_dictionary_learning_does() {
+    for (name, arch, k, hook) in [
+        (
+            "standard",
+            Architecture::Relu,
+            None,
+            "blocks.1.hook_resid_post",
+        ),
+        ("gated", Architecture::Gated, None, "blocks.1.hook_mlp_out"),
+        (
+            "jumprelu",
+            Architecture::JumpRelu,
+            None,
+            "blocks.1.hook_resid_post",
+        ),
+        ("topk", Architecture::TopK, Some(4), "blocks.1.hook_mlp_out"),
+        (
+            "batchtopk",
+            Architecture::JumpRelu,
+            None,
+            "blocks.1.hook_attn_out",
+        ),
+        (
+            "matryoshka",
+            Architecture::JumpRelu,
+            None,
+            "blocks.0.hook_resid_post",
+        ),
+    ] {
+        let dir = fixture(&format!("dictionary_learning/{name}"));
+        let sae = format::load(&dir, &Device::Cpu).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let c = sae.config();
+        assert_eq!(
+            (c.architecture, c.d_in, c.d_sae, c.k),
+            (arch, 8, 16, k),
+            "{name}"
+        );
+        let m = format::metadata(&dir).unwrap();
+        assert_eq!(m, c.metadata);
+        assert_eq!(
+            (m.model_name.as_str(), m.hook_name.as_str(), m.context_size),
+            ("EleutherAI/pythia-70m-deduped", hook, 64),
+            "{name}"
+        );
+        let exp =
+            candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
+        let f = sae.encode(&exp["x"]).unwrap();
+        assert!(
+            max_abs_diff(&f, &exp["feature_acts"]) < 1e-5,
+            "{name}: feature_acts differ"
+        );
+        assert!(
+            max_abs_diff(&sae.decode(&f).unwrap(), &exp["sae_out"]) < 1e-5,
+            "{name}: sae_out differs"
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fixture("dictionary_learning/standard");
+    std::fs::copy(dir.join("ae.pt"), tmp.path().join("ae.pt")).unwrap();
+    let err = format::load(tmp.path(), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("config.json"), "{err}");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    cfg["trainer"]["dict_class"] = "AutoEncoderNew".into();
+    std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
+    let err = format::load(tmp.path(), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`AutoEncoderNew` is not supported"), "{err}");
 }
 
 /// A run saved by sparsify's own code loads as a TopK SAE that encodes and decodes as

@@ -57,7 +57,8 @@ enum Command {
 
 #[derive(Args)]
 struct ScoreArgs {
-    /// SAE folder: written by `sae train`, SAELens or sparsify (one hookpoint's folder), on
+    /// SAE folder: written by `sae train`, SAELens, sparsify (one hookpoint's folder) or
+    /// dictionary_learning, on
     /// disk or in a Hugging Face Hub repository as `org/name[@revision]/folder`.
     #[arg(long)]
     sae: PathBuf,
