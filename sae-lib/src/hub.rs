@@ -132,20 +132,27 @@ impl HubRepo {
             .map_err(|e| self.unavailable(filename, opts, &e.to_string()))
     }
 
-    /// The repository's file names: from the cached snapshot's listing if present, else by
-    /// asking the Hub.
-    pub fn list_files(&self, opts: &HubOptions) -> Result<Vec<String>> {
+    /// The repository's file names. A cached snapshot lists only the files fetched so far, so
+    /// its listing answers only when it holds what `enough` asks for, or when offline (a
+    /// caller then names the file the cache lacks); else the Hub is asked.
+    pub fn list_files_for(
+        &self,
+        opts: &HubOptions,
+        enough: impl Fn(&[String]) -> bool,
+    ) -> Result<Vec<String>> {
         if let Some(snapshot) = self.cached_snapshot(opts) {
             let mut files = Vec::new();
             walk(&snapshot, &snapshot, &mut files);
             files.sort();
-            return Ok(files);
+            if opts.offline || enough(&files) {
+                return Ok(files);
+            }
         }
         self.list_files_online(opts)
     }
 
     /// The repository's file names as the Hub lists them now (an error when offline).
-    pub fn list_files_online(&self, opts: &HubOptions) -> Result<Vec<String>> {
+    fn list_files_online(&self, opts: &HubOptions) -> Result<Vec<String>> {
         if opts.offline {
             return Err(self.unavailable("the file list", opts, "HF_HUB_OFFLINE is set"));
         }
@@ -236,7 +243,7 @@ mod tests {
         let got = repo.fetch("config.json", &o).unwrap();
         assert!(got.ends_with(format!("snapshots/{sha}/config.json")));
         assert_eq!(
-            repo.list_files(&o).unwrap(),
+            repo.list_files_for(&o, |_| true).unwrap(),
             vec!["config.json", "sub/x.txt"]
         );
         // A pinned sha needs no ref file.
@@ -272,7 +279,7 @@ mod tests {
             msg.contains("NeelNanda/pile-10k") && msg.contains("--dataset"),
             "{msg}"
         );
-        let msg = repo.list_files(&o).unwrap_err().to_string();
+        let msg = repo.list_files_for(&o, |_| true).unwrap_err().to_string();
         assert!(msg.contains("file list"), "{msg}");
     }
 }

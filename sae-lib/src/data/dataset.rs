@@ -76,7 +76,7 @@ impl DatasetSource {
         match self {
             DatasetSource::Hub(repo) => {
                 let mut parquet: Vec<String> = repo
-                    .list_files(hub)?
+                    .list_files_for(hub, |f| f.iter().any(|f| f.ends_with(".parquet")))?
                     .into_iter()
                     .filter(|f| f.ends_with(".parquet"))
                     .collect();

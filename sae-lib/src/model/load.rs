@@ -65,9 +65,11 @@ impl ModelSource {
         }
     }
 
-    fn files(&self, hub: &HubOptions) -> Result<Vec<String>> {
+    /// The model's file names; from a Hub cache only when they satisfy `enough` (a snapshot
+    /// lists only the files fetched so far).
+    fn files(&self, hub: &HubOptions, enough: impl Fn(&[String]) -> bool) -> Result<Vec<String>> {
         match self {
-            ModelSource::Hub(repo) => repo.list_files(hub),
+            ModelSource::Hub(repo) => repo.list_files_for(hub, enough),
             ModelSource::Dir(dir) => {
                 let entries = std::fs::read_dir(dir).map_err(|e| {
                     if e.kind() == std::io::ErrorKind::NotFound {
@@ -115,11 +117,22 @@ impl ModelSource {
     }
 }
 
+/// The files that hold a checkpoint's weights, in order of preference.
+const WEIGHT_FILES: [&str; 3] = [
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+];
+
+fn has(files: &[String], name: &str) -> bool {
+    files.iter().any(|f| f == name)
+}
+
 /// Which weight files to read, in order of preference: `model.safetensors`, the shards named by
 /// `model.safetensors.index.json`, then `pytorch_model.bin`. Only the tensors the model uses
 /// are ever read from them ([`Weights`]).
 fn weight_files(source: &ModelSource, files: &[String], hub: &HubOptions) -> Result<Vec<PathBuf>> {
-    let has = |name: &str| files.iter().any(|f| f == name);
+    let has = |name: &str| has(files, name);
     if has("model.safetensors") {
         return Ok(vec![source.fetch("model.safetensors", hub)?]);
     }
@@ -175,8 +188,10 @@ pub fn load_model(
             GgufFile::open(path)?.load_llama(device, dtype)?,
         ));
     }
-    let files = source.files(hub)?;
-    if !files.iter().any(|f| f == "config.json") {
+    let files = source.files(hub, |f| {
+        has(f, "config.json") && WEIGHT_FILES.iter().any(|w| has(f, w))
+    })?;
+    if !has(&files, "config.json") {
         return Err(source.missing(
             "config.json",
             "a model directory needs config.json and model.safetensors (or pytorch_model.bin), as \
@@ -219,8 +234,8 @@ pub fn load_tokenizer(source: &ModelSource, hub: &HubOptions) -> Result<Tokenize
     if let ModelSource::Gguf(path) = source {
         return GgufFile::open(path)?.tokenizer();
     }
-    let files = source.files(hub)?;
-    if !files.iter().any(|f| f == "tokenizer.json") {
+    let files = source.files(hub, |f| has(f, "tokenizer.json"))?;
+    if !has(&files, "tokenizer.json") {
         return Err(source.missing(
             "tokenizer.json",
             "put the model's tokenizer.json beside its config.json (or pass --tokenizer)",

@@ -48,11 +48,7 @@ pub fn locate(spec: &str, hub: &HubOptions) -> Result<PathBuf> {
         }
     };
     let weights_in = |files: &[String]| WEIGHTS.into_iter().find(|w| files.contains(&within(w)));
-    let mut files = repo.list_files(hub)?;
-    if weights_in(&files).is_none() && !hub.offline {
-        // A cached snapshot lists only the files fetched so far.
-        files = repo.list_files_online(hub)?;
-    }
+    let files = repo.list_files_for(hub, |f| weights_in(f).is_some())?;
     let Some(weights) = weights_in(&files) else {
         return Err(not_found(folders_hint(&repo, &folder, &files)));
     };

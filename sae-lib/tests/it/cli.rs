@@ -911,6 +911,95 @@ fn sae_eval_reads_a_hub_sae_and_finds_its_model() {
     assert!(m["ce_loss_with_sae"].as_f64().unwrap().is_finite(), "{m}");
 }
 
+/// The tutorial's own command, `sae collect --model EleutherAI/pythia-70m-deduped --dataset
+/// NeelNanda/pile-10k`, against a Hub stand-in serving those two repositories (a sharded
+/// checkpoint; a parquet split named as pile-10k's is, beside a README), from an empty cache:
+/// it downloads the checkpoint and the split, nothing else, and collects exactly what the same
+/// files give from disk.
+#[test]
+fn the_tutorials_hub_model_and_dataset_download_and_collect() {
+    use crate::mock_hub::{files_of, MockHub};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let parquet = d.join("train.parquet");
+    let paragraphs: Vec<String> = (0..12)
+        .map(|i| {
+            format!(
+                "Paragraph {i} of the pile: {} words and a number, {}.",
+                i % 5,
+                i * 7
+            )
+        })
+        .collect();
+    let docs: Vec<&str> = paragraphs.iter().map(String::as_str).collect();
+    crate::collect::write_parquet(&parquet, "text", &docs);
+    let split = "data/train-00000-of-00001-4746b8785c874cc7.parquet";
+    let checkpoint = fixture("pythia/sharded");
+    let server = MockHub::serve_all(vec![
+        (
+            "EleutherAI/pythia-70m-deduped".into(),
+            files_of(&checkpoint, ""),
+        ),
+        (
+            "datasets/NeelNanda/pile-10k".into(),
+            vec![
+                (split.into(), std::fs::read(&parquet).unwrap()),
+                ("README.md".into(), b"# pile-10k".to_vec()),
+            ],
+        ),
+    ]);
+    let collect = |model: &str, dataset: &str, out: &Path| {
+        let o = Command::new(env!("CARGO_BIN_EXE_sae"))
+            .args(["collect", "--model", model, "--dataset", dataset])
+            .args(EVERY_TOKEN_OF_LAYER_1)
+            .args(["--max-docs", "8", "--out", s(out)])
+            .env("HF_ENDPOINT", &server.endpoint)
+            .env("HF_HOME", d.join("hf"))
+            .env_remove("HF_HUB_OFFLINE")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let (online, local) = (d.join("online"), d.join("local"));
+    collect(
+        "EleutherAI/pythia-70m-deduped",
+        "NeelNanda/pile-10k",
+        &online,
+    );
+    let mut downloaded = server.downloaded();
+    downloaded.sort();
+    let mut wanted: Vec<String> = files_of(&checkpoint, "").into_iter().map(|f| f.0).collect();
+    wanted.push(split.into());
+    wanted.sort();
+    assert_eq!(downloaded, wanted);
+    collect(s(&checkpoint), s(&parquet), &local);
+    let shards = |dir: &Path| {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert!(!shards(&online).is_empty());
+    assert!(shards(&online) == shards(&local), "the stores differ");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(online.join("meta.json")).unwrap()).unwrap();
+    assert_eq!(
+        (meta["model"].as_str(), meta["dataset"].as_str()),
+        (
+            Some("EleutherAI/pythia-70m-deduped"),
+            Some("NeelNanda/pile-10k")
+        ),
+        "{meta}"
+    );
+}
+
 /// An SAE saved by sparsify is evaluated at the hook its folder names (`layers.1.mlp`).
 #[test]
 fn sae_eval_reads_a_sparsify_sae() {

@@ -33,7 +33,7 @@ fn docs() -> Vec<sae_lib::Result<String>> {
     DOCS.iter().map(|d| Ok(d.to_string())).collect()
 }
 
-fn write_parquet(path: &Path, column: &str, docs: &[&str]) {
+pub(crate) fn write_parquet(path: &Path, column: &str, docs: &[&str]) {
     let docs: Vec<Option<&str>> = docs.iter().map(|d| Some(*d)).collect();
     write_parquet_with(path, column, &docs, Default::default(), None);
 }

@@ -8,6 +8,7 @@ mod defaults;
 mod eval;
 mod gguf;
 mod mixed_precision;
+mod mock_hub;
 mod model;
 mod outputs;
 mod sae;

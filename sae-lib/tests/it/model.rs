@@ -439,15 +439,9 @@ fn a_missing_directory_and_an_unreachable_hub_are_clear() {
 fn loads_from_a_hub_cache_offline() {
     // Lay the fixture out as hf-hub's cache does and load it by repo id, offline.
     let cache = tempfile::tempdir().unwrap();
-    let sha = "a".repeat(40);
-    let repo = cache.path().join("models--tiny--neox");
-    let snap = repo.join("snapshots").join(&sha);
-    std::fs::create_dir_all(&snap).unwrap();
-    std::fs::create_dir_all(repo.join("refs")).unwrap();
-    std::fs::write(repo.join("refs/main"), &sha).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture("gpt_neox_parallel").join(f), snap.join(f)).unwrap();
-    }
+    let files =
+        ["config.json", "model.safetensors"].map(|f| (f, fixture("gpt_neox_parallel").join(f)));
+    cache_repo(cache.path(), "tiny/neox", &[], &files);
     let mut hub = offline_hub();
     hub.cache_dir = cache.path().into();
     let model = load_model(

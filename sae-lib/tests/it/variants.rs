@@ -199,6 +199,70 @@ fn saes_load_from_a_hub_repository_folder() {
     }
 }
 
+/// Online, `--sae org/name/folder` lists the repository and downloads only the files that SAE
+/// is read from (its weights and config, SAELens' sparsity, sparsify's run config.json one
+/// level up) into the Hub cache; asked again, it answers from the cache without the Hub, and a
+/// folder the cache does not hold yet sends it back to the Hub's list.
+#[test]
+fn a_hub_sae_is_downloaded_file_by_file_into_the_cache() {
+    use crate::mock_hub::{files_of, MockHub};
+    let mut files = files_of(&fixture("saelens/batchtopk"), "5-mlp-sm/");
+    files.extend(files_of(&fixture("sparsify/run"), "run/"));
+    files.extend(files_of(&fixture("saelens/topk"), "other/"));
+    let server = MockHub::serve("org/saes", files);
+    let cache = tempfile::tempdir().unwrap();
+    let hub = sae_lib::hub::HubOptions {
+        cache_dir: cache.path().to_path_buf(),
+        endpoint: Some(server.endpoint.clone()),
+        offline: false,
+    };
+    let dir = sae_lib::sae::locate("org/saes/5-mlp-sm", &hub).unwrap();
+    assert!(dir.starts_with(cache.path()), "{}", dir.display());
+    let saelens = [
+        "5-mlp-sm/sae_weights.safetensors",
+        "5-mlp-sm/cfg.json",
+        "5-mlp-sm/sparsity.safetensors",
+    ];
+    assert_eq!(server.downloaded(), saelens);
+    let (got, want) = (
+        format::load(&dir, &Device::Cpu).unwrap(),
+        format::load(&fixture("saelens/batchtopk"), &Device::Cpu).unwrap(),
+    );
+    assert_eq!(got.config(), want.config());
+    let x = Tensor::randn(0f32, 1., (3, 8), &Device::Cpu).unwrap();
+    assert_eq!(
+        max_abs_diff(&got.encode(&x).unwrap(), &want.encode(&x).unwrap()),
+        0.0
+    );
+    assert_eq!(server.listings(), 1);
+
+    assert_eq!(
+        sae_lib::sae::locate("org/saes/5-mlp-sm", &hub).unwrap(),
+        dir
+    );
+    assert_eq!(server.listings(), 1, "answered from the cache");
+    assert_eq!(server.downloaded(), saelens);
+
+    let dir = sae_lib::sae::locate("org/saes/run/layers.1.mlp", &hub).unwrap();
+    assert_eq!(server.listings(), 2);
+    assert_eq!(
+        server.downloaded()[saelens.len()..],
+        [
+            "run/layers.1.mlp/sae.safetensors",
+            "run/layers.1.mlp/cfg.json",
+            "run/config.json"
+        ]
+    );
+    assert_eq!(
+        format::metadata(&dir).unwrap(),
+        format::metadata(&fixture("sparsify/run/layers.1.mlp")).unwrap()
+    );
+    let err = sae_lib::sae::locate("org/saes/missing", &hub)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("org/saes/other"), "{err}");
+}
+
 /// SAEs saved by dictionary_learning's own trainers (`ae.pt` and `config.json`) load as the
 /// variant of ours each class is and encode and decode as dictionary_learning does, with the
 /// model, hook and context size its config.json gives; a class it does not know is one clear

@@ -1,0 +1,152 @@
+//! A Hugging Face Hub stand-in on a local port, serving repositories as the Hub serves them to
+//! the `hf-hub` client: a model's file list at `/api/models/{id}/revision/main` and each file
+//! at `/{id}/resolve/main/{path}` (a dataset's under `datasets/`), with the commit and etag
+//! headers the client reads and the byte ranges it asks for. Every path asked for is
+//! recorded, so a test can say what was downloaded.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// The commit every file is served at.
+pub const COMMIT: &str = "fedcba9876543210fedcba9876543210fedcba98";
+
+/// A running stand-in; its thread ends with the test process.
+pub struct MockHub {
+    /// `http://127.0.0.1:PORT`, for `HF_ENDPOINT`.
+    pub endpoint: String,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl MockHub {
+    /// Serves the model repository `id` holding `files` (path in the repository, contents).
+    pub fn serve(id: &str, files: Vec<(String, Vec<u8>)>) -> Self {
+        Self::serve_all(vec![(id.to_string(), files)])
+    }
+
+    /// Serves several repositories, each `(id, files)`; a dataset's id is `datasets/org/name`.
+    pub fn serve_all(repos: Vec<(String, Vec<(String, Vec<u8>)>)>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let requests: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log = Arc::clone(&requests);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                answer(stream, &repos, &log);
+            }
+        });
+        Self { endpoint, requests }
+    }
+
+    /// The files of the repository downloaded so far (each once, in order).
+    pub fn downloaded(&self) -> Vec<String> {
+        let mut files: Vec<String> = Vec::new();
+        for path in self.requests.lock().unwrap().iter() {
+            if let Some((_, file)) = path.split_once("/resolve/main/") {
+                if !files.iter().any(|f| f == file) {
+                    files.push(file.to_string());
+                }
+            }
+        }
+        files
+    }
+
+    /// How many times the file list was asked for.
+    pub fn listings(&self) -> usize {
+        let requests = self.requests.lock().unwrap();
+        requests.iter().filter(|p| p.starts_with("/api/")).count()
+    }
+}
+
+/// Every file under `dir`, as `(prefix/relative path, contents)`.
+pub fn files_of(dir: &Path, prefix: &str) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack: Vec<PathBuf> = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(dir).unwrap().to_string_lossy();
+                out.push((format!("{prefix}{rel}"), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+type Repos = [(String, Vec<(String, Vec<u8>)>)];
+
+fn answer(stream: TcpStream, repos: &Repos, log: &Mutex<Vec<String>>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let path = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    let mut range: Option<(usize, Option<usize>)> = None;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+            break;
+        }
+        let lower = header.trim().to_ascii_lowercase();
+        if let Some(spec) = lower.strip_prefix("range: bytes=") {
+            let (start, end) = spec.split_once('-').unwrap_or((spec, ""));
+            range = Some((start.parse().unwrap_or(0), end.parse().ok()));
+        }
+    }
+    log.lock().unwrap().push(path.clone());
+    let listed = repos.iter().find(|(id, _)| {
+        let api = match id.strip_prefix("datasets/") {
+            Some(_) => id.clone(),
+            None => format!("models/{id}"),
+        };
+        path == format!("/api/{api}/revision/main")
+    });
+    let file = repos.iter().find_map(|(id, files)| {
+        let name = path.strip_prefix(&format!("/{id}/resolve/main/"))?;
+        files.iter().find(|(n, _)| n == name)
+    });
+    let (status, headers, body) = if let Some((_, files)) = listed {
+        let siblings: Vec<serde_json::Value> = files
+            .iter()
+            .map(|(n, _)| serde_json::json!({ "rfilename": n }))
+            .collect();
+        let json = serde_json::json!({ "sha": COMMIT, "siblings": siblings });
+        ("200 OK", String::new(), json.to_string().into_bytes())
+    } else if let Some((name, bytes)) = file {
+        let (start, end) = range.unwrap_or((0, None));
+        let end = end
+            .unwrap_or(bytes.len().saturating_sub(1))
+            .min(bytes.len() - 1);
+        // The etag names the blob in the cache: one per file.
+        let etag = format!("{:016x}{:08x}", fnv(name.as_bytes()), bytes.len());
+        let headers = format!(
+            "x-repo-commit: {COMMIT}\r\netag: \"{etag}\"\r\ncontent-range: bytes {start}-{end}/{}\r\n",
+            bytes.len()
+        );
+        ("206 Partial Content", headers, bytes[start..=end].to_vec())
+    } else {
+        ("404 Not Found", String::new(), b"not found".to_vec())
+    };
+    let mut stream = stream;
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n{headers}\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(&body);
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
