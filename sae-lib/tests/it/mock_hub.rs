@@ -9,6 +9,10 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+/// A repository's files: (path in the repository, contents).
+pub type Files = Vec<(String, Vec<u8>)>;
+type Repos = [(String, Files)];
+
 /// The commit every file is served at.
 pub const COMMIT: &str = "fedcba9876543210fedcba9876543210fedcba98";
 
@@ -21,12 +25,12 @@ pub struct MockHub {
 
 impl MockHub {
     /// Serves the model repository `id` holding `files` (path in the repository, contents).
-    pub fn serve(id: &str, files: Vec<(String, Vec<u8>)>) -> Self {
+    pub fn serve(id: &str, files: Files) -> Self {
         Self::serve_all(vec![(id.to_string(), files)])
     }
 
     /// Serves several repositories, each `(id, files)`; a dataset's id is `datasets/org/name`.
-    pub fn serve_all(repos: Vec<(String, Vec<(String, Vec<u8>)>)>) -> Self {
+    pub fn serve_all(repos: Vec<(String, Files)>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let requests: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -60,7 +64,7 @@ impl MockHub {
 }
 
 /// Every file under `dir`, as `(prefix/relative path, contents)`.
-pub fn files_of(dir: &Path, prefix: &str) -> Vec<(String, Vec<u8>)> {
+pub fn files_of(dir: &Path, prefix: &str) -> Files {
     let mut out = Vec::new();
     let mut stack: Vec<PathBuf> = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -76,8 +80,6 @@ pub fn files_of(dir: &Path, prefix: &str) -> Vec<(String, Vec<u8>)> {
     }
     out
 }
-
-type Repos = [(String, Vec<(String, Vec<u8>)>)];
 
 fn answer(stream: TcpStream, repos: &Repos, log: &Mutex<Vec<String>>) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
