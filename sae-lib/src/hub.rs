@@ -132,26 +132,42 @@ impl HubRepo {
             .map_err(|e| self.unavailable(filename, opts, &e.to_string()))
     }
 
-    /// The repository's file names. A cached snapshot lists only the files fetched so far, so
-    /// its listing answers only when it holds what `enough` asks for, or when offline (a
-    /// caller then names the file the cache lacks); else the Hub is asked.
-    pub fn list_files_for(
-        &self,
-        opts: &HubOptions,
-        enough: impl Fn(&[String]) -> bool,
-    ) -> Result<Vec<String>> {
-        if let Some(snapshot) = self.cached_snapshot(opts) {
-            let mut files = Vec::new();
-            walk(&snapshot, &snapshot, &mut files);
-            files.sort();
-            if opts.offline || enough(&files) {
-                return Ok(files);
-            }
+    /// The repository's file names. A cached snapshot holds only the files fetched so far, so
+    /// the Hub's own list is asked for and remembered beside the cache, per commit; the cached
+    /// commit's remembered list then answers without the network. Offline, or when the Hub
+    /// cannot be reached, the files the snapshot holds are what there is.
+    pub fn list_files(&self, opts: &HubOptions) -> Result<Vec<String>> {
+        let snapshot = self.cached_snapshot(opts);
+        if let Some(files) = snapshot.as_deref().and_then(|s| self.remembered(s, opts)) {
+            return Ok(files);
         }
-        self.list_files_online(opts)
+        match (self.list_files_online(opts), snapshot) {
+            (Ok(files), _) => Ok(files),
+            (Err(_), Some(snapshot)) => {
+                let mut files = Vec::new();
+                walk(&snapshot, &snapshot, &mut files);
+                files.sort();
+                Ok(files)
+            }
+            (Err(e), None) => Err(e),
+        }
     }
 
-    /// The repository's file names as the Hub lists them now (an error when offline).
+    /// Where the Hub's file list at `commit` is remembered.
+    fn listing_path(&self, commit: &str, opts: &HubOptions) -> PathBuf {
+        self.cache_folder(opts)
+            .join("sae-lib-files")
+            .join(format!("{commit}.json"))
+    }
+
+    fn remembered(&self, snapshot: &Path, opts: &HubOptions) -> Option<Vec<String>> {
+        let commit = snapshot.file_name()?.to_str()?;
+        let text = std::fs::read(self.listing_path(commit, opts)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// The repository's file names as the Hub lists them now, remembered for its commit (an
+    /// error when offline).
     fn list_files_online(&self, opts: &HubOptions) -> Result<Vec<String>> {
         if opts.offline {
             return Err(self.unavailable("the file list", opts, "HF_HUB_OFFLINE is set"));
@@ -161,7 +177,17 @@ impl HubRepo {
             .repo(self.hf_repo())
             .info()
             .map_err(|e| self.unavailable("the file list", opts, &e.to_string()))?;
-        Ok(info.siblings.into_iter().map(|s| s.rfilename).collect())
+        let mut files: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
+        files.sort();
+        let path = self.listing_path(&info.sha, opts);
+        // Best effort: a cache that cannot be written to is asked again next time.
+        if path
+            .parent()
+            .is_some_and(|p| std::fs::create_dir_all(p).is_ok())
+        {
+            let _ = crate::io::write_json(&path, &files);
+        }
+        Ok(files)
     }
 
     fn hf_repo(&self) -> Repo {
@@ -243,7 +269,12 @@ mod tests {
         let got = repo.fetch("config.json", &o).unwrap();
         assert!(got.ends_with(format!("snapshots/{sha}/config.json")));
         assert_eq!(
-            repo.list_files_for(&o, |_| true).unwrap(),
+            repo.list_files(&o).unwrap(),
+            vec!["config.json", "sub/x.txt"]
+        );
+        // A Hub that cannot be reached leaves the files the cache holds.
+        assert_eq!(
+            repo.list_files(&opts(dir.path(), false)).unwrap(),
             vec!["config.json", "sub/x.txt"]
         );
         // A pinned sha needs no ref file.
@@ -279,7 +310,7 @@ mod tests {
             msg.contains("NeelNanda/pile-10k") && msg.contains("--dataset"),
             "{msg}"
         );
-        let msg = repo.list_files_for(&o, |_| true).unwrap_err().to_string();
+        let msg = repo.list_files(&o).unwrap_err().to_string();
         assert!(msg.contains("file list"), "{msg}");
     }
 }

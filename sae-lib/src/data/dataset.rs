@@ -1,5 +1,6 @@
-//! Text datasets: a Hub dataset's parquet files (the tutorial's `NeelNanda/pile-10k`, split
-//! `train`), or local `.parquet`, `.jsonl` and `.txt` files and directories of them.
+//! Text datasets: a Hub dataset's files (the tutorial's `NeelNanda/pile-10k`, split `train`:
+//! its parquet files, else its `.jsonl` or `.txt` ones), or local `.parquet`, `.jsonl` and
+//! `.txt` files and directories of them.
 //!
 //! Documents are streamed file by file, so a dataset larger than memory can be collected.
 
@@ -26,7 +27,7 @@ pub enum TxtSplit {
 pub struct DatasetOptions {
     /// Column of a parquet file (or field of a JSON line) holding the text.
     pub column: String,
-    /// Hub split, matched against the parquet file names (`train`).
+    /// Hub split, matched against the file names (`train`); all files when none matches.
     pub split: String,
     /// How `.txt` files are cut into documents.
     pub txt_split: TxtSplit,
@@ -75,26 +76,32 @@ impl DatasetSource {
     pub fn files(&self, opts: &DatasetOptions, hub: &HubOptions) -> Result<Vec<PathBuf>> {
         match self {
             DatasetSource::Hub(repo) => {
-                let mut parquet: Vec<String> = repo
-                    .list_files_for(hub, |f| f.iter().any(|f| f.ends_with(".parquet")))?
-                    .into_iter()
-                    .filter(|f| f.ends_with(".parquet"))
-                    .collect();
-                parquet.sort();
-                let in_split: Vec<&String> = parquet
-                    .iter()
-                    .filter(|f| f.split(['/', '-', '.', '_']).any(|part| part == opts.split))
-                    .collect();
-                let chosen = if in_split.is_empty() {
-                    parquet.iter().collect()
-                } else {
-                    in_split
-                };
-                if chosen.is_empty() {
+                let format_of = |f: &str| EXTENSIONS.iter().position(|e| has_extension(f, e));
+                let files = repo.list_files(hub)?;
+                // One format, the first of parquet, jsonl, txt the repository holds: a dataset
+                // often keeps the same text in several.
+                let Some(format) = files.iter().filter_map(|f| format_of(f)).min() else {
                     return Err(Error::Dataset {
                         path: repo.id.clone(),
-                        message: "the Hub repository has no parquet files".into(),
+                        message: format!(
+                            "the Hub repository holds no .parquet, .jsonl or .txt files; the \
+                             Hub's own parquet conversion of it may: --dataset {}@refs/convert/parquet",
+                            repo.id
+                        ),
                     });
+                };
+                let mut chosen: Vec<&String> = files
+                    .iter()
+                    .filter(|f| format_of(f) == Some(format))
+                    .collect();
+                chosen.sort();
+                let in_split: Vec<&String> = chosen
+                    .iter()
+                    .copied()
+                    .filter(|f| f.split(['/', '-', '.', '_']).any(|part| part == opts.split))
+                    .collect();
+                if !in_split.is_empty() {
+                    chosen = in_split;
                 }
                 chosen.into_iter().map(|f| repo.fetch(f, hub)).collect()
             }
@@ -112,7 +119,12 @@ impl DatasetSource {
     }
 }
 
+/// The file types read, in order of preference.
 const EXTENSIONS: [&str; 3] = ["parquet", "jsonl", "txt"];
+
+fn has_extension(name: &str, ext: &str) -> bool {
+    name.rsplit_once('.').is_some_and(|(_, e)| e == ext)
+}
 
 fn local_files(path: &Path) -> Result<Vec<PathBuf>> {
     let err = |message: String| Error::Dataset {

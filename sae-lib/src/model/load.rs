@@ -65,11 +65,9 @@ impl ModelSource {
         }
     }
 
-    /// The model's file names; from a Hub cache only when they satisfy `enough` (a snapshot
-    /// lists only the files fetched so far).
-    fn files(&self, hub: &HubOptions, enough: impl Fn(&[String]) -> bool) -> Result<Vec<String>> {
+    fn files(&self, hub: &HubOptions) -> Result<Vec<String>> {
         match self {
-            ModelSource::Hub(repo) => repo.list_files_for(hub, enough),
+            ModelSource::Hub(repo) => repo.list_files(hub),
             ModelSource::Dir(dir) => {
                 let entries = std::fs::read_dir(dir).map_err(|e| {
                     if e.kind() == std::io::ErrorKind::NotFound {
@@ -116,13 +114,6 @@ impl ModelSource {
         }
     }
 }
-
-/// The files that hold a checkpoint's weights, in order of preference.
-const WEIGHT_FILES: [&str; 3] = [
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-];
 
 fn has(files: &[String], name: &str) -> bool {
     files.iter().any(|f| f == name)
@@ -188,9 +179,7 @@ pub fn load_model(
             GgufFile::open(path)?.load_llama(device, dtype)?,
         ));
     }
-    let files = source.files(hub, |f| {
-        has(f, "config.json") && WEIGHT_FILES.iter().any(|w| has(f, w))
-    })?;
+    let files = source.files(hub)?;
     if !has(&files, "config.json") {
         return Err(source.missing(
             "config.json",
@@ -234,7 +223,7 @@ pub fn load_tokenizer(source: &ModelSource, hub: &HubOptions) -> Result<Tokenize
     if let ModelSource::Gguf(path) = source {
         return GgufFile::open(path)?.tokenizer();
     }
-    let files = source.files(hub, |f| has(f, "tokenizer.json"))?;
+    let files = source.files(hub)?;
     if !has(&files, "tokenizer.json") {
         return Err(source.missing(
             "tokenizer.json",

@@ -48,7 +48,7 @@ pub fn locate(spec: &str, hub: &HubOptions) -> Result<PathBuf> {
         }
     };
     let weights_in = |files: &[String]| WEIGHTS.into_iter().find(|w| files.contains(&within(w)));
-    let files = repo.list_files_for(hub, |f| weights_in(f).is_some())?;
+    let files = repo.list_files(hub)?;
     let Some(weights) = weights_in(&files) else {
         return Err(not_found(folders_hint(&repo, &folder, &files)));
     };

@@ -8,6 +8,7 @@ use sae_lib::collect::{collect_to_store, tutorial_middle_tokens, CollectConfig, 
 use sae_lib::data::store::{permutation, StoreWriter};
 use sae_lib::data::{ActivationStore, CollectMode, DatasetOptions, DatasetSource, TokenFilter};
 use sae_lib::hooks::{HookPoint, Hooks};
+use sae_lib::hub::HubOptions;
 use sae_lib::model::{load_tokenizer, ModelSource, Padding, TokenBatch};
 use sae_lib::tokenizer::Tokenizer;
 
@@ -61,6 +62,82 @@ fn write_parquet_with(
         .with_row_group_size(row_group_rows)
         .finish(&mut df)
         .unwrap();
+}
+
+/// A Hub dataset is read from its parquet files, else its `.jsonl`, else its `.txt` (one
+/// format, never its README), the split's files when any name it and all of them otherwise;
+/// one with none of them is an error that points at the Hub's parquet conversion.
+#[test]
+fn hub_datasets_are_read_from_parquet_else_jsonl_else_txt() {
+    use crate::mock_hub::MockHub;
+    let dir = tempfile::tempdir().unwrap();
+    let pq = dir.path().join("train.parquet");
+    write_parquet(&pq, "text", &["parquet one", "parquet two"]);
+    let jsonl = |docs: &[&str]| -> Vec<u8> {
+        docs.iter()
+            .map(|d| format!("{}\n", serde_json::json!({ "text": d })))
+            .collect::<String>()
+            .into_bytes()
+    };
+    let readme = ("README.md".to_string(), b"# a dataset".to_vec());
+    let server = MockHub::serve_all(vec![
+        (
+            "datasets/org/both".into(),
+            vec![
+                ("raw/train.jsonl".into(), jsonl(&["json twin"])),
+                (
+                    "data/train-00000-of-00001.parquet".into(),
+                    std::fs::read(&pq).unwrap(),
+                ),
+                readme.clone(),
+            ],
+        ),
+        (
+            "datasets/org/lines".into(),
+            vec![
+                ("val.jsonl".into(), jsonl(&["val one", "val two"])),
+                ("test.jsonl".into(), jsonl(&["test one"])),
+                ("notes.txt".into(), b"not read".to_vec()),
+                readme.clone(),
+            ],
+        ),
+        ("datasets/org/none".into(), vec![readme]),
+    ]);
+    let hub = HubOptions {
+        cache_dir: dir.path().join("hub"),
+        endpoint: Some(server.endpoint.clone()),
+        offline: false,
+    };
+    let docs = |id: &str, split: &str| {
+        let opts = DatasetOptions {
+            split: split.into(),
+            ..Default::default()
+        };
+        DatasetSource::parse(id)
+            .documents(&opts, &hub)
+            .map(|d| d.collect::<sae_lib::Result<Vec<String>>>())
+    };
+    assert_eq!(
+        docs("org/both", "train").unwrap().unwrap(),
+        ["parquet one", "parquet two"]
+    );
+    assert_eq!(
+        docs("org/lines", "val").unwrap().unwrap(),
+        ["val one", "val two"]
+    );
+    assert_eq!(
+        docs("org/lines", "train").unwrap().unwrap(),
+        ["test one", "val one", "val two"]
+    );
+    let err = docs("org/none", "train").err().unwrap().to_string();
+    assert!(
+        err.contains("--dataset org/none@refs/convert/parquet"),
+        "{err}"
+    );
+    assert!(!server
+        .downloaded()
+        .iter()
+        .any(|f| f.ends_with(".md") || f.ends_with(".txt")));
 }
 
 #[test]

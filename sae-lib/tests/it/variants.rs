@@ -199,10 +199,10 @@ fn saes_load_from_a_hub_repository_folder() {
     }
 }
 
-/// Online, `--sae org/name/folder` lists the repository and downloads only the files that SAE
-/// is read from (its weights and config, SAELens' sparsity, sparsify's run config.json one
-/// level up) into the Hub cache; asked again, it answers from the cache without the Hub, and a
-/// folder the cache does not hold yet sends it back to the Hub's list.
+/// Online, `--sae org/name/folder` lists the repository once and downloads only the files
+/// that SAE is read from (its weights and config, SAELens' sparsity, sparsify's run
+/// config.json one level up) into the Hub cache; asked again, it answers from the cache, and
+/// a folder the cache does not hold yet is found through the remembered list, offline too.
 #[test]
 fn a_hub_sae_is_downloaded_file_by_file_into_the_cache() {
     use crate::mock_hub::{files_of, MockHub};
@@ -244,7 +244,7 @@ fn a_hub_sae_is_downloaded_file_by_file_into_the_cache() {
     assert_eq!(server.downloaded(), saelens);
 
     let dir = sae_lib::sae::locate("org/saes/run/layers.1.mlp", &hub).unwrap();
-    assert_eq!(server.listings(), 2);
+    assert_eq!(server.listings(), 1, "the list is remembered");
     assert_eq!(
         server.downloaded()[saelens.len()..],
         [
@@ -257,10 +257,20 @@ fn a_hub_sae_is_downloaded_file_by_file_into_the_cache() {
         format::metadata(&dir).unwrap(),
         format::metadata(&fixture("sparsify/run/layers.1.mlp")).unwrap()
     );
-    let err = sae_lib::sae::locate("org/saes/missing", &hub)
+    let offline = sae_lib::hub::HubOptions {
+        offline: true,
+        ..hub.clone()
+    };
+    let err = sae_lib::sae::locate("org/saes/missing", &offline)
         .unwrap_err()
         .to_string();
     assert!(err.contains("org/saes/other"), "{err}");
+    let dir = sae_lib::sae::locate("org/saes/other", &hub).unwrap();
+    assert_eq!(
+        format::load(&dir, &Device::Cpu).unwrap().config().k,
+        Some(4)
+    );
+    assert_eq!(server.listings(), 1);
 }
 
 /// SAEs saved by dictionary_learning's own trainers (`ae.pt` and `config.json`) load as the
