@@ -209,7 +209,7 @@ pub struct Provenance {
     pub model: String,
     /// Hub revision of the model (branch, tag or commit sha); `None` for a local model.
     pub revision: Option<String>,
-    /// Hub id (without revision) or local path of the dataset.
+    /// Hub id (`@revision` unless `main`) or local path of the dataset.
     pub dataset: String,
 }
 

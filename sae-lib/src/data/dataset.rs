@@ -63,10 +63,12 @@ impl DatasetSource {
         }
     }
 
-    /// A name for metadata: the repo id, or the local path made absolute (see
-    /// [`crate::io::absolute`]).
+    /// A name for metadata that [`DatasetSource::parse`] reads back: the repo id (with its
+    /// `@revision` unless that is `main`, as for the Hub's parquet conversion), or the local
+    /// path made absolute (see [`crate::io::absolute`]).
     pub fn name(&self) -> String {
         match self {
+            DatasetSource::Hub(r) if r.revision != "main" => format!("{}@{}", r.id, r.revision),
             DatasetSource::Hub(r) => r.id.clone(),
             DatasetSource::Path(p) => crate::io::absolute(p),
         }
@@ -318,4 +320,23 @@ fn read_txt(path: &Path, split: TxtSplit) -> Result<Vec<String>> {
             docs
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hub_dataset_name_reads_back_as_the_same_source() {
+        for spec in [
+            "NeelNanda/pile-10k",
+            "org/text@refs/convert/parquet",
+            "org/text@v2",
+        ] {
+            let source = DatasetSource::parse(spec);
+            assert_eq!(source.name(), spec);
+            assert_eq!(DatasetSource::parse(&source.name()), source);
+        }
+        assert_eq!(DatasetSource::parse("org/text@main").name(), "org/text");
+    }
 }

@@ -62,7 +62,7 @@ pub struct StoreMeta {
     pub hook: HookPoint,
     /// Tokens kept per document (longer documents were truncated).
     pub context_size: usize,
-    /// Hub id (without revision) or local path of the dataset the documents came from.
+    /// Hub id (`@revision` unless `main`) or local path of the dataset the documents came from.
     pub dataset: String,
     /// Which tokens of each document became rows.
     pub mode: CollectMode,
