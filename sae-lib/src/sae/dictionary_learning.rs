@@ -46,19 +46,22 @@ fn config(dir: &Path) -> Result<Value> {
     io::read_json(&path)
 }
 
-/// The hook a trainer's `layer` and `submodule_name` (free text such as `mlp_out_layer_5`)
-/// name, in TransformerLens' naming: the layer's MLP or attention output when the name says
-/// so, else its output, the residual stream, as SAELens reads these SAEs; empty without a
-/// layer.
+/// The hook a trainer's `layer` and `submodule_name` name, in TransformerLens' naming: the
+/// submodule name itself when it is one (`blocks.5.hook_mlp_out`); for free text such as
+/// `mlp_out_layer_5`, the layer's input, MLP or attention output when the name says so, else
+/// its output, the residual stream, as SAELens reads these SAEs; empty without a layer.
 fn hook_name(trainer: &Value) -> String {
+    let submodule = trainer["submodule_name"].as_str().unwrap_or_default();
+    if let Ok(hook) = submodule.parse::<HookPoint>() {
+        return hook.to_string();
+    }
     let Some(layer) = trainer["layer"].as_u64().map(|l| l as usize) else {
         return String::new();
     };
-    let name = trainer["submodule_name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    let hook = if name.contains("mlp") {
+    let name = submodule.to_ascii_lowercase();
+    let hook = if name.contains("resid_pre") {
+        HookPoint::resid_pre(layer)
+    } else if name.contains("mlp") {
         HookPoint::mlp_out(layer)
     } else if name.contains("attn") || name.contains("attention") {
         HookPoint::attn_out(layer)
@@ -229,6 +232,9 @@ mod tests {
             (Some(5), "mlp_out_layer_5", "blocks.5.hook_mlp_out"),
             (Some(2), "attn_out_layer_2", "blocks.2.hook_attn_out"),
             (Some(1), "", "blocks.1.hook_resid_post"),
+            (Some(4), "resid_pre_layer_4", "blocks.4.hook_resid_pre"),
+            (Some(15), "blocks.15.hook_mlp_out", "blocks.15.hook_mlp_out"),
+            (None, "blocks.2.hook_resid_pre", "blocks.2.hook_resid_pre"),
             (None, "mlp_out_layer_5", ""),
         ] {
             let trainer = serde_json::json!({"layer": layer, "submodule_name": submodule});
