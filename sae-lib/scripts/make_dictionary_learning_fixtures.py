@@ -105,8 +105,7 @@ def trainers():
 def main():
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    if OUT.exists():
-        shutil.rmtree(OUT)
+    shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
     for name, trainer in trainers():
         folder = OUT / name

@@ -121,25 +121,36 @@ pub fn load(dir: &Path, device: &Device) -> Result<AnySae> {
         let theta = t.to_scalar::<f32>()?.max(0.0);
         Ok(Tensor::full(theta, d_sae, device)?)
     };
-    let (architecture, k, named): (Architecture, Option<usize>, Vec<(&str, Tensor)>) = match class {
+    type Named = Vec<(&'static str, Tensor)>;
+    // Two layouts: torch Linear layers (`encoder`, `decoder`) or SAELens' own names.
+    let linear_layout = |b_dec: &str| -> Result<Named> {
+        Ok(vec![
+            ("W_enc", linear("encoder.weight")?),
+            ("b_enc", get("encoder.bias")?),
+            ("W_dec", linear("decoder.weight")?),
+            ("b_dec", get(b_dec)?),
+        ])
+    };
+    let saelens_layout = || -> Result<Named> {
+        ["W_enc", "b_enc", "W_dec", "b_dec"]
+            .into_iter()
+            .map(|n| Ok((n, get(n)?)))
+            .collect()
+    };
+    let one_threshold = |mut named: Named| -> Result<Named> {
+        named.push(("threshold", uniform(get("threshold")?)?));
+        Ok(named)
+    };
+    let (architecture, k, named): (Architecture, Option<usize>, Named) = match class {
         "AutoEncoder" => {
             // Its loader rescales to unit-norm decoder rows (newer trainers leave them free),
             // so feature activations are read on that scale.
-            let [w_enc, b_enc, w_dec] = unit_decoder(
-                &linear("encoder.weight")?,
-                &get("encoder.bias")?,
-                &linear("decoder.weight")?,
-            )?;
-            (
-                Architecture::Relu,
-                None,
-                vec![
-                    ("W_enc", w_enc),
-                    ("b_enc", b_enc),
-                    ("W_dec", w_dec),
-                    ("b_dec", get("bias")?),
-                ],
-            )
+            let mut named = linear_layout("bias")?;
+            let folded = unit_decoder(&named[0].1, &named[1].1, &named[2].1)?;
+            for (slot, t) in named.iter_mut().zip(folded) {
+                slot.1 = t;
+            }
+            (Architecture::Relu, None, named)
         }
         "GatedAutoEncoder" => (
             Architecture::Gated,
@@ -154,51 +165,26 @@ pub fn load(dir: &Path, device: &Device) -> Result<AnySae> {
             ],
         ),
         "JumpReluAutoEncoder" => {
-            let (w_enc, b_dec) = (get("W_enc")?, get("b_dec")?);
-            let b_enc = (get("b_enc")? + b_dec.unsqueeze(0)?.matmul(&w_enc)?.squeeze(0)?)?;
-            (
-                Architecture::JumpRelu,
-                None,
-                vec![
-                    ("W_enc", w_enc),
-                    ("b_enc", b_enc),
-                    ("W_dec", get("W_dec")?),
-                    ("b_dec", b_dec),
-                    ("threshold", get("threshold")?),
-                ],
-            )
+            let mut named = saelens_layout()?;
+            let centred = named[3].1.unsqueeze(0)?.matmul(&named[0].1)?.squeeze(0)?;
+            named[1].1 = (&named[1].1 + centred)?;
+            named.push(("threshold", get("threshold")?));
+            (Architecture::JumpRelu, None, named)
         }
         "AutoEncoderTopK" => (
             Architecture::TopK,
             Some(size("k")?),
-            vec![
-                ("W_enc", linear("encoder.weight")?),
-                ("b_enc", get("encoder.bias")?),
-                ("W_dec", linear("decoder.weight")?),
-                ("b_dec", get("b_dec")?),
-            ],
+            linear_layout("b_dec")?,
         ),
         "BatchTopKSAE" => (
             Architecture::JumpRelu,
             None,
-            vec![
-                ("W_enc", linear("encoder.weight")?),
-                ("b_enc", get("encoder.bias")?),
-                ("W_dec", linear("decoder.weight")?),
-                ("b_dec", get("b_dec")?),
-                ("threshold", uniform(get("threshold")?)?),
-            ],
+            one_threshold(linear_layout("b_dec")?)?,
         ),
         "MatryoshkaBatchTopKSAE" => (
             Architecture::JumpRelu,
             None,
-            vec![
-                ("W_enc", get("W_enc")?),
-                ("b_enc", get("b_enc")?),
-                ("W_dec", get("W_dec")?),
-                ("b_dec", get("b_dec")?),
-                ("threshold", uniform(get("threshold")?)?),
-            ],
+            one_threshold(saelens_layout()?)?,
         ),
         other => {
             return Err(bad(format!(

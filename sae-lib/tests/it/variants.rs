@@ -65,6 +65,22 @@ fn gated_recovers_a_known_sparse_dictionary() {
     ground_truth(Architecture::Gated, None, gt_train(3.0, 2e-3));
 }
 
+/// Asserts that `sae` encodes and decodes the fixture's `expected.safetensors` inputs as the
+/// library that saved it did, within 1e-5.
+fn encodes_as_expected(sae: &sae_lib::sae::AnySae, dir: &std::path::Path, what: &str) {
+    let exp =
+        candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
+    let f = sae.encode(&exp["x"]).unwrap();
+    assert!(
+        max_abs_diff(&f, &exp["feature_acts"]) < 1e-5,
+        "{what}: feature_acts differ"
+    );
+    assert!(
+        max_abs_diff(&sae.decode(&f).unwrap(), &exp["sae_out"]) < 1e-5,
+        "{what}: sae_out differs"
+    );
+}
+
 #[test]
 fn saelens_saved_saes_load_and_encode_as_saelens_does() {
     for arch in [
@@ -79,17 +95,7 @@ fn saelens_saved_saes_load_and_encode_as_saelens_does() {
     ] {
         let dir = fixture(&format!("saelens/{arch}"));
         let sae = format::load(&dir, &Device::Cpu).unwrap_or_else(|e| panic!("{arch}: {e}"));
-        let exp =
-            candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
-        let f = sae.encode(&exp["x"]).unwrap();
-        assert!(
-            max_abs_diff(&f, &exp["feature_acts"]) < 1e-5,
-            "{arch}: feature_acts differ"
-        );
-        assert!(
-            max_abs_diff(&sae.decode(&f).unwrap(), &exp["sae_out"]) < 1e-5,
-            "{arch}: sae_out differs"
-        );
+        encodes_as_expected(&sae, &dir, arch);
     }
 }
 
@@ -114,27 +120,38 @@ fn saelens_configs_from_before_version_6_are_upgraded_as_saelens_does() {
         assert!(m.prepend_bos, "SAELens' default before it was written");
         assert_eq!(m.dataset_path, "NeelNanda/pile-10k");
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = fixture("saelens/legacy_standard");
-    std::fs::copy(
-        dir.join("sae_weights.safetensors"),
-        tmp.path().join("sae_weights.safetensors"),
-    )
-    .unwrap();
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("cfg.json")).unwrap()).unwrap();
-    cfg["normalize_activations"] = true.into();
-    std::fs::write(tmp.path().join("cfg.json"), cfg.to_string()).unwrap();
-    let err = format::load(tmp.path(), &Device::Cpu)
-        .unwrap_err()
-        .to_string();
+    let err = load_error_edited(
+        "saelens/legacy_standard",
+        "sae_weights.safetensors",
+        "cfg.json",
+        |c| c["normalize_activations"] = true.into(),
+    );
     assert!(err.contains("expected_average_only_in"), "{err}");
+}
+
+/// The error loading a copy of the fixture SAE folder `name` gives, its config file `config`
+/// edited by `edit` (its weights file `weights` copied as it is).
+fn load_error_edited(
+    name: &str,
+    weights: &str,
+    config: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> String {
+    let (dir, tmp) = (fixture(name), tempfile::tempdir().unwrap());
+    std::fs::copy(dir.join(weights), tmp.path().join(weights)).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(config)).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(tmp.path().join(config), cfg.to_string()).unwrap();
+    format::load(tmp.path(), &Device::Cpu)
+        .unwrap_err()
+        .to_string()
 }
 
 /// `--sae org/name/folder` reads the SAE in that folder of a Hub repository (here from the
 /// cache, offline), in SAELens', sparsify's or dictionary_learning's layout, as it reads the
-/// same folder on disk;
-/// a repository folder that holds no SAE is an error that lists the ones it holds.
+/// same folder on disk; a repository folder that holds no SAE is an error that lists the ones
+/// it holds.
 #[test]
 fn saes_load_from_a_hub_repository_folder() {
     let cache = tempfile::tempdir().unwrap();
@@ -322,17 +339,7 @@ fn dictionary_learning_saes_load_and_encode_as_dictionary_learning_does() {
             ("EleutherAI/pythia-70m-deduped", hook, 64),
             "{name}"
         );
-        let exp =
-            candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
-        let f = sae.encode(&exp["x"]).unwrap();
-        assert!(
-            max_abs_diff(&f, &exp["feature_acts"]) < 1e-5,
-            "{name}: feature_acts differ"
-        );
-        assert!(
-            max_abs_diff(&sae.decode(&f).unwrap(), &exp["sae_out"]) < 1e-5,
-            "{name}: sae_out differs"
-        );
+        encodes_as_expected(&sae, &dir, name);
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = fixture("dictionary_learning/standard");
@@ -341,13 +348,12 @@ fn dictionary_learning_saes_load_and_encode_as_dictionary_learning_does() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("config.json"), "{err}");
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
-    cfg["trainer"]["dict_class"] = "AutoEncoderNew".into();
-    std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
-    let err = format::load(tmp.path(), &Device::Cpu)
-        .unwrap_err()
-        .to_string();
+    let err = load_error_edited(
+        "dictionary_learning/standard",
+        "ae.pt",
+        "config.json",
+        |c| c["trainer"]["dict_class"] = "AutoEncoderNew".into(),
+    );
     assert!(err.contains("`AutoEncoderNew` is not supported"), "{err}");
 }
 
@@ -359,11 +365,7 @@ fn dictionary_learning_saes_load_and_encode_as_dictionary_learning_does() {
 fn sparsify_saved_saes_load_and_encode_as_sparsify_does() {
     let dir = fixture("sparsify/run/layers.1.mlp");
     let sae = format::load(&dir, &Device::Cpu).unwrap();
-    let exp =
-        candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
-    let f = sae.encode(&exp["x"]).unwrap();
-    assert!(max_abs_diff(&f, &exp["feature_acts"]) < 1e-5);
-    assert!(max_abs_diff(&sae.decode(&f).unwrap(), &exp["sae_out"]) < 1e-5);
+    encodes_as_expected(&sae, &dir, "sparsify");
     let c = sae.config();
     assert_eq!(
         (c.architecture, c.d_in, c.d_sae, c.k),
@@ -388,20 +390,17 @@ fn sparsify_saved_saes_load_and_encode_as_sparsify_does() {
         err.contains("sparsify run") && err.contains("layers.1.mlp"),
         "{err}"
     );
-    let tmp = tempfile::tempdir().unwrap();
     for (key, value, says) in [
         ("transcode", "true", "transcoder"),
         ("skip_connection", "true", "skip connection"),
         ("activation", "\"groupmax\"", "groupmax"),
     ] {
-        let copy = tmp.path().join(key);
-        std::fs::create_dir_all(&copy).unwrap();
-        std::fs::copy(dir.join("sae.safetensors"), copy.join("sae.safetensors")).unwrap();
-        let mut cfg: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.join("cfg.json")).unwrap()).unwrap();
-        cfg[key] = serde_json::from_str(value).unwrap();
-        std::fs::write(copy.join("cfg.json"), cfg.to_string()).unwrap();
-        let err = format::load(&copy, &Device::Cpu).unwrap_err().to_string();
+        let err = load_error_edited(
+            "sparsify/run/layers.1.mlp",
+            "sae.safetensors",
+            "cfg.json",
+            |c| c[key] = serde_json::from_str(value).unwrap(),
+        );
         assert!(err.contains(says), "{key}: {err}");
     }
 }
