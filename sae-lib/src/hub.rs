@@ -156,7 +156,7 @@ impl HubRepo {
     /// Where the Hub's file list at `commit` is remembered.
     fn listing_path(&self, commit: &str, opts: &HubOptions) -> PathBuf {
         self.cache_folder(opts)
-            .join("sae-lib-files")
+            .join(".sae-lib-files")
             .join(format!("{commit}.json"))
     }
 
