@@ -74,8 +74,9 @@ impl DatasetSource {
         }
     }
 
-    /// The files to read, in a fixed order.
-    pub fn files(&self, opts: &DatasetOptions, hub: &HubOptions) -> Result<Vec<PathBuf>> {
+    /// The files to read, in a fixed order. A Hub dataset's are fetched only when reached,
+    /// so that reading its first documents does not download all of a large one.
+    pub fn files(&self, opts: &DatasetOptions, hub: &HubOptions) -> Result<Vec<DataFile>> {
         match self {
             DatasetSource::Hub(repo) => {
                 let format_of = |f: &str| EXTENSIONS.iter().position(|e| has_extension(f, e));
@@ -105,9 +106,19 @@ impl DatasetSource {
                 if !in_split.is_empty() {
                     chosen = in_split;
                 }
-                chosen.into_iter().map(|f| repo.fetch(f, hub)).collect()
+                Ok(chosen
+                    .into_iter()
+                    .map(|name| DataFile::Hub {
+                        repo: repo.clone(),
+                        name: name.clone(),
+                        hub: hub.clone(),
+                    })
+                    .collect())
             }
-            DatasetSource::Path(path) => local_files(path),
+            DatasetSource::Path(path) => Ok(local_files(path)?
+                .into_iter()
+                .map(DataFile::Local)
+                .collect()),
         }
     }
 
@@ -118,6 +129,32 @@ impl DatasetSource {
             current: Vec::new().into_iter(),
             opts: opts.clone(),
         })
+    }
+}
+
+/// One file of a dataset.
+#[derive(Debug, Clone)]
+pub enum DataFile {
+    /// On disk.
+    Local(PathBuf),
+    /// In a Hub repository, fetched into the cache when first read.
+    Hub {
+        /// The repository.
+        repo: HubRepo,
+        /// The file's path in it.
+        name: String,
+        /// Where the cache is and whether the network may be used.
+        hub: HubOptions,
+    },
+}
+
+impl DataFile {
+    /// The file on disk, fetched first if it is on the Hub.
+    pub fn path(&self) -> Result<PathBuf> {
+        match self {
+            DataFile::Local(path) => Ok(path.clone()),
+            DataFile::Hub { repo, name, hub } => repo.fetch(name, hub),
+        }
     }
 }
 
@@ -176,7 +213,7 @@ fn local_files(path: &Path) -> Result<Vec<PathBuf>> {
 
 /// Iterator over the documents of a dataset; each file is read when reached.
 pub struct Documents {
-    files: std::vec::IntoIter<PathBuf>,
+    files: std::vec::IntoIter<DataFile>,
     current: std::vec::IntoIter<String>,
     opts: DatasetOptions,
 }
@@ -190,7 +227,7 @@ impl Iterator for Documents {
                 return Some(Ok(doc));
             }
             let file = self.files.next()?;
-            match read_file(&file, &self.opts) {
+            match file.path().and_then(|path| read_file(&path, &self.opts)) {
                 Ok(docs) => self.current = docs.into_iter(),
                 Err(e) => return Some(Err(e)),
             }

@@ -65,8 +65,9 @@ fn write_parquet_with(
 }
 
 /// A Hub dataset is read from its parquet files, else its `.jsonl`, else its `.txt` (one
-/// format, never its README), the split's files when any name it and all of them otherwise;
-/// one with none of them is an error that points at the Hub's parquet conversion.
+/// format, never its README), the split's files when any name it and all of them otherwise,
+/// each downloaded when its documents are reached; one with none of them is an error that
+/// points at the Hub's parquet conversion.
 #[test]
 fn hub_datasets_are_read_from_parquet_else_jsonl_else_txt() {
     use crate::mock_hub::MockHub;
@@ -101,6 +102,19 @@ fn hub_datasets_are_read_from_parquet_else_jsonl_else_txt() {
                 readme.clone(),
             ],
         ),
+        (
+            "datasets/org/shards".into(),
+            vec![
+                (
+                    "data/train-00000-of-00002.parquet".into(),
+                    std::fs::read(&pq).unwrap(),
+                ),
+                (
+                    "data/train-00001-of-00002.parquet".into(),
+                    std::fs::read(&pq).unwrap(),
+                ),
+            ],
+        ),
         ("datasets/org/none".into(), vec![readme]),
     ]);
     let hub = HubOptions {
@@ -128,6 +142,20 @@ fn hub_datasets_are_read_from_parquet_else_jsonl_else_txt() {
     assert_eq!(
         docs("org/lines", "train").unwrap().unwrap(),
         ["test one", "val one", "val two"]
+    );
+    // A large dataset's later files are fetched only when its documents reach them.
+    let mut shards = DatasetSource::parse("org/shards")
+        .documents(&Default::default(), &hub)
+        .unwrap();
+    assert_eq!(shards.next().unwrap().unwrap(), "parquet one");
+    assert_eq!(
+        server.downloaded().last().unwrap(),
+        "data/train-00000-of-00002.parquet"
+    );
+    assert_eq!(shards.count(), 3);
+    assert_eq!(
+        server.downloaded().last().unwrap(),
+        "data/train-00001-of-00002.parquet"
     );
     let err = docs("org/none", "train").err().unwrap().to_string();
     assert!(
