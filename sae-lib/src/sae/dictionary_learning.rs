@@ -71,8 +71,9 @@ fn hook_name(trainer: &Value) -> String {
     hook.to_string()
 }
 
-/// What the SAE in `dir` was trained on: the model (`lm_name`), the hook (see [`hook_name`])
-/// and the context size from its `config.json`; it does not name its dataset.
+/// What the SAE in `dir` was trained on: the model (`lm_name`), the hook (from its
+/// `submodule_name` and `layer`) and the context size from its `config.json`; it does not name
+/// its dataset.
 pub fn metadata(dir: &Path) -> Result<SaeMetadata> {
     let raw = config(dir)?;
     let trainer = &raw["trainer"];
