@@ -913,7 +913,8 @@ fn sae_eval_reads_a_hub_sae_and_finds_its_model() {
 
 /// The tutorial's own command, `sae collect --model EleutherAI/pythia-70m-deduped --dataset
 /// NeelNanda/pile-10k`, against a Hub stand-in serving those two repositories (a sharded
-/// checkpoint; a parquet split named as pile-10k's is, beside a README), from an empty cache:
+/// checkpoint; a parquet split named as pile-10k's is, beside a README; large files through a
+/// redirect, as the Hub serves them), from an empty cache:
 /// it downloads the checkpoint and the split, nothing else, and collects exactly what the same
 /// files give from disk.
 #[test]
@@ -972,6 +973,10 @@ fn the_tutorials_hub_model_and_dataset_download_and_collect() {
     wanted.push(split.into());
     wanted.sort();
     assert_eq!(downloaded, wanted);
+    assert!(
+        server.cdn_requests() > 0,
+        "the weights came through the Hub's redirect"
+    );
     collect(s(&checkpoint), s(&parquet), &local);
     let shards = |dir: &Path| {
         let mut names: Vec<PathBuf> = std::fs::read_dir(dir)

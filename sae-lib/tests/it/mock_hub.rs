@@ -1,8 +1,9 @@
 //! A Hugging Face Hub stand-in on a local port, serving repositories as the Hub serves them to
 //! the `hf-hub` client: a model's file list at `/api/models/{id}/revision/main` and each file
 //! at `/{id}/resolve/main/{path}` (a dataset's under `datasets/`), with the commit and etag
-//! headers the client reads and the byte ranges it asks for. Every path asked for is
-//! recorded, so a test can say what was downloaded.
+//! headers the client reads and the byte ranges it asks for. Large files (`.safetensors`,
+//! `.parquet`) are redirected to a content server, as the Hub sends LFS files to its CDN. Every
+//! path asked for is recorded, so a test can say what was downloaded.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -35,9 +36,10 @@ impl MockHub {
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let requests: Arc<Mutex<Vec<String>>> = Arc::default();
         let log = Arc::clone(&requests);
+        let cdn = format!("{endpoint}/cdn/");
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                answer(stream, &repos, &log);
+                answer(stream, &repos, &cdn, &log);
             }
         });
         Self { endpoint, requests }
@@ -54,6 +56,12 @@ impl MockHub {
             }
         }
         files
+    }
+
+    /// How many requests the content server (the redirects' target) answered.
+    pub fn cdn_requests(&self) -> usize {
+        let requests = self.requests.lock().unwrap();
+        requests.iter().filter(|p| p.starts_with("/cdn/")).count()
     }
 
     /// How many times the file list was asked for.
@@ -81,7 +89,7 @@ pub fn files_of(dir: &Path, prefix: &str) -> Files {
     out
 }
 
-fn answer(stream: TcpStream, repos: &Repos, log: &Mutex<Vec<String>>) {
+fn answer(stream: TcpStream, repos: &Repos, cdn: &str, log: &Mutex<Vec<String>>) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut line = String::new();
     if reader.read_line(&mut line).is_err() {
@@ -116,6 +124,13 @@ fn answer(stream: TcpStream, repos: &Repos, log: &Mutex<Vec<String>>) {
         let name = path.strip_prefix(&format!("/{id}/resolve/main/"))?;
         files.iter().find(|(n, _)| n == name)
     });
+    let etag_of =
+        |name: &str, bytes: &[u8]| format!("{:016x}{:08x}", fnv(name.as_bytes()), bytes.len());
+    let large = |name: &str| name.ends_with(".safetensors") || name.ends_with(".parquet");
+    let on_cdn = path.strip_prefix("/cdn/").and_then(|etag| {
+        let mut all = repos.iter().flat_map(|(_, files)| files);
+        all.find(|(n, b)| etag_of(n, b) == etag)
+    });
     let (status, headers, body) = if let Some((_, files)) = listed {
         let siblings: Vec<serde_json::Value> = files
             .iter()
@@ -123,15 +138,22 @@ fn answer(stream: TcpStream, repos: &Repos, log: &Mutex<Vec<String>>) {
             .collect();
         let json = serde_json::json!({ "sha": COMMIT, "siblings": siblings });
         ("200 OK", String::new(), json.to_string().into_bytes())
-    } else if let Some((name, bytes)) = file {
+    } else if let Some((name, bytes)) = file.filter(|(n, _)| large(n)) {
+        // The etag names the blob in the cache: one per file.
+        let etag = etag_of(name, bytes);
+        let headers = format!(
+            "x-repo-commit: {COMMIT}\r\nx-linked-etag: \"{etag}\"\r\nx-linked-size: {}\r\nlocation: {cdn}{etag}\r\n",
+            bytes.len()
+        );
+        ("302 Found", headers, Vec::new())
+    } else if let Some((name, bytes)) = file.or(on_cdn) {
         let (start, end) = range.unwrap_or((0, None));
         let end = end
             .unwrap_or(bytes.len().saturating_sub(1))
             .min(bytes.len() - 1);
-        // The etag names the blob in the cache: one per file.
-        let etag = format!("{:016x}{:08x}", fnv(name.as_bytes()), bytes.len());
         let headers = format!(
-            "x-repo-commit: {COMMIT}\r\netag: \"{etag}\"\r\ncontent-range: bytes {start}-{end}/{}\r\n",
+            "x-repo-commit: {COMMIT}\r\netag: \"{}\"\r\ncontent-range: bytes {start}-{end}/{}\r\n",
+            etag_of(name, bytes),
             bytes.len()
         );
         ("206 Partial Content", headers, bytes[start..=end].to_vec())
