@@ -3,8 +3,8 @@
 //! (`ctigges/pythia-70m-deduped__mlp-sm_processed/5-mlp-sm` is its `pythia-70m-deduped-mlp-sm`
 //! release's `blocks.5.hook_mlp_out`), and so are sparsify's
 //! (`EleutherAI/sae-pythia-70m-deduped-32k/layers.5`) and dictionary_learning's (`ae.pt` with
-//! its `config.json`). A Hub folder's files are fetched into
-//! the Hub cache, or found there (`HF_HUB_OFFLINE=1` included), and read from it as from disk.
+//! its `config.json`). A Hub folder's files are fetched into the Hub cache, or found there
+//! (`HF_HUB_OFFLINE=1` included), and read from it as from disk.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
