@@ -3,8 +3,10 @@
 //! in the cache is used without asking the Hub.
 //!
 //! hf-hub 0.5 reads `HF_HOME` and `HF_ENDPOINT` but not `HF_HUB_OFFLINE`, and its `info()` always
-//! goes online, so cache lookups (including listing a snapshot) are done here directly on the
-//! standard layout: `<cache>/<models|datasets>--<org>--<name>/{refs/<rev>, snapshots/<sha>/...}`.
+//! goes online, so cache lookups are done here directly on the standard layout:
+//! `<cache>/<models|datasets>--<org>--<name>/{refs/<rev>, snapshots/<sha>/...}`. A snapshot
+//! holds only the files fetched so far, so the Hub's file list is remembered beside it, per
+//! commit (`.sae-lib-files/<sha>.json`), to answer later listings without the network.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
