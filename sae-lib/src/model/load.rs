@@ -102,16 +102,24 @@ impl ModelSource {
         }
     }
 
-    fn missing(&self, what: &'static str, hint: &str) -> Error {
-        let path = match self {
-            ModelSource::Dir(d) | ModelSource::Gguf(d) => d.clone(),
-            ModelSource::Hub(r) => PathBuf::from(&r.id),
+    fn missing(&self, what: &'static str, hint: &str, hub: &HubOptions) -> Error {
+        let (path, hint) = match self {
+            ModelSource::Dir(d) | ModelSource::Gguf(d) => (d.clone(), hint.to_string()),
+            // Offline, the cache may simply not hold it yet.
+            ModelSource::Hub(r) if hub.offline => (
+                PathBuf::from(&r.id),
+                format!(
+                    "HF_HUB_OFFLINE is set and the Hub cache ({}) holds no {what} for it: run \
+                     once with the network, or {hint}",
+                    hub.cache_dir.display()
+                ),
+            ),
+            ModelSource::Hub(r) => (
+                PathBuf::from(&r.id),
+                format!("the Hub repository has none; {hint}"),
+            ),
         };
-        Error::MissingFile {
-            what,
-            path,
-            hint: hint.into(),
-        }
+        Error::MissingFile { what, path, hint }
     }
 }
 
@@ -153,6 +161,7 @@ fn weight_files(source: &ModelSource, files: &[String], hub: &HubOptions) -> Res
     Err(source.missing(
         "model weights",
         "expected model.safetensors, model.safetensors.index.json or pytorch_model.bin",
+        hub,
     ))
 }
 
@@ -185,6 +194,7 @@ pub fn load_model(
             "config.json",
             "a model directory needs config.json and model.safetensors (or pytorch_model.bin), as \
              written by transformers' save_pretrained",
+            hub,
         ));
     }
     let config_path = source.fetch("config.json", hub)?;
@@ -228,6 +238,7 @@ pub fn load_tokenizer(source: &ModelSource, hub: &HubOptions) -> Result<Tokenize
         return Err(source.missing(
             "tokenizer.json",
             "put the model's tokenizer.json beside its config.json (or pass --tokenizer)",
+            hub,
         ));
     }
     Tokenizer::from_file(&source.fetch("tokenizer.json", hub)?)

@@ -455,4 +455,12 @@ fn loads_from_a_hub_cache_offline() {
     let batch = TokenBatch::new(&exp["single.input_ids"], None).unwrap();
     let logits = model.forward(&batch, &mut Hooks::new()).unwrap().unwrap();
     assert!(max_abs_diff(&logits, &exp["single.logits"]) < TOL);
+    // The cache holds no tokenizer for it: offline, that is what the error says.
+    let msg = sae_lib::model::load_tokenizer(&ModelSource::parse("tiny/neox"), &hub)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("tokenizer.json") && msg.contains("HF_HUB_OFFLINE is set and the Hub cache"),
+        "{msg}"
+    );
 }
