@@ -153,11 +153,13 @@ fn upgraded(mut raw: Value) -> Value {
     ] {
         map.entry(key).or_insert(default);
     }
-    let k = map.get("activation_fn_kwargs").map(|kw| kw["k"].clone());
-    if map.get("activation_fn") == Some(&json!("topk")) && k.as_ref().is_some_and(|k| !k.is_null())
-    {
+    let k = map
+        .get("activation_fn_kwargs")
+        .map(|kw| kw["k"].clone())
+        .filter(|k| !k.is_null());
+    if let (Some(k), Some("topk")) = (k, map.get("activation_fn").and_then(Value::as_str)) {
         map.insert("architecture".into(), json!("topk"));
-        map.insert("k".into(), k.unwrap_or_default());
+        map.insert("k".into(), k);
     }
     let normalize = match map.get("normalize_activations") {
         Some(Value::Bool(true)) => json!("expected_average_only_in"),

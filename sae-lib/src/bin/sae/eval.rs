@@ -19,9 +19,9 @@ use super::{dataset, load, sae_folder, warn_all, DataArgs, ModelArgs};
 /// An SAE and the model and text to read it against (by default those its cfg.json names).
 #[derive(Args)]
 pub struct SaeSources {
-    /// SAE folder: written by `sae train`, SAELens, sparsify (one hookpoint's folder) or
-    /// dictionary_learning, on
-    /// disk or in a Hugging Face Hub repository as `org/name[@revision]/folder`.
+    /// SAE folder, written by `sae train`, SAELens, sparsify (one hookpoint's folder) or
+    /// dictionary_learning: on disk, or a Hugging Face Hub repository's folder as
+    /// `org/name[@revision]/folder`.
     #[arg(long)]
     sae: PathBuf,
     #[command(flatten)]

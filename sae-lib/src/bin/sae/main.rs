@@ -57,9 +57,9 @@ enum Command {
 
 #[derive(Args)]
 struct ScoreArgs {
-    /// SAE folder: written by `sae train`, SAELens, sparsify (one hookpoint's folder) or
-    /// dictionary_learning, on
-    /// disk or in a Hugging Face Hub repository as `org/name[@revision]/folder`.
+    /// SAE folder, written by `sae train`, SAELens, sparsify (one hookpoint's folder) or
+    /// dictionary_learning: on disk, or a Hugging Face Hub repository's folder as
+    /// `org/name[@revision]/folder`.
     #[arg(long)]
     sae: PathBuf,
     /// Activation store to score it on.
