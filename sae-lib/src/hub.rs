@@ -1,9 +1,11 @@
 //! Files from the Hugging Face Hub through `hf-hub`, with the cache rules researchers expect:
-//! `HF_HOME` picks the cache, `HF_HUB_OFFLINE=1` never touches the network, and a file already
-//! in the cache is used without asking the Hub.
+//! `HF_HOME` (or `HF_HUB_CACHE`) picks the cache, `HF_HUB_OFFLINE=1` never touches the network,
+//! `HF_TOKEN` (or the token file `huggingface-cli login` writes) opens gated and private
+//! repositories, and a file already in the cache is used without asking the Hub.
 //!
-//! hf-hub 0.5 reads `HF_HOME` and `HF_ENDPOINT` but not `HF_HUB_OFFLINE`, and its `info()` always
-//! goes online, so cache lookups are done here directly on the standard layout:
+//! hf-hub 0.5 reads `HF_HOME`, `HF_ENDPOINT` and the token file beside its cache, but not
+//! `HF_HUB_CACHE`, `HF_TOKEN` or `HF_HUB_OFFLINE`, and its `info()` always goes online, so those
+//! are read here and cache lookups are done directly on the standard layout:
 //! `<cache>/<models|datasets>--<org>--<name>/{refs/<rev>, snapshots/<sha>/...}`. A snapshot
 //! holds only the files fetched so far, so the Hub's file list is remembered beside it, per
 //! commit (`.sae-lib-files/<sha>.json`), to answer later listings without the network.
@@ -11,7 +13,7 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use hf_hub::api::sync::ApiBuilder;
+use hf_hub::api::sync::{ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo, RepoType};
 
 use crate::{Error, Result};
@@ -25,23 +27,37 @@ pub struct HubOptions {
     pub endpoint: Option<String>,
     /// Never use the network (`$HF_HUB_OFFLINE` set to 1/true/yes/on).
     pub offline: bool,
+    /// The access token sent to the Hub, for gated and private repositories (`None`: ask
+    /// without one).
+    pub token: Option<String>,
 }
 
 impl HubOptions {
-    /// Reads `HF_HOME`, `HF_ENDPOINT` and `HF_HUB_OFFLINE`.
+    /// Reads the variables Python's `huggingface_hub` reads, with its precedence: the cache is
+    /// `$HF_HUB_CACHE`, else `$HF_HOME/hub`; the token is `$HF_TOKEN`, else the file at
+    /// `$HF_TOKEN_PATH`, else `$HF_HOME/token` (where `huggingface-cli login` writes it).
     pub fn from_env() -> Self {
-        let offline = std::env::var("HF_HUB_OFFLINE")
-            .map(|v| {
-                matches!(
-                    v.trim().to_ascii_lowercase().as_str(),
-                    "1" | "true" | "yes" | "on"
-                )
-            })
-            .unwrap_or(false);
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let offline = var("HF_HUB_OFFLINE").is_some_and(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            )
+        });
+        // hf-hub's cache path is `$HF_HOME/hub`; the token file sits beside it.
+        let home_cache = Cache::from_env().path().clone();
+        let token_file = var("HF_TOKEN_PATH")
+            .map(PathBuf::from)
+            .or_else(|| home_cache.parent().map(|home| home.join("token")));
+        let token = var("HF_TOKEN").or_else(|| {
+            let text = std::fs::read_to_string(token_file?).ok()?;
+            Some(text.trim().to_string()).filter(|t| !t.is_empty())
+        });
         Self {
-            cache_dir: Cache::from_env().path().clone(),
-            endpoint: std::env::var("HF_ENDPOINT").ok(),
+            cache_dir: var("HF_HUB_CACHE").map_or(home_cache, PathBuf::from),
+            endpoint: var("HF_ENDPOINT"),
             offline,
+            token: token.map(|t| t.trim().to_string()),
         }
     }
 }
@@ -131,7 +147,7 @@ impl HubRepo {
         let api = self.api(opts)?;
         api.repo(self.hf_repo())
             .download(filename)
-            .map_err(|e| self.unavailable(filename, opts, &e.to_string()))
+            .map_err(|e| self.refused(filename, opts, &e))
     }
 
     /// The repository's file names. A cached snapshot holds only the files fetched so far, so
@@ -178,7 +194,7 @@ impl HubRepo {
             .api(opts)?
             .repo(self.hf_repo())
             .info()
-            .map_err(|e| self.unavailable("the file list", opts, &e.to_string()))?;
+            .map_err(|e| self.refused("the file list", opts, &e))?;
         let mut files: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
         files.sort();
         let path = self.listing_path(&info.sha, opts);
@@ -201,7 +217,10 @@ impl HubRepo {
     }
 
     fn api(&self, opts: &HubOptions) -> Result<hf_hub::api::sync::Api> {
+        // The token is set here: hf-hub would look for its file beside the cache, which is
+        // wrong once `HF_HUB_CACHE` moves the cache away from `HF_HOME`.
         let mut builder = ApiBuilder::from_cache(Cache::new(opts.cache_dir.clone()))
+            .with_token(opts.token.clone())
             .with_progress(std::io::stderr().is_terminal());
         if let Some(endpoint) = &opts.endpoint {
             builder = builder.with_endpoint(endpoint.clone());
@@ -209,6 +228,48 @@ impl HubRepo {
         builder
             .build()
             .map_err(|e| Error::Hub(format!("cannot set up the Hugging Face Hub client: {e}")))
+    }
+
+    /// The error for a request the Hub answered with a refusal (401, 403, 404...), saying what
+    /// to do about it; anything else (no network, a broken transfer) is [`Self::unavailable`].
+    fn refused(&self, what: &str, opts: &HubOptions, e: &ApiError) -> Error {
+        let Some(status) = status_of(e) else {
+            return self.unavailable(what, opts, &e.to_string());
+        };
+        let endpoint = opts.endpoint.as_deref().unwrap_or("https://huggingface.co");
+        let page = match self.kind {
+            RepoKind::Dataset => format!("{endpoint}/datasets/{}", self.id),
+            RepoKind::Model | RepoKind::Sae => format!("{endpoint}/{}", self.id),
+        };
+        let why = match status {
+            401 if opts.token.is_none() => format!(
+                "the Hub asks for a token (HTTP 401): the repository is gated or private, or \
+                 does not exist. If it exists, accept its terms at {page} while logged in, then \
+                 set HF_TOKEN to a read token (or run `huggingface-cli login`)"
+            ),
+            401 => "the Hub rejected the token from HF_TOKEN or the token file (HTTP 401): the \
+                    token is invalid or expired, or the repository is private to others or does \
+                    not exist. Check the name, or make a new read token at \
+                    https://huggingface.co/settings/tokens"
+                .to_string(),
+            403 => format!(
+                "the token has no access to this repository (HTTP 403): it is gated, so request \
+                 access at {page} and wait for approval, or the token lacks read permission"
+            ),
+            404 => "the Hub has no such thing (HTTP 404): check the repository name, the \
+                    revision after `@` and the file name"
+                .to_string(),
+            429 => "the Hub is limiting requests (HTTP 429): wait and try again, with a token \
+                    (HF_TOKEN) for a higher limit"
+                .to_string(),
+            status => format!("the Hub answered HTTP {status}: try again later"),
+        };
+        Error::Hub(format!(
+            "cannot get {what} of {} `{}` (revision {}): {why}.",
+            self.kind_name(),
+            self.id,
+            self.revision
+        ))
     }
 
     fn unavailable(&self, what: &str, opts: &HubOptions, why: &str) -> Error {
@@ -226,6 +287,18 @@ impl HubRepo {
             self.revision,
             opts.cache_dir.display()
         ))
+    }
+}
+
+/// The HTTP status of a request the Hub refused, if that is what `e` is.
+fn status_of(e: &ApiError) -> Option<u16> {
+    match e {
+        ApiError::RequestError(e) => match **e {
+            ureq::Error::StatusCode(status) => Some(status),
+            _ => None,
+        },
+        ApiError::TooManyRetries(e) => status_of(e),
+        _ => None,
     }
 }
 
@@ -253,6 +326,7 @@ mod tests {
             // A closed local port: connection refused at once, never the real Hub.
             endpoint: Some("http://127.0.0.1:9".into()),
             offline,
+            token: None,
         }
     }
 

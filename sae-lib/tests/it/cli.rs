@@ -23,6 +23,8 @@ pub(crate) fn sae_in(cwd: &Path, args: &[&str]) -> Output {
             std::env::temp_dir().join("sae-lib-test-empty-hf-home"),
         )
         .env_remove("SAE_PROGRESS")
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("HF_TOKEN")
         .output()
         .unwrap()
 }

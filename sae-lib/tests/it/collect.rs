@@ -121,6 +121,7 @@ fn hub_datasets_are_read_from_parquet_else_jsonl_else_txt() {
         cache_dir: dir.path().join("hub"),
         endpoint: Some(server.endpoint.clone()),
         offline: false,
+        token: None,
     };
     let docs = |id: &str, split: &str| {
         let opts = DatasetOptions {

@@ -38,6 +38,7 @@ pub fn offline_hub() -> HubOptions {
         cache_dir: std::env::temp_dir().join("sae-lib-test-empty-cache"),
         endpoint: Some("http://127.0.0.1:9".into()),
         offline: true,
+        token: None,
     }
 }
 

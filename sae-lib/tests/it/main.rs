@@ -7,6 +7,7 @@ mod cuda_kernels;
 mod defaults;
 mod eval;
 mod gguf;
+mod hub;
 mod mixed_precision;
 mod mock_hub;
 mod model;

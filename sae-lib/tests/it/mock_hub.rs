@@ -3,7 +3,8 @@
 //! at `/{id}/resolve/main/{path}` (a dataset's under `datasets/`), with the commit and etag
 //! headers the client reads and the byte ranges it asks for. Large files (`.safetensors`,
 //! `.parquet`) are redirected to a content server, as the Hub sends LFS files to its CDN. Every
-//! path asked for is recorded, so a test can say what was downloaded.
+//! path asked for is recorded, so a test can say what was downloaded. A gated stand-in answers
+//! as the Hub does for a gated repository: 401 without a token, 403 for a token not granted.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -22,6 +23,7 @@ pub struct MockHub {
     /// `http://127.0.0.1:PORT`, for `HF_ENDPOINT`.
     pub endpoint: String,
     requests: Arc<Mutex<Vec<String>>>,
+    tokens: Arc<Mutex<Vec<Option<String>>>>,
 }
 
 impl MockHub {
@@ -32,17 +34,38 @@ impl MockHub {
 
     /// Serves several repositories, each `(id, files)`; a dataset's id is `datasets/org/name`.
     pub fn serve_all(repos: Vec<(String, Files)>) -> Self {
+        Self::start(repos, None)
+    }
+
+    /// Serves `repos` gated: only requests carrying `Bearer {token}` are answered.
+    pub fn serve_gated(repos: Vec<(String, Files)>, token: &str) -> Self {
+        Self::start(repos, Some(token.to_string()))
+    }
+
+    fn start(repos: Vec<(String, Files)>, gate: Option<String>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let requests: Arc<Mutex<Vec<String>>> = Arc::default();
-        let log = Arc::clone(&requests);
+        let (requests, tokens): (Arc<Mutex<Vec<String>>>, _) = Default::default();
+        let log = Log {
+            paths: Arc::clone(&requests),
+            tokens: Arc::clone(&tokens),
+        };
         let cdn = format!("{endpoint}/cdn/");
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                answer(stream, &repos, &cdn, &log);
+                answer(stream, &repos, &cdn, gate.as_deref(), &log);
             }
         });
-        Self { endpoint, requests }
+        Self {
+            endpoint,
+            requests,
+            tokens,
+        }
+    }
+
+    /// The bearer token of each request to the Hub itself (not its content server), in order.
+    pub fn tokens_seen(&self) -> Vec<Option<String>> {
+        self.tokens.lock().unwrap().clone()
     }
 
     /// The files of the repository downloaded so far (each once, in order).
@@ -89,7 +112,12 @@ pub fn files_of(dir: &Path, prefix: &str) -> Files {
     out
 }
 
-fn answer(stream: TcpStream, repos: &Repos, cdn: &str, log: &Mutex<Vec<String>>) {
+struct Log {
+    paths: Arc<Mutex<Vec<String>>>,
+    tokens: Arc<Mutex<Vec<Option<String>>>>,
+}
+
+fn answer(stream: TcpStream, repos: &Repos, cdn: &str, gate: Option<&str>, log: &Log) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut line = String::new();
     if reader.read_line(&mut line).is_err() {
@@ -101,6 +129,7 @@ fn answer(stream: TcpStream, repos: &Repos, cdn: &str, log: &Mutex<Vec<String>>)
         .unwrap_or_default()
         .to_string();
     let mut range: Option<(usize, Option<usize>)> = None;
+    let mut token: Option<String> = None;
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
@@ -111,8 +140,24 @@ fn answer(stream: TcpStream, repos: &Repos, cdn: &str, log: &Mutex<Vec<String>>)
             let (start, end) = spec.split_once('-').unwrap_or((spec, ""));
             range = Some((start.parse().unwrap_or(0), end.parse().ok()));
         }
+        if lower.starts_with("authorization: bearer ") {
+            token = Some(header.trim()["authorization: bearer ".len()..].to_string());
+        }
     }
-    log.lock().unwrap().push(path.clone());
+    log.paths.lock().unwrap().push(path.clone());
+    // The content server's links are signed: it needs no token, as the Hub's CDN.
+    if !path.starts_with("/cdn/") {
+        log.tokens.lock().unwrap().push(token.clone());
+        let refusal = match (gate, token.as_deref()) {
+            (Some(_), None) => Some("401 Unauthorized"),
+            (Some(gate), Some(token)) if gate != token => Some("403 Forbidden"),
+            _ => None,
+        };
+        if let Some(status) = refusal {
+            reply(stream, status, "", b"gated");
+            return;
+        }
+    }
     let listed = repos.iter().find(|(id, _)| {
         let api = match id.strip_prefix("datasets/") {
             Some(_) => id.clone(),
@@ -160,13 +205,16 @@ fn answer(stream: TcpStream, repos: &Repos, cdn: &str, log: &Mutex<Vec<String>>)
     } else {
         ("404 Not Found", String::new(), b"not found".to_vec())
     };
-    let mut stream = stream;
+    reply(stream, status, &headers, &body);
+}
+
+fn reply(mut stream: TcpStream, status: &str, headers: &str, body: &[u8]) {
     let head = format!(
         "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n{headers}\r\n",
         body.len()
     );
     let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(&body);
+    let _ = stream.write_all(body);
 }
 
 fn fnv(bytes: &[u8]) -> u64 {

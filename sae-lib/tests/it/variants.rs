@@ -169,6 +169,7 @@ fn saes_load_from_a_hub_repository_folder() {
         cache_dir: cache.path().to_path_buf(),
         endpoint: Some("http://127.0.0.1:9".into()),
         offline: true,
+        token: None,
     };
     for (spec, local) in [
         ("org/saes/5-mlp-sm", "saelens/legacy_standard"),
@@ -232,6 +233,7 @@ fn a_hub_sae_is_downloaded_file_by_file_into_the_cache() {
         cache_dir: cache.path().to_path_buf(),
         endpoint: Some(server.endpoint.clone()),
         offline: false,
+        token: None,
     };
     let dir = sae_lib::sae::locate("org/saes/5-mlp-sm", &hub).unwrap();
     assert!(dir.starts_with(cache.path()), "{}", dir.display());
@@ -276,6 +278,7 @@ fn a_hub_sae_is_downloaded_file_by_file_into_the_cache() {
     );
     let offline = sae_lib::hub::HubOptions {
         offline: true,
+        token: None,
         ..hub.clone()
     };
     let err = sae_lib::sae::locate("org/saes/missing", &offline)
