@@ -19,6 +19,7 @@ pub mod kernels;
 pub mod matryoshka;
 pub mod nested;
 mod panels;
+mod releases;
 pub mod relu;
 pub mod select;
 pub mod source;

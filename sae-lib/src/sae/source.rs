@@ -1,7 +1,7 @@
-//! Where an SAE comes from: a folder on disk, or a folder of a Hugging Face Hub repository,
-//! `org/name[@revision]/folder`. SAELens' published SAEs are such folders
-//! (`ctigges/pythia-70m-deduped__mlp-sm_processed/5-mlp-sm` is its `pythia-70m-deduped-mlp-sm`
-//! release's `blocks.5.hook_mlp_out`), and so are sparsify's
+//! Where an SAE comes from: a folder on disk, a folder of a Hugging Face Hub repository,
+//! `org/name[@revision]/folder`, or SAELens' `release/sae_id`. SAELens' published SAEs are
+//! such folders (`ctigges/pythia-70m-deduped__mlp-sm_processed/5-mlp-sm` is its
+//! `pythia-70m-deduped-mlp-sm` release's `blocks.5.hook_mlp_out`), and so are sparsify's
 //! (`EleutherAI/sae-pythia-70m-deduped-32k/layers.5`) and dictionary_learning's (`ae.pt` with
 //! its `config.json`). A Hub folder's files are fetched into the Hub cache, or found there
 //! (`HF_HUB_OFFLINE=1` included), and read from it as from disk.
@@ -17,14 +17,17 @@ use crate::{Error, Result};
 const WEIGHTS: [&str; 3] = ["sae_weights.safetensors", "sae.safetensors", "ae.pt"];
 
 /// The folder the SAE `spec` names: `spec` itself when it exists on disk, else the Hub
-/// repository folder it names, its files fetched into the cache. Only the files the SAE is
-/// read from are fetched: its weights and config, SAELens' `sparsity.safetensors` and
-/// sparsify's run `config.json` one level up, where the repository has them.
+/// repository folder it names (directly, or as SAELens' `release/sae_id`), its files fetched
+/// into the cache. Only the files the SAE is read from are fetched: its weights and config,
+/// SAELens' `sparsity.safetensors` and sparsify's run `config.json` one level up, where the
+/// repository has them.
 pub fn locate(spec: &str, hub: &HubOptions) -> Result<PathBuf> {
-    let path = Path::new(spec);
-    if path.exists() {
-        return Ok(path.to_path_buf());
+    if Path::new(spec).exists() {
+        return Ok(spec.into());
     }
+    let released = super::releases::hub_folder(spec).transpose()?;
+    let spec = released.as_deref().unwrap_or(spec);
+    let path = Path::new(spec);
     let not_found = |hint: String| Error::MissingFile {
         what: "SAE folder",
         path: path.into(),
@@ -33,8 +36,9 @@ pub fn locate(spec: &str, hub: &HubOptions) -> Result<PathBuf> {
     let parts: Vec<&str> = spec.split('/').collect();
     if spec.starts_with(['/', '.', '~']) || parts.len() < 2 || parts.iter().any(|p| p.is_empty()) {
         return Err(not_found(
-            "pass a folder written by `sae train`, SAELens, sparsify or dictionary_learning, or \
-             a Hugging Face Hub repository's SAE folder as org/name/folder"
+            "pass a folder written by `sae train`, SAELens, sparsify or dictionary_learning, a \
+             Hugging Face Hub repository's SAE folder as org/name/folder, or SAELens' \
+             release/sae_id"
                 .into(),
         ));
     }

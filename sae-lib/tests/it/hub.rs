@@ -159,3 +159,35 @@ fn the_token_and_the_cache_are_found_where_huggingface_hub_looks() {
     let o = collect(&server, d, "path2", &[("HF_TOKEN_PATH", &s(&wrong))]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// SAELens' `release/sae_id`, as `SAE.from_pretrained` takes them, is the Hub folder its
+/// directory maps them to.
+#[test]
+fn an_saelens_release_name_is_its_hub_folder() {
+    let repo = "ctigges/pythia-70m-deduped__mlp-sm_processed";
+    let server = MockHub::serve(
+        repo,
+        files_of(&fixture("saelens/legacy_standard"), "5-mlp-sm/"),
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let hub = HubOptions {
+        cache_dir: cache.path().to_path_buf(),
+        endpoint: Some(server.endpoint.clone()),
+        offline: false,
+        token: None,
+    };
+    let by_release =
+        sae_lib::sae::locate("pythia-70m-deduped-mlp-sm/blocks.5.hook_mlp_out", &hub).unwrap();
+    assert_eq!(
+        by_release,
+        sae_lib::sae::locate(&format!("{repo}/5-mlp-sm"), &hub).unwrap()
+    );
+    assert!(server
+        .downloaded()
+        .iter()
+        .all(|f| f.starts_with("5-mlp-sm/")));
+    let msg = sae_lib::sae::locate("pythia-70m-deduped-mlp-sm/blocks.5.hook_attn_out", &hub)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("blocks.5.hook_mlp_out"), "{msg}");
+}

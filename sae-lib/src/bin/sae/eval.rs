@@ -20,8 +20,9 @@ use super::{dataset, load, sae_folder, warn_all, DataArgs, ModelArgs};
 #[derive(Args)]
 pub struct SaeSources {
     /// SAE folder, written by `sae train`, SAELens, sparsify (one hookpoint's folder) or
-    /// dictionary_learning: on disk, or a Hugging Face Hub repository's folder as
-    /// `org/name[@revision]/folder`.
+    /// dictionary_learning: on disk, a Hugging Face Hub repository's folder as
+    /// `org/name[@revision]/folder`, or SAELens' `release/sae_id` as `SAE.from_pretrained`
+    /// takes them (`pythia-70m-deduped-mlp-sm/blocks.5.hook_mlp_out`).
     #[arg(long)]
     sae: PathBuf,
     #[command(flatten)]

@@ -58,8 +58,9 @@ enum Command {
 #[derive(Args)]
 struct ScoreArgs {
     /// SAE folder, written by `sae train`, SAELens, sparsify (one hookpoint's folder) or
-    /// dictionary_learning: on disk, or a Hugging Face Hub repository's folder as
-    /// `org/name[@revision]/folder`.
+    /// dictionary_learning: on disk, a Hugging Face Hub repository's folder as
+    /// `org/name[@revision]/folder`, or SAELens' `release/sae_id` as `SAE.from_pretrained`
+    /// takes them (`pythia-70m-deduped-mlp-sm/blocks.5.hook_mlp_out`).
     #[arg(long)]
     sae: PathBuf,
     /// Activation store to score it on.
