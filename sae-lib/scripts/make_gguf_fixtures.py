@@ -79,12 +79,16 @@ def gguf_name(hf):
     return f"blk.{layer}.{GGUF_NAMES[module]}.{kind}"
 
 
-def write_tiny_gguf():
-    cfg = json.load(open(os.path.join(SRC, "config.json")))
-    sd = load_file(os.path.join(SRC, "model.safetensors"))
+def write_tiny_gguf(src=SRC, out=OUT, quantized=True, rope_freqs=None):
+    """`src`'s checkpoint as llama.cpp writes it, into `out`/model.gguf: 2-D weights in Q8_0
+    (or F32 when not `quantized`), and `rope_freqs` (llama.cpp's per-frequency divisors for
+    Llama 3's rotary scaling) as the `rope_freqs.weight` tensor when given."""
+    cfg = json.load(open(os.path.join(src, "config.json")))
+    sd = load_file(os.path.join(src, "model.safetensors"))
     heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    os.makedirs(OUT, exist_ok=True)
-    path = os.path.join(OUT, "model.gguf")
+    rope_theta = cfg.get("rope_theta") or cfg["rope_parameters"]["rope_theta"]
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "model.gguf")
     w = GGUFWriter(path, "llama")
     w.add_name("sae-lib tiny llama fixture")
     w.add_block_count(cfg["num_hidden_layers"])
@@ -94,7 +98,7 @@ def write_tiny_gguf():
     w.add_head_count(heads)
     w.add_head_count_kv(kv)
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    w.add_rope_freq_base(cfg["rope_parameters"]["rope_theta"])
+    w.add_rope_freq_base(rope_theta)
     w.add_rope_dimension_count(cfg["head_dim"])
     w.add_vocab_size(cfg["vocab_size"])
     # Tokenizer: the 96 printable ASCII bytes (space is 'Ġ' in byte-level BPE), a few merges.
@@ -116,11 +120,13 @@ def write_tiny_gguf():
             a = permute(a, heads)
         elif name.endswith("k_proj.weight"):
             a = permute(a, kv)
-        if a.ndim == 2:
+        if a.ndim == 2 and quantized:
             w.add_tensor(gguf_name(name), quantize(a, GGMLQuantizationType.Q8_0),
                          raw_dtype=GGMLQuantizationType.Q8_0)
         else:
             w.add_tensor(gguf_name(name), a)
+    if rope_freqs is not None:
+        w.add_tensor("rope_freqs.weight", np.asarray(rope_freqs, dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -97,12 +97,21 @@ impl GgufFile {
                 "GGUF architecture `{arch}` is not supported (supported: llama)"
             )));
         }
-        if let Some(kind) = self
-            .string("llama.rope.scaling.type")
-            .filter(|k| *k != "none")
-        {
-            return Err(self.bad(format!("rope scaling `{kind}` is not supported")));
-        }
+        // Linear scaling is in the metadata; Llama 3's is in the `rope_freqs` tensor, read
+        // with the weights.
+        let rope_scaling = match self.string("llama.rope.scaling.type") {
+            None | Some("none") => None,
+            Some("linear") => Some(serde_json::json!({
+                "rope_type": "linear",
+                "factor": self.number("llama.rope.scaling.factor"),
+            })),
+            Some(kind) => {
+                return Err(self.bad(format!(
+                    "rope scaling `{kind}` is not supported (supported: linear, and Llama 3's \
+                     `rope_freqs`)"
+                )))
+            }
+        };
         let heads = self.required("llama.attention.head_count")?;
         let hidden = self.required("llama.embedding_length")?;
         let head_dim = self
@@ -137,7 +146,7 @@ impl GgufFile {
             tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
             attention_bias: false,
             mlp_bias: false,
-            rope_scaling: None,
+            rope_scaling,
         };
         cfg.validate().map_err(|m| self.bad(m))?;
         Ok(cfg)
@@ -157,10 +166,12 @@ impl GgufFile {
         let cfg = self.llama_config()?;
         let names: Vec<String> = self.content.tensor_infos.keys().cloned().collect();
         let mut tensors = HashMap::new();
+        let mut rope_divisors = None;
         for gguf_name in names {
-            let Some(hf_name) = hf_name(&gguf_name) else {
-                continue; // e.g. llama.cpp's precomputed `rope_freqs`
-            };
+            let hf = hf_name(&gguf_name);
+            if hf.is_none() && gguf_name != "rope_freqs.weight" {
+                continue;
+            }
             let q = self
                 .content
                 .tensor(&mut self.file, &gguf_name, &Device::Cpu)
@@ -169,6 +180,11 @@ impl GgufFile {
                     message: format!("cannot read tensor `{gguf_name}` ({e})"),
                 })?;
             let mut t = q.dequantize(&Device::Cpu)?;
+            // llama.cpp's form of Llama 3's rotary scaling: a divisor per frequency.
+            let Some(hf_name) = hf else {
+                rope_divisors = Some(t.flatten_all()?.to_vec1::<f32>()?);
+                continue;
+            };
             if gguf_name.ends_with("attn_q.weight") {
                 t = unpermute_rotary_rows(&t, cfg.num_attention_heads)?;
             } else if gguf_name.ends_with("attn_k.weight") {
@@ -177,13 +193,19 @@ impl GgufFile {
             tensors.insert(hf_name, t);
         }
         let vb = VarBuilder::from_tensors(tensors, dtype, device);
-        Llama::load(vb, &cfg).map_err(|e| match e {
+        let mut model = Llama::load(vb, &cfg).map_err(|e| match e {
             Error::Candle(e) => Error::Weights {
                 path: self.path.clone(),
                 message: format!("do not match the metadata: {e}"),
             },
             other => other,
-        })
+        })?;
+        if let Some(divisors) = rope_divisors {
+            model
+                .divide_rotary(&divisors)
+                .map_err(|e| self.bad(format!("tensor `rope_freqs`: {e}")))?;
+        }
+        Ok(model)
     }
 
     /// The tokenizer stored in the metadata (`tokenizer.ggml.*`), rebuilt as a HF tokenizer.

@@ -6,8 +6,8 @@ use crate::{Error, Result};
 
 /// Parses `path` as JSON, lifting transformers 5's `rope_parameters` into the top-level
 /// fields that transformers 4 (and the Hub's checkpoints) use: each `(from, to)` in `lift`
-/// copies `rope_parameters.from` to `to` unless `to` is already set. A `rope_type` other
-/// than `default` is rejected, since no model here implements rotary scaling.
+/// copies `rope_parameters.from` to `to` unless `to` is already set, and a `rope_type` other
+/// than `default` makes the whole object `rope_scaling`, for the model to accept or refuse.
 pub(crate) fn read(path: &Path, lift: &[(&str, &str)]) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io("reading", path, e))?;
     let bad = |message: String| Error::Config {
@@ -21,10 +21,9 @@ pub(crate) fn read(path: &Path, lift: &[(&str, &str)]) -> Result<serde_json::Val
         .cloned()
         .filter(|v| v.is_object())
     {
-        if let Some(kind) = rope["rope_type"].as_str().filter(|k| *k != "default") {
-            return Err(bad(format!(
-                "rope_type `{kind}` is not supported (only `default`)"
-            )));
+        let scaled = rope["rope_type"].as_str().is_some_and(|k| k != "default");
+        if scaled && value.get("rope_scaling").is_none_or(|v| v.is_null()) {
+            value["rope_scaling"] = rope.clone();
         }
         for (from, to) in lift {
             if value.get(*to).is_none() && !rope[*from].is_null() {

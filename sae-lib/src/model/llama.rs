@@ -18,7 +18,7 @@ use super::attention::attend;
 use super::batch::TokenBatch;
 use super::decoder::{Block, Decoder};
 use super::linear::Linear;
-use super::rotary::{Rotary, RotaryAngles};
+use super::rotary::{RopeScaling, Rotary, RotaryAngles};
 use super::Activation;
 use crate::hooks::{hook, HookPoint, Hooks};
 use crate::{Error, Result};
@@ -61,7 +61,8 @@ pub struct Config {
     /// Whether the MLP's gate, up and down projections have biases (`mlp_bias`; default false).
     #[serde(default)]
     pub mlp_bias: bool,
-    /// Only `null` is supported (Llama 3.1's frequency scaling is not implemented).
+    /// How the rotary frequencies are rescaled (`rope_scaling`: `linear`, or Llama 3.1's
+    /// `llama3`; absent or `null` for none).
     #[serde(default)]
     pub rope_scaling: Option<serde_json::Value>,
 }
@@ -105,13 +106,28 @@ impl Config {
         if !self.head_dim().is_multiple_of(2) {
             return Err(format!("head_dim {} must be even", self.head_dim()));
         }
-        if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err("rope_scaling is not supported (only plain rotary embeddings)".into());
-        }
+        self.scaling()?;
         if self.num_hidden_layers == 0 || self.vocab_size == 0 || self.intermediate_size == 0 {
             return Err("num_hidden_layers, vocab_size and intermediate_size must be > 0".into());
         }
         Activation::from_hf_name(&self.hidden_act).map(|_| ())
+    }
+
+    /// The rotary scaling `rope_scaling` describes, if any.
+    pub fn scaling(&self) -> std::result::Result<Option<RopeScaling>, String> {
+        self.rope_scaling
+            .as_ref()
+            .map_or(Ok(None), RopeScaling::from_hf)
+    }
+
+    /// The rotary embedding: `head_dim` channels at base `rope_theta`, rescaled as
+    /// `rope_scaling` says.
+    fn rotary(&self) -> Result<Rotary> {
+        let rotary = Rotary::new(self.head_dim(), self.rope_theta);
+        Ok(match self.scaling().map_err(Error::Input)? {
+            Some(scaling) => rotary.scaled(&scaling),
+            None => rotary,
+        })
     }
 
     /// Key/value heads per block: `num_key_value_heads`, else `num_attention_heads`.
@@ -276,9 +292,20 @@ impl Llama {
             layers,
             norm,
             lm_head,
-            rotary: Rotary::new(cfg.head_dim(), cfg.rope_theta),
+            rotary: cfg.rotary()?,
             cfg: cfg.clone(),
         })
+    }
+
+    /// Divides each rotary frequency by its entry of `divisors`, one per pair of channels of
+    /// a head (llama.cpp's `rope_freqs`, its form of Llama 3's scaling).
+    pub fn divide_rotary(&mut self, divisors: &[f32]) -> Result<()> {
+        self.rotary = self
+            .rotary
+            .clone()
+            .divided_by(divisors)
+            .map_err(Error::Input)?;
+        Ok(())
     }
 
     /// The config the model was built from.

@@ -3,7 +3,8 @@
 //! channels of each head (GPT-NeoX's `rotary_pct` < 1 leaves the rest untouched).
 //!
 //! Angles are computed from per-row position ids rather than a fixed table, so padded
-//! batches and any sequence length work.
+//! batches and any sequence length work. Checkpoints trained for longer contexts rescale the
+//! frequencies ([`RopeScaling`]: linear, or Llama 3's by wavelength).
 
 use std::mem::MaybeUninit;
 
@@ -42,6 +43,38 @@ impl Rotary {
         }
     }
 
+    /// The frequencies rescaled as `scaling` says.
+    pub fn scaled(self, scaling: &RopeScaling) -> Self {
+        let divisors: Vec<f32> = self
+            .inv_freq
+            .iter()
+            .map(|&f| scaling.divisor(f) as f32)
+            .collect();
+        self.divided_by(&divisors)
+            .expect("one divisor per frequency")
+    }
+
+    /// Each frequency divided by its entry of `divisors` (one per pair of rotated channels, as
+    /// llama.cpp stores Llama 3's scaling in `rope_freqs`).
+    pub fn divided_by(mut self, divisors: &[f32]) -> std::result::Result<Self, String> {
+        if divisors.len() != self.inv_freq.len() {
+            return Err(format!(
+                "{} rotary frequency divisors for {} frequencies",
+                divisors.len(),
+                self.inv_freq.len()
+            ));
+        }
+        for (f, d) in self.inv_freq.iter_mut().zip(divisors) {
+            *f /= d;
+        }
+        Ok(self)
+    }
+
+    /// The frequencies, one per pair of rotated channels.
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
     /// Angles for `positions` (one row of position ids per sequence), in `dtype`.
     pub fn angles(
         &self,
@@ -63,6 +96,96 @@ impl Rotary {
             sin: freqs.sin()?.to_dtype(dtype)?,
             rotary_dim: self.rotary_dim,
         })
+    }
+}
+
+/// How a checkpoint rescales its rotary frequencies (HF's `rope_scaling`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    /// Every frequency divided by `factor` (position interpolation).
+    Linear {
+        /// The divisor.
+        factor: f64,
+    },
+    /// Llama 3.1's: a frequency whose wavelength is over `original / low_freq_factor` tokens
+    /// is divided by `factor`, one under `original / high_freq_factor` is kept, and those
+    /// between are blended, linearly in `original / wavelength`.
+    Llama3 {
+        /// The divisor of the low frequencies.
+        factor: f64,
+        /// `original / low_freq_factor` is the longest wavelength kept in part.
+        low_freq_factor: f64,
+        /// `original / high_freq_factor` is the shortest wavelength scaled in part.
+        high_freq_factor: f64,
+        /// The context the model was first trained at (`original_max_position_embeddings`).
+        original: f64,
+    },
+}
+
+impl RopeScaling {
+    /// Reads HF's `rope_scaling` object (its kind under `rope_type`, or `type` in older
+    /// files). `None` for no scaling (`null`, or kind `default`).
+    pub fn from_hf(value: &serde_json::Value) -> std::result::Result<Option<Self>, String> {
+        if value.is_null() {
+            return Ok(None);
+        }
+        let kind = value["rope_type"]
+            .as_str()
+            .or(value["type"].as_str())
+            .unwrap_or("");
+        let number = |key: &str| {
+            value[key]
+                .as_f64()
+                .filter(|v| *v > 0.0)
+                .ok_or_else(|| format!("rope_scaling `{kind}` needs a positive `{key}`"))
+        };
+        match kind {
+            "default" => Ok(None),
+            "linear" => Ok(Some(Self::Linear {
+                factor: number("factor")?,
+            })),
+            "llama3" => {
+                let (low, high) = (number("low_freq_factor")?, number("high_freq_factor")?);
+                if high <= low {
+                    return Err(format!(
+                        "rope_scaling: high_freq_factor {high} must exceed low_freq_factor {low}"
+                    ));
+                }
+                Ok(Some(Self::Llama3 {
+                    factor: number("factor")?,
+                    low_freq_factor: low,
+                    high_freq_factor: high,
+                    original: number("original_max_position_embeddings")?,
+                }))
+            }
+            other => Err(format!(
+                "rope_scaling `{other}` is not supported (supported: linear, llama3)"
+            )),
+        }
+    }
+
+    /// What the frequency `inv_freq` (radians per token) is divided by.
+    fn divisor(&self, inv_freq: f32) -> f64 {
+        match *self {
+            Self::Linear { factor } => factor,
+            Self::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original,
+            } => {
+                let wavelength = 2.0 * std::f64::consts::PI / inv_freq as f64;
+                if wavelength < original / high_freq_factor {
+                    1.0
+                } else if wavelength > original / low_freq_factor {
+                    factor
+                } else {
+                    let smooth = (original / wavelength - low_freq_factor)
+                        / (high_freq_factor - low_freq_factor);
+                    1.0 / ((1.0 - smooth) / factor + smooth)
+                }
+            }
+        }
     }
 }
 

@@ -12,6 +12,7 @@ mod mixed_precision;
 mod mock_hub;
 mod model;
 mod outputs;
+mod rope_scaling;
 mod sae;
 mod stock_ops;
 mod stream;

@@ -20,11 +20,15 @@ fn run_all_hooks(model: &Model, batch: &TokenBatch) -> (Tensor, Hooks<'static>) 
 }
 
 pub fn check_parity(model_dir: &str, expected_dir: &str) {
-    let model = load_fixture_model(model_dir);
+    check_parity_of(&load_fixture_model(model_dir), model_dir, expected_dir);
+}
+
+/// [`check_parity`] of a model already loaded, `model_dir` naming it in messages.
+pub fn check_parity_of(model: &Model, model_dir: &str, expected_dir: &str) {
     let exp = expected(expected_dir);
     // Unpadded single sequence: every position.
     let batch = TokenBatch::new(&exp["single.input_ids"], None).unwrap();
-    let (logits, hooks) = run_all_hooks(&model, &batch);
+    let (logits, hooks) = run_all_hooks(model, &batch);
     for p in HookPoint::all(model.n_layers()) {
         let d = max_abs_diff(hooks.get(p).unwrap(), &exp[&format!("single.{p}")]);
         assert!(d < TOL, "{model_dir} single {p}: max abs diff {d}");
@@ -34,7 +38,7 @@ pub fn check_parity(model_dir: &str, expected_dir: &str) {
     // Padded batch (one full row, one right-padded, one left-padded): real positions only.
     let mask = &exp["batch.attention_mask"];
     let batch = TokenBatch::new(&exp["batch.input_ids"], Some(mask)).unwrap();
-    let (logits, hooks) = run_all_hooks(&model, &batch);
+    let (logits, hooks) = run_all_hooks(model, &batch);
     for p in HookPoint::all(model.n_layers()) {
         let d = masked_max_abs_diff(hooks.get(p).unwrap(), &exp[&format!("batch.{p}")], mask);
         assert!(d < TOL, "{model_dir} batch {p}: max abs diff {d}");
