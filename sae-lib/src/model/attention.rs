@@ -15,11 +15,35 @@ use rayon::prelude::*;
 use crate::sae::kernels::{simd, SharedOut};
 use crate::Result;
 
+/// How a query and a key make a score: `scale · q·k`, then, with a `softcap`,
+/// `softcap · tanh(score / softcap)` (Gemma 2's bound on the scores), before the bias.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Scores {
+    pub scale: f64,
+    pub softcap: Option<f64>,
+}
+
+impl Scores {
+    /// `q·k / √head_dim`, uncapped: every model's but Gemma 2's.
+    pub fn standard(head_dim: usize) -> Self {
+        Self {
+            scale: 1.0 / (head_dim as f64).sqrt(),
+            softcap: None,
+        }
+    }
+}
+
 /// Attention for `q` `(batch, heads, seq, head_dim)` over `k` and `v`
 /// `(batch, kv_heads, seq, head_dim)`, each key/value head serving `heads / kv_heads` query
-/// heads, with an additive `bias` `(batch, 1, seq, seq)`; the softmax in f32 whatever the
-/// dtype. Returns `(batch, seq, heads · head_dim)`.
-pub(crate) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor) -> Result<Tensor> {
+/// heads, with scores made as `scores` says plus an additive `bias` `(batch, 1, seq, seq)`;
+/// the softmax in f32 whatever the dtype. Returns `(batch, seq, heads · head_dim)`.
+pub(crate) fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: &Tensor,
+    scores: Scores,
+) -> Result<Tensor> {
     let (b, heads, t, hd) = q.dims4()?;
     let kv_heads = k.dim(1)?;
     // The shapes the CPU path indexes by; anything else (a broadcast bias, say) goes stock.
@@ -41,7 +65,7 @@ pub(crate) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor) -> Resul
             with_host(k, "the keys", |k| {
                 with_host(v, "the values", |v| {
                     with_host(bias, "the attention bias", |bias| {
-                        Ok(attend_on_host(q, k, v, bias, dims))
+                        Ok(attend_on_host(q, k, v, bias, dims, scores))
                     })
                 })
             })
@@ -52,10 +76,12 @@ pub(crate) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor) -> Resul
     let n_rep = heads / kv_heads.max(1);
     let k = candle_transformers::utils::repeat_kv(k.clone(), n_rep)?;
     let v = candle_transformers::utils::repeat_kv(v.clone(), n_rep)?;
-    let q = (q / (hd as f64).sqrt())?;
-    let scores = q.matmul(&k.t()?.contiguous()?)?; // (b, heads, t, t)
-    let scores = scores.to_dtype(DType::F32)?.broadcast_add(bias)?;
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+    let q = (q * scores.scale)?;
+    let mut logits = q.matmul(&k.t()?.contiguous()?)?.to_dtype(DType::F32)?; // (b, heads, t, t)
+    if let Some(cap) = scores.softcap {
+        logits = ((logits / cap)?.tanh()? * cap)?;
+    }
+    let probs = candle_nn::ops::softmax_last_dim(&logits.broadcast_add(bias)?)?.to_dtype(dtype)?;
     Ok(probs
         .matmul(&v.contiguous()?)?
         .transpose(1, 2)? // (b, t, heads, hd)
@@ -73,7 +99,14 @@ struct Dims {
 
 /// The CPU path of [`attend`] on raw contiguous buffers: `q` `(b, heads, t, hd)`, `k` and `v`
 /// `(b, kv_heads, t, hd)`, `bias` `(b, t, t)`; returns `(b, t, heads, hd)`.
-fn attend_on_host(q: &[f32], k: &[f32], v: &[f32], bias: &[f32], dims: Dims) -> Vec<f32> {
+fn attend_on_host(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    bias: &[f32],
+    dims: Dims,
+    rule: Scores,
+) -> Vec<f32> {
     let Dims {
         batch,
         heads,
@@ -83,7 +116,7 @@ fn attend_on_host(q: &[f32], k: &[f32], v: &[f32], bias: &[f32], dims: Dims) -> 
     } = dims;
     let fill = |out: &mut [std::mem::MaybeUninit<f32>]| {
         let dst = SharedOut(out.as_mut_ptr().cast::<f32>());
-        let scale = 1.0 / (hd as f32).sqrt();
+        let scale = rule.scale as f32;
         let group = heads / kv_heads.max(1);
         (0..batch * heads).into_par_iter().for_each_init(
             || vec![0f32; t * t],
@@ -95,8 +128,12 @@ fn attend_on_host(q: &[f32], k: &[f32], v: &[f32], bias: &[f32], dims: Dims) -> 
                     &k[kv..][..t * hd],
                     &v[kv..][..t * hd],
                 );
-                // scores = bias + scale · q kᵀ, kᵀ read in place as a column-major view of k.
-                scores.copy_from_slice(&bias[bi * t * t..][..t * t]);
+                // scores = bias + scale · q kᵀ, kᵀ read in place as a column-major view of k;
+                // with a cap the bias is added after it.
+                let bias = &bias[bi * t * t..][..t * t];
+                if rule.softcap.is_none() {
+                    scores.copy_from_slice(bias);
+                }
                 // SAFETY: every pointer spans the rows and strides given; `scores` is this
                 // task's own.
                 unsafe {
@@ -107,7 +144,7 @@ fn attend_on_host(q: &[f32], k: &[f32], v: &[f32], bias: &[f32], dims: Dims) -> 
                         scores.as_mut_ptr(),
                         1,
                         t as isize,
-                        true,
+                        rule.softcap.is_none(),
                         q.as_ptr(),
                         1,
                         hd as isize,
@@ -121,6 +158,12 @@ fn attend_on_host(q: &[f32], k: &[f32], v: &[f32], bias: &[f32], dims: Dims) -> 
                         false,
                         gemm::Parallelism::None,
                     );
+                }
+                if let Some(cap) = rule.softcap {
+                    let cap = cap as f32;
+                    for (s, b) in scores.iter_mut().zip(bias) {
+                        *s = cap * (*s / cap).tanh() + b;
+                    }
                 }
                 simd(
                     #[inline(always)]
@@ -256,11 +299,17 @@ mod tests {
             .unwrap()
             .attention_bias(&dev)
             .unwrap();
-        let host = attend(&q, &k, &v, &bias).unwrap();
-        let stock = crate::ops::with_stock_ops(|| attend(&q, &k, &v, &bias)).unwrap();
-        assert_eq!(host.dims(), [b, t, heads * hd]);
-        let gap = crate::ops::max_abs_gap(&host, &stock);
-        assert!(gap < 1e-5, "largest gap {gap}");
+        let capped = Scores {
+            scale: 0.3,
+            softcap: Some(1.5),
+        };
+        for scores in [Scores::standard(hd), capped] {
+            let host = attend(&q, &k, &v, &bias, scores).unwrap();
+            let stock = crate::ops::with_stock_ops(|| attend(&q, &k, &v, &bias, scores)).unwrap();
+            assert_eq!(host.dims(), [b, t, heads * hd]);
+            let gap = crate::ops::max_abs_gap(&host, &stock);
+            assert!(gap < 1e-5, "{scores:?}: largest gap {gap}");
+        }
     }
 
     /// The softmax's exponential against `f32::exp` over its whole range.

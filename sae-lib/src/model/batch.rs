@@ -218,6 +218,28 @@ impl TokenBatch {
 /// The attention bias where a query may not look: finite, and far below any real score.
 const BLOCKED: f32 = f32::MIN / 2.0;
 
+/// `bias` `(batch, 1, seq, seq)` further closed where a key is `window` or more places before
+/// its query: sliding-window attention (Gemma 2's every other layer), as transformers masks
+/// it, by place in the row.
+pub(crate) fn windowed(bias: &Tensor, window: usize) -> Result<Tensor> {
+    let t = bias.dim(3)?;
+    if t <= window {
+        return Ok(bias.clone());
+    }
+    let band: Vec<f32> = (0..t * t)
+        .map(|ij| {
+            let (i, j) = (ij / t, ij % t);
+            if i >= j + window {
+                BLOCKED
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let band = Tensor::from_vec(band, (t, t), bias.device())?;
+    Ok(bias.broadcast_add(&band)?.maximum(f64::from(BLOCKED))?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

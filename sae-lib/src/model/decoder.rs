@@ -26,10 +26,14 @@ pub(crate) trait Block {
 /// The parts of a decoder-only language model around its blocks.
 pub(crate) struct Decoder<'a, B: Block> {
     pub embed: &'a Embedding,
+    /// What the embeddings are multiplied by (Gemma's `√d_model`); `None` for 1.
+    pub embed_scale: Option<f64>,
     pub blocks: &'a [B],
     pub rotary: &'a Rotary,
     pub final_norm: &'a dyn Module,
     pub unembed: &'a Linear,
+    /// Gemma 2's bound on the logits, `cap · tanh(logits / cap)`.
+    pub logit_softcap: Option<f64>,
 }
 
 impl<B: Block> Decoder<'_, B> {
@@ -38,6 +42,9 @@ impl<B: Block> Decoder<'_, B> {
         hooks.check(self.blocks.len())?;
         let device = batch.input_ids.device();
         let mut x = self.embed.forward(&batch.input_ids)?; // (b, t, d)
+        if let Some(scale) = self.embed_scale {
+            x = (x * scale)?;
+        }
         let rotary = self.rotary.angles(&batch.positions(), x.dtype(), device)?;
         let bias = batch.attention_bias(device)?;
         for block in self.blocks {
@@ -47,6 +54,10 @@ impl<B: Block> Decoder<'_, B> {
             }
         }
         let x = self.final_norm.forward(&x)?;
-        Ok(Some(self.unembed.forward(&x)?.to_dtype(DType::F32)?))
+        let logits = self.unembed.forward(&x)?.to_dtype(DType::F32)?;
+        Ok(Some(match self.logit_softcap {
+            Some(cap) => ((logits / cap)?.tanh()? * cap)?,
+            None => logits,
+        }))
     }
 }

@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
-use super::attention::attend;
+use super::attention::{attend, Scores};
 use super::batch::TokenBatch;
 use super::decoder::{Block, Decoder};
 use super::layer_norm::LayerNorm;
@@ -189,7 +189,7 @@ impl Attention {
             rotary.apply(&split(1)?)?,
             split(2)?.contiguous()?,
         );
-        Ok(attend(&q, &k, &v, bias)?.apply(&self.dense)?)
+        Ok(attend(&q, &k, &v, bias, Scores::standard(self.head_dim))?.apply(&self.dense)?)
     }
 }
 
@@ -334,10 +334,12 @@ impl GptNeoX {
     pub fn forward(&self, batch: &TokenBatch, hooks: &mut Hooks) -> Result<Option<Tensor>> {
         Decoder {
             embed: &self.embed_in,
+            embed_scale: None,
             blocks: &self.layers,
             rotary: &self.rotary,
             final_norm: &self.final_layer_norm,
             unembed: &self.embed_out,
+            logit_softcap: None,
         }
         .forward(batch, hooks)
     }

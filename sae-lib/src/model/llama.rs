@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, RmsNorm, VarBuilder};
 use serde::Deserialize;
 
-use super::attention::attend;
+use super::attention::{attend, Scores};
 use super::batch::TokenBatch;
 use super::decoder::{Block, Decoder};
 use super::linear::Linear;
@@ -145,7 +145,7 @@ impl Config {
 /// Grouped-query attention: `num_key_value_heads` key/value heads, each shared by
 /// `num_attention_heads / num_key_value_heads` query heads.
 #[derive(Debug, Clone)]
-struct Attention {
+pub(super) struct Attention {
     q_proj: Linear,
     k_proj: Linear,
     v_proj: Linear,
@@ -153,10 +153,11 @@ struct Attention {
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
+    scores: Scores,
 }
 
 impl Attention {
-    fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+    pub(super) fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
         let (d, hd, bias) = (cfg.hidden_size, cfg.head_dim(), cfg.attention_bias);
         let (heads, kv_heads) = (cfg.num_attention_heads, cfg.kv_heads());
         Ok(Self {
@@ -167,10 +168,21 @@ impl Attention {
             heads,
             kv_heads,
             head_dim: hd,
+            scores: Scores::standard(hd),
         })
     }
 
-    fn forward(&self, x: &Tensor, rotary: &RotaryAngles, bias: &Tensor) -> Result<Tensor> {
+    /// The same attention with scores made as `scores` says.
+    pub(super) fn with_scores(self, scores: Scores) -> Self {
+        Self { scores, ..self }
+    }
+
+    pub(super) fn forward(
+        &self,
+        x: &Tensor,
+        rotary: &RotaryAngles,
+        bias: &Tensor,
+    ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         // (b, t, n·hd) → (b, n, t, hd), a strided view; the rotation returns it contiguous.
         let heads = |proj: &Linear, n: usize| -> Result<Tensor> {
@@ -182,13 +194,13 @@ impl Attention {
         let q = rotary.apply(&heads(&self.q_proj, self.heads)?)?;
         let k = rotary.apply(&heads(&self.k_proj, self.kv_heads)?)?;
         let v = heads(&self.v_proj, self.kv_heads)?.contiguous()?;
-        Ok(attend(&q, &k, &v, bias)?.apply(&self.o_proj)?)
+        Ok(attend(&q, &k, &v, bias, self.scores)?.apply(&self.o_proj)?)
     }
 }
 
 /// SwiGLU: `down(act(gate(x)) * up(x))`.
 #[derive(Debug, Clone)]
-struct Mlp {
+pub(super) struct Mlp {
     gate_proj: Linear,
     up_proj: Linear,
     down_proj: Linear,
@@ -196,7 +208,7 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+    pub(super) fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
         let (d, i, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
         Ok(Self {
             gate_proj: Linear::load(vb.pp("gate_proj"), d, i, bias)?,
@@ -206,7 +218,7 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate = self.act.forward(&self.gate_proj.forward(x)?)?;
         Ok(self
             .down_proj
@@ -318,10 +330,12 @@ impl Llama {
     pub fn forward(&self, batch: &TokenBatch, hooks: &mut Hooks) -> Result<Option<Tensor>> {
         Decoder {
             embed: &self.embed_tokens,
+            embed_scale: None,
             blocks: &self.layers,
             rotary: &self.rotary,
             final_norm: &self.norm,
             unembed: &self.lm_head,
+            logit_softcap: None,
         }
         .forward(batch, hooks)
     }

@@ -8,6 +8,7 @@ use candle_core::{DType, Device};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
+use super::gemma2::{self, Gemma2};
 use super::gguf::GgufFile;
 use super::gpt_neox::{self, GptNeoX};
 use super::llama::{self, Llama};
@@ -18,13 +19,16 @@ use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
 /// The Hub id of a model that SAELens' cfg.json names as TransformerLens does, without its
-/// organisation (`pythia-70m-deduped` is `EleutherAI/pythia-70m-deduped`); a name that is
-/// already an id or a path is itself. `None` for names of families sae-lib does not load.
+/// organisation (`pythia-70m-deduped` is `EleutherAI/pythia-70m-deduped`, `gemma-2-2b`
+/// is `google/gemma-2-2b`); a name that is already an id or a path is itself. `None` for
+/// names of families sae-lib does not load.
 pub fn hub_id_of(name: &str) -> Option<String> {
     if name.contains('/') || Path::new(name).exists() {
         Some(name.to_string())
     } else if name.starts_with("pythia-") {
         Some(format!("EleutherAI/{name}"))
+    } else if name.starts_with("gemma-2-") {
+        Some(format!("google/{name}"))
     } else {
         None
     }
@@ -221,9 +225,15 @@ pub fn load_model(
             let cfg = llama::Config::from_file(&config_path)?;
             Ok(Model::Llama(Llama::load(vb()?, &cfg).map_err(wrap)?))
         }
+        "gemma2" => {
+            let cfg = gemma2::Config::from_file(&config_path)?;
+            Ok(Model::Gemma2(Gemma2::load(vb()?, &cfg).map_err(wrap)?))
+        }
         other => Err(Error::Config {
             path: config_path,
-            message: format!("model_type `{other}` is not supported (supported: gpt_neox, llama)"),
+            message: format!(
+                "model_type `{other}` is not supported (supported: gpt_neox, llama, gemma2)"
+            ),
         }),
     }
 }

@@ -4,6 +4,7 @@
 mod attention;
 pub mod batch;
 mod decoder;
+pub mod gemma2;
 pub mod gguf;
 pub mod gpt_neox;
 mod hf_config;
@@ -19,6 +20,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::sae::kernels::{simd, written_by};
 
 pub use batch::{Padding, TokenBatch};
+pub use gemma2::Gemma2;
 pub use gpt_neox::GptNeoX;
 pub use llama::Llama;
 pub use load::{hub_id_of, load_model, load_tokenizer, ModelSource};
@@ -161,6 +163,8 @@ pub enum Model {
     GptNeoX(GptNeoX),
     /// Llama and the models that share its shape (SmolLM2, TinyLlama, ...).
     Llama(Llama),
+    /// Gemma 2 (Gemma Scope's model).
+    Gemma2(Gemma2),
 }
 
 impl Model {
@@ -170,6 +174,7 @@ impl Model {
         match self {
             Model::GptNeoX(m) => m.forward(batch, hooks),
             Model::Llama(m) => m.forward(batch, hooks),
+            Model::Gemma2(m) => m.forward(batch, hooks),
         }
     }
 
@@ -178,6 +183,7 @@ impl Model {
         match self {
             Model::GptNeoX(m) => m.config().num_hidden_layers,
             Model::Llama(m) => m.config().num_hidden_layers,
+            Model::Gemma2(m) => m.config().num_hidden_layers,
         }
     }
 
@@ -186,6 +192,7 @@ impl Model {
         match self {
             Model::GptNeoX(m) => m.config().hidden_size,
             Model::Llama(m) => m.config().hidden_size,
+            Model::Gemma2(m) => m.config().hidden_size,
         }
     }
 
@@ -194,6 +201,7 @@ impl Model {
         match self {
             Model::GptNeoX(m) => m.config().vocab_size,
             Model::Llama(m) => m.config().vocab_size,
+            Model::Gemma2(m) => m.config().vocab_size,
         }
     }
 
@@ -202,6 +210,7 @@ impl Model {
         match self {
             Model::GptNeoX(m) => m.unembed(),
             Model::Llama(m) => m.unembed(),
+            Model::Gemma2(m) => m.unembed(),
         }
     }
 
@@ -210,6 +219,7 @@ impl Model {
         match self {
             Model::GptNeoX(m) => m.device(),
             Model::Llama(m) => m.device(),
+            Model::Gemma2(m) => m.device(),
         }
     }
 
@@ -218,6 +228,7 @@ impl Model {
         match self {
             Model::GptNeoX(m) => m.dtype(),
             Model::Llama(m) => m.dtype(),
+            Model::Gemma2(m) => m.dtype(),
         }
     }
 
@@ -226,6 +237,7 @@ impl Model {
         match self {
             Model::GptNeoX(_) => "gpt_neox",
             Model::Llama(_) => "llama",
+            Model::Gemma2(_) => "gemma2",
         }
     }
 }

@@ -42,6 +42,28 @@ pub fn offline_hub() -> HubOptions {
     }
 }
 
+/// The fixture model `name` loaded with its config.json passed through `edit` first.
+pub fn load_edited(
+    name: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> sae_lib::Result<Model> {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture(name)).unwrap().flatten() {
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    let path = dir.path().join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    load_model(
+        &ModelSource::Dir(dir.path().into()),
+        &Device::Cpu,
+        DType::F32,
+        &offline_hub(),
+    )
+}
+
 pub fn load_fixture_model(name: &str) -> Model {
     load_model(
         &ModelSource::Dir(fixture(name)),

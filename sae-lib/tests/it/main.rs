@@ -6,6 +6,7 @@ mod common;
 mod cuda_kernels;
 mod defaults;
 mod eval;
+mod gemma2;
 mod gguf;
 mod hub;
 mod mixed_precision;

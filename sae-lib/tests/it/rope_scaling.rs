@@ -15,25 +15,6 @@ fn load(source: ModelSource) -> Model {
     load_model(&source, &Device::Cpu, DType::F32, &offline_hub()).unwrap()
 }
 
-/// The fixture loaded with its config.json passed through `edit`.
-fn edited(edit: impl FnOnce(&mut serde_json::Value)) -> sae_lib::Result<Model> {
-    let dir = tempfile::tempdir().unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture(FIXTURE).join(f), dir.path().join(f)).unwrap();
-    }
-    let path = dir.path().join("config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    edit(&mut cfg);
-    std::fs::write(&path, cfg.to_string()).unwrap();
-    load_model(
-        &ModelSource::Dir(dir.path().into()),
-        &Device::Cpu,
-        DType::F32,
-        &offline_hub(),
-    )
-}
-
 fn logits(model: &Model) -> Tensor {
     let exp = expected(FIXTURE);
     let batch = TokenBatch::new(&exp["single.input_ids"], None).unwrap();
@@ -45,7 +26,7 @@ fn llama3_scaling_matches_transformers_in_every_layout() {
     // The Hub's layout: `rope_scaling` beside a top-level `rope_theta`.
     check_parity_of(&load(ModelSource::Dir(fixture(FIXTURE))), FIXTURE, FIXTURE);
     // transformers 5's: both inside `rope_parameters`.
-    let model = edited(|cfg| {
+    let model = load_edited(FIXTURE, |cfg| {
         let mut rope = cfg["rope_scaling"].take();
         rope["rope_theta"] = cfg["rope_theta"].take();
         let map = cfg.as_object_mut().unwrap();
@@ -62,7 +43,7 @@ fn llama3_scaling_matches_transformers_in_every_layout() {
         FIXTURE,
     );
     // Without the scaling the same weights answer otherwise: the fixture tells them apart.
-    let plain = edited(|cfg| cfg["rope_scaling"] = serde_json::Value::Null).unwrap();
+    let plain = load_edited(FIXTURE, |cfg| cfg["rope_scaling"] = serde_json::Value::Null).unwrap();
     let exp = expected(FIXTURE);
     assert!(max_abs_diff(&logits(&plain), &exp["single.logits"]) > 0.05);
 }
@@ -104,9 +85,11 @@ fn unsupported_or_incomplete_scaling_is_one_clear_error() {
         None
     );
     // Through the loader: the config file and the reason.
-    let msg = edited(|cfg| cfg["rope_scaling"]["rope_type"] = "dynamic".into())
-        .unwrap_err()
-        .to_string();
+    let msg = load_edited(FIXTURE, |cfg| {
+        cfg["rope_scaling"]["rope_type"] = "dynamic".into()
+    })
+    .unwrap_err()
+    .to_string();
     assert!(
         msg.contains("config.json") && msg.contains("`dynamic` is not supported"),
         "{msg}"

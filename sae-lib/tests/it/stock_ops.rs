@@ -92,10 +92,12 @@ fn the_stock_path_keeps_k_features_per_input() {
 
 /// The models against transformers' outputs on the stock path: GPT-NeoX's exact GELU runs
 /// through a hand-written parallel kernel on the CPU and candle's `gelu_erf` on a GPU, and a
-/// GPU builds the padded batch's attention bias from tensor ops rather than a host loop.
+/// GPU builds the padded batch's attention bias from tensor ops rather than a host loop (and
+/// Gemma 2's windows and score caps on it).
 #[test]
 fn models_match_transformers_on_the_stock_path() {
     let _stock = StockOps::on();
     crate::model::check_parity("gpt_neox_parallel", "gpt_neox_parallel");
     crate::model::check_parity("llama_gqa", "llama_gqa");
+    crate::model::check_parity("gemma2", "gemma2");
 }
