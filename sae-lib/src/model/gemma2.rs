@@ -170,7 +170,7 @@ impl Config {
     fn window(&self, index: usize) -> Option<usize> {
         let slides = match &self.layer_types {
             Some(types) => types[index] == "sliding_attention",
-            None => index % 2 == 0,
+            None => index.is_multiple_of(2),
         };
         self.sliding_window.filter(|_| slides)
     }
