@@ -5,9 +5,12 @@ SAELens names its published SAEs by release and id (`SAE.from_pretrained(release
 and maps each pair to a Hugging Face repository folder in `pretrained_saes.yaml`, which ships
 inside the `sae_lens` package. This script reads that mapping through SAELens' own
 `get_pretrained_saes_directory()` and keeps the releases `sae --sae RELEASE/SAE_ID` can load:
-  - the SAEs are in a format sae-lib reads (SAELens' own, no conversion function, or
-    dictionary_learning's `ae.pt`, conversion `dictionary_learning_1`);
-  - the model is one sae-lib runs (GPT-NeoX/Pythia, Llama).
+  - the SAEs are in a format sae-lib reads (SAELens' own, no conversion function,
+    dictionary_learning's `ae.pt`, conversion `dictionary_learning_1`, or Gemma Scope's
+    `params.npz`, conversion `gemma_2`, but not its attention SAEs, which read `hook_z`);
+  - the model is one sae-lib runs (GPT-NeoX/Pythia, Llama, Gemma 2).
+A release whose every id is its own folder (Gemma Scope's, by layer, width and L0) is one line
+with the id `*`, and one of its ids as the folder, for messages.
 
 How to run (from the repository root, no network needed once sae-lens is installed):
 
@@ -21,8 +24,8 @@ from pathlib import Path
 import sae_lens
 from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
-READABLE = {None: "saelens", "dictionary_learning_1": "dictionary_learning"}
-MODELS = ("pythia", "llama")
+READABLE = {None: "saelens", "dictionary_learning_1": "dictionary_learning", "gemma_2": "gemma_scope"}
+MODELS = ("pythia", "llama", "gemma-2-")
 OUT = Path(__file__).resolve().parents[1] / "src" / "sae" / "releases.tsv"
 
 
@@ -31,14 +34,18 @@ def main() -> None:
     for release, info in sorted(get_pretrained_saes_directory().items()):
         if info.conversion_func not in READABLE:
             continue
-        if not any(m in info.model.lower() for m in MODELS):
+        if not any(m in info.model.lower() for m in MODELS) or info.repo_id.endswith("-att"):
             continue
-        for sae_id, path in sorted(info.saes_map.items()):
+        saes = sorted(info.saes_map.items())
+        if len(saes) > 1 and all(sae_id == path for sae_id, path in saes):
+            rows.append((release, info.repo_id, "*", saes[len(saes) // 2][1]))
+            continue
+        for sae_id, path in saes:
             rows.append((release, info.repo_id, sae_id, path))
     header = (
         f"# SAELens' pretrained releases that sae-lib reads, from sae_lens {sae_lens.__version__}'s\n"
         "# pretrained_saes.yaml; written by sae-lib/scripts/make_release_table.py.\n"
-        "# release\trepository\tSAE id\tfolder\n"
+        "# release\trepository\tSAE id (* for: the id is the folder)\tfolder (with *: an example)\n"
     )
     OUT.write_text(header + "".join("\t".join(r) + "\n" for r in rows))
     releases = sorted({r[0] for r in rows})

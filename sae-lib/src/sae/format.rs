@@ -101,6 +101,9 @@ pub fn metadata(dir: &Path) -> Result<SaeMetadata> {
     if super::dictionary_learning::is_dictionary_learning(dir) {
         return super::dictionary_learning::metadata(dir);
     }
+    if super::gemma_scope::is_gemma_scope(dir) {
+        return super::gemma_scope::metadata(dir);
+    }
     Ok(metadata_of(&read_cfg(dir)?.1))
 }
 
@@ -199,14 +202,18 @@ fn metadata_of(raw: &Value) -> SaeMetadata {
     }
 }
 
-/// Loads an SAE saved by [`save`], by SAELens, by sparsify ([`super::sparsify`]) or by
-/// dictionary_learning ([`super::dictionary_learning`]).
+/// Loads an SAE saved by [`save`], by SAELens, by sparsify ([`super::sparsify`]), by
+/// dictionary_learning ([`super::dictionary_learning`]) or published by Gemma Scope
+/// ([`super::gemma_scope`]).
 pub fn load(dir: &Path, device: &Device) -> Result<AnySae> {
     if super::sparsify::is_sparsify(dir) {
         return super::sparsify::load(dir, device);
     }
     if super::dictionary_learning::is_dictionary_learning(dir) {
         return super::dictionary_learning::load(dir, device);
+    }
+    if super::gemma_scope::is_gemma_scope(dir) {
+        return super::gemma_scope::load(dir, device);
     }
     let (cfg_path, raw) = read_cfg(dir)?;
     let bad = |message: String| Error::Config {

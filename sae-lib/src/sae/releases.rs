@@ -6,8 +6,13 @@
 
 use crate::{Error, Result};
 
-/// release, repository, SAE id, folder: one published SAE a line, `#` lines aside.
+/// release, repository, SAE id, folder: one published SAE a line, `#` lines aside. A release
+/// whose ids are its folders (Gemma Scope's) is one line with the id [`ANY`] and one of its
+/// ids as the folder.
 const TABLE: &str = include_str!("releases.tsv");
+
+/// The SAE id of a release whose ids are its folders.
+const ANY: &str = "*";
 
 /// One line of the table.
 struct Published<'a> {
@@ -41,10 +46,16 @@ pub(crate) fn hub_folder(spec: &str) -> Option<Result<String>> {
     saes.peek()?;
     let mut ids = Vec::new();
     for p in saes {
+        if p.sae_id == ANY && !sae_id.is_empty() {
+            return Some(Ok(format!("{}/{sae_id}", p.repo)));
+        }
         if p.sae_id == sae_id {
             return Some(Ok(format!("{}/{}", p.repo, p.folder)));
         }
-        ids.push(p.sae_id);
+        ids.push(match p.sae_id {
+            ANY => p.folder,
+            id => id,
+        });
     }
     let shown = ids.iter().take(12).copied().collect::<Vec<_>>().join(", ");
     let more = match ids.len().saturating_sub(12) {
@@ -95,6 +106,24 @@ mod tests {
         assert_eq!(
             folder("ctigges/pythia-70m-deduped__mlp-sm_processed/5-mlp-sm"),
             None
+        );
+        // Canonical names map to folders; elsewhere the id is the folder.
+        assert_eq!(
+            folder("gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical"),
+            Some(Ok(
+                "google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71".into()
+            ))
+        );
+        assert_eq!(
+            folder("gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71"),
+            Some(Ok(
+                "google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71".into()
+            ))
+        );
+        let msg = folder("gemma-scope-2b-pt-res").unwrap().unwrap_err();
+        assert!(
+            msg.contains("needs an SAE id") && msg.contains("layer_"),
+            "{msg}"
         );
         let msg = folder("pythia-70m-deduped-mlp-sm/blocks.5.hook_resid_post")
             .unwrap()

@@ -2,8 +2,10 @@
 //! `org/name[@revision]/folder`, or SAELens' `release/sae_id`. SAELens' published SAEs are
 //! such folders (`ctigges/pythia-70m-deduped__mlp-sm_processed/5-mlp-sm` is its
 //! `pythia-70m-deduped-mlp-sm` release's `blocks.5.hook_mlp_out`), and so are sparsify's
-//! (`EleutherAI/sae-pythia-70m-deduped-32k/layers.5`) and dictionary_learning's (`ae.pt` with
-//! its `config.json`). A Hub folder's files are fetched into the Hub cache, or found there
+//! (`EleutherAI/sae-pythia-70m-deduped-32k/layers.5`), dictionary_learning's (`ae.pt` with
+//! its `config.json`) and Gemma Scope's
+//! (`google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71`, `params.npz`). A Hub
+//! folder's files are fetched into the Hub cache, or found there
 //! (`HF_HUB_OFFLINE=1` included), and read from it as from disk.
 
 use std::collections::BTreeSet;
@@ -13,8 +15,13 @@ use crate::hub::{HubOptions, HubRepo, RepoKind};
 use crate::{Error, Result};
 
 /// The weights file that marks an SAE folder, by format: SAELens' (and ours), sparsify's,
-/// dictionary_learning's.
-const WEIGHTS: [&str; 3] = ["sae_weights.safetensors", "sae.safetensors", "ae.pt"];
+/// dictionary_learning's, Gemma Scope's.
+const WEIGHTS: [&str; 4] = [
+    "sae_weights.safetensors",
+    "sae.safetensors",
+    "ae.pt",
+    "params.npz",
+];
 
 /// The folder the SAE `spec` names: `spec` itself when it exists on disk, else the Hub
 /// repository folder it names (directly, or as SAELens' `release/sae_id`), its files fetched
@@ -61,6 +68,8 @@ pub fn locate(spec: &str, hub: &HubOptions) -> Result<PathBuf> {
         wanted.extend([within("cfg.json"), within("sparsity.safetensors")]);
     } else if weights == WEIGHTS[2] {
         wanted.push(within("config.json"));
+    } else if weights == WEIGHTS[3] {
+        // Gemma Scope's folders hold their weights alone.
     } else {
         wanted.push(within("cfg.json"));
         match folder.rsplit_once('/') {
@@ -96,7 +105,7 @@ fn folders_hint(repo: &HubRepo, folder: &str, files: &[String]) -> String {
     if folders.is_empty() {
         return format!(
             "the Hub repository {} holds no SAE {at}, nor anywhere else (no \
-             sae_weights.safetensors, sae.safetensors or ae.pt)",
+             sae_weights.safetensors, sae.safetensors, ae.pt or params.npz)",
             repo.id
         );
     }

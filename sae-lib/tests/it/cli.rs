@@ -29,7 +29,7 @@ pub(crate) fn sae_in(cwd: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn text_fixture(dir: &Path) -> PathBuf {
+pub(crate) fn text_fixture(dir: &Path) -> PathBuf {
     let path = dir.join("text.txt");
     let paragraphs: Vec<String> = (0..80)
         .map(|i| format!("Paragraph {i}: the quick brown fox jumps over {} lazy dogs, then rests by river number {}.", i % 7, i * 3))
@@ -761,7 +761,7 @@ fn eval_and_inspect_default_to_the_model_and_text_the_sae_came_from() {
 
 /// `sae eval --sae DIR --max-docs 5` on the CPU, plus `extra`, into `out`: its stdout and
 /// metrics.json (it must succeed).
-fn eval_five(dir: &Path, extra: &[&str], out: &Path) -> (String, serde_json::Value) {
+pub(crate) fn eval_five(dir: &Path, extra: &[&str], out: &Path) -> (String, serde_json::Value) {
     let mut args = vec![
         "eval",
         "--sae",

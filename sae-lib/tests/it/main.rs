@@ -7,6 +7,7 @@ mod cuda_kernels;
 mod defaults;
 mod eval;
 mod gemma2;
+mod gemma_scope;
 mod gguf;
 mod hub;
 mod mixed_precision;

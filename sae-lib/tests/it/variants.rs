@@ -67,7 +67,7 @@ fn gated_recovers_a_known_sparse_dictionary() {
 
 /// Asserts that `sae` encodes and decodes the fixture's `expected.safetensors` inputs as the
 /// library that saved it did, within 1e-5.
-fn encodes_as_expected(sae: &sae_lib::sae::AnySae, dir: &std::path::Path, what: &str) {
+pub(crate) fn encodes_as_expected(sae: &sae_lib::sae::AnySae, dir: &std::path::Path, what: &str) {
     let exp =
         candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
     let f = sae.encode(&exp["x"]).unwrap();
