@@ -8,7 +8,7 @@ inside the `sae_lens` package. This script reads that mapping through SAELens' o
   - the SAEs are in a format sae-lib reads (SAELens' own, no conversion function,
     dictionary_learning's `ae.pt`, conversion `dictionary_learning_1`, or Gemma Scope's
     `params.npz`, conversion `gemma_2`, but not its attention SAEs, which read `hook_z`);
-  - the model is one sae-lib runs (GPT-NeoX/Pythia, Llama, Gemma 2).
+  - the model is one sae-lib runs (GPT-NeoX/Pythia, Llama, Mistral, Qwen2.5, Gemma 2).
 A release whose every id is its own folder (Gemma Scope's, by layer, width and L0) is one line
 with the id `*`, and one of its ids as the folder, for messages.
 
@@ -25,7 +25,7 @@ import sae_lens
 from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
 READABLE = {None: "saelens", "dictionary_learning_1": "dictionary_learning", "gemma_2": "gemma_scope"}
-MODELS = ("pythia", "llama", "gemma-2-")
+MODELS = ("pythia", "llama", "gemma-2-", "mistral", "qwen2.5")
 OUT = Path(__file__).resolve().parents[1] / "src" / "sae" / "releases.tsv"
 
 

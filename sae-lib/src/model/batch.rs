@@ -219,13 +219,13 @@ impl TokenBatch {
 const BLOCKED: f32 = f32::MIN / 2.0;
 
 /// `bias` `(batch, 1, seq, seq)` further closed where a key is `window` or more places before
-/// its query: sliding-window attention (Gemma 2's every other layer), as transformers masks
-/// it, by place in the row.
-pub(crate) fn windowed(bias: &Tensor, window: usize) -> Result<Tensor> {
+/// its query: sliding-window attention (Gemma 2's every other layer, Mistral's), as
+/// transformers masks it, by place in the row. `None` leaves it as it is.
+pub(crate) fn windowed(bias: &Tensor, window: Option<usize>) -> Result<Tensor> {
     let t = bias.dim(3)?;
-    if t <= window {
+    let Some(window) = window.filter(|&w| t > w) else {
         return Ok(bias.clone());
-    }
+    };
     let band: Vec<f32> = (0..t * t)
         .map(|ij| {
             let (i, j) = (ij / t, ij % t);
@@ -238,6 +238,30 @@ pub(crate) fn windowed(bias: &Tensor, window: usize) -> Result<Tensor> {
         .collect();
     let band = Tensor::from_vec(band, (t, t), bias.device())?;
     Ok(bias.broadcast_add(&band)?.maximum(f64::from(BLOCKED))?)
+}
+
+/// Checks a config's `layer_types` (transformers 5: `sliding_attention` or `full_attention`
+/// per layer), when it has them.
+pub(crate) fn check_layer_types(
+    types: Option<&[String]>,
+    layers: usize,
+) -> std::result::Result<(), String> {
+    let Some(types) = types else {
+        return Ok(());
+    };
+    if types.len() != layers {
+        return Err(format!(
+            "layer_types has {} entries for {layers} layers",
+            types.len()
+        ));
+    }
+    match types
+        .iter()
+        .find(|t| !matches!(t.as_str(), "sliding_attention" | "full_attention"))
+    {
+        Some(t) => Err(format!("layer type `{t}` is not supported")),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -128,21 +128,7 @@ impl Config {
         if self.use_bidirectional_attention == Some(true) {
             return Err("use_bidirectional_attention is not supported (causal only)".into());
         }
-        if let Some(types) = &self.layer_types {
-            if types.len() != self.num_hidden_layers {
-                return Err(format!(
-                    "layer_types has {} entries for {} layers",
-                    types.len(),
-                    self.num_hidden_layers
-                ));
-            }
-            if let Some(t) = types
-                .iter()
-                .find(|t| !matches!(t.as_str(), "sliding_attention" | "full_attention"))
-            {
-                return Err(format!("layer type `{t}` is not supported"));
-            }
-        }
+        super::batch::check_layer_types(self.layer_types.as_deref(), self.num_hidden_layers)?;
         self.as_llama().validate()
     }
 
@@ -163,6 +149,11 @@ impl Config {
             attention_bias: self.attention_bias,
             mlp_bias: false,
             rope_scaling: None,
+            family: llama::Family::Llama,
+            sliding_window: None,
+            use_sliding_window: false,
+            max_window_layers: None,
+            layer_types: None,
         }
     }
 
@@ -226,10 +217,7 @@ impl Block for Layer {
     ) -> Result<Option<Tensor>> {
         let l = self.index;
         let x = hook!(hooks, HookPoint::resid_pre(l), x);
-        let bias = match self.window {
-            Some(window) => windowed(bias, window)?,
-            None => bias.clone(),
-        };
+        let bias = windowed(bias, self.window)?;
         let attn = self
             .self_attn
             .forward(&self.input_layernorm.forward(&x)?, rotary, &bias)?;

@@ -147,6 +147,11 @@ impl GgufFile {
             attention_bias: false,
             mlp_bias: false,
             rope_scaling,
+            family: llama::Family::Llama,
+            sliding_window: None,
+            use_sliding_window: false,
+            max_window_layers: None,
+            layer_types: None,
         };
         cfg.validate().map_err(|m| self.bad(m))?;
         Ok(cfg)

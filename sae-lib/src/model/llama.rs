@@ -1,10 +1,13 @@
 //! Llama (Touvron et al. 2023, <https://arxiv.org/abs/2302.13971>) and the many models that
-//! share its shape (SmolLM2, TinyLlama, Mistral without sliding windows), with the same
-//! TransformerLens-style hook points as [`super::GptNeoX`].
+//! share its shape (SmolLM2, TinyLlama), with the same TransformerLens-style hook points as
+//! [`super::GptNeoX`]. Three relatives differ only in their attention ([`Family`]): Mistral
+//! attends through a sliding window, Qwen2 gives its query, key and value projections biases,
+//! and Qwen3 normalises each query and key head before the rotation.
 //!
 //! Matches HF transformers' `LlamaForCausalLM` in eval mode (parity-tested on a random
-//! checkpoint with grouped-query attention). Weights come from HF safetensors or, through
-//! [`super::gguf`], from a llama.cpp GGUF file. No KV cache: this forward reads activations.
+//! checkpoint with grouped-query attention, and on one of each relative). Weights come from HF
+//! safetensors or, through [`super::gguf`], from a llama.cpp GGUF file. No KV cache: this
+//! forward reads activations.
 //!
 //! Read bottom-up: `Config`, `Attention`, `Mlp`, `Layer`, `Llama`.
 
@@ -15,7 +18,7 @@ use candle_nn::{Embedding, RmsNorm, VarBuilder};
 use serde::Deserialize;
 
 use super::attention::{attend, Scores};
-use super::batch::TokenBatch;
+use super::batch::{windowed, TokenBatch};
 use super::decoder::{Block, Decoder};
 use super::linear::Linear;
 use super::rotary::{RopeScaling, Rotary, RotaryAngles};
@@ -23,9 +26,44 @@ use super::Activation;
 use crate::hooks::{hook, HookPoint, Hooks};
 use crate::{Error, Result};
 
+/// The members of the Llama family, by HF `model_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// `llama`.
+    #[default]
+    Llama,
+    /// `mistral`: every layer attends through `sliding_window`, when set.
+    Mistral,
+    /// `qwen2`: biases on the query, key and value projections (not the output's).
+    Qwen2,
+    /// `qwen3`: an RMSNorm over each query and key head (`q_norm`, `k_norm`).
+    Qwen3,
+}
+
+impl Family {
+    /// The family a `model_type` names, if it is one.
+    pub fn from_model_type(model_type: &str) -> Option<Self> {
+        serde_json::from_value(model_type.into()).ok()
+    }
+
+    /// Its HF `model_type`.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Mistral => "mistral",
+            Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
+        }
+    }
+}
+
 /// The fields of HF's `config.json` this model uses.
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 pub struct Config {
+    /// Which member of the family (`model_type`; default `llama`).
+    #[serde(default, rename = "model_type")]
+    pub family: Family,
     /// Rows of the embedding and unembedding (`vocab_size`).
     pub vocab_size: usize,
     /// Width of the residual stream, `d_model` (`hidden_size`).
@@ -65,6 +103,20 @@ pub struct Config {
     /// `llama3`; absent or `null` for none).
     #[serde(default)]
     pub rope_scaling: Option<serde_json::Value>,
+    /// How many places back a sliding layer's queries see, themselves included
+    /// (`sliding_window`; Mistral's and Qwen's).
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
+    /// Qwen: whether any layer slides (`use_sliding_window`; default false)...
+    #[serde(default)]
+    pub use_sliding_window: bool,
+    /// ...and from which layer on (`max_window_layers`).
+    #[serde(default)]
+    pub max_window_layers: Option<usize>,
+    /// Per layer, `sliding_attention` or `full_attention` (transformers 5 writes it); it
+    /// overrides the rules above.
+    #[serde(default)]
+    pub layer_types: Option<Vec<String>>,
 }
 
 fn default_rope_theta() -> f64 {
@@ -107,6 +159,7 @@ impl Config {
             return Err(format!("head_dim {} must be even", self.head_dim()));
         }
         self.scaling()?;
+        super::batch::check_layer_types(self.layer_types.as_deref(), self.num_hidden_layers)?;
         if self.num_hidden_layers == 0 || self.vocab_size == 0 || self.intermediate_size == 0 {
             return Err("num_hidden_layers, vocab_size and intermediate_size must be > 0".into());
         }
@@ -130,6 +183,19 @@ impl Config {
         })
     }
 
+    /// The window layer `index` attends through, if it slides.
+    pub fn window(&self, index: usize) -> Option<usize> {
+        let slides = match (&self.layer_types, self.family) {
+            (Some(types), _) => types[index] == "sliding_attention",
+            (None, Family::Mistral) => true,
+            (None, Family::Qwen2 | Family::Qwen3) => {
+                self.use_sliding_window && index >= self.max_window_layers.unwrap_or(0)
+            }
+            (None, Family::Llama) => false,
+        };
+        self.sliding_window.filter(|_| slides)
+    }
+
     /// Key/value heads per block: `num_key_value_heads`, else `num_attention_heads`.
     pub fn kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
@@ -150,6 +216,8 @@ pub(super) struct Attention {
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
+    /// Qwen3's norms over each query and key head.
+    qk_norms: Option<(RmsNorm, RmsNorm)>,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -160,11 +228,17 @@ impl Attention {
     pub(super) fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
         let (d, hd, bias) = (cfg.hidden_size, cfg.head_dim(), cfg.attention_bias);
         let (heads, kv_heads) = (cfg.num_attention_heads, cfg.kv_heads());
+        let qkv_bias = bias || cfg.family == Family::Qwen2;
+        let norm = |name| candle_nn::rms_norm(hd, cfg.rms_norm_eps, vb.pp(name));
         Ok(Self {
-            q_proj: Linear::load(vb.pp("q_proj"), d, heads * hd, bias)?,
-            k_proj: Linear::load(vb.pp("k_proj"), d, kv_heads * hd, bias)?,
-            v_proj: Linear::load(vb.pp("v_proj"), d, kv_heads * hd, bias)?,
+            q_proj: Linear::load(vb.pp("q_proj"), d, heads * hd, qkv_bias)?,
+            k_proj: Linear::load(vb.pp("k_proj"), d, kv_heads * hd, qkv_bias)?,
+            v_proj: Linear::load(vb.pp("v_proj"), d, kv_heads * hd, qkv_bias)?,
             o_proj: Linear::load(vb.pp("o_proj"), heads * hd, d, bias)?,
+            qk_norms: match cfg.family {
+                Family::Qwen3 => Some((norm("q_norm")?, norm("k_norm")?)),
+                _ => None,
+            },
             heads,
             kv_heads,
             head_dim: hd,
@@ -185,15 +259,21 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         // (b, t, n·hd) → (b, n, t, hd), a strided view; the rotation returns it contiguous.
-        let heads = |proj: &Linear, n: usize| -> Result<Tensor> {
-            Ok(proj
-                .forward(x)?
-                .reshape((b, t, n, self.head_dim))?
-                .transpose(1, 2)?)
+        let heads = |proj: &Linear, n: usize, norm: Option<&RmsNorm>| -> Result<Tensor> {
+            let h = proj.forward(x)?.reshape((b, t, n, self.head_dim))?;
+            let h = match norm {
+                Some(norm) => norm.forward(&h)?,
+                None => h,
+            };
+            Ok(h.transpose(1, 2)?)
         };
-        let q = rotary.apply(&heads(&self.q_proj, self.heads)?)?;
-        let k = rotary.apply(&heads(&self.k_proj, self.kv_heads)?)?;
-        let v = heads(&self.v_proj, self.kv_heads)?.contiguous()?;
+        let (q_norm, k_norm) = match &self.qk_norms {
+            Some((q, k)) => (Some(q), Some(k)),
+            None => (None, None),
+        };
+        let q = rotary.apply(&heads(&self.q_proj, self.heads, q_norm)?)?;
+        let k = rotary.apply(&heads(&self.k_proj, self.kv_heads, k_norm)?)?;
+        let v = heads(&self.v_proj, self.kv_heads, None)?.contiguous()?;
         Ok(attend(&q, &k, &v, bias, self.scores)?.apply(&self.o_proj)?)
     }
 }
@@ -233,6 +313,7 @@ struct Layer {
     post_attention_layernorm: RmsNorm,
     self_attn: Attention,
     mlp: Mlp,
+    window: Option<usize>,
     index: usize,
 }
 
@@ -244,6 +325,7 @@ impl Layer {
             post_attention_layernorm: norm("post_attention_layernorm")?,
             self_attn: Attention::load(vb.pp("self_attn"), cfg)?,
             mlp: Mlp::load(vb.pp("mlp"), cfg)?,
+            window: cfg.window(index),
             index,
         })
     }
@@ -259,9 +341,10 @@ impl Block for Layer {
     ) -> Result<Option<Tensor>> {
         let l = self.index;
         let x = hook!(hooks, HookPoint::resid_pre(l), x);
+        let bias = windowed(bias, self.window)?;
         let attn_out = self
             .self_attn
-            .forward(&self.input_layernorm.forward(&x)?, rotary, bias)?;
+            .forward(&self.input_layernorm.forward(&x)?, rotary, &bias)?;
         let attn_out = hook!(hooks, HookPoint::attn_out(l), attn_out);
         let h = (x + attn_out)?;
         let mlp_out = self

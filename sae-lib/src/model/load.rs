@@ -221,7 +221,7 @@ pub fn load_model(
             let cfg = gpt_neox::Config::from_file(&config_path)?;
             Ok(Model::GptNeoX(GptNeoX::load(vb()?, &cfg).map_err(wrap)?))
         }
-        "llama" => {
+        family if llama::Family::from_model_type(family).is_some() => {
             let cfg = llama::Config::from_file(&config_path)?;
             Ok(Model::Llama(Llama::load(vb()?, &cfg).map_err(wrap)?))
         }
@@ -232,7 +232,8 @@ pub fn load_model(
         other => Err(Error::Config {
             path: config_path,
             message: format!(
-                "model_type `{other}` is not supported (supported: gpt_neox, llama, gemma2)"
+                "model_type `{other}` is not supported (supported: gpt_neox, llama, mistral, \
+                 qwen2, qwen3, gemma2)"
             ),
         }),
     }

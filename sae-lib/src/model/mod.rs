@@ -161,7 +161,8 @@ mod tests {
 pub enum Model {
     /// GPT-NeoX (the Pythia suite).
     GptNeoX(GptNeoX),
-    /// Llama and the models that share its shape (SmolLM2, TinyLlama, ...).
+    /// Llama and the models that share its shape (SmolLM2, TinyLlama, ...), Mistral, Qwen2
+    /// and Qwen3.
     Llama(Llama),
     /// Gemma 2 (Gemma Scope's model).
     Gemma2(Gemma2),
@@ -236,7 +237,7 @@ impl Model {
     pub fn architecture(&self) -> &'static str {
         match self {
             Model::GptNeoX(_) => "gpt_neox",
-            Model::Llama(_) => "llama",
+            Model::Llama(m) => m.config().family.model_type(),
             Model::Gemma2(_) => "gemma2",
         }
     }

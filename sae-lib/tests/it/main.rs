@@ -10,6 +10,7 @@ mod gemma2;
 mod gemma_scope;
 mod gguf;
 mod hub;
+mod llama_family;
 mod mixed_precision;
 mod mock_hub;
 mod model;
