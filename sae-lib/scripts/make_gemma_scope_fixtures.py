@@ -7,11 +7,14 @@ as the reference, for sae-lib's Rust tests.
 
 Gemma Scope's folders hold only `params.npz` (W_enc [d_in, d_sae], W_dec [d_sae, d_in],
 b_enc, b_dec, threshold; float32, np.savez), so what an SAE reads is told by the repository
-and folder names. This writes one under the repository's own name:
+and folder names. This writes two, each under its repository's own name:
 
   tests/fixtures/gemma_scope/gemma-scope-2b-pt-res/layer_1/width_64/average_l0_5/
-    params.npz            d_in 32 (the gemma2 fixture's width), d_sae 64, random weights,
+    params.npz            d_in 32 (the gemma2 fixture's d_model), d_sae 64, random weights,
                           positive thresholds near the pre-activations' scale
+  tests/fixtures/gemma_scope/gemma-scope-2b-pt-att/layer_1/width_64/average_l0_5/
+    the same for an attention SAE, d_in 48 (the gemma2 fixture's heads · head_dim, its
+    attn.hook_z width); each folder also holds:
     expected.safetensors  x [6,32], feature_acts [6,64] and sae_out [6,32] from SAELens'
                           JumpReLU SAE as SAELens' own Gemma 2 loader builds it
     expected.json         the loader's model_name, hook_name, context_size, prepend_bos,
@@ -43,39 +46,38 @@ from sae_lens.loading.pretrained_sae_loaders import (  # noqa: E402
     handle_config_defaulting,
 )
 
-REPO = "google/gemma-scope-2b-pt-res"
 FOLDER = "layer_1/width_64/average_l0_5"
-D_IN, D_SAE, N = 32, 64, 6
+D_SAE, N = 64, 6
 HERE = Path(__file__).resolve().parent
-OUT = HERE.parent / "tests" / "fixtures" / "gemma_scope" / REPO.split("/")[1] / FOLDER
+COMMIT = "0" * 40
 
 
-def main():
-    rng = np.random.default_rng(7)
+def make(repo, d_in, seed):
+    out = HERE.parent / "tests" / "fixtures" / "gemma_scope" / repo.split("/")[1] / FOLDER
+    rng = np.random.default_rng(seed)
     params = {
-        "W_enc": (rng.standard_normal((D_IN, D_SAE)) / np.sqrt(D_IN)).astype(np.float32),
-        "W_dec": (rng.standard_normal((D_SAE, D_IN)) / np.sqrt(D_SAE)).astype(np.float32),
+        "W_enc": (rng.standard_normal((d_in, D_SAE)) / np.sqrt(d_in)).astype(np.float32),
+        "W_dec": (rng.standard_normal((D_SAE, d_in)) / np.sqrt(D_SAE)).astype(np.float32),
         "b_enc": (0.1 * rng.standard_normal(D_SAE)).astype(np.float32),
-        "b_dec": (0.5 * rng.standard_normal(D_IN)).astype(np.float32),
+        "b_dec": (0.5 * rng.standard_normal(d_in)).astype(np.float32),
         "threshold": rng.uniform(0.2, 1.0, D_SAE).astype(np.float32),
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    np.savez(OUT / "params.npz", **params)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "params.npz", **params)
 
     # The Hub cache hf_hub_download reads offline: refs/main and the snapshot's file.
-    commit = "0" * 40
-    repo_dir = Path(CACHE) / f"models--{REPO.replace('/', '--')}"
+    repo_dir = Path(CACHE) / f"models--{repo.replace('/', '--')}"
     (repo_dir / "refs").mkdir(parents=True)
-    (repo_dir / "refs" / "main").write_text(commit)
-    snap = repo_dir / "snapshots" / commit / FOLDER
+    (repo_dir / "refs" / "main").write_text(COMMIT)
+    snap = repo_dir / "snapshots" / COMMIT / FOLDER
     snap.mkdir(parents=True)
-    (snap / "params.npz").write_bytes((OUT / "params.npz").read_bytes())
+    (snap / "params.npz").write_bytes((out / "params.npz").read_bytes())
 
     cfg, state, _ = gemma_2_sae_huggingface_loader(
-        repo_id=REPO,
+        repo_id=repo,
         folder_name=FOLDER,
         device="cpu",
-        cfg_overrides={"d_in": D_IN, "d_sae": D_SAE},
+        cfg_overrides={"d_in": d_in, "d_sae": D_SAE},
     )
     cfg = handle_config_defaulting(cfg)
     sae_cfg = SAE.get_sae_config_class_for_architecture(cfg["architecture"]).from_dict(cfg)
@@ -85,20 +87,28 @@ def main():
     sae.eval()
 
     torch.manual_seed(0)
-    x = 2.0 * torch.randn(N, D_IN)
+    x = 2.0 * torch.randn(N, d_in)
+    # A hook_z SAE takes (..., heads, head_dim), as TransformerLens' hook gives it, and
+    # flattens it itself: the gemma2 fixture's 4 heads of 12.
+    heads = (N, 4, d_in // 4) if sae.cfg.metadata.hook_name.endswith("hook_z") else (N, d_in)
     with torch.no_grad():
-        acts = sae.encode(x)
-        out = sae.decode(acts)
+        acts = sae.encode(x.reshape(heads))
+        recon = sae.decode(acts).reshape(N, d_in)
     live = (acts > 0).sum(-1).float()
     meta = sae.cfg.metadata
     print(f"{sae_cfg.architecture()} {meta.hook_name} on {meta.model_name}: L0 per row {live.tolist()}")
     assert 0 < live.mean() < D_SAE / 2
     save_file(
-        {"x": x.contiguous(), "feature_acts": acts.contiguous(), "sae_out": out.contiguous()},
-        OUT / "expected.safetensors",
+        {"x": x.contiguous(), "feature_acts": acts.contiguous(), "sae_out": recon.contiguous()},
+        out / "expected.safetensors",
     )
     keys = ["model_name", "hook_name", "context_size", "prepend_bos", "dataset_path"]
-    (OUT / "expected.json").write_text(json.dumps({k: getattr(meta, k) for k in keys}, indent=1) + "\n")
+    (out / "expected.json").write_text(json.dumps({k: getattr(meta, k) for k in keys}, indent=1) + "\n")
+
+
+def main():
+    make("google/gemma-scope-2b-pt-res", 32, 7)
+    make("google/gemma-scope-2b-pt-att", 48, 8)
 
 
 if __name__ == "__main__":

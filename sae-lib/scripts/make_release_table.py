@@ -7,7 +7,7 @@ inside the `sae_lens` package. This script reads that mapping through SAELens' o
 `get_pretrained_saes_directory()` and keeps the releases `sae --sae RELEASE/SAE_ID` can load:
   - the SAEs are in a format sae-lib reads (SAELens' own, no conversion function,
     dictionary_learning's `ae.pt`, conversion `dictionary_learning_1`, or Gemma Scope's
-    `params.npz`, conversion `gemma_2`, but not its attention SAEs, which read `hook_z`);
+    `params.npz`, conversion `gemma_2`);
   - the model is one sae-lib runs (GPT-NeoX/Pythia, Llama, Mistral, Qwen2.5, Gemma 2).
 A release whose every id is its own folder (Gemma Scope's, by layer, width and L0) is one line
 with the id `*`, and one of its ids as the folder, for messages.
@@ -34,7 +34,7 @@ def main() -> None:
     for release, info in sorted(get_pretrained_saes_directory().items()):
         if info.conversion_func not in READABLE:
             continue
-        if not any(m in info.model.lower() for m in MODELS) or info.repo_id.endswith("-att"):
+        if not any(m in info.model.lower() for m in MODELS):
             continue
         saes = sorted(info.saes_map.items())
         if len(saes) > 1 and all(sae_id == path for sae_id, path in saes):

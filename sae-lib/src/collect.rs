@@ -233,7 +233,7 @@ pub fn collect_to_store(
         dataset: provenance.dataset.clone(),
         mode: cfg.mode,
         rows: 0,
-        d: model.d_model(),
+        d: model.width(cfg.hook),
         dtype: String::new(),
         docs: 0,
         skipped_empty: 0,
@@ -309,7 +309,8 @@ pub(crate) fn read_pool(
 pub(crate) struct DocRows {
     /// The token positions kept (per `cfg.mode`).
     pub positions: Vec<u32>,
-    /// Per hook (in the order asked), `positions.len() × d` activations, row-major.
+    /// Per hook (in the order asked), `positions.len() × d` activations, row-major, `d` the
+    /// hook's width.
     pub values: Vec<Vec<f32>>,
     /// Positions the mode kept that [`TokenFilter::outlier_norm`] left out.
     pub outliers: usize,
@@ -347,20 +348,20 @@ pub(crate) fn run_pool(
             .fold(Hooks::new(), |h, &p| h.capture(p))
             .stop_at(deepest);
         model.forward(&batch, &mut captured)?;
+        // Per hook, its activations flat and their width (`attn.hook_z`'s may differ).
         let mut flats = Vec::with_capacity(hooks.len());
-        let mut dims = (0, 0);
+        let mut t = 0;
         for &hook in hooks {
             let acts = captured
                 .take(hook)?
                 .to_dtype(DType::F32)?
                 .to_device(&Device::Cpu)?; // (b, t, d)
-            let (_, t, d) = acts.dims3()?;
-            dims = (t, d);
-            flats.push(acts.flatten_all()?.to_vec1::<f32>()?);
+            let (_, seq, d) = acts.dims3()?;
+            t = seq;
+            flats.push((acts.flatten_all()?.to_vec1::<f32>()?, d));
         }
-        let (t, d) = dims;
-        // Every kept (document, position) of the chunk with its offset into the flat
-        // activations; the outlier filter needs them all, since its median is the chunk's.
+        // Every kept (document, position) of the chunk with its place among the chunk's
+        // tokens; the outlier filter needs them all, since its median is the chunk's.
         let mut kept: Vec<(usize, u32, usize)> = Vec::new();
         for (row, (docs, mask)) in chunk.iter().zip(batch.mask()).enumerate() {
             // Columns of the real tokens, in order (left padding shifts them); each packed
@@ -374,7 +375,7 @@ pub(crate) fn run_pool(
                     CollectMode::All => usize::from(cfg.filter.exclude_first)..len,
                 };
                 for k in keep {
-                    kept.push((i, k as u32, (row * t + columns[offset + k]) * d));
+                    kept.push((i, k as u32, row * t + columns[offset + k]));
                 }
                 offset += lens[i];
                 rows[i] = Some(DocRows {
@@ -388,24 +389,24 @@ pub(crate) fn run_pool(
             Some(_) => cfg.filter.outliers(
                 &flats
                     .iter()
-                    .map(|flat| {
+                    .map(|(flat, d)| {
                         kept.iter()
-                            .map(|&(_, _, start)| norm(&flat[start..start + d]))
+                            .map(|&(_, _, token)| norm(&flat[token * d..][..*d]))
                             .collect()
                     })
                     .collect::<Vec<_>>(),
             ),
             None => vec![false; kept.len()],
         };
-        for (j, &(i, k, start)) in kept.iter().enumerate() {
+        for (j, &(i, k, token)) in kept.iter().enumerate() {
             let doc = rows[i].as_mut().expect("set above");
             if outlier[j] {
                 doc.outliers += 1;
                 continue;
             }
             doc.positions.push(k);
-            for (v, flat) in doc.values.iter_mut().zip(&flats) {
-                v.extend_from_slice(&flat[start..start + d]);
+            for (v, (flat, d)) in doc.values.iter_mut().zip(&flats) {
+                v.extend_from_slice(&flat[token * d..][..*d]);
             }
         }
     }

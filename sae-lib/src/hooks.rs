@@ -19,6 +19,10 @@ use crate::{Error, Result};
 pub enum HookKind {
     /// The residual stream entering the block.
     ResidPre,
+    /// The attention heads' outputs before the output projection, concatenated head by head
+    /// (TransformerLens' `attn.hook_z`, flattened as SAELens reads it): `heads · head_dim`
+    /// wide, which need not be `d_model`.
+    Z,
     /// The attention sublayer's output (after the output projection).
     AttnOut,
     /// The MLP sublayer's output (what the tutorial hooks).
@@ -28,7 +32,8 @@ pub enum HookKind {
 }
 
 impl HookKind {
-    /// All kinds, in the order a block computes them.
+    /// The kinds of `d_model` width (all but [`HookKind::Z`]), in the order a block computes
+    /// them.
     pub const ALL: [HookKind; 4] = [
         HookKind::ResidPre,
         HookKind::AttnOut,
@@ -40,6 +45,7 @@ impl HookKind {
     pub fn name(self) -> &'static str {
         match self {
             HookKind::ResidPre => "hook_resid_pre",
+            HookKind::Z => "attn.hook_z",
             HookKind::AttnOut => "hook_attn_out",
             HookKind::MlpOut => "hook_mlp_out",
             HookKind::ResidPost => "hook_resid_post",
@@ -64,6 +70,13 @@ impl HookPoint {
             kind: HookKind::ResidPre,
         }
     }
+    /// `blocks.{layer}.attn.hook_z`
+    pub fn z(layer: usize) -> Self {
+        Self {
+            layer,
+            kind: HookKind::Z,
+        }
+    }
     /// `blocks.{layer}.hook_attn_out`
     pub fn attn_out(layer: usize) -> Self {
         Self {
@@ -86,7 +99,8 @@ impl HookPoint {
         }
     }
 
-    /// Every hook point of a model with `n_layers` blocks, in forward order.
+    /// Every hook point of `d_model` width of a model with `n_layers` blocks, in forward
+    /// order (all but `attn.hook_z`).
     pub fn all(n_layers: usize) -> Vec<HookPoint> {
         (0..n_layers)
             .flat_map(|layer| HookKind::ALL.map(|kind| HookPoint { layer, kind }))
@@ -100,8 +114,8 @@ impl HookPoint {
         }
         Err(Error::Hook(format!(
             "hook `{self}` does not exist: this model has {n_layers} layers, so valid hooks are \
-             blocks.0 to blocks.{}, each with hook_resid_pre, hook_attn_out, hook_mlp_out or \
-             hook_resid_post",
+             blocks.0 to blocks.{}, each with hook_resid_pre, attn.hook_z, hook_attn_out, \
+             hook_mlp_out or hook_resid_post",
             n_layers.saturating_sub(1)
         )))
     }
@@ -120,19 +134,16 @@ impl FromStr for HookPoint {
         let bad = || {
             Error::Hook(format!(
                 "`{s}` is not a hook name: expected `blocks.<layer>.<hook>` with <hook> one of \
-                 hook_resid_pre, hook_attn_out, hook_mlp_out, hook_resid_post \
+                 hook_resid_pre, attn.hook_z, hook_attn_out, hook_mlp_out, hook_resid_post \
                  (for example blocks.5.hook_mlp_out)"
             ))
         };
-        let mut parts = s.trim().split('.');
-        let (Some("blocks"), Some(layer), Some(kind), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(bad());
-        };
+        let rest = s.trim().strip_prefix("blocks.").ok_or_else(bad)?;
+        let (layer, kind) = rest.split_once('.').ok_or_else(bad)?;
         let layer = layer.parse().map_err(|_| bad())?;
-        let kind = HookKind::ALL
+        let kind = [HookKind::Z]
             .into_iter()
+            .chain(HookKind::ALL)
             .find(|k| k.name() == kind)
             .ok_or_else(bad)?;
         Ok(HookPoint { layer, kind })
@@ -284,9 +295,11 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for p in HookPoint::all(3) {
+        for p in HookPoint::all(3).into_iter().chain([HookPoint::z(2)]) {
             assert_eq!(p.to_string().parse::<HookPoint>().unwrap(), p);
         }
+        assert_eq!(HookPoint::z(2).to_string(), "blocks.2.attn.hook_z");
+        assert!(HookPoint::z(2) < HookPoint::attn_out(2));
         assert_eq!(
             "blocks.5.hook_mlp_out".parse::<HookPoint>().unwrap(),
             HookPoint::mlp_out(5)

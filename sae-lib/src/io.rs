@@ -114,6 +114,22 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// The zip archive at `path` (a PyTorch `.bin`, a NumPy `.npz`), `what` naming the kind in
+/// the error a truncated or foreign file gives.
+pub fn open_zip(
+    path: &Path,
+    what: &str,
+) -> Result<zip::ZipArchive<std::io::BufReader<std::fs::File>>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| Error::Weights {
+        path: path.into(),
+        message: format!(
+            "truncated or not a {what} ({e}); the download was probably cut short: download it \
+             again"
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -211,11 +211,12 @@ pub fn splice_eval(
     batch_size: usize,
 ) -> Result<SpliceMetrics> {
     hook.check(model.n_layers())?;
-    if sae.config().d_in != model.d_model() {
+    let width = model.width(hook);
+    if sae.config().d_in != width {
         return Err(Error::Input(format!(
-            "the SAE's d_in is {} but {hook} has width {}: this SAE was trained on another model or hook",
+            "the SAE's d_in is {} but {hook} has width {width}: this SAE was trained on another \
+             model or hook",
             sae.config().d_in,
-            model.d_model()
         )));
     }
     let seqs: Vec<Vec<u32>> = sequences.iter().filter(|s| s.len() >= 2).cloned().collect();
@@ -233,7 +234,7 @@ pub fn splice_eval(
     // tokens the SAE covers.
     let filter = sae.config().metadata.filter;
     let (mut sum, mut count, mut passed) = (
-        Tensor::zeros(model.d_model(), DType::F64, &Device::Cpu)?,
+        Tensor::zeros(width, DType::F64, &Device::Cpu)?,
         0usize,
         0usize,
     );

@@ -13,13 +13,13 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Embedding, RmsNorm, VarBuilder};
+use candle_core::{DType, Module, Tensor};
+use candle_nn::{RmsNorm, VarBuilder};
 use serde::Deserialize;
 
 use super::attention::Scores;
-use super::batch::{windowed, TokenBatch};
-use super::decoder::{Block, Decoder};
+use super::batch::windowed;
+use super::decoder::{decoder_api, Block, Decoder};
 use super::linear::Linear;
 use super::llama::{self, Attention, Mlp};
 use super::rotary::{Rotary, RotaryAngles};
@@ -218,9 +218,10 @@ impl Block for Layer {
         let l = self.index;
         let x = hook!(hooks, HookPoint::resid_pre(l), x);
         let bias = windowed(bias, self.window)?;
-        let attn = self
-            .self_attn
-            .forward(&self.input_layernorm.forward(&x)?, rotary, &bias)?;
+        let attn = self.input_layernorm.forward(&x)?;
+        let Some(attn) = self.self_attn.forward(&attn, rotary, &bias, hooks, l)? else {
+            return Ok(None);
+        };
         let attn_out = self.post_attention_layernorm.forward(&attn)?;
         let attn_out = hook!(hooks, HookPoint::attn_out(l), attn_out);
         let h = (x + attn_out)?;
@@ -237,11 +238,7 @@ impl Block for Layer {
 /// logits.
 #[derive(Debug, Clone)]
 pub struct Gemma2 {
-    embed_tokens: Embedding,
-    layers: Vec<Layer>,
-    norm: RmsNorm,
-    lm_head: Linear,
-    rotary: Rotary,
+    decoder: Decoder<Layer, RmsNorm>,
     cfg: Config,
 }
 
@@ -261,11 +258,15 @@ impl Gemma2 {
             Linear::new(embed_tokens.embeddings(), None)?
         };
         Ok(Self {
-            embed_tokens,
-            layers,
-            norm: norm(base.pp("norm"), cfg)?,
-            lm_head,
-            rotary: Rotary::new(cfg.head_dim, cfg.rope_theta),
+            decoder: Decoder {
+                embed: embed_tokens,
+                embed_scale: Some((cfg.hidden_size as f64).sqrt()),
+                blocks: layers,
+                rotary: Rotary::new(cfg.head_dim, cfg.rope_theta),
+                final_norm: norm(base.pp("norm"), cfg)?,
+                unembed: lm_head,
+                logit_softcap: cfg.final_logit_softcapping,
+            },
             cfg: cfg.clone(),
         })
     }
@@ -275,33 +276,5 @@ impl Gemma2 {
         &self.cfg
     }
 
-    /// Runs the model on `batch`, consulting `hooks` at every hook point. Returns the logits
-    /// `(batch, seq, vocab)` in f32, or `None` if the hooks stopped the forward early.
-    pub fn forward(&self, batch: &TokenBatch, hooks: &mut Hooks) -> Result<Option<Tensor>> {
-        Decoder {
-            embed: &self.embed_tokens,
-            embed_scale: Some((self.cfg.hidden_size as f64).sqrt()),
-            blocks: &self.layers,
-            rotary: &self.rotary,
-            final_norm: &self.norm,
-            unembed: &self.lm_head,
-            logit_softcap: self.cfg.final_logit_softcapping,
-        }
-        .forward(batch, hooks)
-    }
-
-    /// The unembedding matrix `(vocab, d_model)`, for the decoder logit lens.
-    pub fn unembed(&self) -> Result<Tensor> {
-        self.lm_head.weight()
-    }
-
-    /// Device the weights are on.
-    pub fn device(&self) -> &Device {
-        self.embed_tokens.embeddings().device()
-    }
-
-    /// Dtype of the weights (that of the embedding).
-    pub fn dtype(&self) -> DType {
-        self.embed_tokens.embeddings().dtype()
-    }
+    decoder_api!();
 }

@@ -10,12 +10,11 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Embedding, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use super::attention::{attend, Scores};
-use super::batch::TokenBatch;
-use super::decoder::{Block, Decoder};
+use super::decoder::{decoder_api, Block, Decoder};
 use super::layer_norm::LayerNorm;
 use super::linear::Linear;
 use super::rotary::{Rotary, RotaryAngles};
@@ -173,7 +172,16 @@ impl Attention {
         })
     }
 
-    fn forward(&self, x: &Tensor, rotary: &RotaryAngles, bias: &Tensor) -> Result<Tensor> {
+    /// The sublayer's output, or `None` when the hooks stopped at `attn.hook_z` (the heads'
+    /// outputs, the dense projection's input).
+    fn forward(
+        &self,
+        x: &Tensor,
+        rotary: &RotaryAngles,
+        bias: &Tensor,
+        hooks: &mut Hooks,
+        layer: usize,
+    ) -> Result<Option<Tensor>> {
         let (b, t, _) = x.dims3()?;
         let qkv = self.query_key_value.forward(x)?; // (b, t, 3d)
         let qkv = qkv.reshape((b, t, self.num_heads, 3 * self.head_dim))?; // (b, t, heads, 3 hd)
@@ -189,7 +197,9 @@ impl Attention {
             rotary.apply(&split(1)?)?,
             split(2)?.contiguous()?,
         );
-        Ok(attend(&q, &k, &v, bias, Scores::standard(self.head_dim))?.apply(&self.dense)?)
+        let z = attend(&q, &k, &v, bias, Scores::standard(self.head_dim))?;
+        let z = hook!(hooks, HookPoint::z(layer), z);
+        Ok(Some(z.apply(&self.dense)?))
     }
 }
 
@@ -250,9 +260,10 @@ impl Block for Layer {
     ) -> Result<Option<Tensor>> {
         let l = self.index;
         let x = hook!(hooks, HookPoint::resid_pre(l), x);
-        let attn_out = self
-            .attention
-            .forward(&self.input_layernorm.forward(&x)?, rotary, bias)?;
+        let attn = self.input_layernorm.forward(&x)?;
+        let Some(attn_out) = self.attention.forward(&attn, rotary, bias, hooks, l)? else {
+            return Ok(None);
+        };
         let attn_out = hook!(hooks, HookPoint::attn_out(l), attn_out);
         let out = if self.use_parallel_residual {
             let mlp_out = self
@@ -275,11 +286,7 @@ impl Block for Layer {
 /// `GPTNeoXForCausalLM`: embeddings, blocks, final layer norm, unembedding.
 #[derive(Debug, Clone)]
 pub struct GptNeoX {
-    embed_in: Embedding,
-    layers: Vec<Layer>,
-    final_layer_norm: LayerNorm,
-    embed_out: Linear,
-    rotary: Rotary,
+    decoder: Decoder<Layer, LayerNorm>,
     cfg: Config,
 }
 
@@ -315,11 +322,15 @@ impl GptNeoX {
             }
         };
         Ok(Self {
-            embed_in,
-            layers,
-            final_layer_norm,
-            embed_out,
-            rotary: Rotary::new(cfg.rotary_dim(), cfg.rotary_emb_base),
+            decoder: Decoder {
+                embed: embed_in,
+                embed_scale: None,
+                blocks: layers,
+                rotary: Rotary::new(cfg.rotary_dim(), cfg.rotary_emb_base),
+                final_norm: final_layer_norm,
+                unembed: embed_out,
+                logit_softcap: None,
+            },
             cfg: cfg.clone(),
         })
     }
@@ -329,35 +340,7 @@ impl GptNeoX {
         &self.cfg
     }
 
-    /// Runs the model on `batch`, consulting `hooks` at every hook point. Returns the logits
-    /// `(batch, seq, vocab)` in f32, or `None` if the hooks stopped the forward early.
-    pub fn forward(&self, batch: &TokenBatch, hooks: &mut Hooks) -> Result<Option<Tensor>> {
-        Decoder {
-            embed: &self.embed_in,
-            embed_scale: None,
-            blocks: &self.layers,
-            rotary: &self.rotary,
-            final_norm: &self.final_layer_norm,
-            unembed: &self.embed_out,
-            logit_softcap: None,
-        }
-        .forward(batch, hooks)
-    }
-
-    /// The unembedding matrix `(vocab, d_model)`, for the decoder logit lens.
-    pub fn unembed(&self) -> Result<Tensor> {
-        self.embed_out.weight()
-    }
-
-    /// Device the weights are on.
-    pub fn device(&self) -> &Device {
-        self.embed_in.embeddings().device()
-    }
-
-    /// Dtype of the weights (that of the embedding).
-    pub fn dtype(&self) -> DType {
-        self.embed_in.embeddings().dtype()
-    }
+    decoder_api!();
 }
 
 /// Writes a randomly initialised checkpoint (`config.json` + `model.safetensors`) with `cfg`'s

@@ -13,13 +13,13 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Embedding, RmsNorm, VarBuilder};
+use candle_core::{Module, Tensor};
+use candle_nn::{RmsNorm, VarBuilder};
 use serde::Deserialize;
 
 use super::attention::{attend, Scores};
-use super::batch::{windowed, TokenBatch};
-use super::decoder::{Block, Decoder};
+use super::batch::windowed;
+use super::decoder::{decoder_api, Block, Decoder};
 use super::linear::Linear;
 use super::rotary::{RopeScaling, Rotary, RotaryAngles};
 use super::Activation;
@@ -251,12 +251,16 @@ impl Attention {
         Self { scores, ..self }
     }
 
+    /// The sublayer's output, or `None` when the hooks stopped at `attn.hook_z` (the heads'
+    /// outputs, the output projection's input).
     pub(super) fn forward(
         &self,
         x: &Tensor,
         rotary: &RotaryAngles,
         bias: &Tensor,
-    ) -> Result<Tensor> {
+        hooks: &mut Hooks,
+        layer: usize,
+    ) -> Result<Option<Tensor>> {
         let (b, t, _) = x.dims3()?;
         // (b, t, n·hd) → (b, n, t, hd), a strided view; the rotation returns it contiguous.
         let heads = |proj: &Linear, n: usize, norm: Option<&RmsNorm>| -> Result<Tensor> {
@@ -274,7 +278,9 @@ impl Attention {
         let q = rotary.apply(&heads(&self.q_proj, self.heads, q_norm)?)?;
         let k = rotary.apply(&heads(&self.k_proj, self.kv_heads, k_norm)?)?;
         let v = heads(&self.v_proj, self.kv_heads, None)?.contiguous()?;
-        Ok(attend(&q, &k, &v, bias, self.scores)?.apply(&self.o_proj)?)
+        let z = attend(&q, &k, &v, bias, self.scores)?;
+        let z = hook!(hooks, HookPoint::z(layer), z);
+        Ok(Some(z.apply(&self.o_proj)?))
     }
 }
 
@@ -342,9 +348,10 @@ impl Block for Layer {
         let l = self.index;
         let x = hook!(hooks, HookPoint::resid_pre(l), x);
         let bias = windowed(bias, self.window)?;
-        let attn_out = self
-            .self_attn
-            .forward(&self.input_layernorm.forward(&x)?, rotary, &bias)?;
+        let attn = self.input_layernorm.forward(&x)?;
+        let Some(attn_out) = self.self_attn.forward(&attn, rotary, &bias, hooks, l)? else {
+            return Ok(None);
+        };
         let attn_out = hook!(hooks, HookPoint::attn_out(l), attn_out);
         let h = (x + attn_out)?;
         let mlp_out = self
@@ -358,11 +365,7 @@ impl Block for Layer {
 /// `LlamaForCausalLM`: embeddings, blocks, final RMSNorm, unembedding.
 #[derive(Debug, Clone)]
 pub struct Llama {
-    embed_tokens: Embedding,
-    layers: Vec<Layer>,
-    norm: RmsNorm,
-    lm_head: Linear,
-    rotary: Rotary,
+    decoder: Decoder<Layer, RmsNorm>,
     cfg: Config,
 }
 
@@ -383,11 +386,15 @@ impl Llama {
             Linear::load(vb.pp("lm_head"), cfg.hidden_size, cfg.vocab_size, false)?
         };
         Ok(Self {
-            embed_tokens,
-            layers,
-            norm,
-            lm_head,
-            rotary: cfg.rotary()?,
+            decoder: Decoder {
+                embed: embed_tokens,
+                embed_scale: None,
+                blocks: layers,
+                rotary: cfg.rotary()?,
+                final_norm: norm,
+                unembed: lm_head,
+                logit_softcap: None,
+            },
             cfg: cfg.clone(),
         })
     }
@@ -395,11 +402,8 @@ impl Llama {
     /// Divides each rotary frequency by its entry of `divisors`, one per pair of channels of
     /// a head (llama.cpp's `rope_freqs`, its form of Llama 3's scaling).
     pub fn divide_rotary(&mut self, divisors: &[f32]) -> Result<()> {
-        self.rotary = self
-            .rotary
-            .clone()
-            .divided_by(divisors)
-            .map_err(Error::Input)?;
+        let rotary = &mut self.decoder.rotary;
+        *rotary = rotary.clone().divided_by(divisors).map_err(Error::Input)?;
         Ok(())
     }
 
@@ -408,33 +412,5 @@ impl Llama {
         &self.cfg
     }
 
-    /// Runs the model on `batch`, consulting `hooks` at every hook point. Returns the logits
-    /// `(batch, seq, vocab)` in f32, or `None` if the hooks stopped the forward early.
-    pub fn forward(&self, batch: &TokenBatch, hooks: &mut Hooks) -> Result<Option<Tensor>> {
-        Decoder {
-            embed: &self.embed_tokens,
-            embed_scale: None,
-            blocks: &self.layers,
-            rotary: &self.rotary,
-            final_norm: &self.norm,
-            unembed: &self.lm_head,
-            logit_softcap: None,
-        }
-        .forward(batch, hooks)
-    }
-
-    /// The unembedding matrix `(vocab, d_model)`, for the decoder logit lens.
-    pub fn unembed(&self) -> Result<Tensor> {
-        self.lm_head.weight()
-    }
-
-    /// Device the weights are on.
-    pub fn device(&self) -> &Device {
-        self.embed_tokens.embeddings().device()
-    }
-
-    /// Dtype of the weights (that of the embedding).
-    pub fn dtype(&self) -> DType {
-        self.embed_tokens.embeddings().dtype()
-    }
+    decoder_api!();
 }

@@ -25,7 +25,7 @@ pub use gpt_neox::GptNeoX;
 pub use llama::Llama;
 pub use load::{hub_id_of, load_model, load_tokenizer, ModelSource};
 
-use crate::hooks::Hooks;
+use crate::hooks::{HookKind, HookPoint, Hooks};
 use crate::Result;
 
 /// The MLP nonlinearity, by its HF `hidden_act` name.
@@ -188,12 +188,25 @@ impl Model {
         }
     }
 
-    /// Width of the residual stream (the `d_in` of an SAE on any hook here).
+    /// Width of the residual stream (the `d_in` of an SAE on any hook here but `attn.hook_z`).
     pub fn d_model(&self) -> usize {
         match self {
             Model::GptNeoX(m) => m.config().hidden_size,
             Model::Llama(m) => m.config().hidden_size,
             Model::Gemma2(m) => m.config().hidden_size,
+        }
+    }
+
+    /// Width of the activations at `hook`: `d_model`, or at `attn.hook_z` the heads times
+    /// their width.
+    pub fn width(&self, hook: HookPoint) -> usize {
+        if hook.kind != HookKind::Z {
+            return self.d_model();
+        }
+        match self {
+            Model::GptNeoX(m) => m.config().num_attention_heads * m.config().head_dim(),
+            Model::Llama(m) => m.config().num_attention_heads * m.config().head_dim(),
+            Model::Gemma2(m) => m.config().num_attention_heads * m.config().head_dim,
         }
     }
 

@@ -242,13 +242,7 @@ impl PthArchive {
             path: path.into(),
             message,
         };
-        let file = std::fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
-        let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| {
-            bad(format!(
-                "truncated or not a PyTorch archive ({e}); the download was probably cut \
-                 short: download it again"
-            ))
-        })?;
+        let mut zip = crate::io::open_zip(path, "PyTorch archive")?;
         let pkl = zip
             .file_names()
             .filter_map(|n| n.ok().map(|n| n.into_owned()))

@@ -5,11 +5,11 @@
 //! A folder holds only the weights (`W_enc` `(d_in, d_sae)`, `W_dec`, `b_enc`, `b_dec`,
 //! `threshold`), so what an SAE reads comes from the repository's and the folder's names, as
 //! SAELens reads them: the model (`gemma-2-2b`, `gemma-2-9b-it`), the hook (`res`: the layer's
-//! output, `mlp`: its MLP's output after the closing norm), and 1,024-token contexts of the
-//! Pile with a BOS token. The encoder does not subtract `b_dec` first: it is the same SAE as
-//! ours with `b_enc + b_dec·W_enc` as its encoder bias. The attention SAEs read the heads'
-//! outputs before their projection (TransformerLens' `hook_z`) and the embedding SAEs the
-//! unscaled embeddings, hooks sae-lib does not have: both are refused.
+//! output, `mlp`: its MLP's output after the closing norm, `att`: the heads' outputs before
+//! their projection, `attn.hook_z`), and 1,024-token contexts of the Pile with a BOS token.
+//! The encoder does not subtract `b_dec` first: it is the same SAE as ours with
+//! `b_enc + b_dec·W_enc` as its encoder bias. The embedding SAEs read the unscaled embeddings,
+//! a hook sae-lib does not have, and are refused.
 
 use std::path::Path;
 
@@ -56,10 +56,12 @@ pub fn metadata(dir: &Path) -> Result<SaeMetadata> {
         _ => return Err(unknown(&format!("`gemma-scope-{repo}` names no model"))),
     };
     if names.iter().any(|n| n == "embedding") {
-        return Err(refused(
-            dir,
-            "an embedding SAE (it reads the unscaled embeddings)",
-        ));
+        return Err(Error::Config {
+            path: dir.join("params.npz"),
+            message: "this Gemma Scope SAE reads the unscaled embeddings (TransformerLens' \
+                      hook_embed), which sae-lib does not hook; its layers' SAEs load"
+                .into(),
+        });
     }
     let layer: usize = names
         .iter()
@@ -69,13 +71,7 @@ pub fn metadata(dir: &Path) -> Result<SaeMetadata> {
     let hook = match site {
         Some("res") => HookPoint::resid_post(layer),
         Some("mlp") => HookPoint::mlp_out(layer),
-        Some("att") => {
-            return Err(refused(
-                dir,
-                "an attention SAE (it reads the heads' outputs before their projection, \
-                 TransformerLens' hook_z)",
-            ))
-        }
+        Some("att") => HookPoint::z(layer),
         _ => return Err(unknown(&format!("`gemma-scope-{repo}` names no hook site"))),
     };
     Ok(SaeMetadata {
@@ -87,16 +83,6 @@ pub fn metadata(dir: &Path) -> Result<SaeMetadata> {
         training_docs: None,
         filter: Default::default(),
     })
-}
-
-fn refused(dir: &Path, what: &str) -> Error {
-    Error::Config {
-        path: dir.join("params.npz"),
-        message: format!(
-            "this Gemma Scope SAE is {what}, which sae-lib cannot hook; its residual-stream \
-             (-res) and MLP (-mlp) SAEs load"
-        ),
-    }
 }
 
 /// Loads the Gemma Scope SAE in `dir` as a JumpReLU SAE.
@@ -174,9 +160,10 @@ mod tests {
             (meta.model_name.as_str(), meta.hook_name.as_str()),
             ("gemma-2-2b", "blocks.3.hook_mlp_out")
         );
+        let meta = at("gemma-scope-2b-pt-att/layer_3/width_16k/average_l0_7").unwrap();
+        assert_eq!(meta.hook_name, "blocks.3.attn.hook_z");
         for (rel, says) in [
-            ("gemma-scope-2b-pt-att/layer_3/width_16k/a", "hook_z"),
-            ("gemma-scope-2b-pt-res/embedding/width_4k/a", "embedding"),
+            ("gemma-scope-2b-pt-res/embedding/width_4k/a", "embeddings"),
             ("somewhere/layer_3/width_16k/a", "repository"),
             ("gemma-scope-2b-pt-res/width_16k/a", "layer_N"),
         ] {

@@ -18,13 +18,7 @@ pub fn read(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
         path: path.into(),
         message,
     };
-    let file = std::fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| {
-        bad(format!(
-            "truncated or not a .npz archive ({e}); the download was probably cut short: \
-             download it again"
-        ))
-    })?;
+    let mut zip = crate::io::open_zip(path, ".npz archive")?;
     let mut arrays = HashMap::new();
     for i in 0..zip.len() {
         let mut entry = zip

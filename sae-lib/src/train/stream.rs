@@ -243,9 +243,10 @@ impl<'m> ActivationStream<'m> {
         Ok(self)
     }
 
-    /// Width of a row (the model's `d_model`, at every hook).
-    pub fn d(&self) -> usize {
-        self.model.d_model()
+    /// Width of a row of the stream's `hook`-th hook (the model's `d_model`, but at
+    /// `attn.hook_z`).
+    pub fn width(&self, hook: usize) -> usize {
+        self.model.width(self.cfg.hooks[hook])
     }
 
     /// The hooks it serves rows of.
@@ -307,7 +308,8 @@ impl<'m> ActivationStream<'m> {
             let tensors = self
                 .buffers
                 .iter()
-                .map(|buf| gather_rows(buf, rows, self.d()))
+                .enumerate()
+                .map(|(hook, buf)| gather_rows(buf, rows, self.width(hook)))
                 .collect::<Result<Vec<_>>>()?;
             self.served += 1;
             self.step += 1;
@@ -327,7 +329,11 @@ impl<'m> ActivationStream<'m> {
         }
         self.ensure_generation()?;
         let order = permutation(self.row_doc.len(), seed, u64::MAX);
-        gather_rows(&self.buffers[hook], &order[..n.min(order.len())], self.d())
+        gather_rows(
+            &self.buffers[hook],
+            &order[..n.min(order.len())],
+            self.width(hook),
+        )
     }
 
     /// Starts the next generation when the current one is used up (or none has started).
@@ -516,7 +522,7 @@ impl<'m> HookFeed<'m> {
         })?;
         Ok(Self {
             hook: index,
-            d: s.d(),
+            d: s.width(index),
             batch_size: s.config().batch_size,
             stream: stream.clone(),
         })

@@ -66,3 +66,36 @@ fn every_gemma2_part_matters() {
         assert!(d > 1e-2, "without {what} the logits moved by only {d}");
     }
 }
+
+/// `attn.hook_z`, the heads' outputs side by side before the output projection (4 heads of
+/// 12: wider than d_model, as in Gemma 2), matches the input transformers' o_proj receives,
+/// in a padded batch too.
+#[test]
+fn hook_z_matches_transformers() {
+    let model = load_fixture_model("gemma2");
+    assert_eq!((model.width(HookPoint::z(0)), model.d_model()), (48, 32));
+    let exp = expected("gemma2");
+    let mask = &exp["batch.attention_mask"];
+    for (tag, batch) in [
+        (
+            "single",
+            TokenBatch::new(&exp["single.input_ids"], None).unwrap(),
+        ),
+        (
+            "batch",
+            TokenBatch::new(&exp["batch.input_ids"], Some(mask)).unwrap(),
+        ),
+    ] {
+        let mut hooks = (0..3).fold(Hooks::new(), |h, l| h.capture(HookPoint::z(l)));
+        model.forward(&batch, &mut hooks).unwrap();
+        for l in 0..3 {
+            let want = &exp[&format!("{tag}.blocks.{l}.attn.hook_z")];
+            let got = hooks.get(HookPoint::z(l)).unwrap();
+            let d = match tag {
+                "single" => max_abs_diff(got, want),
+                _ => masked_max_abs_diff(got, want, mask),
+            };
+            assert!(d < 1e-4, "{tag} layer {l}: {d}");
+        }
+    }
+}

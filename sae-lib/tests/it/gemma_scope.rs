@@ -11,26 +11,35 @@ use crate::variants::encodes_as_expected;
 
 const FOLDER: &str = "layer_1/width_64/average_l0_5";
 
-fn fixture_dir() -> std::path::PathBuf {
-    fixture("gemma_scope/gemma-scope-2b-pt-res").join(FOLDER)
+/// The fixture SAE of the repository `gemma-scope-2b-pt-{site}`.
+fn fixture_dir_of(site: &str) -> std::path::PathBuf {
+    fixture(&format!("gemma_scope/gemma-scope-2b-pt-{site}")).join(FOLDER)
 }
 
+fn fixture_dir() -> std::path::PathBuf {
+    fixture_dir_of("res")
+}
+
+/// A residual-stream SAE and an attention one (on `attn.hook_z`) encode and decode as
+/// SAELens' Gemma 2 loader builds them, and say what they read as it does.
 #[test]
 fn gemma_scope_saes_load_and_encode_as_saelens_does() {
-    let dir = fixture_dir();
-    let sae = format::load(&dir, &Device::Cpu).unwrap();
-    encodes_as_expected(&sae, &dir, "gemma scope");
-    let want: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
-    let meta = &sae.config().metadata;
-    assert_eq!(meta.model_name, want["model_name"].as_str().unwrap());
-    assert_eq!(meta.hook_name, want["hook_name"].as_str().unwrap());
-    assert_eq!(
-        meta.context_size as u64,
-        want["context_size"].as_u64().unwrap()
-    );
-    assert_eq!(meta.prepend_bos, want["prepend_bos"].as_bool().unwrap());
-    assert_eq!(meta.dataset_path, want["dataset_path"].as_str().unwrap());
+    for site in ["res", "att"] {
+        let dir = fixture_dir_of(site);
+        let sae = format::load(&dir, &Device::Cpu).unwrap();
+        encodes_as_expected(&sae, &dir, site);
+        let want: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+        let meta = &sae.config().metadata;
+        assert_eq!(meta.model_name, want["model_name"].as_str().unwrap());
+        assert_eq!(meta.hook_name, want["hook_name"].as_str().unwrap());
+        assert_eq!(
+            meta.context_size as u64,
+            want["context_size"].as_u64().unwrap()
+        );
+        assert_eq!(meta.prepend_bos, want["prepend_bos"].as_bool().unwrap());
+        assert_eq!(meta.dataset_path, want["dataset_path"].as_str().unwrap());
+    }
 }
 
 /// From the Hub only `params.npz` is fetched, and the cache's folder name
@@ -100,4 +109,25 @@ fn a_compressed_npz_reads_as_a_stored_one() {
     );
     let sae = format::load(&copy, &Device::Cpu).unwrap();
     encodes_as_expected(&sae, &fixture_dir(), "deflated gemma scope");
+}
+
+/// An attention SAE (`-att`) reads `attn.hook_z`, the heads before their projection
+/// (`heads · head_dim` wide, here the fixture's 4 × 12, not its d_model of 32), and
+/// `sae eval` splices it there.
+#[test]
+fn an_attention_sae_is_spliced_at_hook_z() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = text_fixture(dir.path());
+    let model = fixture("gemma2");
+    let (_, m) = eval_five(
+        &fixture_dir_of("att"),
+        &["--model", s(&model), "--dataset", s(&text)],
+        &dir.path().join("m.json"),
+    );
+    assert_eq!(m["hook"], "blocks.1.attn.hook_z", "{m}");
+    let (clean, spliced) = (
+        m["ce_loss_without_sae"].as_f64().unwrap(),
+        m["ce_loss_with_sae"].as_f64().unwrap(),
+    );
+    assert!(spliced.is_finite() && spliced != clean, "{m}");
 }

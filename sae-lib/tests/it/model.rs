@@ -468,3 +468,42 @@ fn loads_from_a_hub_cache_offline() {
         "{msg}"
     );
 }
+
+/// `attn.hook_z` is what the output projection reads: projecting it with the checkpoint's own
+/// weights gives `hook_attn_out`, in GPT-NeoX and Llama; a forward stopped there returns
+/// nothing further.
+#[test]
+fn hook_z_projects_to_attn_out() {
+    for (name, weight, bias) in [
+        (
+            "gpt_neox_parallel",
+            "gpt_neox.layers.1.attention.dense.weight",
+            Some("gpt_neox.layers.1.attention.dense.bias"),
+        ),
+        ("llama_gqa", "model.layers.1.self_attn.o_proj.weight", None),
+    ] {
+        let model = load_fixture_model(name);
+        let weights =
+            candle_core::safetensors::load(fixture(name).join("model.safetensors"), &Device::Cpu)
+                .unwrap();
+        let exp = expected(name);
+        let batch = TokenBatch::new(&exp["single.input_ids"], None).unwrap();
+        let mut hooks = Hooks::new()
+            .capture(HookPoint::z(1))
+            .capture(HookPoint::attn_out(1));
+        model.forward(&batch, &mut hooks).unwrap();
+        let z = hooks.get(HookPoint::z(1)).unwrap();
+        assert_eq!(z.dim(2).unwrap(), model.width(HookPoint::z(1)));
+        let mut projected = z.broadcast_matmul(&weights[weight].t().unwrap()).unwrap();
+        if let Some(b) = bias {
+            projected = projected.broadcast_add(&weights[b]).unwrap();
+        }
+        let d = max_abs_diff(&projected, hooks.get(HookPoint::attn_out(1)).unwrap());
+        assert!(d < 1e-4, "{name}: {d}");
+        let mut stop = Hooks::new()
+            .capture(HookPoint::z(1))
+            .stop_at(HookPoint::z(1));
+        assert!(model.forward(&batch, &mut stop).unwrap().is_none());
+        assert!(stop.get(HookPoint::z(1)).is_some());
+    }
+}

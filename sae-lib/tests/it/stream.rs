@@ -70,11 +70,25 @@ fn sorted_rows(t: &Tensor) -> Vec<Vec<u32>> {
 
 #[test]
 fn one_forward_gives_each_hook_exactly_the_rows_collect_stores() {
-    let (model, tok) = (load_fixture_model(MODEL), tokenizer());
+    stream_rows_are_store_rows(MODEL, hooks());
+}
+
+/// Hooks of different widths share a stream: Gemma 2's `attn.hook_z` (its 4 heads of 12)
+/// beside its 32-wide residual stream.
+#[test]
+fn hooks_of_different_widths_share_one_forward() {
+    stream_rows_are_store_rows("gemma2", vec![HookPoint::z(1), HookPoint::resid_post(0)]);
+}
+
+/// A stream over `hooks` of the fixture model `name` serves exactly the rows `sae collect`
+/// stores at each hook alone.
+fn stream_rows_are_store_rows(name: &str, hooks: Vec<HookPoint>) {
+    let model = load_fixture_model(name);
+    let tok = load_tokenizer(&ModelSource::Dir(fixture(name)), &offline_hub()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let max_docs = Some(30);
     let mut stores = Vec::new();
-    for hook in hooks() {
+    for &hook in &hooks {
         let out = dir.path().join(hook.to_string());
         let docs = open_corpus()().unwrap();
         let cfg = CollectConfig {
@@ -89,6 +103,7 @@ fn one_forward_gives_each_hook_exactly_the_rows_collect_stores() {
     // A buffer of exactly one pass: the first generation is the whole of it.
     let cfg = StreamConfig {
         collect: collect_cfg(max_docs),
+        hooks: hooks.clone(),
         ..stream_cfg(rows, 16)
     };
     let mut stream = ActivationStream::new(&model, &tok, open_corpus(), cfg).unwrap();
@@ -96,11 +111,12 @@ fn one_forward_gives_each_hook_exactly_the_rows_collect_stores() {
         let all: Vec<u32> = (0..rows as u32).collect();
         let stored = store.gather(&all, &Device::Cpu).unwrap();
         let streamed = stream.sample(i, usize::MAX, 5).unwrap();
+        assert_eq!(streamed.dim(1).unwrap(), model.width(hooks[i]));
         assert_eq!(
             sorted_rows(&streamed),
             sorted_rows(&stored),
             "hook {}",
-            hooks()[i]
+            hooks[i]
         );
     }
     assert_eq!(stream.generations()[0].rows as usize, rows);

@@ -204,7 +204,7 @@ pub fn train(args: &TrainArgs, stop: &AtomicBool) -> Result<()> {
             };
             let sae_cfg = SaeConfig {
                 architecture,
-                d_in: model.d_model(),
+                d_in: model.width(*hook),
                 d_sae: p.sae.d_sae,
                 k,
                 prefixes: None,
