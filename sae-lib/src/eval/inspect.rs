@@ -151,7 +151,9 @@ pub fn contexts_html(feature: usize, contexts: &[TopContext], window: usize) -> 
 pub type TokenScores = Vec<(String, f32)>;
 
 /// The decoder logit lens: the tokens feature `feature`'s decoder direction most promotes and
-/// most suppresses through the unembedding `(vocab, d_model)`, as `(token, score)` pairs.
+/// most suppresses through the unembedding `(vocab, d_model)`, as `(token, score)` pairs. An
+/// SAE whose features are not in the residual stream (one on `attn.hook_z`, before the output
+/// projection) has no such lens: an error says so.
 pub fn logit_lens(
     sae: &dyn Sae,
     unembed: &Tensor,
@@ -166,6 +168,14 @@ pub fn logit_lens(
         .i(feature)?
         .to_dtype(DType::F32)?
         .to_device(&Device::Cpu)?;
+    let (width, d_model) = (w.dim(0)?, unembed.dim(1)?);
+    if width != d_model {
+        return Err(Error::Input(format!(
+            "the decoder logit lens reads features in the residual stream ({d_model} wide); \
+             this SAE's are {width} wide, at {}",
+            sae.config().metadata.hook_name
+        )));
+    }
     let scores = unembed
         .to_dtype(DType::F32)?
         .to_device(&Device::Cpu)?

@@ -131,3 +131,32 @@ fn an_attention_sae_is_spliced_at_hook_z() {
     );
     assert!(spliced.is_finite() && spliced != clean, "{m}");
 }
+
+/// `sae inspect` on an attention SAE shows its contexts, and says rather than fails that its
+/// features, outside the residual stream, have no decoder logit lens.
+#[test]
+fn inspecting_an_attention_sae_shows_contexts_without_a_logit_lens() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = text_fixture(dir.path());
+    let att = fixture_dir_of("att");
+    let o = crate::cli::sae(&[
+        "inspect",
+        "--sae",
+        s(&att),
+        "--model",
+        s(&fixture("gemma2")),
+        "--dataset",
+        s(&text),
+        "--feature",
+        "3",
+        "--max-docs",
+        "10",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("top") && out.contains("[["), "{out}");
+    assert!(
+        out.contains("no logit lens") && out.contains("48 wide"),
+        "{out}"
+    );
+}

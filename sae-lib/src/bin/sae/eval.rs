@@ -316,10 +316,12 @@ pub fn inspect(mut args: InspectArgs) -> Result<()> {
             after.replace('\n', " ")
         );
     }
-    match model {
-        Ok(model) => {
-            let unembed = model.unembed()?.to_device(&Device::Cpu)?;
-            let (up, down) = logit_lens(&sae, &unembed, &tokenizer, args.feature, 10)?;
+    let lens = model.and_then(|model| {
+        let unembed = model.unembed()?.to_device(&Device::Cpu)?;
+        logit_lens(&sae, &unembed, &tokenizer, args.feature, 10)
+    });
+    match lens {
+        Ok((up, down)) => {
             let show = |scores: &[(String, f32)]| {
                 scores
                     .iter()
