@@ -8,7 +8,6 @@ use sae_lib::collect::{collect_to_store, tutorial_middle_tokens, CollectConfig, 
 use sae_lib::data::store::{permutation, StoreWriter};
 use sae_lib::data::{ActivationStore, CollectMode, DatasetOptions, DatasetSource, TokenFilter};
 use sae_lib::hooks::{HookPoint, Hooks};
-use sae_lib::hub::HubOptions;
 use sae_lib::model::{load_tokenizer, ModelSource, Padding, TokenBatch};
 use sae_lib::tokenizer::Tokenizer;
 
@@ -117,12 +116,7 @@ fn hub_datasets_are_read_from_parquet_else_jsonl_else_txt() {
         ),
         ("datasets/org/none".into(), vec![readme]),
     ]);
-    let hub = HubOptions {
-        cache_dir: dir.path().join("hub"),
-        endpoint: Some(server.endpoint.clone()),
-        offline: false,
-        token: None,
-    };
+    let hub = server.options(&dir.path().join("hub"));
     let docs = |id: &str, split: &str| {
         let opts = DatasetOptions {
             split: split.into(),

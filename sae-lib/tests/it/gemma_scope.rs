@@ -50,12 +50,7 @@ fn a_gemma_scope_folder_comes_from_the_hub_alone() {
     let files = files_of(&fixture("gemma_scope/gemma-scope-2b-pt-res"), "");
     let server = MockHub::serve(repo, files);
     let cache = tempfile::tempdir().unwrap();
-    let hub = sae_lib::hub::HubOptions {
-        cache_dir: cache.path().to_path_buf(),
-        endpoint: Some(server.endpoint.clone()),
-        offline: false,
-        token: None,
-    };
+    let hub = server.options(cache.path());
     let dir = sae_lib::sae::locate(&format!("{repo}/{FOLDER}"), &hub).unwrap();
     assert_eq!(server.downloaded(), [format!("{FOLDER}/params.npz")]);
     let meta = format::metadata(&dir).unwrap();

@@ -31,10 +31,8 @@ fn a_gated_repository_says_which_token_it_needs() {
     let server = gated_pythia();
     let cache = tempfile::tempdir().unwrap();
     let hub = |token: Option<&str>| HubOptions {
-        cache_dir: cache.path().to_path_buf(),
-        endpoint: Some(server.endpoint.clone()),
-        offline: false,
         token: token.map(String::from),
+        ..server.options(cache.path())
     };
     let load = |spec: &str, token| {
         load_model(
@@ -170,12 +168,7 @@ fn an_saelens_release_name_is_its_hub_folder() {
         files_of(&fixture("saelens/legacy_standard"), "5-mlp-sm/"),
     );
     let cache = tempfile::tempdir().unwrap();
-    let hub = HubOptions {
-        cache_dir: cache.path().to_path_buf(),
-        endpoint: Some(server.endpoint.clone()),
-        offline: false,
-        token: None,
-    };
+    let hub = server.options(cache.path());
     let by_release =
         sae_lib::sae::locate("pythia-70m-deduped-mlp-sm/blocks.5.hook_mlp_out", &hub).unwrap();
     assert_eq!(

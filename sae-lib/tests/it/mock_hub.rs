@@ -63,6 +63,16 @@ impl MockHub {
         }
     }
 
+    /// Hub options that reach this stand-in, with `cache` as the Hub cache and no token.
+    pub fn options(&self, cache: &Path) -> sae_lib::hub::HubOptions {
+        sae_lib::hub::HubOptions {
+            cache_dir: cache.to_path_buf(),
+            endpoint: Some(self.endpoint.clone()),
+            offline: false,
+            token: None,
+        }
+    }
+
     /// The bearer token of each request to the Hub itself (not its content server), in order.
     pub fn tokens_seen(&self) -> Vec<Option<String>> {
         self.tokens.lock().unwrap().clone()

@@ -229,12 +229,7 @@ fn a_hub_sae_is_downloaded_file_by_file_into_the_cache() {
     files.extend(files_of(&fixture("saelens/topk"), "other/"));
     let server = MockHub::serve("org/saes", files);
     let cache = tempfile::tempdir().unwrap();
-    let hub = sae_lib::hub::HubOptions {
-        cache_dir: cache.path().to_path_buf(),
-        endpoint: Some(server.endpoint.clone()),
-        offline: false,
-        token: None,
-    };
+    let hub = server.options(cache.path());
     let dir = sae_lib::sae::locate("org/saes/5-mlp-sm", &hub).unwrap();
     assert!(dir.starts_with(cache.path()), "{}", dir.display());
     let saelens = [
