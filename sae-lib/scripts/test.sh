@@ -13,6 +13,16 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 cargo --version
+# A cold run writes about 15 GB to this disk (build folders, the notebook kernel, the CUDA
+# wheels, chromium); with less free it dies part-way with "No space left on device". pip's
+# cache would hold a second copy of every wheel, so it is off.
+export PIP_NO_CACHE_DIR=1
+free_gb=$(df -Pk . | awk 'NR == 2 { print int($4 / 1048576) }')
+echo "disk: ${free_gb} GB free in $root"
+if [ "$free_gb" -lt 15 ]; then
+    echo "warning: a cold run writes about 15 GB and only ${free_gb} GB are free here;" \
+        "it may fail with 'No space left on device': free some space first" >&2
+fi
 # The notebook kernel takes ~17 minutes to install: build it beside the Rust tests, which
 # leave one of the two cores idle much of the time.
 installer=

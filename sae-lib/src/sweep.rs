@@ -160,6 +160,8 @@ pub struct SweepEval<'a> {
     pub hook: HookPoint,
     /// Token ids of the documents to evaluate on, none of them trained on.
     pub sequences: &'a [Vec<u32>],
+    /// The tokenizer's special token ids, left alone by the splice.
+    pub special: &'a [u32],
 }
 
 /// How many of a source's `n` rows a sweep holds out to measure on: `eval_rows`, or a tenth
@@ -219,7 +221,14 @@ pub fn run_sweep(
                     trainer.save_checkpoint(&dir)?;
                     let sae = crate::sae::format::load(&dir, e.model.device())?;
                     let _ = std::fs::remove_dir_all(&dir);
-                    Some(splice_eval(e.model, &sae, e.hook, e.sequences, 8)?)
+                    Some(splice_eval(
+                        e.model,
+                        &sae,
+                        e.hook,
+                        e.sequences,
+                        e.special,
+                        8,
+                    )?)
                 }
                 None => None,
             };

@@ -72,6 +72,17 @@ impl Tokenizer {
             .unwrap_or(0)
     }
 
+    /// Ids of the special tokens the tokenizer puts around every text (a BOS first, for Gemma
+    /// and Llama; none for Pythia), sorted. The splice evaluation leaves them alone, as
+    /// SAELens' evaluation leaves BOS, EOS and padding: a BOS carries an attention sink's
+    /// outsized activation.
+    pub fn special_ids(&self) -> Result<Vec<u32>> {
+        let mut ids = self.encode("", None)?;
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+
     /// Number of tokens in the vocabulary, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)

@@ -2,11 +2,17 @@
 //! replaced by the SAE's reconstruction, by zeros and by its mean, and the KL divergence of
 //! each from the clean model. Names follow SAELens' `evals.py` so numbers compare directly.
 //!
+//! The special tokens that the tokenizer puts around each text ([`Tokenizer::special_ids`]: a
+//! BOS first, for Gemma and Llama) keep their clean activation when the SAE is spliced in, and
+//! the predictions made at them are left out of the means, as SAELens' evaluation does for
+//! BOS, EOS and padding: a BOS carries an attention sink's activation, often hundreds of times
+//! the norm of the rest, which an SAE reconstructs poorly and every later token attends to.
 //! Tokens the SAE's activations left out (its [`TokenFilter`]: each document's first, outliers
-//! by norm) keep their clean activation when the SAE is spliced in, as SAELens does for the
-//! special tokens it excludes. The ablations replace every token, also as SAELens does, so
-//! the zero-ablation baseline is the same whatever the SAE left out and CE loss recovered
-//! compares across SAEs. Every predicted token counts in the means.
+//! by norm) also keep their clean activation, and their predictions still count. The ablations replace every token, as SAELens' do, so the
+//! zero-ablation baseline is the same whatever the SAE left out and CE loss recovered
+//! compares across SAEs.
+//!
+//! [`Tokenizer::special_ids`]: crate::tokenizer::Tokenizer::special_ids
 
 use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
@@ -18,15 +24,16 @@ use crate::progress::Progress;
 use crate::sae::Sae;
 use crate::{Error, Result};
 
-/// Splice metrics, averaged over every predicted token.
+/// Splice metrics, averaged over the tokens predicted at ordinary (not special) tokens.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SpliceMetrics {
     /// Hook point the SAE was spliced in at.
     pub hook: HookPoint,
-    /// Tokens whose next token was predicted.
+    /// Tokens whose next token was predicted, special tokens not counted.
     pub tokens: usize,
-    /// Tokens left with their clean activation when the SAE is spliced in, since its training
-    /// activations left them out (its `exclude_first` and `outlier_norm`).
+    /// Tokens left with their clean activation when the SAE is spliced in: the tokenizer's
+    /// special tokens, and those its training activations left out (its `exclude_first` and
+    /// `outlier_norm`).
     #[serde(default)]
     pub tokens_passed_through: usize,
     /// Mean next-token cross-entropy of the clean model, in nats.
@@ -147,18 +154,35 @@ pub(crate) fn masked_sum(x: &Tensor, mask: &Tensor) -> Result<f64> {
         .to_scalar::<f64>()?)
 }
 
-/// The real tokens of `batch` the SAE covers, as a `(b, t)` 0/1 mask, given the clean
-/// activations `acts` `(b, t, d)` at its hook and the tokens its training left out (each row
-/// is one sequence from its first token). `None` when the filter leaves nothing out.
+/// The real tokens of `batch` that are not `special`, as `(b, t)` 0/1 rows (`rows` are the
+/// batch's sequences, one a row from its first position).
+fn ordinary(rows: &[Vec<u32>], batch: &TokenBatch, special: &[u32]) -> Vec<Vec<u8>> {
+    batch
+        .mask()
+        .iter()
+        .zip(rows)
+        .map(|(mask, ids)| {
+            let is_special = |i: usize| ids.get(i).is_some_and(|id| special.contains(id));
+            (0..mask.len())
+                .map(|i| mask[i] & u8::from(!is_special(i)))
+                .collect()
+        })
+        .collect()
+}
+
+/// Of the `ordinary` tokens, those the SAE covers, as `(b, t)` 0/1 rows, given the clean
+/// activations `acts` `(b, t, d)` at its hook and the tokens its training left out. `None`
+/// when that is every real token.
 fn covered(
     filter: &TokenFilter,
     acts: &Tensor,
     batch: &TokenBatch,
+    ordinary: &[Vec<u8>],
 ) -> Result<Option<Vec<Vec<u8>>>> {
-    if !filter.is_active() {
+    if !filter.is_active() && ordinary == batch.mask() {
         return Ok(None);
     }
-    let mut mask = batch.mask().to_vec();
+    let mut mask = ordinary.to_vec();
     if filter.exclude_first {
         mask.iter_mut().for_each(|row| row[0] = 0);
     }
@@ -202,12 +226,15 @@ pub fn reconstruct(sae: &dyn Sae, x: &Tensor) -> Result<Tensor> {
         .detach())
 }
 
-/// Evaluates `sae` spliced into `model` at `hook` over token sequences, `batch_size` at a time.
+/// Evaluates `sae` spliced into `model` at `hook` over token sequences, `batch_size` at a time,
+/// leaving the tokens whose id is in `special` alone (pass the tokenizer's
+/// [`special_ids`](crate::tokenizer::Tokenizer::special_ids)).
 pub fn splice_eval(
     model: &Model,
     sae: &dyn Sae,
     hook: HookPoint,
     sequences: &[Vec<u32>],
+    special: &[u32],
     batch_size: usize,
 ) -> Result<SpliceMetrics> {
     hook.check(model.n_layers())?;
@@ -226,20 +253,21 @@ pub fn splice_eval(
         ));
     }
     let device = model.device();
-    let batches: Vec<TokenBatch> = seqs
-        .chunks(batch_size.max(1))
+    let chunks: Vec<&[Vec<u32>]> = seqs.chunks(batch_size.max(1)).collect();
+    let batches: Vec<TokenBatch> = chunks
+        .iter()
         .map(|c| TokenBatch::from_sequences(c, Padding::Right, 0, device))
         .collect::<Result<_>>()?;
-    // Pass 1: the hook's mean activation over all real tokens, for mean ablation, and which
-    // tokens the SAE covers.
+    // Pass 1: the hook's mean activation over the ordinary tokens, for mean ablation, and
+    // which tokens the SAE covers and which predictions count.
     let filter = sae.config().metadata.filter;
     let (mut sum, mut count, mut passed) = (
         Tensor::zeros(width, DType::F64, &Device::Cpu)?,
         0usize,
         0usize,
     );
-    let mut coverage = Vec::with_capacity(batches.len());
-    for batch in &batches {
+    let (mut coverage, mut counted) = (Vec::new(), Vec::new());
+    for (batch, rows) in batches.iter().zip(&chunks) {
         let mut hooks = Hooks::new().capture(hook).stop_at(hook);
         model.forward(batch, &mut hooks)?;
         let acts = hooks.take(hook)?.to_device(&Device::Cpu)?;
@@ -248,17 +276,34 @@ pub fn splice_eval(
             let flat: Vec<u8> = rows.iter().flatten().copied().collect();
             Tensor::from_vec(flat, (b, t, 1), &Device::Cpu)
         };
-        let real: usize = batch.mask().iter().flatten().map(|&m| m as usize).sum();
-        let m = as_tensor(batch.mask())?.to_dtype(DType::F64)?;
+        let ones = |rows: &[Vec<u8>]| rows.iter().flatten().map(|&m| m as usize).sum::<usize>();
+        let real = ones(batch.mask());
+        let ordinary = ordinary(rows, batch, special);
+        let m = as_tensor(&ordinary)?.to_dtype(DType::F64)?;
         sum = (sum + acts.to_dtype(DType::F64)?.broadcast_mul(&m)?.sum((0, 1))?)?;
-        count += real;
-        coverage.push(match covered(&filter, &acts, batch)? {
+        count += ones(&ordinary);
+        // A prediction counts where the token it is made at is ordinary.
+        counted.push(
+            as_tensor(&ordinary)?
+                .squeeze(2)?
+                .narrow(1, 0, t - 1)?
+                .to_dtype(DType::F32)?
+                .to_device(device)?,
+        );
+        coverage.push(match covered(&filter, &acts, batch, &ordinary)? {
             Some(rows) => {
-                passed += real - rows.iter().flatten().map(|&m| m as usize).sum::<usize>();
+                passed += real - ones(&rows);
                 Some(as_tensor(&rows)?.to_device(device)?)
             }
             None => None,
         });
+    }
+    if count == 0 {
+        return Err(Error::Input(
+            "every token of the sequences is one of the tokenizer's special tokens (such as \
+             BOS), so there is nothing to splice the SAE in at: evaluate on documents with text"
+                .into(),
+        ));
     }
     let mean = (sum / count as f64)?
         .to_dtype(model.dtype())?
@@ -267,7 +312,7 @@ pub fn splice_eval(
     let progress = Progress::new("splice eval", Some(batches.len() as u64), "batches");
     let (mut tokens, mut ce) = (0f64, [0f64; 4]);
     let mut kls = [0f64; 2];
-    for (batch, cover) in batches.iter().zip(&coverage) {
+    for ((batch, cover), counted) in batches.iter().zip(&coverage).zip(&counted) {
         let run = |hooks: &mut Hooks| -> Result<Tensor> {
             model
                 .forward(batch, hooks)?
@@ -284,6 +329,7 @@ pub fn splice_eval(
         let mut mask = None;
         for (i, logits) in [&clean, &spliced, &zero, &mean_abl].into_iter().enumerate() {
             let (loss, m) = next_token_ce(logits, batch)?;
+            let m = (m * counted)?;
             ce[i] += masked_sum(&loss, &m)?;
             mask = Some(m);
         }

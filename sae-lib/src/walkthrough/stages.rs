@@ -308,6 +308,8 @@ pub struct HeldOut {
     pub from_training: bool,
     /// The split the held-out documents were read from.
     pub split: DocSplit,
+    /// The tokenizer's special token ids, which the splice evaluation leaves alone.
+    pub special: Vec<u32>,
 }
 
 /// Token sequences of the held-out documents ([`WalkthroughConfig::split`]), for the splice
@@ -327,11 +329,13 @@ pub fn held_out_sequences(cfg: &WalkthroughConfig, tokenizer: &Tokenizer) -> Res
             sequences,
             from_training: false,
             split,
+            special: tokenizer.special_ids()?,
         });
     }
     Ok(HeldOut {
         sequences: take(0, cfg.eval_docs)?,
         from_training: true,
         split,
+        special: tokenizer.special_ids()?,
     })
 }

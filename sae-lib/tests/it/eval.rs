@@ -50,7 +50,7 @@ fn identity_sae_recovers_everything_and_zero_sae_nothing() {
     let model = load_fixture_model("gpt_neox_parallel");
     let seqs: Vec<Vec<u32>> = vec![(1..20).collect(), (30..41).collect(), vec![5, 6, 7]];
     let hook = HookPoint::mlp_out(1);
-    let m = splice_eval(&model, &identity_sae(32), hook, &seqs, 2).unwrap();
+    let m = splice_eval(&model, &identity_sae(32), hook, &seqs, &[], 2).unwrap();
     assert!((m.ce_loss_score - 1.0).abs() < 1e-5, "{m:?}");
     assert!(
         m.kl_div_with_sae.abs() < 1e-6 && (m.kl_div_score - 1.0).abs() < 1e-5,
@@ -58,7 +58,7 @@ fn identity_sae_recovers_everything_and_zero_sae_nothing() {
     );
     assert_eq!(m.tokens, 18 + 10 + 2);
     assert_eq!(m.warning(), None);
-    let m = splice_eval(&model, &zero_sae(32), hook, &seqs, 2).unwrap();
+    let m = splice_eval(&model, &zero_sae(32), hook, &seqs, &[], 2).unwrap();
     assert!(
         m.ce_loss_score.abs() < 1e-9 && m.kl_div_score.abs() < 1e-9,
         "{m:?}"
@@ -80,6 +80,7 @@ fn ce_and_kl_match_the_same_splice_in_transformers() {
             &zero_sae(32),
             HookPoint::mlp_out(1),
             &fixture_sequences(name),
+            &[],
             1,
         )
         .unwrap();
@@ -102,12 +103,14 @@ fn ce_and_kl_match_the_same_splice_in_transformers() {
 type Pick<'a> = &'a dyn Fn(&[Vec<Vec<f32>>]) -> Vec<Vec<bool>>;
 
 /// Mean next-token CE of `seqs` (one batch) with `hook`'s activation zeroed except at the
-/// (row, position) pairs `keep` picks from the clean activations, and how many it kept.
+/// (row, position) pairs `keep` picks from the clean activations, over the predictions made at
+/// tokens not in `skip`, and how many pairs it kept.
 fn ce_zeroed_except(
     model: &sae_lib::model::Model,
     hook: HookPoint,
     seqs: &[Vec<u32>],
     keep: impl Fn(&[Vec<Vec<f32>>]) -> Vec<Vec<bool>>,
+    skip: &[u32],
 ) -> (f64, usize) {
     let batch = TokenBatch::from_sequences(seqs, Padding::Right, 0, &Device::Cpu).unwrap();
     let mut hooks = Hooks::new().capture(hook);
@@ -133,7 +136,7 @@ fn ce_zeroed_except(
         .unwrap();
     let (mut sum, mut n) = (0f64, 0usize);
     for (row, seq) in seqs.iter().enumerate() {
-        for i in 0..seq.len() - 1 {
+        for i in (0..seq.len() - 1).filter(|&i| !skip.contains(&seq[i])) {
             sum -= lp[row][i][seq[i + 1] as usize] as f64;
             n += 1;
         }
@@ -187,9 +190,9 @@ fn tokens_left_out_of_training_keep_their_activation_in_the_splice() {
             &outliers,
         ),
     ];
-    let unfiltered = splice_eval(&model, &zero_sae(32), hook, &seqs, 3).unwrap();
+    let unfiltered = splice_eval(&model, &zero_sae(32), hook, &seqs, &[], 3).unwrap();
     for (filter, keep) in cases {
-        let (expected_ce, passed) = ce_zeroed_except(&model, hook, &seqs, keep);
+        let (expected_ce, passed) = ce_zeroed_except(&model, hook, &seqs, keep, &[]);
         let real: usize = seqs.iter().map(Vec::len).sum();
         assert!(
             passed > 0 && passed < real,
@@ -197,7 +200,7 @@ fn tokens_left_out_of_training_keep_their_activation_in_the_splice() {
         );
         let mut sae = zero_sae(32);
         sae.config_mut().metadata.filter = filter;
-        let m = splice_eval(&model, &sae, hook, &seqs, 3).unwrap();
+        let m = splice_eval(&model, &sae, hook, &seqs, &[], 3).unwrap();
         assert_eq!(m.tokens_passed_through, passed, "{filter:?}");
         assert!(
             (m.ce_loss_with_sae - expected_ce).abs() < 1e-5,
@@ -211,9 +214,64 @@ fn tokens_left_out_of_training_keep_their_activation_in_the_splice() {
         );
         let mut identity = identity_sae(32);
         identity.config_mut().metadata.filter = filter;
-        let m = splice_eval(&model, &identity, hook, &seqs, 3).unwrap();
+        let m = splice_eval(&model, &identity, hook, &seqs, &[], 3).unwrap();
         assert!((m.ce_loss_score - 1.0).abs() < 1e-5, "{filter:?}: {m:?}");
     }
+}
+
+/// The special tokens the tokenizer adds (a BOS) keep their clean activation, and the
+/// predictions made at them leave the means, as in SAELens' evaluation: a zero SAE gives the CE
+/// of zeroing every other token over the other predictions, computed here directly.
+#[test]
+fn special_tokens_keep_their_activation_and_leave_the_means() {
+    let model = load_fixture_model("gpt_neox_parallel");
+    let bos = 3;
+    let seqs: Vec<Vec<u32>> = vec![
+        std::iter::once(bos).chain(10..20).collect(),
+        vec![bos, 30, 31, bos, 33, 34],
+        vec![bos, 7],
+    ];
+    let hook = HookPoint::mlp_out(1);
+    let at_bos = |clean: &[Vec<Vec<f32>>]| -> Vec<Vec<bool>> {
+        clean
+            .iter()
+            .zip(&seqs)
+            .map(|(row, seq)| (0..row.len()).map(|i| seq.get(i) == Some(&bos)).collect())
+            .collect()
+    };
+    let (expected_ce, passed) = ce_zeroed_except(&model, hook, &seqs, at_bos, &[bos]);
+    let (clean_ce, _) = ce_zeroed_except(
+        &model,
+        hook,
+        &seqs,
+        |c| at_bos(c).iter().map(|r| vec![true; r.len()]).collect(),
+        &[bos],
+    );
+    let m = splice_eval(&model, &zero_sae(32), hook, &seqs, &[bos], 2).unwrap();
+    assert_eq!(passed, 4);
+    assert_eq!(m.tokens_passed_through, passed);
+    assert_eq!(m.tokens, 9 + 3, "no prediction made at a BOS counts");
+    assert!(
+        (m.ce_loss_with_sae - expected_ce).abs() < 1e-5,
+        "{m:?} against {expected_ce}"
+    );
+    assert!(
+        (m.ce_loss_without_sae - clean_ce).abs() < 1e-5,
+        "{m:?} against {clean_ce}"
+    );
+    // Without the BOS left alone, the zero SAE replaces it too: another loss.
+    let all = splice_eval(&model, &zero_sae(32), hook, &seqs, &[], 2).unwrap();
+    assert_eq!(all.tokens, 10 + 5 + 1);
+    assert!(
+        (all.ce_loss_with_sae - m.ce_loss_with_sae).abs() > 1e-3,
+        "{all:?}"
+    );
+    let identity = splice_eval(&model, &identity_sae(32), hook, &seqs, &[bos], 2).unwrap();
+    assert!((identity.ce_loss_score - 1.0).abs() < 1e-5, "{identity:?}");
+    let err = splice_eval(&model, &zero_sae(32), hook, &[vec![bos, bos]], &[bos], 1)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("special tokens"), "{err}");
 }
 
 #[test]
@@ -224,6 +282,7 @@ fn an_sae_of_the_wrong_width_is_refused() {
         &zero_sae(8),
         HookPoint::mlp_out(1),
         &[vec![1, 2, 3]],
+        &[],
         1,
     )
     .unwrap_err()

@@ -176,7 +176,14 @@ pub fn eval(mut args: EvalArgs) -> Result<()> {
             args.src.data.dataset()
         );
     }
-    let metrics = sae_lib::eval::splice_eval(&model, &sae, hook, &sequences, args.batch_size)?;
+    let metrics = sae_lib::eval::splice_eval(
+        &model,
+        &sae,
+        hook,
+        &sequences,
+        &tokenizer.special_ids()?,
+        args.batch_size,
+    )?;
     let warnings: Vec<String> = metrics.warning().into_iter().collect();
     let mut json = serde_json::to_value(&metrics)?;
     json["warnings"] = serde_json::json!(warnings);
@@ -193,8 +200,9 @@ pub fn eval(mut args: EvalArgs) -> Result<()> {
     );
     if metrics.tokens_passed_through > 0 {
         println!(
-            "{} tokens kept their own activation with the SAE spliced in: its training left them \
-             out (exclude_first {}, outlier_norm {:?} in its cfg.json)",
+            "{} tokens kept their own activation with the SAE spliced in: the tokenizer's \
+             special tokens (a BOS), and those its training left out (exclude_first {}, \
+             outlier_norm {:?} in its cfg.json)",
             metrics.tokens_passed_through, meta.filter.exclude_first, meta.filter.outlier_norm
         );
     }

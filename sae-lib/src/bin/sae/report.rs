@@ -80,7 +80,14 @@ pub fn run(cfg: &WalkthroughConfig) -> Result<WalkthroughReport> {
     if held_out.from_training {
         println!("      no held-out documents remain; evaluating on training documents");
     }
-    let splice = splice_eval(&model, &sae, cfg.collect.hook, &held_out.sequences, 8)?;
+    let splice = splice_eval(
+        &model,
+        &sae,
+        cfg.collect.hook,
+        &held_out.sequences,
+        &held_out.special,
+        8,
+    )?;
     let held_out_score = match held_out_activations(cfg, &model, &tokenizer)? {
         Some(rows) if rows.len() >= 2 => {
             Some(sae_lib::eval::score(&rows, &sae, &cfg.device, &mut |_| {})?)
