@@ -8,9 +8,9 @@
 //! BOS, EOS and padding: a BOS carries an attention sink's activation, often hundreds of times
 //! the norm of the rest, which an SAE reconstructs poorly and every later token attends to.
 //! Tokens the SAE's activations left out (its [`TokenFilter`]: each document's first, outliers
-//! by norm) also keep their clean activation, and their predictions still count. The ablations replace every token, as SAELens' do, so the
-//! zero-ablation baseline is the same whatever the SAE left out and CE loss recovered
-//! compares across SAEs.
+//! by norm) also keep their clean activation, and their predictions still count. The
+//! ablations replace every token, as SAELens' do, so the zero-ablation baseline is the same
+//! whatever the SAE left out and CE loss recovered compares across SAEs.
 //!
 //! [`Tokenizer::special_ids`]: crate::tokenizer::Tokenizer::special_ids
 
@@ -267,7 +267,7 @@ pub fn splice_eval(
         0usize,
     );
     let (mut coverage, mut counted) = (Vec::new(), Vec::new());
-    for (batch, rows) in batches.iter().zip(&chunks) {
+    for (batch, ids) in batches.iter().zip(&chunks) {
         let mut hooks = Hooks::new().capture(hook).stop_at(hook);
         model.forward(batch, &mut hooks)?;
         let acts = hooks.take(hook)?.to_device(&Device::Cpu)?;
@@ -278,14 +278,17 @@ pub fn splice_eval(
         };
         let ones = |rows: &[Vec<u8>]| rows.iter().flatten().map(|&m| m as usize).sum::<usize>();
         let real = ones(batch.mask());
-        let ordinary = ordinary(rows, batch, special);
-        let m = as_tensor(&ordinary)?.to_dtype(DType::F64)?;
-        sum = (sum + acts.to_dtype(DType::F64)?.broadcast_mul(&m)?.sum((0, 1))?)?;
+        let ordinary = ordinary(ids, batch, special);
+        let m = as_tensor(&ordinary)?;
+        sum = (sum
+            + acts
+                .to_dtype(DType::F64)?
+                .broadcast_mul(&m.to_dtype(DType::F64)?)?
+                .sum((0, 1))?)?;
         count += ones(&ordinary);
         // A prediction counts where the token it is made at is ordinary.
         counted.push(
-            as_tensor(&ordinary)?
-                .squeeze(2)?
+            m.squeeze(2)?
                 .narrow(1, 0, t - 1)?
                 .to_dtype(DType::F32)?
                 .to_device(device)?,

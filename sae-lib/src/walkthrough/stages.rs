@@ -323,19 +323,20 @@ pub fn held_out_sequences(cfg: &WalkthroughConfig, tokenizer: &Tokenizer) -> Res
             .map(|d| tokenizer.encode(&d?, Some(cfg.collect.max_len)))
             .collect()
     };
+    let special = tokenizer.special_ids()?;
     let sequences = take(split.training, split.held_out)?;
     if sequences.iter().any(|s| s.len() >= 2) {
         return Ok(HeldOut {
             sequences,
             from_training: false,
             split,
-            special: tokenizer.special_ids()?,
+            special,
         });
     }
     Ok(HeldOut {
         sequences: take(0, cfg.eval_docs)?,
         from_training: true,
         split,
-        special: tokenizer.special_ids()?,
+        special,
     })
 }

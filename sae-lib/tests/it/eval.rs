@@ -244,7 +244,7 @@ fn special_tokens_keep_their_activation_and_leave_the_means() {
         &model,
         hook,
         &seqs,
-        |c| at_bos(c).iter().map(|r| vec![true; r.len()]).collect(),
+        |clean| clean.iter().map(|row| vec![true; row.len()]).collect(),
         &[bos],
     );
     let m = splice_eval(&model, &zero_sae(32), hook, &seqs, &[bos], 2).unwrap();
