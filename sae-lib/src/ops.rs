@@ -76,18 +76,20 @@ pub fn with_stock_ops<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
-/// The largest absolute difference between two tensors of one shape (a test helper).
+/// The largest difference between two tensors of one shape, as a fraction of `b`'s largest
+/// magnitude where that exceeds 1 (a test helper). Relative, so that random inputs with large
+/// values do not fail on one rounding step of a different summation order.
 #[cfg(test)]
-pub(crate) fn max_abs_gap(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .and_then(|d| {
-            d.abs()?
-                .flatten_all()?
-                .max(0)?
-                .to_dtype(DType::F32)?
-                .to_scalar::<f32>()
-        })
-        .expect("two tensors of one shape")
+pub(crate) fn max_gap(a: &Tensor, b: &Tensor) -> f32 {
+    let largest = |t: Tensor| -> candle_core::Result<f32> {
+        t.abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_dtype(DType::F32)?
+            .to_scalar::<f32>()
+    };
+    let gap = (a - b).and_then(largest).expect("two tensors of one shape");
+    gap / largest(b.clone()).expect("a tensor").max(1.0)
 }
 
 #[cfg(test)]

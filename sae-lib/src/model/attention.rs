@@ -307,7 +307,7 @@ mod tests {
             let host = attend(&q, &k, &v, &bias, scores).unwrap();
             let stock = crate::ops::with_stock_ops(|| attend(&q, &k, &v, &bias, scores)).unwrap();
             assert_eq!(host.dims(), [b, t, heads * hd]);
-            let gap = crate::ops::max_abs_gap(&host, &stock);
+            let gap = crate::ops::max_gap(&host, &stock);
             assert!(gap < 1e-5, "{scores:?}: largest gap {gap}");
         }
     }

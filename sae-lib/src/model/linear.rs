@@ -170,7 +170,7 @@ mod tests {
                 let host = linear.forward(&x).unwrap();
                 let stock = crate::ops::with_stock_ops(|| linear.forward(&x)).unwrap();
                 assert_eq!(host.dims(), [3, 4, d_out]);
-                assert!(crate::ops::max_abs_gap(&host, &stock) < 1e-5);
+                assert!(crate::ops::max_gap(&host, &stock) < 1e-5);
             }
         }
         let w = Tensor::randn(0f32, 1., (7, 5), &dev).unwrap();
