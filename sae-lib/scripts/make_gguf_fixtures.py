@@ -10,7 +10,14 @@
    ASCII characters in the metadata). expected.safetensors holds what transformers computes
    from that GGUF (it dequantizes and un-permutes with its own code), so the Rust test checks
    sae-lib's GGUF reading against an independent implementation, not against this script.
-2. With the SmolLM2 GGUF (scripts/fetch_smollm2.sh fetches it): tests/fixtures/smollm2/
+2. tests/fixtures/{qwen2,qwen3}_gguf/: the random `qwen2` and `qwen3` checkpoints as
+   llama.cpp writes those architectures: `qwen2.*` / `qwen3.*` metadata, q/k rows NOT
+   permuted (llama.cpp rotates Qwen's halves as HF does), Qwen2's q/k/v biases and Qwen3's
+   per-head q/k norms, weights in F32. Their tokenizers add merges across digits and
+   punctuation, so the pre-tokenizer split shows in the ids: `qwen2` (every digit apart) in
+   the Qwen2 file, `llama-bpe` (Llama 3's digits in threes) in the Qwen3 one. Both expected
+   files are again transformers' own GGUF loader's outputs.
+3. With the SmolLM2 GGUF (scripts/fetch_smollm2.sh fetches it): tests/fixtures/smollm2/
    holds transformers' token ids for a few texts and, for one WikiText passage, hook
    outputs at layers 0, 15 and 29 and a slice of the logits. The weights are not committed.
 
@@ -26,7 +33,7 @@ import torch
 from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.quants import quantize
 from safetensors.torch import load_file, save_file
-from transformers import AutoTokenizer, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import make_fixtures as mf
 
@@ -61,6 +68,8 @@ GGUF_NAMES = {
     "self_attn.k_proj": "attn_k",
     "self_attn.v_proj": "attn_v",
     "self_attn.o_proj": "attn_output",
+    "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
     "mlp.gate_proj": "ffn_gate",
     "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
@@ -79,18 +88,21 @@ def gguf_name(hf):
     return f"blk.{layer}.{GGUF_NAMES[module]}.{kind}"
 
 
-def write_tiny_gguf(src=SRC, out=OUT, quantized=True, rope_freqs=None):
+def write_tiny_gguf(src=SRC, out=OUT, quantized=True, rope_freqs=None, arch="llama",
+                    pre="default"):
     """`src`'s checkpoint as llama.cpp writes it, into `out`/model.gguf: 2-D weights in Q8_0
     (or F32 when not `quantized`), and `rope_freqs` (llama.cpp's per-frequency divisors for
-    Llama 3's rotary scaling) as the `rope_freqs.weight` tensor when given."""
+    Llama 3's rotary scaling) as the `rope_freqs.weight` tensor when given. `arch` names the
+    architecture; only `llama` has its q/k rows permuted. `pre` is the pre-tokenizer's name; any
+    other than `default` gets merges across digits and punctuation as well."""
     cfg = json.load(open(os.path.join(src, "config.json")))
     sd = load_file(os.path.join(src, "model.safetensors"))
     heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     rope_theta = cfg.get("rope_theta") or cfg["rope_parameters"]["rope_theta"]
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "model.gguf")
-    w = GGUFWriter(path, "llama")
-    w.add_name("sae-lib tiny llama fixture")
+    w = GGUFWriter(path, arch)
+    w.add_name(f"sae-lib tiny {arch} fixture")
     w.add_block_count(cfg["num_hidden_layers"])
     w.add_context_length(cfg["max_position_embeddings"])
     w.add_embedding_length(cfg["hidden_size"])
@@ -100,15 +112,20 @@ def write_tiny_gguf(src=SRC, out=OUT, quantized=True, rope_freqs=None):
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     w.add_rope_freq_base(rope_theta)
     w.add_rope_dimension_count(cfg["head_dim"])
+    if arch != "llama":
+        w.add_key_length(cfg["head_dim"])
+        w.add_value_length(cfg["head_dim"])
     w.add_vocab_size(cfg["vocab_size"])
     # Tokenizer: the 96 printable ASCII bytes (space is 'Ġ' in byte-level BPE), a few merges.
     table = bytes_to_unicode()
     tokens = [table[b] for b in range(32, 128)]
     merges = ["Ġ t", "h e", "Ġt he"]  # need their results in the vocab: replace the tail
-    for i, merged in enumerate(["Ġt", "he", "Ġthe"]):
+    if pre != "default":  # the tail is then 'z' to DEL: texts leave them out
+        merges += ["1 2", "12 3", "( t", "Ġ 1"]
+    for i, merged in enumerate(["Ġt", "he", "Ġthe", "12", "123", "(t", "Ġ1"][:len(merges)]):
         tokens[-1 - i] = merged
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
+    w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)
     w.add_token_types([1] * len(tokens))
     w.add_token_merges(merges)
@@ -116,9 +133,9 @@ def write_tiny_gguf(src=SRC, out=OUT, quantized=True, rope_freqs=None):
     w.add_eos_token_id(2)
     for name, t in sorted(sd.items()):
         a = t.float().numpy()
-        if name.endswith("q_proj.weight"):
+        if arch == "llama" and name.endswith("q_proj.weight"):
             a = permute(a, heads)
-        elif name.endswith("k_proj.weight"):
+        elif arch == "llama" and name.endswith("k_proj.weight"):
             a = permute(a, kv)
         if a.ndim == 2 and quantized:
             w.add_tensor(gguf_name(name), quantize(a, GGMLQuantizationType.Q8_0),
@@ -135,11 +152,13 @@ def write_tiny_gguf(src=SRC, out=OUT, quantized=True, rope_freqs=None):
     return path
 
 
-def reference(gguf_path, texts, n_tokens, layers, logit_cols):
-    """transformers' tokenizer ids for `texts`, and hooks/logits on the first text."""
+def reference(gguf_path, texts, n_tokens, layers, logit_cols, **config):
+    """transformers' tokenizer ids for `texts`, and hooks/logits on the first text. `config`
+    overrides what transformers reads from the file's metadata."""
     d, f = os.path.split(gguf_path)
     tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
-    model = LlamaForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32,
+                                                 **config).eval()
     ids = [tok(t).input_ids for t in texts]
     x = torch.tensor([ids[0][:n_tokens]])
     mf.N_LAYERS = model.config.num_hidden_layers
@@ -160,6 +179,19 @@ def main():
     json.dump({"texts": ["the theory then, the end"], "ids": ids},
               open(os.path.join(OUT, "tokenizer_ids.json"), "w"), indent=1)
     print("tiny ids", ids, "nll", exp["next_token_nll"].mean().item())
+    # Texts where the three splits differ: digit runs, "(the", contractions, line breaks.
+    texts = ["the 12345 then (the end) 123 1", "THE'S the'll\n\n  the\t12 (12)"]
+    for arch, pre in [("qwen2", "qwen2"), ("qwen3", "llama-bpe")]:
+        out = os.path.join(mf.FIXTURES, f"{arch}_gguf")
+        path = write_tiny_gguf(os.path.join(mf.FIXTURES, arch), out, False, arch=arch, pre=pre)
+        # transformers 5.24 does not read `qwen3.attention.key_length` (it takes Qwen3's
+        # default head_dim, 128), so the file's value is passed; the weights are still its own.
+        head_dim = {"head_dim": 8} if arch == "qwen3" else {}
+        ids, exp = reference(path, texts, 32, [0, 1, 2], 96, **head_dim)
+        save_file(exp, os.path.join(out, "expected.safetensors"))
+        json.dump({"texts": texts, "ids": ids}, open(os.path.join(out, "tokenizer_ids.json"), "w"),
+                  indent=1)
+        print(arch, "ids", ids, "nll", exp["next_token_nll"].mean().item())
     if len(sys.argv) > 1:
         wiki = open(os.path.join(mf.SHARED_DATA, "wikitext-2", "test.txt")).read()
         passage = wiki[wiki.index(" Robert <unk> is"):][:600].strip()

@@ -1,10 +1,11 @@
-//! llama.cpp's GGUF files: a Llama model (weights dequantized to the requested dtype) and its
-//! tokenizer, both from the one file.
+//! llama.cpp's GGUF files: a model of the Llama family (architectures `llama`, `qwen2` and
+//! `qwen3`; weights dequantized to the requested dtype) and its tokenizer, both from the one
+//! file.
 //!
-//! GGUF stores Llama weights under its own names (`blk.0.attn_q.weight`) and, because
-//! llama.cpp applies rotary embeddings to interleaved channel pairs where HF rotates halves,
-//! with the rows of `attn_q` / `attn_k` permuted within each head. Both are undone here so the
-//! one [`Llama`] forward serves safetensors and GGUF checkpoints alike.
+//! GGUF stores the weights under its own names (`blk.0.attn_q.weight`) and, for `llama` only,
+//! with the rows of `attn_q` / `attn_k` permuted within each head: llama.cpp rotates a Llama's
+//! interleaved channel pairs where HF rotates halves, while its Qwen files keep HF's halves.
+//! Both are undone here so the one [`Llama`] forward serves safetensors and GGUF alike.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -84,26 +85,38 @@ impl GgufFile {
             .ok_or_else(|| self.bad(format!("metadata `{key}` is missing")))
     }
 
-    /// `general.architecture` (`llama` for the files this crate reads).
+    /// `general.architecture` (`llama`, `qwen2` or `qwen3` for the files this crate reads).
     pub fn architecture(&self) -> &str {
         self.string("general.architecture").unwrap_or("")
     }
 
-    /// The model's shape as an HF Llama config, from the `llama.*` metadata.
-    pub fn llama_config(&self) -> Result<llama::Config> {
-        let arch = self.architecture();
-        if arch != "llama" {
-            return Err(self.bad(format!(
-                "GGUF architecture `{arch}` is not supported (supported: llama)"
-            )));
+    /// The member of the Llama family the architecture names; llama.cpp's names are HF's
+    /// `model_type`s for these three.
+    fn family(&self) -> Result<llama::Family> {
+        match self.architecture() {
+            arch @ ("llama" | "qwen2" | "qwen3") => {
+                Ok(llama::Family::from_model_type(arch).expect("a family's model_type"))
+            }
+            arch => Err(self.bad(format!(
+                "GGUF architecture `{arch}` is not supported (supported: llama, qwen2, qwen3)"
+            ))),
         }
+    }
+
+    /// The model's shape as an HF Llama-family config, from the `{architecture}.*` metadata.
+    pub fn llama_config(&self) -> Result<llama::Config> {
+        let family = self.family()?;
+        let arch = self.architecture();
+        let key = |name: &str| format!("{arch}.{name}");
+        let number = |name: &str| self.number(&key(name));
+        let required = |name: &str| self.required(&key(name));
         // Linear scaling is in the metadata; Llama 3's is in the `rope_freqs` tensor, read
         // with the weights.
-        let rope_scaling = match self.string("llama.rope.scaling.type") {
+        let rope_scaling = match self.string(&key("rope.scaling.type")) {
             None | Some("none") => None,
             Some("linear") => Some(serde_json::json!({
                 "rope_type": "linear",
-                "factor": self.number("llama.rope.scaling.factor"),
+                "factor": number("rope.scaling.factor"),
             })),
             Some(kind) => {
                 return Err(self.bad(format!(
@@ -112,42 +125,36 @@ impl GgufFile {
                 )))
             }
         };
-        let heads = self.required("llama.attention.head_count")?;
-        let hidden = self.required("llama.embedding_length")?;
-        let head_dim = self
-            .number("llama.attention.key_length")
-            .map_or(hidden / heads.max(1), |n| n as usize);
-        if let Some(rot) = self.number("llama.rope.dimension_count") {
+        let heads = required("attention.head_count")?;
+        let hidden = required("embedding_length")?;
+        let head_dim = number("attention.key_length").map_or(hidden / heads.max(1), |n| n as usize);
+        if let Some(rot) = number("rope.dimension_count") {
             if rot as usize != head_dim {
                 return Err(self.bad(format!(
                     "partial rotary embeddings ({rot} of {head_dim} channels) are not supported"
                 )));
             }
         }
-        let vocab_size = match self.number("llama.vocab_size") {
+        let vocab_size = match number("vocab_size") {
             Some(n) => n as usize,
             None => self.tensor_rows("token_embd.weight")?,
         };
         let cfg = llama::Config {
             vocab_size,
             hidden_size: hidden,
-            intermediate_size: self.required("llama.feed_forward_length")?,
-            num_hidden_layers: self.required("llama.block_count")?,
+            intermediate_size: required("feed_forward_length")?,
+            num_hidden_layers: required("block_count")?,
             num_attention_heads: heads,
-            num_key_value_heads: self
-                .number("llama.attention.head_count_kv")
-                .map(|n| n as usize),
+            num_key_value_heads: number("attention.head_count_kv").map(|n| n as usize),
             head_dim: Some(head_dim),
-            rms_norm_eps: self
-                .number("llama.attention.layer_norm_rms_epsilon")
-                .unwrap_or(1e-5),
-            rope_theta: self.number("llama.rope.freq_base").unwrap_or(10_000.0),
+            rms_norm_eps: number("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+            rope_theta: number("rope.freq_base").unwrap_or(10_000.0),
             hidden_act: "silu".into(),
             tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
             attention_bias: false,
             mlp_bias: false,
             rope_scaling,
-            family: llama::Family::Llama,
+            family,
             sliding_window: None,
             use_sliding_window: false,
             max_window_layers: None,
@@ -166,9 +173,10 @@ impl GgufFile {
         Ok(info.shape.dims()[0])
     }
 
-    /// Loads the Llama model, dequantizing every tensor to `dtype` on `device`.
+    /// Loads the model, dequantizing every tensor to `dtype` on `device`.
     pub fn load_llama(&mut self, device: &Device, dtype: DType) -> Result<Llama> {
         let cfg = self.llama_config()?;
+        let permuted = cfg.family == llama::Family::Llama;
         let names: Vec<String> = self.content.tensor_infos.keys().cloned().collect();
         let mut tensors = HashMap::new();
         let mut rope_divisors = None;
@@ -190,9 +198,15 @@ impl GgufFile {
                 rope_divisors = Some(t.flatten_all()?.to_vec1::<f32>()?);
                 continue;
             };
-            if gguf_name.ends_with("attn_q.weight") {
+            if permuted && gguf_name.ends_with("attn_q.bias") {
+                // It would need unpermuting too, and HF's Llama would need `attention_bias`.
+                return Err(self.bad(format!(
+                    "`{gguf_name}`: query/key biases in a `llama` GGUF are not supported"
+                )));
+            }
+            if permuted && gguf_name.ends_with("attn_q.weight") {
                 t = unpermute_rotary_rows(&t, cfg.num_attention_heads)?;
-            } else if gguf_name.ends_with("attn_k.weight") {
+            } else if permuted && gguf_name.ends_with("attn_k.weight") {
                 t = unpermute_rotary_rows(&t, cfg.kv_heads())?;
             }
             tensors.insert(hf_name, t);
@@ -286,6 +300,8 @@ fn hf_name(gguf: &str) -> Option<String> {
         "attn_k" => "self_attn.k_proj",
         "attn_v" => "self_attn.v_proj",
         "attn_output" => "self_attn.o_proj",
+        "attn_q_norm" => "self_attn.q_norm",
+        "attn_k_norm" => "self_attn.k_norm",
         "ffn_gate" => "mlp.gate_proj",
         "ffn_up" => "mlp.up_proj",
         "ffn_down" => "mlp.down_proj",
@@ -306,9 +322,23 @@ fn unpermute_rotary_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
         .reshape((rows, cols))?)
 }
 
+/// Llama 3's split (its tokenizer.json's): case-insensitive contractions, a letter run with
+/// one leading non-letter, digits in threes, punctuation runs, line breaks apart.
+const LLAMA3_SPLIT: &str = concat!(
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}",
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+);
+
+/// Qwen2's split (its tokenizer.json's, Qwen3's too): Llama 3's with every digit apart.
+const QWEN2_SPLIT: &str = concat!(
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}",
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+);
+
 /// A `tokenizer.json` for a byte-level BPE vocabulary. `pre` is llama.cpp's pre-tokenizer
-/// name: `smollm` splits every digit apart before GPT-2's regex, as SmolLM2's own
-/// tokenizer.json does; any other name gets GPT-2's regex alone.
+/// name, which says how text was split before the merges were learned: `smollm` splits every
+/// digit apart before GPT-2's regex, as SmolLM2's own tokenizer.json does; Llama 3's names
+/// and Qwen's use their own regex; any other name gets GPT-2's regex alone.
 fn byte_level_bpe_json(
     tokens: &[String],
     merges: &[String],
@@ -334,9 +364,19 @@ fn byte_level_bpe_json(
         .collect();
     let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false,
                             "trim_offsets": true, "use_regex": true});
+    let split = |regex: &str| {
+        json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+             "use_regex": false}]})
+    };
     let pre_tokenizer = match pre {
         "smollm" => json!({"type": "Sequence", "pretokenizers": [
             {"type": "Digits", "individual_digits": true}, byte_level]}),
+        "llama3" | "llama-v3" | "llama-bpe" | "smaug-bpe" | "dbrx" | "falcon3" => {
+            split(LLAMA3_SPLIT)
+        }
+        "qwen2" | "deepseek-r1-qwen" => split(QWEN2_SPLIT),
         _ => byte_level.clone(),
     };
     let post_processor = match bos {
@@ -374,6 +414,10 @@ mod tests {
         assert_eq!(
             hf_name("token_embd.weight").as_deref(),
             Some("model.embed_tokens.weight")
+        );
+        assert_eq!(
+            hf_name("blk.0.attn_k_norm.weight").as_deref(),
+            Some("model.layers.0.self_attn.k_norm.weight")
         );
         assert_eq!(hf_name("rope_freqs.weight"), None);
     }

@@ -1,5 +1,5 @@
-//! Llama models and tokenizers from llama.cpp GGUF files, against what transformers' own GGUF
-//! loader computes from the same files (`scripts/make_gguf_fixtures.py`).
+//! Llama, Qwen2 and Qwen3 models and tokenizers from llama.cpp GGUF files, against what
+//! transformers' own GGUF loader computes from the same files (`scripts/make_gguf_fixtures.py`).
 
 use std::path::PathBuf;
 
@@ -109,6 +109,33 @@ fn tiny_gguf_matches_transformers_gguf_loader() {
     assert_eq!((model.n_layers(), model.d_model()), (3, 32));
     check_outputs(&model, "llama_gguf", &[0, 1, 2], 1e-4);
     check_tokenizer(&path, "llama_gguf");
+}
+
+/// Qwen2 (q/k/v biases) and Qwen3 (per-head q/k norms) as llama.cpp writes them, whose q/k
+/// rows are not permuted; their tokenizers split text as Qwen2 and Llama 3 do (`qwen2` and
+/// `llama-bpe`), which GPT-2's regex would not: "12345" is five tokens under the one, "123"
+/// and two under the other.
+#[test]
+fn qwen_gguf_files_match_transformers_gguf_loader() {
+    for arch in ["qwen2", "qwen3"] {
+        let dir = format!("{arch}_gguf");
+        let path = fixture(&dir).join("model.gguf");
+        let model = load(&path);
+        assert_eq!(model.architecture(), arch);
+        assert_eq!((model.n_layers(), model.d_model()), (3, 32));
+        check_outputs(&model, &dir, &[0, 1, 2], 1e-4);
+        check_tokenizer(&path, &dir);
+        // The same checkpoint as safetensors computes the same function (both F32 here).
+        let st = load_fixture_model(arch);
+        let ids = Tensor::new(&[[5u32, 17, 40, 2, 66, 9]], &Device::Cpu).unwrap();
+        let batch = TokenBatch::new(&ids, None).unwrap();
+        let a = st.forward(&batch, &mut Hooks::new()).unwrap().unwrap();
+        let b = model.forward(&batch, &mut Hooks::new()).unwrap().unwrap();
+        assert!(
+            max_abs_diff(&a, &b) < 1e-4,
+            "{arch}: safetensors against GGUF"
+        );
+    }
 }
 
 #[test]
