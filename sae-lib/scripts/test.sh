@@ -33,6 +33,8 @@ if ! command -v evcxr_jupyter >/dev/null; then
     installer=$!
 fi
 bash sae-lib/scripts/fetch_smollm2.sh || echo "note: SmolLM2 was not fetched; its tests will skip"
+bash sae-lib/scripts/fetch_llama_cpp_vocabs.sh ||
+    echo "note: llama.cpp's vocabularies were not fetched; their test will skip"
 cargo test --workspace --locked
 # The CUDA compile check is mostly nvcc on candle's kernels (about 12 minutes, one core at a
 # time): it runs beside the notebooks, which leave a core idle while a cell runs.

@@ -1,11 +1,13 @@
 //! llama.cpp's GGUF files: a model of the Llama family (architectures `llama`, `qwen2` and
-//! `qwen3`; weights dequantized to the requested dtype) and its tokenizer, both from the one
-//! file.
+//! `qwen3`) or a Gemma 2 (`gemma2`), weights dequantized to the requested dtype, and its
+//! tokenizer (`gguf_vocab`), all from the one file.
 //!
-//! GGUF stores the weights under its own names (`blk.0.attn_q.weight`) and, for `llama` only,
-//! with the rows of `attn_q` / `attn_k` permuted within each head: llama.cpp rotates a Llama's
-//! interleaved channel pairs where HF rotates halves, while its Qwen files keep HF's halves.
-//! Both are undone here so the one [`Llama`] forward serves safetensors and GGUF alike.
+//! GGUF stores the weights under its own names (`blk.0.attn_q.weight`) and changes two things
+//! the HF forward must not see: for `llama` only, the rows of `attn_q` / `attn_k` are permuted
+//! within each head (llama.cpp rotates a Llama's interleaved channel pairs where HF rotates
+//! halves, while its Qwen and Gemma files keep HF's halves), and Gemma's RMSNorm scales are
+//! stored as `1 + w`. Both are undone here, so one forward per architecture serves
+//! safetensors and GGUF alike.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -15,7 +17,10 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
+use super::gemma2::{self, Gemma2};
+use super::gguf_vocab::GgufVocab;
 use super::llama::{self, Llama};
+use super::Model;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
@@ -85,7 +90,8 @@ impl GgufFile {
             .ok_or_else(|| self.bad(format!("metadata `{key}` is missing")))
     }
 
-    /// `general.architecture` (`llama`, `qwen2` or `qwen3` for the files this crate reads).
+    /// `general.architecture` (`llama`, `qwen2`, `qwen3` or `gemma2` for the files this crate
+    /// reads).
     pub fn architecture(&self) -> &str {
         self.string("general.architecture").unwrap_or("")
     }
@@ -98,7 +104,8 @@ impl GgufFile {
                 Ok(llama::Family::from_model_type(arch).expect("a family's model_type"))
             }
             arch => Err(self.bad(format!(
-                "GGUF architecture `{arch}` is not supported (supported: llama, qwen2, qwen3)"
+                "GGUF architecture `{arch}` is not supported (supported: llama, qwen2, qwen3, \
+                 gemma2)"
             ))),
         }
     }
@@ -135,12 +142,8 @@ impl GgufFile {
                 )));
             }
         }
-        let vocab_size = match number("vocab_size") {
-            Some(n) => n as usize,
-            None => self.tensor_rows("token_embd.weight")?,
-        };
         let cfg = llama::Config {
-            vocab_size,
+            vocab_size: self.vocab_size(arch)?,
             hidden_size: hidden,
             intermediate_size: required("feed_forward_length")?,
             num_hidden_layers: required("block_count")?,
@@ -164,13 +167,120 @@ impl GgufFile {
         Ok(cfg)
     }
 
-    fn tensor_rows(&self, name: &str) -> Result<usize> {
+    /// `{arch}.vocab_size`, or where a file leaves it out, the embedding's rows.
+    fn vocab_size(&self, arch: &str) -> Result<usize> {
+        if let Some(n) = self.number(&format!("{arch}.vocab_size")) {
+            return Ok(n as usize);
+        }
+        let name = "token_embd.weight";
         let info = self
             .content
             .tensor_infos
             .get(name)
             .ok_or_else(|| self.bad(format!("tensor `{name}` is missing")))?;
         Ok(info.shape.dims()[0])
+    }
+
+    /// Loads the model the architecture names, dequantizing every tensor to `dtype` on
+    /// `device`.
+    pub fn load(&mut self, device: &Device, dtype: DType) -> Result<Model> {
+        if self.content.tensor_infos.is_empty() {
+            return Err(self.bad(
+                "holds no tensors: a vocabulary-only file carries a tokenizer, not a model".into(),
+            ));
+        }
+        Ok(match self.architecture() {
+            "gemma2" => Model::Gemma2(self.load_gemma2(device, dtype)?),
+            _ => Model::Llama(self.load_llama(device, dtype)?),
+        })
+    }
+
+    /// One tensor, dequantized to f32 on the CPU.
+    fn read_tensor(&mut self, name: &str) -> Result<Tensor> {
+        let q = self
+            .content
+            .tensor(&mut self.file, name, &Device::Cpu)
+            .map_err(|e| Error::Weights {
+                path: self.path.clone(),
+                message: format!("cannot read tensor `{name}` ({e})"),
+            })?;
+        Ok(q.dequantize(&Device::Cpu)?)
+    }
+
+    /// A shape error from building the model: the tensors disagree with the metadata.
+    fn mismatch(&self, e: Error) -> Error {
+        match e {
+            Error::Candle(e) => Error::Weights {
+                path: self.path.clone(),
+                message: format!("do not match the metadata: {e}"),
+            },
+            other => other,
+        }
+    }
+
+    /// A Gemma 2's config from the `gemma2.*` metadata. GGUF has no key for the attention
+    /// scale: llama.cpp divides scores by √head_dim, except in the 27B (46 layers), where it
+    /// divides by √(d_model / heads), as the HF configs' `query_pre_attn_scalar` say.
+    pub fn gemma2_config(&self) -> Result<gemma2::Config> {
+        if self.architecture() != "gemma2" {
+            return Err(self.bad(format!(
+                "architecture `{}` is not gemma2",
+                self.architecture()
+            )));
+        }
+        let number = |name: &str| self.number(&format!("gemma2.{name}"));
+        let required = |name: &str| self.required(&format!("gemma2.{name}"));
+        let heads = required("attention.head_count")?;
+        let hidden = required("embedding_length")?;
+        let layers = required("block_count")?;
+        let head_dim = number("attention.key_length").map_or(hidden / heads.max(1), |n| n as usize);
+        let scalar = if layers == 46 {
+            hidden / heads.max(1)
+        } else {
+            head_dim
+        };
+        let cfg = gemma2::Config {
+            vocab_size: self.vocab_size("gemma2")?,
+            hidden_size: hidden,
+            intermediate_size: required("feed_forward_length")?,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            num_key_value_heads: number("attention.head_count_kv").map(|n| n as usize),
+            head_dim,
+            rms_norm_eps: number("attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
+            rope_theta: number("rope.freq_base").unwrap_or(10_000.0),
+            hidden_activation: "gelu_pytorch_tanh".into(),
+            query_pre_attn_scalar: scalar as f64,
+            // llama.cpp's defaults where a file leaves them out.
+            attn_logit_softcapping: Some(number("attn_logit_softcapping").unwrap_or(50.0)),
+            final_logit_softcapping: Some(number("final_logit_softcapping").unwrap_or(30.0)),
+            sliding_window: Some(number("attention.sliding_window").map_or(4096, |n| n as usize)),
+            layer_types: None,
+            attention_bias: false,
+            rope_scaling: None,
+            use_bidirectional_attention: None,
+        };
+        cfg.validate().map_err(|m| self.bad(m))?;
+        Ok(cfg)
+    }
+
+    /// Loads a Gemma 2, its RMSNorm scales back from llama.cpp's `1 + w` to HF's `w`.
+    pub fn load_gemma2(&mut self, device: &Device, dtype: DType) -> Result<Gemma2> {
+        let cfg = self.gemma2_config()?;
+        let names: Vec<String> = self.content.tensor_infos.keys().cloned().collect();
+        let mut tensors = HashMap::new();
+        for gguf_name in names {
+            let Some(hf) = hf_name(&gguf_name, true) else {
+                continue;
+            };
+            let mut t = self.read_tensor(&gguf_name)?;
+            if gguf_name.ends_with("norm.weight") {
+                t = (t - 1.0)?;
+            }
+            tensors.insert(hf, t);
+        }
+        let vb = VarBuilder::from_tensors(tensors, dtype, device);
+        Gemma2::load(vb, &cfg).map_err(|e| self.mismatch(e))
     }
 
     /// Loads the model, dequantizing every tensor to `dtype` on `device`.
@@ -181,18 +291,11 @@ impl GgufFile {
         let mut tensors = HashMap::new();
         let mut rope_divisors = None;
         for gguf_name in names {
-            let hf = hf_name(&gguf_name);
+            let hf = hf_name(&gguf_name, false);
             if hf.is_none() && gguf_name != "rope_freqs.weight" {
                 continue;
             }
-            let q = self
-                .content
-                .tensor(&mut self.file, &gguf_name, &Device::Cpu)
-                .map_err(|e| Error::Weights {
-                    path: self.path.clone(),
-                    message: format!("cannot read tensor `{gguf_name}` ({e})"),
-                })?;
-            let mut t = q.dequantize(&Device::Cpu)?;
+            let mut t = self.read_tensor(&gguf_name)?;
             // llama.cpp's form of Llama 3's rotary scaling: a divisor per frequency.
             let Some(hf_name) = hf else {
                 rope_divisors = Some(t.flatten_all()?.to_vec1::<f32>()?);
@@ -212,13 +315,7 @@ impl GgufFile {
             tensors.insert(hf_name, t);
         }
         let vb = VarBuilder::from_tensors(tensors, dtype, device);
-        let mut model = Llama::load(vb, &cfg).map_err(|e| match e {
-            Error::Candle(e) => Error::Weights {
-                path: self.path.clone(),
-                message: format!("do not match the metadata: {e}"),
-            },
-            other => other,
-        })?;
+        let mut model = Llama::load(vb, &cfg).map_err(|e| self.mismatch(e))?;
         if let Some(divisors) = rope_divisors {
             model
                 .divide_rotary(&divisors)
@@ -227,47 +324,75 @@ impl GgufFile {
         Ok(model)
     }
 
-    /// The tokenizer stored in the metadata (`tokenizer.ggml.*`), rebuilt as a HF tokenizer.
-    /// Only byte-level BPE (`tokenizer.ggml.model = gpt2`, as SmolLM2, Llama 3 and Qwen use)
-    /// is supported.
+    /// The tokenizer stored in the metadata (`tokenizer.ggml.*`), rebuilt as a HF tokenizer:
+    /// byte-level BPE (`gpt2`: SmolLM2, Llama 3, Qwen) or SentencePiece BPE (`llama`: Llama 2,
+    /// Mistral, Phi-3, Gemma).
     pub fn tokenizer(&self) -> Result<Tokenizer> {
         let kind = self.string("tokenizer.ggml.model").unwrap_or("");
-        if kind != "gpt2" {
+        if kind != "gpt2" && kind != "llama" {
             return Err(Error::Tokenizer(format!(
-                "{}: GGUF tokenizer model `{kind}` is not supported (only byte-level BPE, `gpt2`); \
-                 pass a tokenizer.json with --tokenizer",
+                "{}: GGUF tokenizer model `{kind}` is not supported (only byte-level BPE, `gpt2`, \
+                 and SentencePiece BPE, `llama`); pass a tokenizer.json with --tokenizer",
                 self.path.display()
             )));
         }
         let strings = |key: &str| -> Result<Vec<String>> {
-            let values = self
-                .get(key)
-                .and_then(|v| v.to_vec().ok())
-                .ok_or_else(|| self.bad(format!("metadata `{key}` is missing")))?;
+            let Some(values) = self.get(key) else {
+                return Ok(Vec::new());
+            };
             values
-                .iter()
-                .map(|v| v.to_string().cloned())
-                .collect::<candle_core::Result<_>>()
+                .to_vec()
+                .and_then(|v| v.iter().map(|v| v.to_string().cloned()).collect())
                 .map_err(|e| self.bad(format!("metadata `{key}`: {e}")))
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
+        if tokens.is_empty() {
+            return Err(self.bad("metadata `tokenizer.ggml.tokens` is missing".into()));
+        }
         let merges = strings("tokenizer.ggml.merges")?;
-        let types: Vec<i64> = self
-            .get("tokenizer.ggml.token_type")
-            .and_then(|v| v.to_vec().ok())
-            .map(|v| v.iter().map(|t| t.to_i32().map_or(1, i64::from)).collect())
-            .unwrap_or_default();
-        let pre = self.string("tokenizer.ggml.pre").unwrap_or("default");
-        let bos = self
-            .number("tokenizer.ggml.bos_token_id")
-            .map(|n| n as usize)
-            .filter(|_| {
-                self.get("tokenizer.ggml.add_bos_token")
-                    .and_then(|v| v.to_bool().ok())
-                    .unwrap_or(false)
-            })
-            .and_then(|id| tokens.get(id).map(|t| (t.clone(), id)));
-        let json = byte_level_bpe_json(&tokens, &merges, &types, pre, bos);
+        if kind == "gpt2" && merges.is_empty() {
+            return Err(self.bad("metadata `tokenizer.ggml.merges` is missing".into()));
+        }
+        let flag = |key: &str, default: bool| {
+            self.get(key)
+                .and_then(|v| v.to_bool().ok())
+                .unwrap_or(default)
+        };
+        let vocab = GgufVocab {
+            types: self
+                .get("tokenizer.ggml.token_type")
+                .and_then(|v| v.to_vec().ok())
+                .map(|v| v.iter().map(|t| t.to_i32().map_or(1, i64::from)).collect())
+                .unwrap_or_default(),
+            merges,
+            scores: self
+                .get("tokenizer.ggml.scores")
+                .and_then(|v| v.to_vec().ok())
+                .map(|v| v.iter().map(|s| s.to_f32().unwrap_or(0.0)).collect())
+                .unwrap_or_default(),
+            by_order: self.architecture().starts_with("gemma"),
+            pre: self
+                .string("tokenizer.ggml.pre")
+                .unwrap_or("default")
+                .into(),
+            // llama.cpp adds a BOS to SentencePiece text unless told not to.
+            bos: self
+                .number("tokenizer.ggml.bos_token_id")
+                .map(|n| n as usize)
+                .filter(|&id| id < tokens.len())
+                .filter(|_| flag("tokenizer.ggml.add_bos_token", kind == "llama")),
+            add_space_prefix: flag("tokenizer.ggml.add_space_prefix", true),
+            tokens,
+        };
+        let json = match kind {
+            "gpt2" => vocab.byte_level_json().map_err(|e| {
+                Error::Tokenizer(format!(
+                    "{}: {e}; pass a tokenizer.json with --tokenizer",
+                    self.path.display()
+                ))
+            })?,
+            _ => vocab.sentencepiece_json(),
+        };
         let inner =
             tokenizers::Tokenizer::from_bytes(json.to_string().as_bytes()).map_err(|e| {
                 Error::Tokenizer(format!(
@@ -279,8 +404,9 @@ impl GgufFile {
     }
 }
 
-/// GGUF's name for a Llama tensor → HF's; `None` for tensors the HF model does not have.
-fn hf_name(gguf: &str) -> Option<String> {
+/// GGUF's name for a tensor → HF's, for the Llama family or (`gemma`) Gemma 2, whose two
+/// extra norms take the names a Llama's use; `None` for tensors the HF model does not have.
+fn hf_name(gguf: &str, gemma: bool) -> Option<String> {
     let fixed = match gguf {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -295,6 +421,9 @@ fn hf_name(gguf: &str) -> Option<String> {
     let (module, kind) = part.rsplit_once('.')?;
     let hf = match module {
         "attn_norm" => "input_layernorm",
+        "ffn_norm" if gemma => "pre_feedforward_layernorm",
+        "post_attention_norm" if gemma => "post_attention_layernorm",
+        "post_ffw_norm" if gemma => "post_feedforward_layernorm",
         "ffn_norm" => "post_attention_layernorm",
         "attn_q" => "self_attn.q_proj",
         "attn_k" => "self_attn.k_proj",
@@ -322,85 +451,6 @@ fn unpermute_rotary_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
         .reshape((rows, cols))?)
 }
 
-/// Llama 3's split (its tokenizer.json's): case-insensitive contractions, a letter run with
-/// one leading non-letter, digits in threes, punctuation runs, line breaks apart.
-const LLAMA3_SPLIT: &str = concat!(
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}",
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-);
-
-/// Qwen2's split (its tokenizer.json's, Qwen3's too): Llama 3's with every digit apart.
-const QWEN2_SPLIT: &str = concat!(
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}",
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-);
-
-/// A `tokenizer.json` for a byte-level BPE vocabulary. `pre` is llama.cpp's pre-tokenizer
-/// name, which says how text was split before the merges were learned: `smollm` splits every
-/// digit apart before GPT-2's regex, as SmolLM2's own tokenizer.json does; Llama 3's names
-/// and Qwen's use their own regex; any other name gets GPT-2's regex alone.
-fn byte_level_bpe_json(
-    tokens: &[String],
-    merges: &[String],
-    types: &[i64],
-    pre: &str,
-    bos: Option<(String, usize)>,
-) -> serde_json::Value {
-    use serde_json::json;
-    let vocab: serde_json::Map<String, serde_json::Value> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), json!(i)))
-        .collect();
-    // token_type 3 is llama.cpp's CONTROL (special tokens such as <|im_start|>), 4 USER_DEFINED.
-    let added: Vec<_> = types
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| **t == 3 || **t == 4)
-        .map(|(i, t)| {
-            json!({"id": i, "content": tokens[i], "single_word": false, "lstrip": false,
-                   "rstrip": false, "normalized": false, "special": *t == 3})
-        })
-        .collect();
-    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false,
-                            "trim_offsets": true, "use_regex": true});
-    let split = |regex: &str| {
-        json!({"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
-            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
-             "use_regex": false}]})
-    };
-    let pre_tokenizer = match pre {
-        "smollm" => json!({"type": "Sequence", "pretokenizers": [
-            {"type": "Digits", "individual_digits": true}, byte_level]}),
-        "llama3" | "llama-v3" | "llama-bpe" | "smaug-bpe" | "dbrx" | "falcon3" => {
-            split(LLAMA3_SPLIT)
-        }
-        "qwen2" | "deepseek-r1-qwen" => split(QWEN2_SPLIT),
-        _ => byte_level.clone(),
-    };
-    let post_processor = match bos {
-        Some((content, id)) => json!({"type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": content, "type_id": 0}},
-                       {"Sequence": {"id": "A", "type_id": 0}}],
-            "pair": [{"SpecialToken": {"id": content, "type_id": 0}},
-                     {"Sequence": {"id": "A", "type_id": 0}},
-                     {"Sequence": {"id": "B", "type_id": 1}}],
-            "special_tokens": {content.clone(): {"id": content, "ids": [id], "tokens": [content]}}}),
-        None => serde_json::Value::Null,
-    };
-    json!({
-        "version": "1.0", "truncation": null, "padding": null,
-        "added_tokens": added, "normalizer": null,
-        "pre_tokenizer": pre_tokenizer, "post_processor": post_processor,
-        "decoder": byte_level,
-        "model": {"type": "BPE", "dropout": null, "unk_token": null,
-                  "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                  "vocab": vocab, "merges": merges}
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,18 +458,33 @@ mod tests {
     #[test]
     fn gguf_names_map_to_hf_names() {
         assert_eq!(
-            hf_name("blk.12.attn_output.weight").as_deref(),
+            hf_name("blk.12.attn_output.weight", false).as_deref(),
             Some("model.layers.12.self_attn.o_proj.weight")
         );
         assert_eq!(
-            hf_name("token_embd.weight").as_deref(),
+            hf_name("token_embd.weight", false).as_deref(),
             Some("model.embed_tokens.weight")
         );
         assert_eq!(
-            hf_name("blk.0.attn_k_norm.weight").as_deref(),
+            hf_name("blk.0.attn_k_norm.weight", false).as_deref(),
             Some("model.layers.0.self_attn.k_norm.weight")
         );
-        assert_eq!(hf_name("rope_freqs.weight"), None);
+        assert_eq!(hf_name("rope_freqs.weight", false), None);
+        // Gemma 2's four norms: ffn_norm comes before its MLP, not after attention.
+        let gemma = |n: &str| hf_name(&format!("blk.3.{n}.weight"), true).unwrap();
+        assert_eq!(
+            gemma("ffn_norm"),
+            "model.layers.3.pre_feedforward_layernorm.weight"
+        );
+        assert_eq!(
+            gemma("post_attention_norm"),
+            "model.layers.3.post_attention_layernorm.weight"
+        );
+        assert_eq!(
+            gemma("post_ffw_norm"),
+            "model.layers.3.post_feedforward_layernorm.weight"
+        );
+        assert_eq!(hf_name("blk.3.post_ffw_norm.weight", false), None);
     }
 
     #[test]

@@ -188,9 +188,7 @@ pub fn load_model(
     hub: &HubOptions,
 ) -> Result<Model> {
     if let ModelSource::Gguf(path) = source {
-        return Ok(Model::Llama(
-            GgufFile::open(path)?.load_llama(device, dtype)?,
-        ));
+        return GgufFile::open(path)?.load(device, dtype);
     }
     let files = source.files(hub)?;
     if !has(&files, "config.json") {

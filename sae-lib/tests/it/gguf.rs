@@ -1,5 +1,6 @@
-//! Llama, Qwen2 and Qwen3 models and tokenizers from llama.cpp GGUF files, against what
-//! transformers' own GGUF loader computes from the same files (`scripts/make_gguf_fixtures.py`).
+//! Llama, Qwen2, Qwen3 and Gemma 2 models and tokenizers from llama.cpp GGUF files, against
+//! what transformers' own GGUF loader computes from the same files, and SentencePiece
+//! vocabularies against sentencepiece itself (`scripts/make_gguf_fixtures.py`).
 
 use std::path::PathBuf;
 
@@ -27,6 +28,25 @@ fn smollm2() -> Option<PathBuf> {
     }
 }
 
+/// Where `scripts/fetch_llama_cpp_vocabs.sh` puts llama.cpp's tokenizer test files (override
+/// with `SAE_LLAMA_CPP_VOCABS`).
+fn llama_cpp_vocabs() -> Option<PathBuf> {
+    let dir = std::env::var_os("SAE_LLAMA_CPP_VOCABS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/llama-cpp-vocab")
+        });
+    if dir.join("ggml-vocab-llama-spm.gguf").is_file() {
+        Some(dir)
+    } else {
+        println!(
+            "SKIP: {} is absent; sae-lib/scripts/fetch_llama_cpp_vocabs.sh fetches it",
+            dir.display()
+        );
+        None
+    }
+}
+
 fn load(path: &std::path::Path) -> Model {
     load_model(
         &ModelSource::parse(path.to_str().unwrap()),
@@ -35,6 +55,13 @@ fn load(path: &std::path::Path) -> Model {
         &offline_hub(),
     )
     .unwrap()
+}
+
+/// The logits of one fixed six-token input.
+fn logits_on(model: &Model) -> Tensor {
+    let ids = Tensor::new(&[[5u32, 17, 40, 2, 66, 9]], &Device::Cpu).unwrap();
+    let batch = TokenBatch::new(&ids, None).unwrap();
+    model.forward(&batch, &mut Hooks::new()).unwrap().unwrap()
 }
 
 fn check_tokenizer(path: &std::path::Path, fixture_dir: &str) {
@@ -126,16 +153,105 @@ fn qwen_gguf_files_match_transformers_gguf_loader() {
         check_outputs(&model, &dir, &[0, 1, 2], 1e-4);
         check_tokenizer(&path, &dir);
         // The same checkpoint as safetensors computes the same function (both F32 here).
-        let st = load_fixture_model(arch);
-        let ids = Tensor::new(&[[5u32, 17, 40, 2, 66, 9]], &Device::Cpu).unwrap();
-        let batch = TokenBatch::new(&ids, None).unwrap();
-        let a = st.forward(&batch, &mut Hooks::new()).unwrap().unwrap();
-        let b = model.forward(&batch, &mut Hooks::new()).unwrap().unwrap();
+        let st = logits_on(&load_fixture_model(arch));
         assert!(
-            max_abs_diff(&a, &b) < 1e-4,
+            max_abs_diff(&st, &logits_on(&model)) < 1e-4,
             "{arch}: safetensors against GGUF"
         );
     }
+}
+
+/// SentencePiece vocabularies (no merges in the file) tokenize as sentencepiece does: Llama 2's
+/// `▁` prefix, Gemma's runs of blanks as user-defined tokens, `<0xNN>` byte fallback for
+/// characters outside the vocabulary, a BOS first. Decoding gives the text back.
+#[test]
+fn sentencepiece_vocabularies_match_sentencepiece() {
+    for path in [
+        fixture("llama_spm_gguf/vocab.gguf"),
+        fixture("gemma2_gguf/model.gguf"),
+    ] {
+        let dir = path
+            .parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap();
+        check_tokenizer(&path, dir);
+        let tokenizer =
+            load_tokenizer(&ModelSource::parse(path.to_str().unwrap()), &offline_hub()).unwrap();
+        let expected: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(fixture(dir).join("tokenizer_ids.json")).unwrap(),
+        )
+        .unwrap();
+        for text in expected["texts"].as_array().unwrap() {
+            let text = text.as_str().unwrap();
+            let ids = tokenizer.encode(text, None).unwrap();
+            assert_eq!(
+                tokenizer.decode(&ids[1..]).unwrap(),
+                text,
+                "{dir}: round trip"
+            );
+        }
+    }
+}
+
+/// A Gemma 2 as llama.cpp writes it (norms stored as 1 + w, no key for the attention scale)
+/// computes what transformers computes from the same file, sliding window and soft-capping
+/// included (32 tokens through a window of 4).
+#[test]
+fn gemma2_gguf_matches_transformers_gguf_loader() {
+    let path = fixture("gemma2_gguf/model.gguf");
+    let model = load(&path);
+    assert_eq!(model.architecture(), "gemma2");
+    assert_eq!((model.n_layers(), model.d_model()), (3, 32));
+    check_outputs(&model, "gemma2_gguf", &[0, 1, 2], 1e-4);
+    // A vocabulary-only file is a tokenizer, not a model, and says so.
+    let err = load_model(
+        &ModelSource::parse(fixture("llama_spm_gguf/vocab.gguf").to_str().unwrap()),
+        &Device::Cpu,
+        DType::F32,
+        &offline_hub(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("vocabulary-only"), "{err}");
+}
+
+/// Real vocabularies, from llama.cpp's tokenizer tests: Llama 2's and Phi-3's SentencePiece,
+/// Llama 3's, Qwen2's and GPT-2's byte-level BPE. Each rebuilt tokenizer gives llama.cpp's
+/// test texts (blanks, tabs and line breaks, accents, emoji, digit runs, code, Cyrillic,
+/// contractions) the ids the model's own HF tokenizer gave them.
+#[test]
+fn real_gguf_vocabularies_match_their_hf_tokenizers() {
+    let Some(dir) = llama_cpp_vocabs() else {
+        return;
+    };
+    let mut failures = Vec::new();
+    for name in ["llama-spm", "phi-3", "llama-bpe", "qwen2", "gpt-2"] {
+        let path = dir.join(format!("ggml-vocab-{name}.gguf"));
+        let tokenizer = load_tokenizer(&ModelSource::Gguf(path.clone()), &offline_hub()).unwrap();
+        // The .out files have no BOS; ours puts one first where the file asks for it.
+        let bos = tokenizer.encode("", None).unwrap().len();
+        let read = |ext: &str| std::fs::read_to_string(path.with_extension(ext)).unwrap();
+        let inputs = read("gguf.inp");
+        let outputs = read("gguf.out");
+        let texts: Vec<&str> = inputs.split("\n__ggml_vocab_test__\n").collect();
+        let texts = &texts[..texts.len() - 1]; // the file ends with a separator
+        let want: Vec<&str> = outputs.lines().collect();
+        assert_eq!(texts.len(), want.len(), "{name}: texts and id lines");
+        for (text, want) in texts.iter().zip(want) {
+            let want: Vec<u32> = want
+                .split_whitespace()
+                .map(|t| t.parse().unwrap())
+                .collect();
+            let got = tokenizer.encode(text, None).unwrap()[bos..].to_vec();
+            if got != want {
+                failures.push(format!("{name} {text:?}:\n  got  {got:?}\n  want {want:?}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]
@@ -178,17 +294,29 @@ fn bad_gguf_files_give_clear_errors() {
     // Not GGUF at all.
     std::fs::write(&cut, b"hello").unwrap();
     assert!(err(&cut).contains("not a readable GGUF file"));
+    // A pre-tokenizer whose split is not rebuilt here is refused, not guessed: the value of
+    // `tokenizer.ggml.pre` follows its key, a type (u32) and a length (u64).
+    let key = b"tokenizer.ggml.pre";
+    let at = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len() + 12;
+    assert_eq!(&bytes[at..at + 7], b"default");
+    let mut renamed = bytes.clone();
+    renamed[at..at + 7].copy_from_slice(b"unknown");
+    let path = dir.path().join("renamed.gguf");
+    std::fs::write(&path, renamed).unwrap();
+    let msg = load_tokenizer(&ModelSource::Gguf(path), &offline_hub())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("pre-tokenizer `unknown` is not supported") && msg.contains("--tokenizer"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn llama_loads_from_safetensors_and_gguf_to_the_same_function() {
     // The same random weights, once as HF safetensors and once as Q8_0 GGUF: close, not equal.
-    let a = load_fixture_model("llama_gqa");
-    let b = load(&fixture("llama_gguf/model.gguf"));
-    let ids = Tensor::new(&[[5u32, 17, 40, 2, 66, 9]], &Device::Cpu).unwrap();
-    let batch = TokenBatch::new(&ids, None).unwrap();
-    let la = a.forward(&batch, &mut Hooks::new()).unwrap().unwrap();
-    let lb = b.forward(&batch, &mut Hooks::new()).unwrap().unwrap();
+    let la = logits_on(&load_fixture_model("llama_gqa"));
+    let lb = logits_on(&load(&fixture("llama_gguf/model.gguf")));
     let scale = la
         .abs()
         .unwrap()

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Fetches llama.cpp's tokenizer test files into .cache/models/llama-cpp-vocab/ (or
+# $SAE_MODELS_DIR/llama-cpp-vocab) and prints that folder. Each `ggml-vocab-NAME.gguf` is a
+# real model's vocabulary (Llama 2, Llama 3, Qwen2, Phi-3, GPT-2) without weights; its
+# `.inp` holds test texts and its `.out` the ids the model's own HF tokenizer gives them.
+# llama-cpp-python's source package on PyPI carries them (vendor/llama.cpp/models/), so the
+# Hugging Face Hub is not needed. They are never committed (.cache/ is ignored).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+dest=${SAE_MODELS_DIR:-$root/.cache/models}/llama-cpp-vocab
+names="llama-spm phi-3 llama-bpe qwen2 gpt-2"
+if [ -f "$dest/complete" ]; then
+    echo "$dest"
+    exit 0
+fi
+version=0.3.36
+url=https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58c1258a8f6521aae45ca773a59fe7cf3/llama_cpp_python-$version.tar.gz
+sha=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+curl -fsSL --retry 3 -o "$tmp/sdist.tar.gz" "$url"
+if ! echo "$sha  $tmp/sdist.tar.gz" | sha256sum -c --quiet -; then
+    echo "error: the downloaded llama-cpp-python $version has an unexpected sha256" >&2
+    exit 1
+fi
+members=()
+for n in $names; do
+    for ext in "" .inp .out; do
+        members+=("llama_cpp_python-$version/vendor/llama.cpp/models/ggml-vocab-$n.gguf$ext")
+    done
+done
+tar -xzf "$tmp/sdist.tar.gz" -C "$tmp" "${members[@]}"
+mkdir -p "$dest"
+mv "$tmp/llama_cpp_python-$version/vendor/llama.cpp/models/"* "$dest/"
+touch "$dest/complete"
+echo "$dest"
