@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Fetches llama.cpp's tokenizer test files into .cache/models/llama-cpp-vocab/ (or
 # $SAE_MODELS_DIR/llama-cpp-vocab) and prints that folder. Each `ggml-vocab-NAME.gguf` is a
-# real model's vocabulary (Llama 2, Llama 3, Qwen2, Phi-3, GPT-2) without weights; its
-# `.inp` holds test texts and its `.out` the ids the model's own HF tokenizer gives them.
+# real model's vocabulary without weights (Llama 2, Phi-3, Llama 3, Qwen2, GPT-2, StarCoder,
+# Refact, Command-R, Falcon); its `.inp` holds test texts and its `.out` the ids the model's
+# own HF tokenizer gives them.
 # llama-cpp-python's source package on PyPI carries them (vendor/llama.cpp/models/), so the
 # Hugging Face Hub is not needed. They are never committed (.cache/ is ignored).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 dest=${SAE_MODELS_DIR:-$root/.cache/models}/llama-cpp-vocab
-names="llama-spm phi-3 llama-bpe qwen2 gpt-2"
-if [ -f "$dest/complete" ]; then
+names="llama-spm phi-3 llama-bpe qwen2 gpt-2 starcoder refact command-r falcon"
+if [ "$(cat "$dest/complete" 2>/dev/null)" = "$names" ]; then
     echo "$dest"
     exit 0
 fi
@@ -32,5 +33,5 @@ done
 tar -xzf "$tmp/sdist.tar.gz" -C "$tmp" "${members[@]}"
 mkdir -p "$dest"
 mv "$tmp/llama_cpp_python-$version/vendor/llama.cpp/models/"* "$dest/"
-touch "$dest/complete"
+echo "$names" > "$dest/complete"
 echo "$dest"

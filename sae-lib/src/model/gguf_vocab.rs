@@ -75,43 +75,46 @@ impl GgufVocab {
             .collect()
     }
 
-    /// A byte-level BPE `tokenizer.json`. `smollm` splits every digit apart before GPT-2's
-    /// regex, as SmolLM2's own tokenizer.json does; Llama 3's names and Qwen's use their own
-    /// regex; GPT-2's and MPT's names, and `default` (a file from before llama.cpp named
-    /// pre-tokenizers), get GPT-2's regex alone. Other names split text in ways not rebuilt
-    /// here (Falcon's, DeepSeek's, StarCoder's...), and are refused rather than guessed: on
-    /// llama.cpp's test texts, GPT-2's regex gives another split for each. Llama 3 takes a piece that is a whole
-    /// token as it is, even where no chain of merges reaches it (`ignore_merges` in its
-    /// tokenizer.json, as in llama.cpp): " Việt" is one token there, four by merges.
+    /// A byte-level BPE `tokenizer.json`, splitting text as [`PRE_TOKENIZERS`] says for the
+    /// file's pre-tokenizer name. A name not there is refused rather than given GPT-2's regex:
+    /// on llama.cpp's test texts that regex splits DeepSeek's, Qwen 3.5's, Falcon's and
+    /// StarCoder's vocabularies otherwise than their own tokenizers. Llama 3's names take a
+    /// piece that is a whole token as it is, even where no chain of merges reaches it
+    /// (`ignore_merges` in its tokenizer.json, as in llama.cpp): " Việt" is one token there,
+    /// four by merges.
     pub fn byte_level_json(&self) -> Result<Value, String> {
-        let llama3 = matches!(
-            self.pre.as_str(),
-            "llama3" | "llama-v3" | "llama-bpe" | "falcon3"
-        );
+        let Some(&(_, split)) = PRE_TOKENIZERS.iter().find(|(name, _)| *name == self.pre) else {
+            let names: Vec<&str> = PRE_TOKENIZERS.iter().map(|(name, _)| *name).collect();
+            return Err(format!(
+                "pre-tokenizer `{}` is not supported (supported: {})",
+                self.pre,
+                names.join(", ")
+            ));
+        };
         let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false,
                                 "trim_offsets": true, "use_regex": true});
-        let split = |regex: &str| {
-            json!({"type": "Sequence", "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated",
-                 "invert": false},
-                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
-                 "use_regex": false}]})
+        let isolate = |regex: &str| {
+            json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated",
+                   "invert": false})
         };
-        let pre_tokenizer = match self.pre.as_str() {
-            "smollm" => json!({"type": "Sequence", "pretokenizers": [
-                {"type": "Digits", "individual_digits": true}, byte_level]}),
-            _ if llama3 => split(LLAMA3_SPLIT),
-            "smaug-bpe" | "dbrx" => split(LLAMA3_SPLIT),
-            "qwen2" | "deepseek-r1-qwen" => split(QWEN2_SPLIT),
-            "default" | "gpt-2" | "gpt2" | "mpt" => byte_level.clone(),
-            other => {
-                return Err(format!(
-                    "pre-tokenizer `{other}` is not supported (supported: default, gpt-2, mpt, \
-                     smollm, llama3, llama-v3, llama-bpe, falcon3, smaug-bpe, dbrx, qwen2, \
-                     deepseek-r1-qwen)"
-                ))
-            }
+        let bytes_only = json!({"type": "ByteLevel", "add_prefix_space": false,
+                                "trim_offsets": true, "use_regex": false});
+        let sequence = |steps: Vec<Value>| json!({"type": "Sequence", "pretokenizers": steps});
+        let pre_tokenizer = match split {
+            Split::Gpt2 => byte_level.clone(),
+            Split::DigitsApart => sequence(vec![
+                json!({"type": "Digits", "individual_digits": true}),
+                byte_level.clone(),
+            ]),
+            Split::Falcon => sequence(vec![
+                isolate(r"[\p{P}\$\+<=>\^~\|`]+"),
+                byte_level.clone(),
+                isolate("[0-9][0-9][0-9]"),
+            ]),
+            Split::Llama3 | Split::Llama3Regex => sequence(vec![isolate(LLAMA3_SPLIT), bytes_only]),
+            Split::Qwen2 => sequence(vec![isolate(QWEN2_SPLIT), bytes_only]),
         };
+        let ignore_merges = matches!(split, Split::Llama3);
         Ok(json!({
             "version": "1.0", "truncation": null, "padding": null,
             "added_tokens": self.added_tokens(), "normalizer": null,
@@ -119,7 +122,7 @@ impl GgufVocab {
             "decoder": byte_level,
             "model": {"type": "BPE", "dropout": null, "unk_token": null,
                       "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                      "fuse_unk": false, "byte_fallback": false, "ignore_merges": llama3,
+                      "fuse_unk": false, "byte_fallback": false, "ignore_merges": ignore_merges,
                       "vocab": self.vocab_map(), "merges": self.merges}
         }))
     }
@@ -200,6 +203,51 @@ impl GgufVocab {
     }
 }
 
+/// How a byte-level vocabulary splits text before its merges.
+#[derive(Clone, Copy)]
+enum Split {
+    /// GPT-2's regex.
+    Gpt2,
+    /// Every digit apart, then GPT-2's regex (SmolLM's, StarCoder's).
+    DigitsApart,
+    /// Punctuation runs apart, GPT-2's regex, then digits in threes.
+    Falcon,
+    /// [`LLAMA3_SPLIT`], and a piece that is a whole token taken as it is (`ignore_merges`).
+    Llama3,
+    /// [`LLAMA3_SPLIT`] alone (Smaug's, DBRX's).
+    Llama3Regex,
+    /// [`QWEN2_SPLIT`].
+    Qwen2,
+}
+
+/// llama.cpp's pre-tokenizer names (`tokenizer.ggml.pre`) and the split each stands for, as
+/// llama.cpp's own tokenizer applies them. `default` is a file from before llama.cpp named
+/// pre-tokenizers.
+const PRE_TOKENIZERS: &[(&str, Split)] = &[
+    ("default", Split::Gpt2),
+    ("gpt-2", Split::Gpt2),
+    ("gpt2", Split::Gpt2),
+    ("mpt", Split::Gpt2),
+    ("phi-2", Split::Gpt2),
+    ("smollm", Split::DigitsApart),
+    ("starcoder", Split::DigitsApart),
+    ("refact", Split::DigitsApart),
+    ("command-r", Split::DigitsApart),
+    ("codeshell", Split::DigitsApart),
+    ("exaone", Split::DigitsApart),
+    ("falcon", Split::Falcon),
+    ("llama3", Split::Llama3),
+    ("llama-v3", Split::Llama3),
+    ("llama-bpe", Split::Llama3),
+    ("falcon3", Split::Llama3),
+    ("falcon-h1", Split::Llama3),
+    ("pixtral", Split::Llama3),
+    ("smaug-bpe", Split::Llama3Regex),
+    ("dbrx", Split::Llama3Regex),
+    ("qwen2", Split::Qwen2),
+    ("deepseek-r1-qwen", Split::Qwen2),
+];
+
 /// Llama 3's split (its tokenizer.json's): case-insensitive contractions, a letter run with
 /// one leading non-letter, digits in threes, punctuation runs, line breaks apart.
 const LLAMA3_SPLIT: &str = concat!(
@@ -212,3 +260,32 @@ const QWEN2_SPLIT: &str = concat!(
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}",
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ids of `text` under a SentencePiece vocabulary a, b, c, ab (score -5), bc (score -1).
+    fn encode(text: &str, by_order: bool) -> Vec<u32> {
+        let vocab = GgufVocab {
+            tokens: ["a", "b", "c", "ab", "bc"].map(String::from).to_vec(),
+            types: vec![],
+            merges: vec![],
+            scores: vec![0.0, 0.0, 0.0, -5.0, -1.0],
+            by_order,
+            pre: "default".into(),
+            bos: None,
+            add_space_prefix: false,
+        };
+        let json = vocab.sentencepiece_json().to_string();
+        let tokenizer = tokenizers::Tokenizer::from_bytes(json.as_bytes()).unwrap();
+        tokenizer.encode(text, false).unwrap().get_ids().to_vec()
+    }
+
+    #[test]
+    fn sentencepiece_merges_rank_by_score_or_by_token_order() {
+        // By score, "bc" (-1) merges before "ab" (-5); by order (Gemma), "ab" (id 3) first.
+        assert_eq!(encode("abc", false), [0, 4]);
+        assert_eq!(encode("abc", true), [3, 2]);
+    }
+}

@@ -219,7 +219,8 @@ fn gemma2_gguf_matches_transformers_gguf_loader() {
 }
 
 /// Real vocabularies, from llama.cpp's tokenizer tests: Llama 2's and Phi-3's SentencePiece,
-/// Llama 3's, Qwen2's and GPT-2's byte-level BPE. Each rebuilt tokenizer gives llama.cpp's
+/// and byte-level BPE with five different splits (Llama 3's, Qwen2's, GPT-2's, StarCoder's,
+/// Refact's and Command-R's digits apart, Falcon's). Each rebuilt tokenizer gives llama.cpp's
 /// test texts (blanks, tabs and line breaks, accents, emoji, digit runs, code, Cyrillic,
 /// contractions) the ids the model's own HF tokenizer gave them.
 #[test]
@@ -228,7 +229,18 @@ fn real_gguf_vocabularies_match_their_hf_tokenizers() {
         return;
     };
     let mut failures = Vec::new();
-    for name in ["llama-spm", "phi-3", "llama-bpe", "qwen2", "gpt-2"] {
+    let names = [
+        "llama-spm",
+        "phi-3",
+        "llama-bpe",
+        "qwen2",
+        "gpt-2",
+        "starcoder",
+        "refact",
+        "command-r",
+        "falcon",
+    ];
+    for name in names {
         let path = dir.join(format!("ggml-vocab-{name}.gguf"));
         let tokenizer = load_tokenizer(&ModelSource::Gguf(path.clone()), &offline_hub()).unwrap();
         // The .out files have no BOS; ours puts one first where the file asks for it.
