@@ -57,9 +57,18 @@ impl Tokenizer {
             .map_err(|e| Error::Tokenizer(format!("cannot decode: {e}")))
     }
 
-    /// The string of one token, for displaying contexts token by token.
+    /// The string of one token, for displaying contexts token by token, with its own leading
+    /// space. SentencePiece decoders (Llama 2's, Mistral's) strip the space a text's first
+    /// token carries, so the token is read as the second of a pair: `▁the` is " the", not
+    /// "the", and a context's tokens put side by side read as its text.
     pub fn token_text(&self, id: u32) -> String {
-        self.decode(&[id]).unwrap_or_else(|_| format!("<{id}>"))
+        let Ok(alone) = self.decode(&[id]) else {
+            return format!("<{id}>");
+        };
+        match self.decode(&[id, id]) {
+            Ok(pair) if pair.starts_with(&alone) => pair[alone.len()..].to_string(),
+            _ => alone,
+        }
     }
 
     /// The id used to pad batches: the tokenizer's pad token if it has one, else 0 (padded

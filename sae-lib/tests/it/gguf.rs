@@ -193,6 +193,16 @@ fn sentencepiece_vocabularies_match_sentencepiece() {
                 "{dir}: round trip"
             );
         }
+        // Token by token (as `sae inspect` shows contexts), each keeps its own blank: Llama's
+        // decoder strips the first token's, which would run the words together.
+        let text = "the cat sat on the mat";
+        let ids = tokenizer.encode(text, None).unwrap();
+        let shown: String = ids[1..]
+            .iter()
+            .map(|&id| tokenizer.token_text(id))
+            .collect();
+        let prefix = if dir == "llama_spm_gguf" { " " } else { "" };
+        assert_eq!(shown, format!("{prefix}{text}"), "{dir}: tokens one by one");
     }
 }
 
