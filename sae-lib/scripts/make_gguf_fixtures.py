@@ -88,7 +88,8 @@ GGUF_NAMES = {
 }
 
 
-def gguf_name(hf):
+def gguf_name(hf, names=GGUF_NAMES):
+    """llama.cpp's name for the HF tensor `hf`; `names` maps a layer's modules."""
     if hf == "model.embed_tokens.weight":
         return "token_embd.weight"
     if hf == "model.norm.weight":
@@ -97,7 +98,7 @@ def gguf_name(hf):
         return "output.weight"
     _, _, layer, rest = hf.split(".", 3)
     module, kind = rest.rsplit(".", 1)
-    return f"blk.{layer}.{GGUF_NAMES[module]}.{kind}"
+    return f"blk.{layer}.{names[module]}.{kind}"
 
 
 def write_tiny_gguf(src=SRC, out=OUT, quantized=True, rope_freqs=None, arch="llama",
@@ -291,15 +292,7 @@ def write_gemma2_gguf(texts):
         a = t.float().numpy()
         if name.endswith("norm.weight"):  # llama.cpp stores Gemma's RMSNorm scale as 1 + w
             a = a + 1.0
-        if name == "model.embed_tokens.weight":
-            gname = "token_embd.weight"
-        elif name == "model.norm.weight":
-            gname = "output_norm.weight"
-        else:
-            _, _, layer, rest = name.split(".", 3)
-            module, kind = rest.rsplit(".", 1)
-            gname = f"blk.{layer}.{GEMMA2_GGUF_NAMES[module]}.{kind}"
-        w.add_tensor(gname, a)
+        w.add_tensor(gguf_name(name, GEMMA2_GGUF_NAMES), a)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

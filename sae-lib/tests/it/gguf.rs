@@ -8,6 +8,7 @@ use crate::common::*;
 use candle_core::{DType, Device, Tensor};
 use sae_lib::hooks::{HookPoint, Hooks};
 use sae_lib::model::{load_model, load_tokenizer, Model, ModelSource, TokenBatch};
+use sae_lib::tokenizer::Tokenizer;
 
 /// Where `scripts/fetch_smollm2.sh` puts SmolLM2 (override with `SAE_SMOLLM2_GGUF`).
 fn smollm2() -> Option<PathBuf> {
@@ -64,19 +65,22 @@ fn logits_on(model: &Model) -> Tensor {
     model.forward(&batch, &mut Hooks::new()).unwrap().unwrap()
 }
 
-fn check_tokenizer(path: &std::path::Path, fixture_dir: &str) {
+/// Checks the file's tokenizer against the fixture's expected ids; returns the tokenizer and
+/// the texts for further checks.
+fn check_tokenizer(path: &std::path::Path, fixture_dir: &str) -> (Tokenizer, Vec<String>) {
     let tokenizer =
         load_tokenizer(&ModelSource::parse(path.to_str().unwrap()), &offline_hub()).unwrap();
     let expected: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(fixture(fixture_dir).join("tokenizer_ids.json")).unwrap(),
     )
     .unwrap();
-    let texts = expected["texts"].as_array().unwrap();
+    let texts: Vec<String> = serde_json::from_value(expected["texts"].clone()).unwrap();
     for (text, ids) in texts.iter().zip(expected["ids"].as_array().unwrap()) {
         let want: Vec<u32> = serde_json::from_value(ids.clone()).unwrap();
-        let got = tokenizer.encode(text.as_str().unwrap(), None).unwrap();
-        assert_eq!(got, want, "{fixture_dir}: ids of {text}");
+        let got = tokenizer.encode(text, None).unwrap();
+        assert_eq!(got, want, "{fixture_dir}: ids of {text:?}");
     }
+    (tokenizer, texts)
 }
 
 /// Runs the expected input capturing `layers`' hooks; compares hooks, the logits' first
@@ -166,30 +170,16 @@ fn qwen_gguf_files_match_transformers_gguf_loader() {
 /// characters outside the vocabulary, a BOS first. Decoding gives the text back.
 #[test]
 fn sentencepiece_vocabularies_match_sentencepiece() {
-    for path in [
-        fixture("llama_spm_gguf/vocab.gguf"),
-        fixture("gemma2_gguf/model.gguf"),
+    for (dir, file) in [
+        ("llama_spm_gguf", "vocab.gguf"),
+        ("gemma2_gguf", "model.gguf"),
     ] {
-        let dir = path
-            .parent()
-            .unwrap()
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap();
-        check_tokenizer(&path, dir);
-        let tokenizer =
-            load_tokenizer(&ModelSource::parse(path.to_str().unwrap()), &offline_hub()).unwrap();
-        let expected: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(fixture(dir).join("tokenizer_ids.json")).unwrap(),
-        )
-        .unwrap();
-        for text in expected["texts"].as_array().unwrap() {
-            let text = text.as_str().unwrap();
+        let (tokenizer, texts) = check_tokenizer(&fixture(dir).join(file), dir);
+        for text in &texts {
             let ids = tokenizer.encode(text, None).unwrap();
             assert_eq!(
                 tokenizer.decode(&ids[1..]).unwrap(),
-                text,
+                text.as_str(),
                 "{dir}: round trip"
             );
         }
