@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Fetches llama.cpp's tokenizer test files into .cache/models/llama-cpp-vocab/ (or
 # $SAE_MODELS_DIR/llama-cpp-vocab) and prints that folder. Each `ggml-vocab-NAME.gguf` is a
-# real model's vocabulary without weights (Llama 2, Phi-3, Llama 3, Qwen2, GPT-2, StarCoder,
-# Refact, Command-R, Falcon); its `.inp` holds test texts and its `.out` the ids the model's
+# real model's vocabulary without weights (Llama 2, Phi-3, Llama 3, Qwen2, Qwen 3.5, GPT-2,
+# MPT, StarCoder, Refact, Command-R, Falcon, DeepSeek LLM and Coder); its `.inp` holds test texts and its `.out` the ids the model's
 # own HF tokenizer gives them.
 # llama-cpp-python's source package on PyPI carries them (vendor/llama.cpp/models/), so the
 # Hugging Face Hub is not needed. They are never committed (.cache/ is ignored).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 dest=${SAE_MODELS_DIR:-$root/.cache/models}/llama-cpp-vocab
-names="llama-spm phi-3 llama-bpe qwen2 gpt-2 starcoder refact command-r falcon"
+names="llama-spm phi-3 llama-bpe qwen2 qwen35 gpt-2 mpt starcoder refact command-r falcon deepseek-llm deepseek-coder"
 if [ "$(cat "$dest/complete" 2>/dev/null)" = "$names" ]; then
     echo "$dest"
     exit 0

@@ -116,7 +116,6 @@ impl GgufFile {
         let arch = self.architecture();
         let key = |name: &str| format!("{arch}.{name}");
         let number = |name: &str| self.number(&key(name));
-        let required = |name: &str| self.required(&key(name));
         // Linear scaling is in the metadata; Llama 3's is in the `rope_freqs` tensor, read
         // with the weights.
         let rope_scaling = match self.string(&key("rope.scaling.type")) {
@@ -132,9 +131,8 @@ impl GgufFile {
                 )))
             }
         };
-        let heads = required("attention.head_count")?;
-        let hidden = required("embedding_length")?;
-        let head_dim = number("attention.key_length").map_or(hidden / heads.max(1), |n| n as usize);
+        let shape = self.shape()?;
+        let head_dim = shape.head_dim;
         if let Some(rot) = number("rope.dimension_count") {
             if rot as usize != head_dim {
                 return Err(self.bad(format!(
@@ -143,15 +141,15 @@ impl GgufFile {
             }
         }
         let cfg = llama::Config {
-            vocab_size: self.vocab_size(arch)?,
-            hidden_size: hidden,
-            intermediate_size: required("feed_forward_length")?,
-            num_hidden_layers: required("block_count")?,
-            num_attention_heads: heads,
-            num_key_value_heads: number("attention.head_count_kv").map(|n| n as usize),
+            vocab_size: shape.vocab,
+            hidden_size: shape.hidden,
+            intermediate_size: shape.ffn,
+            num_hidden_layers: shape.layers,
+            num_attention_heads: shape.heads,
+            num_key_value_heads: shape.kv_heads,
             head_dim: Some(head_dim),
-            rms_norm_eps: number("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
-            rope_theta: number("rope.freq_base").unwrap_or(10_000.0),
+            rms_norm_eps: shape.rms_eps.unwrap_or(1e-5),
+            rope_theta: shape.rope_theta,
             hidden_act: "silu".into(),
             tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
             attention_bias: false,
@@ -167,18 +165,37 @@ impl GgufFile {
         Ok(cfg)
     }
 
-    /// `{arch}.vocab_size`, or where a file leaves it out, the embedding's rows.
-    fn vocab_size(&self, arch: &str) -> Result<usize> {
-        if let Some(n) = self.number(&format!("{arch}.vocab_size")) {
-            return Ok(n as usize);
-        }
-        let name = "token_embd.weight";
-        let info = self
-            .content
-            .tensor_infos
-            .get(name)
-            .ok_or_else(|| self.bad(format!("tensor `{name}` is missing")))?;
-        Ok(info.shape.dims()[0])
+    /// The transformer's shape, read alike for every architecture from `{arch}.*`.
+    fn shape(&self) -> Result<Shape> {
+        let arch = self.architecture();
+        let number = |name: &str| self.number(&format!("{arch}.{name}"));
+        let required = |name: &str| self.required(&format!("{arch}.{name}"));
+        let heads = required("attention.head_count")?;
+        let hidden = required("embedding_length")?;
+        // A file may leave out the vocabulary size: the embedding's rows then say it.
+        let vocab = match number("vocab_size") {
+            Some(n) => n as usize,
+            None => {
+                let name = "token_embd.weight";
+                let info = self
+                    .content
+                    .tensor_infos
+                    .get(name)
+                    .ok_or_else(|| self.bad(format!("tensor `{name}` is missing")))?;
+                info.shape.dims()[0]
+            }
+        };
+        Ok(Shape {
+            vocab,
+            hidden,
+            ffn: required("feed_forward_length")?,
+            layers: required("block_count")?,
+            heads,
+            kv_heads: number("attention.head_count_kv").map(|n| n as usize),
+            head_dim: number("attention.key_length").map_or(hidden / heads.max(1), |n| n as usize),
+            rms_eps: number("attention.layer_norm_rms_epsilon"),
+            rope_theta: number("rope.freq_base").unwrap_or(10_000.0),
+        })
     }
 
     /// Loads the model the architecture names, dequantizing every tensor to `dtype` on
@@ -229,26 +246,22 @@ impl GgufFile {
             )));
         }
         let number = |name: &str| self.number(&format!("gemma2.{name}"));
-        let required = |name: &str| self.required(&format!("gemma2.{name}"));
-        let heads = required("attention.head_count")?;
-        let hidden = required("embedding_length")?;
-        let layers = required("block_count")?;
-        let head_dim = number("attention.key_length").map_or(hidden / heads.max(1), |n| n as usize);
-        let scalar = if layers == 46 {
-            hidden / heads.max(1)
+        let shape = self.shape()?;
+        let scalar = if shape.layers == 46 {
+            shape.hidden / shape.heads.max(1)
         } else {
-            head_dim
+            shape.head_dim
         };
         let cfg = gemma2::Config {
-            vocab_size: self.vocab_size("gemma2")?,
-            hidden_size: hidden,
-            intermediate_size: required("feed_forward_length")?,
-            num_hidden_layers: layers,
-            num_attention_heads: heads,
-            num_key_value_heads: number("attention.head_count_kv").map(|n| n as usize),
-            head_dim,
-            rms_norm_eps: number("attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
-            rope_theta: number("rope.freq_base").unwrap_or(10_000.0),
+            vocab_size: shape.vocab,
+            hidden_size: shape.hidden,
+            intermediate_size: shape.ffn,
+            num_hidden_layers: shape.layers,
+            num_attention_heads: shape.heads,
+            num_key_value_heads: shape.kv_heads,
+            head_dim: shape.head_dim,
+            rms_norm_eps: shape.rms_eps.unwrap_or(1e-6),
+            rope_theta: shape.rope_theta,
             hidden_activation: "gelu_pytorch_tanh".into(),
             query_pre_attn_scalar: scalar as f64,
             // llama.cpp's defaults where a file leaves them out.
@@ -402,6 +415,19 @@ impl GgufFile {
             })?;
         Ok(Tokenizer::new(inner))
     }
+}
+
+/// What every architecture's metadata says of the transformer's shape.
+struct Shape {
+    vocab: usize,
+    hidden: usize,
+    ffn: usize,
+    layers: usize,
+    heads: usize,
+    kv_heads: Option<usize>,
+    head_dim: usize,
+    rms_eps: Option<f64>,
+    rope_theta: f64,
 }
 
 /// GGUF's name for a tensor → HF's, for the Llama family or (`gemma`) Gemma 2, whose two

@@ -77,11 +77,8 @@ impl GgufVocab {
 
     /// A byte-level BPE `tokenizer.json`, splitting text as [`PRE_TOKENIZERS`] says for the
     /// file's pre-tokenizer name. A name not there is refused rather than given GPT-2's regex:
-    /// on llama.cpp's test texts that regex splits DeepSeek's, Qwen 3.5's, Falcon's and
-    /// StarCoder's vocabularies otherwise than their own tokenizers. Llama 3's names take a
-    /// piece that is a whole token as it is, even where no chain of merges reaches it
-    /// (`ignore_merges` in its tokenizer.json, as in llama.cpp): " Việt" is one token there,
-    /// four by merges.
+    /// on llama.cpp's test texts that regex splits Falcon's, StarCoder's and DeepSeek's
+    /// vocabularies otherwise than their own tokenizers do.
     pub fn byte_level_json(&self) -> Result<Value, String> {
         let Some(&(_, split)) = PRE_TOKENIZERS.iter().find(|(name, _)| *name == self.pre) else {
             let names: Vec<&str> = PRE_TOKENIZERS.iter().map(|(name, _)| *name).collect();
@@ -91,38 +88,29 @@ impl GgufVocab {
                 names.join(", ")
             ));
         };
-        let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false,
-                                "trim_offsets": true, "use_regex": true});
-        let isolate = |regex: &str| {
-            json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated",
-                   "invert": false})
-        };
-        let bytes_only = json!({"type": "ByteLevel", "add_prefix_space": false,
-                                "trim_offsets": true, "use_regex": false});
-        let sequence = |steps: Vec<Value>| json!({"type": "Sequence", "pretokenizers": steps});
-        let pre_tokenizer = match split {
-            Split::Gpt2 => byte_level.clone(),
-            Split::DigitsApart => sequence(vec![
-                json!({"type": "Digits", "individual_digits": true}),
-                byte_level.clone(),
-            ]),
-            Split::Falcon => sequence(vec![
-                isolate(r"[\p{P}\$\+<=>\^~\|`]+"),
-                byte_level.clone(),
-                isolate("[0-9][0-9][0-9]"),
-            ]),
-            Split::Llama3 | Split::Llama3Regex => sequence(vec![isolate(LLAMA3_SPLIT), bytes_only]),
-            Split::Qwen2 => sequence(vec![isolate(QWEN2_SPLIT), bytes_only]),
-        };
-        let ignore_merges = matches!(split, Split::Llama3);
+        // Each regex splits every piece the ones before it left, keeping what it matched and
+        // what lay between as pieces (llama.cpp's `unicode_regex_split`, HF's `Isolated`).
+        let mut steps: Vec<Value> = split
+            .regexes
+            .iter()
+            .map(|regex| {
+                json!({"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated",
+                       "invert": false})
+            })
+            .collect();
+        steps.push(json!({"type": "ByteLevel", "add_prefix_space": false,
+                          "trim_offsets": true, "use_regex": false}));
         Ok(json!({
             "version": "1.0", "truncation": null, "padding": null,
             "added_tokens": self.added_tokens(), "normalizer": null,
-            "pre_tokenizer": pre_tokenizer, "post_processor": self.post_processor(),
-            "decoder": byte_level,
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": steps},
+            "post_processor": self.post_processor(),
+            "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+                        "use_regex": true},
             "model": {"type": "BPE", "dropout": null, "unk_token": null,
                       "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                      "fuse_unk": false, "byte_fallback": false, "ignore_merges": ignore_merges,
+                      "fuse_unk": false, "byte_fallback": false,
+                      "ignore_merges": split.ignore_merges,
                       "vocab": self.vocab_map(), "merges": self.merges}
         }))
     }
@@ -203,63 +191,127 @@ impl GgufVocab {
     }
 }
 
-/// How a byte-level vocabulary splits text before its merges.
+/// How a byte-level vocabulary splits text before its merges, as llama.cpp's
+/// `llama-vocab.cpp` states it: regexes applied one after another, then bytes mapped to
+/// GPT-2's printable characters.
 #[derive(Clone, Copy)]
-enum Split {
-    /// GPT-2's regex.
-    Gpt2,
-    /// Every digit apart, then GPT-2's regex (SmolLM's, StarCoder's).
-    DigitsApart,
-    /// Punctuation runs apart, GPT-2's regex, then digits in threes.
-    Falcon,
-    /// [`LLAMA3_SPLIT`], and a piece that is a whole token taken as it is (`ignore_merges`).
-    Llama3,
-    /// [`LLAMA3_SPLIT`] alone (Smaug's, DBRX's).
-    Llama3Regex,
-    /// [`QWEN2_SPLIT`].
-    Qwen2,
+struct Split {
+    regexes: &'static [&'static str],
+    /// A piece that is a whole token is taken as it is, even where no chain of merges reaches
+    /// it (Llama 3's tokenizer.json, and llama.cpp for its names): " Việt" is one token in
+    /// Llama 3, four by merges.
+    ignore_merges: bool,
 }
+
+const fn split(regexes: &'static [&'static str]) -> Split {
+    Split {
+        regexes,
+        ignore_merges: false,
+    }
+}
+
+/// GPT-2's regex: contractions, then a letter, digit or other run with one leading space.
+const GPT2_REGEX: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+
+const GPT2: Split = split(&[GPT2_REGEX]);
+/// Every digit apart first (SmolLM's, StarCoder's).
+const DIGITS_APART: Split = split(&[r"\p{N}", GPT2_REGEX]);
+/// Punctuation runs apart, then GPT-2's regex, then digits in threes.
+const FALCON: Split = split(&[r"[\p{P}\$\+<=>\^~\|`]+", GPT2_REGEX, "[0-9][0-9][0-9]"]);
+/// Llama 3's tokenizer.json: case-insensitive contractions, a letter run with one leading
+/// non-letter, digits in threes, punctuation runs, line breaks apart.
+const LLAMA3_REGEX: &str = concat!(
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}",
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+);
+const LLAMA3: Split = Split {
+    regexes: &[LLAMA3_REGEX],
+    ignore_merges: true,
+};
+/// Qwen2's (Qwen3's too): Llama 3's with every digit apart.
+const QWEN2: Split = split(&[concat!(
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}",
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+)]);
+/// Qwen 3.5's: Qwen2's with combining marks (`\p{M}`) counted as letters.
+const QWEN35: Split = split(&[concat!(
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}",
+    r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+)]);
+/// DeepSeek LLM's: line breaks apart, then runs of Latin, Greek, Cyrillic, Armenian, Georgian
+/// and Cherokee letters (its list of ranges), ASCII and full-width punctuation, trailing
+/// blanks, CJK and Hangul runs, digit runs.
+const DEEPSEEK_LLM: Split = split(&[
+    r"[\r\n]",
+    concat!(
+        "\\s?[A-Za-z\u{B5}\u{C0}-\u{D6}\u{D8}-\u{F6}\u{F8}-\u{1BA}\u{1BC}-\u{1BF}\u{1C4}-\u{293}",
+        "\u{295}-\u{2AF}\u{370}-\u{373}\u{376}\u{377}\u{37B}-\u{37D}\u{37F}\u{386}\u{388}-\u{38A}",
+        "\u{38C}\u{38E}-\u{3A1}\u{3A3}-\u{3F5}\u{3F7}-\u{481}\u{48A}-\u{52F}\u{531}-\u{556}\u{10A0}",
+        "-\u{10C5}\u{13A0}-\u{13F5}\u{13F8}-\u{13FD}\u{1C90}-\u{1CBA}\u{1CBD}-\u{1CBF}\u{1D00}",
+        "-\u{1D2B}\u{1D6B}-\u{1D77}\u{1D79}-\u{1D9A}\u{1E00}-\u{1F15}\u{1F18}-\u{1F1D}\u{1F20}",
+        "-\u{1F45}\u{1F48}-\u{1F4D}\u{1F50}-\u{1F57}\u{1F59}\u{1F5B}\u{1F5D}\u{1F5F}-\u{1F7D}",
+        "\u{1F80}-\u{1FB4}\u{1FB6}-\u{1FBC}\u{1FBE}\u{1FC2}-\u{1FC4}\u{1FC6}-\u{1FCC}\u{1FD0}",
+        "-\u{1FD3}\u{1FD6}-\u{1FDB}\u{1FE0}-\u{1FEC}\u{1FF2}-\u{1FF4}\u{1FF6}-\u{1FFC}\u{2102}",
+        "\u{2107}\u{210A}-\u{2113}\u{2115}\u{2119}-\u{211D}\u{2124}\u{2126}\u{2128}\u{212A}-\u{212D}",
+        "\u{212F}-\u{2134}\u{2139}\u{213C}-\u{213F}\u{2145}-\u{2149}\u{214E}\u{2183}\u{2184}\u{2C00}",
+        "-\u{2C7B}\u{2C7E}-\u{2CE4}\u{2CEB}-\u{2CEE}\u{2CF2}\u{2CF3}\u{A640}-\u{A66D}\u{A680}",
+        "-\u{A69B}\u{A722}-\u{A76F}\u{A771}-\u{A787}\u{A78B}-\u{A78E}\u{AB70}-\u{ABBF}\u{FB00}",
+        "-\u{FB06}\u{FB13}-\u{FB17}\u{FF21}-\u{FF3A}\u{FF41}-\u{FF5A}\u{10400}-\u{1044F}\u{104B0}",
+        "-\u{104D3}\u{104D8}-\u{104FB}\u{10C80}-\u{10CB2}\u{10CC0}-\u{10CF2}\u{118A0}-\u{118DF}",
+        "\u{1E900}-\u{1E943}]+",
+    ),
+    r"\s?[!-/:-~！-／：-～‘-‟　-。]+",
+    r"\s+$",
+    r"[一-龥ࠀ-一가-퟿]+",
+    r"\p{N}+",
+]);
+/// DeepSeek Coder's: line breaks, letter runs and punctuation runs apart (each with one
+/// leading blank), CJK and Hangul runs, every digit apart.
+const DEEPSEEK_CODER: Split = split(&[
+    r"[\r\n]",
+    r"\s?\p{L}+",
+    r"\s?\p{P}+",
+    r"[一-龥ࠀ-一가-퟿]+",
+    r"\p{N}",
+]);
 
 /// llama.cpp's pre-tokenizer names (`tokenizer.ggml.pre`) and the split each stands for, as
 /// llama.cpp's own tokenizer applies them. `default` is a file from before llama.cpp named
 /// pre-tokenizers.
 const PRE_TOKENIZERS: &[(&str, Split)] = &[
-    ("default", Split::Gpt2),
-    ("gpt-2", Split::Gpt2),
-    ("gpt2", Split::Gpt2),
-    ("mpt", Split::Gpt2),
-    ("phi-2", Split::Gpt2),
-    ("smollm", Split::DigitsApart),
-    ("starcoder", Split::DigitsApart),
-    ("refact", Split::DigitsApart),
-    ("command-r", Split::DigitsApart),
-    ("codeshell", Split::DigitsApart),
-    ("exaone", Split::DigitsApart),
-    ("falcon", Split::Falcon),
-    ("llama3", Split::Llama3),
-    ("llama-v3", Split::Llama3),
-    ("llama-bpe", Split::Llama3),
-    ("falcon3", Split::Llama3),
-    ("falcon-h1", Split::Llama3),
-    ("pixtral", Split::Llama3),
-    ("smaug-bpe", Split::Llama3Regex),
-    ("dbrx", Split::Llama3Regex),
-    ("qwen2", Split::Qwen2),
-    ("deepseek-r1-qwen", Split::Qwen2),
+    ("default", GPT2),
+    ("gpt-2", GPT2),
+    ("gpt2", GPT2),
+    ("mpt", GPT2),
+    ("phi-2", GPT2),
+    ("olmo", GPT2),
+    ("exaone4", GPT2),
+    ("smollm", DIGITS_APART),
+    ("starcoder", DIGITS_APART),
+    ("refact", DIGITS_APART),
+    ("command-r", DIGITS_APART),
+    ("codeshell", DIGITS_APART),
+    ("exaone", DIGITS_APART),
+    ("minerva-7b", DIGITS_APART),
+    ("falcon", FALCON),
+    ("llama3", LLAMA3),
+    ("llama-v3", LLAMA3),
+    ("llama-bpe", LLAMA3),
+    ("falcon3", LLAMA3),
+    ("falcon-h1", LLAMA3),
+    ("pixtral", LLAMA3),
+    ("lfm2", LLAMA3),
+    ("smaug-bpe", split(&[LLAMA3_REGEX])),
+    ("dbrx", split(&[LLAMA3_REGEX])),
+    ("qwen2", QWEN2),
+    ("deepseek-r1-qwen", QWEN2),
+    ("stablelm2", QWEN2),
+    ("megrez", QWEN2),
+    ("qwen35", QWEN35),
+    ("deepseek-llm", DEEPSEEK_LLM),
+    ("deepseek-coder", DEEPSEEK_CODER),
 ];
-
-/// Llama 3's split (its tokenizer.json's): case-insensitive contractions, a letter run with
-/// one leading non-letter, digits in threes, punctuation runs, line breaks apart.
-const LLAMA3_SPLIT: &str = concat!(
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}",
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-);
-
-/// Qwen2's split (its tokenizer.json's, Qwen3's too): Llama 3's with every digit apart.
-const QWEN2_SPLIT: &str = concat!(
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}",
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-);
 
 #[cfg(test)]
 mod tests {

@@ -234,11 +234,15 @@ fn real_gguf_vocabularies_match_their_hf_tokenizers() {
         "phi-3",
         "llama-bpe",
         "qwen2",
+        "qwen35",
         "gpt-2",
+        "mpt",
         "starcoder",
         "refact",
         "command-r",
         "falcon",
+        "deepseek-llm",
+        "deepseek-coder",
     ];
     for name in names {
         let path = dir.join(format!("ggml-vocab-{name}.gguf"));
