@@ -29,22 +29,44 @@ fn smollm2() -> Option<PathBuf> {
     }
 }
 
+/// The vocabularies `scripts/fetch_llama_cpp_vocabs.sh` fetches, by llama.cpp's file names.
+const LLAMA_CPP_VOCABS: [&str; 13] = [
+    "llama-spm",
+    "phi-3",
+    "llama-bpe",
+    "qwen2",
+    "qwen35",
+    "gpt-2",
+    "mpt",
+    "starcoder",
+    "refact",
+    "command-r",
+    "falcon",
+    "deepseek-llm",
+    "deepseek-coder",
+];
+
 /// Where `scripts/fetch_llama_cpp_vocabs.sh` puts llama.cpp's tokenizer test files (override
-/// with `SAE_LLAMA_CPP_VOCABS`).
+/// with `SAE_LLAMA_CPP_VOCABS`), when every one is there.
 fn llama_cpp_vocabs() -> Option<PathBuf> {
     let dir = std::env::var_os("SAE_LLAMA_CPP_VOCABS")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/llama-cpp-vocab")
         });
-    if dir.join("ggml-vocab-llama-spm.gguf").is_file() {
-        Some(dir)
-    } else {
-        println!(
-            "SKIP: {} is absent; sae-lib/scripts/fetch_llama_cpp_vocabs.sh fetches it",
-            dir.display()
-        );
-        None
+    let missing = LLAMA_CPP_VOCABS
+        .iter()
+        .map(|name| dir.join(format!("ggml-vocab-{name}.gguf")))
+        .find(|path| !path.is_file());
+    match missing {
+        None => Some(dir),
+        Some(path) => {
+            println!(
+                "SKIP: {} is absent; sae-lib/scripts/fetch_llama_cpp_vocabs.sh fetches it",
+                path.display()
+            );
+            None
+        }
     }
 }
 
@@ -219,32 +241,31 @@ fn gemma2_gguf_matches_transformers_gguf_loader() {
 }
 
 /// Real vocabularies, from llama.cpp's tokenizer tests: Llama 2's and Phi-3's SentencePiece,
-/// and byte-level BPE with five different splits (Llama 3's, Qwen2's, GPT-2's, StarCoder's,
-/// Refact's and Command-R's digits apart, Falcon's). Each rebuilt tokenizer gives llama.cpp's
-/// test texts (blanks, tabs and line breaks, accents, emoji, digit runs, code, Cyrillic,
-/// contractions) the ids the model's own HF tokenizer gave them.
+/// and byte-level BPE with eight different splits (Llama 3's, Qwen2's, Qwen 3.5's, GPT-2's,
+/// digits apart, Falcon's, DeepSeek LLM's, DeepSeek Coder's). Each rebuilt tokenizer gives
+/// llama.cpp's 46 test texts (50 for Qwen 3.5: blanks, tabs and line breaks, accents, emoji, digit runs, code,
+/// Cyrillic, contractions) the ids the model's own HF tokenizer gave them, and 28 more
+/// texts (combining marks, a dozen scripts, full-width forms, symbols, letter-like signs)
+/// the ids llama.cpp's own tokenizer gives them (`scripts/make_llama_cpp_tokenizer_ids.py`):
+/// on llama.cpp's texts alone DeepSeek Coder's split cannot be told from "digits apart",
+/// nor Qwen 3.5's from Qwen2's.
 #[test]
 fn real_gguf_vocabularies_match_their_hf_tokenizers() {
     let Some(dir) = llama_cpp_vocabs() else {
         return;
     };
+    let extra: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("llama_cpp_tokenizer_ids.json")).unwrap(),
+    )
+    .unwrap();
+    let extra_texts: Vec<&str> = extra["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
     let mut failures = Vec::new();
-    let names = [
-        "llama-spm",
-        "phi-3",
-        "llama-bpe",
-        "qwen2",
-        "qwen35",
-        "gpt-2",
-        "mpt",
-        "starcoder",
-        "refact",
-        "command-r",
-        "falcon",
-        "deepseek-llm",
-        "deepseek-coder",
-    ];
-    for name in names {
+    for name in LLAMA_CPP_VOCABS {
         let path = dir.join(format!("ggml-vocab-{name}.gguf"));
         let tokenizer = load_tokenizer(&ModelSource::Gguf(path.clone()), &offline_hub()).unwrap();
         // The .out files have no BOS; ours puts one first where the file asks for it.
@@ -254,13 +275,24 @@ fn real_gguf_vocabularies_match_their_hf_tokenizers() {
         let outputs = read("gguf.out");
         let texts: Vec<&str> = inputs.split("\n__ggml_vocab_test__\n").collect();
         let texts = &texts[..texts.len() - 1]; // the file ends with a separator
-        let want: Vec<&str> = outputs.lines().collect();
+        let mut want: Vec<Vec<u32>> = outputs
+            .lines()
+            .map(|line| {
+                line.split_whitespace()
+                    .map(|t| t.parse().unwrap())
+                    .collect()
+            })
+            .collect();
         assert_eq!(texts.len(), want.len(), "{name}: texts and id lines");
-        for (text, want) in texts.iter().zip(want) {
-            let want: Vec<u32> = want
-                .split_whitespace()
-                .map(|t| t.parse().unwrap())
-                .collect();
+        let extra_ids: Vec<Vec<u32>> = serde_json::from_value(extra["ids"][name].clone())
+            .unwrap_or_else(|e| panic!("{name}: no llama.cpp ids in the fixture ({e})"));
+        assert_eq!(
+            extra_ids.len(),
+            extra_texts.len(),
+            "{name}: extra texts and ids"
+        );
+        want.extend(extra_ids);
+        for (text, want) in texts.iter().chain(&extra_texts).zip(want) {
             let got = tokenizer.encode(text, None).unwrap()[bos..].to_vec();
             if got != want {
                 failures.push(format!("{name} {text:?}:\n  got  {got:?}\n  want {want:?}"));

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Token ids that llama.cpp itself gives for texts its own test set leaves out.
+
+llama.cpp's test files (scripts/fetch_llama_cpp_vocabs.sh) hold 46 texts per vocabulary,
+mostly English, code and spacing. Several pre-tokenizer splits agree with simpler ones on all
+of them: DeepSeek Coder's with "digits apart", Qwen 3.5's with Qwen2's. The texts here reach
+what tells them apart: combining marks, Greek, Cyrillic, Armenian, Georgian and Cherokee
+letters (DeepSeek LLM lists their ranges), CJK, kana and Hangul runs, full-width punctuation,
+ASCII symbols against punctuation, letter-like symbols (µ, the Kelvin and Ohm signs),
+trailing blanks, digit runs. Each vocabulary's ids come from llama.cpp's own tokenizer
+(llama-cpp-python, vocabulary only, no special-token parsing, no BOS), an implementation
+independent of sae-lib's, and are written to tests/fixtures/llama_cpp_tokenizer_ids.json.
+
+    python3 -m venv /tmp/lcpp && /tmp/lcpp/bin/pip install llama-cpp-python==0.3.36
+    bash sae-lib/scripts/fetch_llama_cpp_vocabs.sh
+    /tmp/lcpp/bin/python sae-lib/scripts/make_llama_cpp_tokenizer_ids.py [VOCAB_DIR]
+
+llama-cpp-python 0.3.36 builds llama.cpp from its source package (CPU, about 15 minutes on
+two cores); it vendors the same llama.cpp as the test files.
+"""
+
+import json
+import os
+import sys
+
+from llama_cpp import Llama
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+VOCAB_DIR = (sys.argv[1] if len(sys.argv) > 1
+             else os.path.join(HERE, "../../.cache/models/llama-cpp-vocab"))
+OUT = os.path.join(HERE, "../tests/fixtures/llama_cpp_tokenizer_ids.json")
+
+NAMES = ["llama-spm", "phi-3", "llama-bpe", "qwen2", "qwen35", "gpt-2", "mpt", "starcoder",
+         "refact", "command-r", "falcon", "deepseek-llm", "deepseek-coder"]
+
+TEXTS = [
+    # Combining marks: decomposed accents, Devanagari vowel signs, Thai, Arabic harakat.
+    "cafe\u0301 nai\u0308ve re\u0301sume\u0301",
+    "नमस्ते दुनिया, आप कैसे हैं?",
+    "สวัสดีครับ ภาษาไทย",
+    "مَرْحَبًا بِالْعَالَمِ",
+    # Scripts DeepSeek LLM names, and one it does not (Hebrew).
+    "Καλημέρα κόσμε, ἄνθρωπος",
+    "Привет, мир! Ёжик в тумане.",
+    "Բարեւ աշխարհ",
+    "გამარჯობა მსოფლიო",
+    "ᏣᎳᎩ ᎦᏬᏂᎯᏍᏗ",
+    "שלום עולם",
+    # CJK, kana, Hangul, full-width forms.
+    "日本語のテキストと漢字、ひらがな。",
+    "中文文本，包括标点符号！还有“引号”。",
+    "안녕하세요 세계 한국어",
+    "ＡＢＣ ａｂｃ！？（全角）１２３",
+    # Symbols against punctuation, code.
+    "a+b=c; x<y>z ^ ~w | `q` $5 @home #tag %20",
+    "fn main() { let v: Vec<u8> = vec![1, 2, 3]; println!(\"{v:?}\"); }",
+    "if (x >= 10 && y != -3) { return a->b[i++] << 2; }",
+    "def f(x):\n\treturn x ** 2  # square\r\n",
+    # Letter-like symbols and ligatures.
+    "µs, 5 \u212a, 3 \u2126, \ufb01ne \ufb02ow, \u2102 \u211d",
+    "𝐁𝐨𝐥𝐝 𝑖𝑡𝑎𝑙𝑖𝑐 text",
+    # Digits: runs, mixed with letters, non-ASCII digits.
+    "1234567890 12,345.67 v2.0.1 abc123def 0x1F",
+    "٣٤٥ ۱۲۳ १२३ ①②③ ½",
+    # Blanks: trailing, runs, tabs, lines.
+    "trailing blanks   ",
+    "  two leading and\n\n\nthree breaks \t\t tabs",
+    "line\r\nbreaks\rand\u2028separators\u00a0nbsp",
+    # Contractions, case and emoji.
+    "I'M SURE they'LL say it's 'fine', won't they?",
+    "emoji 🙂👍🏽 and ZWJ 👩‍💻 flags 🇫🇷",
+    "Ünïcödé Çàsè ẞtraße ǅ ǈ",
+]
+
+
+def main():
+    out = {"texts": TEXTS, "ids": {}}
+    for name in NAMES:
+        path = os.path.join(VOCAB_DIR, f"ggml-vocab-{name}.gguf")
+        llm = Llama(model_path=path, vocab_only=True, verbose=False)
+        out["ids"][name] = [llm.tokenize(t.encode("utf-8"), add_bos=False, special=False)
+                            for t in TEXTS]
+        print(name, sum(map(len, out["ids"][name])), "tokens")
+    with open(OUT, "w", encoding="utf-8") as f:
+        json.dump(out, f, ensure_ascii=False)
+        f.write("\n")
+    print("wrote", OUT)
+
+
+if __name__ == "__main__":
+    main()
