@@ -3,14 +3,16 @@
 # $SAE_MODELS_DIR/llama-cpp-vocab) and prints that folder. Each `ggml-vocab-NAME.gguf` is a
 # real model's vocabulary without weights (Llama 2, Phi-3, Llama 3, Qwen2, Qwen 3.5, GPT-2,
 # MPT, StarCoder, Refact, Command-R, Falcon, DeepSeek LLM and Coder); its `.inp` holds test texts and its `.out` the ids the model's
-# own HF tokenizer gives them.
+# own HF tokenizer gives them. GPT-NeoX's (Pythia's) comes without texts; the tests compare it
+# with Pythia's own tokenizer.json.
 # llama-cpp-python's source package on PyPI carries them (vendor/llama.cpp/models/), so the
 # Hugging Face Hub is not needed. They are never committed (.cache/ is ignored).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 dest=${SAE_MODELS_DIR:-$root/.cache/models}/llama-cpp-vocab
 names="llama-spm phi-3 llama-bpe qwen2 qwen35 gpt-2 mpt starcoder refact command-r falcon deepseek-llm deepseek-coder"
-if [ "$(cat "$dest/complete" 2>/dev/null)" = "$names" ]; then
+vocab_only="gpt-neox"
+if [ "$(cat "$dest/complete" 2>/dev/null)" = "$names $vocab_only" ]; then
     echo "$dest"
     exit 0
 fi
@@ -24,14 +26,18 @@ if ! echo "$sha  $tmp/sdist.tar.gz" | sha256sum -c --quiet -; then
     echo "error: the downloaded llama-cpp-python $version has an unexpected sha256" >&2
     exit 1
 fi
+models=llama_cpp_python-$version/vendor/llama.cpp/models
 members=()
 for n in $names; do
     for ext in "" .inp .out; do
-        members+=("llama_cpp_python-$version/vendor/llama.cpp/models/ggml-vocab-$n.gguf$ext")
+        members+=("$models/ggml-vocab-$n.gguf$ext")
     done
+done
+for n in $vocab_only; do
+    members+=("$models/ggml-vocab-$n.gguf")
 done
 tar -xzf "$tmp/sdist.tar.gz" -C "$tmp" "${members[@]}"
 mkdir -p "$dest"
-mv "$tmp/llama_cpp_python-$version/vendor/llama.cpp/models/"* "$dest/"
-echo "$names" > "$dest/complete"
+mv "$tmp/$models/"* "$dest/"
+echo "$names $vocab_only" > "$dest/complete"
 echo "$dest"

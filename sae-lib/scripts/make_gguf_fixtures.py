@@ -101,6 +101,68 @@ def gguf_name(hf, names=GGUF_NAMES):
     return f"blk.{layer}.{names[module]}.{kind}"
 
 
+def add_ascii_vocab(w, pre):
+    """A byte-level BPE vocabulary of the 96 printable ASCII bytes (space is 'Ġ'), a few
+    merges. `pre` is the pre-tokenizer's name; any other than `default` gets merges across
+    digits and punctuation as well."""
+    table = bytes_to_unicode()
+    tokens = [table[b] for b in range(32, 128)]
+    merges = ["Ġ t", "h e", "Ġt he"]  # need their results in the vocab: replace the tail
+    if pre != "default":  # the tail is then 'z' to DEL: texts leave them out
+        merges += ["1 2", "12 3", "( t", "Ġ 1"]
+    for i, merged in enumerate(["Ġt", "he", "Ġthe", "12", "123", "(t", "Ġ1"][:len(merges)]):
+        tokens[-1 - i] = merged
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types([1] * len(tokens))
+    w.add_token_merges(merges)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+
+
+def write_pythia_gguf():
+    """tests/fixtures/pythia_gguf/model.gguf: the `pythia` fixture (fp16 weights, 4.x buffers)
+    as llama.cpp's converter writes GPT-NeoX: matrices in F16 as stored, norms and biases in
+    F32, tensor names from gguf-py's own table, the fused q/k/v rows regrouped (every head's
+    queries, then keys, then values), the causal-mask, masked_bias and inv_freq buffers left
+    out. Its outputs must be pythia/expected.safetensors (transformers' run of the same
+    weights); make_llama_cpp_references.py checks that llama.cpp reads it so too."""
+    import gguf
+    src = os.path.join(mf.FIXTURES, "pythia", "safetensors")
+    cfg = json.load(open(os.path.join(src, "config.json")))
+    sd = load_file(os.path.join(src, "model.safetensors"))
+    heads, d, layers = cfg["num_attention_heads"], cfg["hidden_size"], cfg["num_hidden_layers"]
+    out = os.path.join(mf.FIXTURES, "pythia_gguf")
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "model.gguf")
+    w = GGUFWriter(path, "gptneox")
+    w.add_name("sae-lib tiny pythia fixture")
+    w.add_context_length(cfg["max_position_embeddings"])
+    w.add_embedding_length(d)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_rope_dimension_count(int(cfg["rotary_pct"] * (d // heads)))
+    w.add_head_count(heads)
+    w.add_parallel_residual(cfg["use_parallel_residual"])
+    w.add_layer_norm_eps(cfg["layer_norm_eps"])
+    add_ascii_vocab(w, "default")
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GPTNEOX, layers)
+    for name, t in sd.items():
+        if name.endswith((".attention.bias", ".masked_bias", ".inv_freq")):
+            continue
+        a = t.float()
+        if "query_key_value" in name:
+            a = a.reshape(heads, 3, d // heads, *a.shape[1:]).transpose(0, 1).reshape(a.shape)
+        a = a.numpy().astype(np.float16 if a.ndim == 2 else np.float32)
+        w.add_tensor(names.get_name(name, try_suffixes=(".weight", ".bias")), a)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    print(f"wrote {path} ({os.path.getsize(path)} bytes)")
+
+
 def write_tiny_gguf(src=SRC, out=OUT, quantized=True, rope_freqs=None, arch="llama",
                     pre="default"):
     """`src`'s checkpoint as llama.cpp writes it, into `out`/model.gguf: 2-D weights in Q8_0
@@ -129,21 +191,7 @@ def write_tiny_gguf(src=SRC, out=OUT, quantized=True, rope_freqs=None, arch="lla
         w.add_key_length(cfg["head_dim"])
         w.add_value_length(cfg["head_dim"])
     w.add_vocab_size(cfg["vocab_size"])
-    # Tokenizer: the 96 printable ASCII bytes (space is 'Ġ' in byte-level BPE), a few merges.
-    table = bytes_to_unicode()
-    tokens = [table[b] for b in range(32, 128)]
-    merges = ["Ġ t", "h e", "Ġt he"]  # need their results in the vocab: replace the tail
-    if pre != "default":  # the tail is then 'z' to DEL: texts leave them out
-        merges += ["1 2", "12 3", "( t", "Ġ 1"]
-    for i, merged in enumerate(["Ġt", "he", "Ġthe", "12", "123", "(t", "Ġ1"][:len(merges)]):
-        tokens[-1 - i] = merged
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(pre)
-    w.add_token_list(tokens)
-    w.add_token_types([1] * len(tokens))
-    w.add_token_merges(merges)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
+    add_ascii_vocab(w, pre)
     for name, t in sorted(sd.items()):
         a = t.float().numpy()
         if arch == "llama" and name.endswith("q_proj.weight"):
@@ -355,6 +403,7 @@ def main():
         json.dump({"texts": texts, "ids": ids}, open(os.path.join(out, "tokenizer_ids.json"), "w"),
                   indent=1)
         print(arch, "ids", ids, "nll", exp["next_token_nll"].mean().item())
+    write_pythia_gguf()
     wiki = open(os.path.join(mf.SHARED_DATA, "wikitext-2", "test.txt")).read()
     passage = wiki[wiki.index(" Robert <unk> is"):][:600].strip()
     # WikiText's "<unk>" would be the unknown token's text, which llama.cpp and HF match

@@ -1,13 +1,14 @@
 //! llama.cpp's GGUF files: a model of the Llama family (architectures `llama`, `qwen2` and
-//! `qwen3`) or a Gemma 2 (`gemma2`), weights dequantized to the requested dtype, and its
-//! tokenizer (`gguf_vocab`), all from the one file.
+//! `qwen3`), a Gemma 2 (`gemma2`) or a GPT-NeoX (`gptneox`: Pythia), weights dequantized to
+//! the requested dtype, and its tokenizer (`gguf_vocab`), all from the one file.
 //!
-//! GGUF stores the weights under its own names (`blk.0.attn_q.weight`) and changes two things
-//! the HF forward must not see: for `llama` only, the rows of `attn_q` / `attn_k` are permuted
-//! within each head (llama.cpp rotates a Llama's interleaved channel pairs where HF rotates
-//! halves, while its Qwen and Gemma files keep HF's halves), and Gemma's RMSNorm scales are
-//! stored as `1 + w`. Both are undone here, so one forward per architecture serves
-//! safetensors and GGUF alike.
+//! GGUF stores the weights under its own names (`blk.0.attn_q.weight`) and changes three
+//! things the HF forward must not see: for `llama` only, the rows of `attn_q` / `attn_k` are
+//! permuted within each head (llama.cpp rotates a Llama's interleaved channel pairs where HF
+//! rotates halves, while its Qwen and Gemma files keep HF's halves); Gemma's RMSNorm scales
+//! are stored as `1 + w`; and GPT-NeoX's fused q/k/v rows are regrouped, all queries, then
+//! all keys, then all values, where HF interleaves them head by head. All are undone here,
+//! so one forward per architecture serves safetensors and GGUF alike.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -19,6 +20,7 @@ use candle_nn::VarBuilder;
 
 use super::gemma2::{self, Gemma2};
 use super::gguf_vocab::GgufVocab;
+use super::gpt_neox::{self, GptNeoX};
 use super::llama::{self, Llama};
 use super::Model;
 use crate::tokenizer::Tokenizer;
@@ -105,7 +107,7 @@ impl GgufFile {
             }
             arch => Err(self.bad(format!(
                 "GGUF architecture `{arch}` is not supported (supported: llama, qwen2, qwen3, \
-                 gemma2)"
+                 gemma2, gptneox)"
             ))),
         }
     }
@@ -208,6 +210,7 @@ impl GgufFile {
         }
         Ok(match self.architecture() {
             "gemma2" => Model::Gemma2(self.load_gemma2(device, dtype)?),
+            "gptneox" => Model::GptNeoX(self.load_gpt_neox(device, dtype)?),
             _ => Model::Llama(self.load_llama(device, dtype)?),
         })
     }
@@ -294,6 +297,59 @@ impl GgufFile {
         }
         let vb = VarBuilder::from_tensors(tensors, dtype, device);
         Gemma2::load(vb, &cfg).map_err(|e| self.mismatch(e))
+    }
+
+    /// A GPT-NeoX's config from the `gptneox.*` metadata. GGUF does not name the activation;
+    /// Pythia's is exact GELU (llama.cpp computes the tanh approximation).
+    pub fn gpt_neox_config(&self) -> Result<gpt_neox::Config> {
+        let shape = self.shape()?;
+        let number = |name: &str| self.number(&format!("gptneox.{name}"));
+        let rotary = number("rope.dimension_count").map_or(shape.head_dim, |n| n as usize);
+        let cfg = gpt_neox::Config {
+            vocab_size: shape.vocab,
+            hidden_size: shape.hidden,
+            num_hidden_layers: shape.layers,
+            num_attention_heads: shape.heads,
+            intermediate_size: shape.ffn,
+            rotary_pct: rotary as f64 / shape.head_dim.max(1) as f64,
+            rotary_emb_base: shape.rope_theta,
+            layer_norm_eps: number("attention.layer_norm_epsilon").unwrap_or(1e-5),
+            use_parallel_residual: self
+                .get("gptneox.use_parallel_residual")
+                .and_then(|v| v.to_bool().ok())
+                .unwrap_or(true),
+            max_position_embeddings: number("context_length").map_or(2048, |n| n as usize),
+            hidden_act: "gelu".into(),
+            attention_bias: true,
+            tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
+            rope_scaling: None,
+        };
+        if shape.kv_heads.is_some_and(|kv| kv != shape.heads) {
+            return Err(
+                self.bad("grouped-query attention in a `gptneox` file is not supported".into())
+            );
+        }
+        cfg.validate().map_err(|m| self.bad(m))?;
+        Ok(cfg)
+    }
+
+    /// Loads a GPT-NeoX, its fused q/k/v rows put back in HF's order.
+    pub fn load_gpt_neox(&mut self, device: &Device, dtype: DType) -> Result<GptNeoX> {
+        let cfg = self.gpt_neox_config()?;
+        let names: Vec<String> = self.content.tensor_infos.keys().cloned().collect();
+        let mut tensors = HashMap::new();
+        for gguf_name in names {
+            let Some(hf) = neox_hf_name(&gguf_name) else {
+                continue;
+            };
+            let mut t = self.read_tensor(&gguf_name)?;
+            if gguf_name.contains(".attn_qkv.") {
+                t = interleave_qkv(&t, cfg.num_attention_heads).map_err(|e| self.mismatch(e))?;
+            }
+            tensors.insert(hf, t);
+        }
+        let vb = VarBuilder::from_tensors(tensors, dtype, device);
+        GptNeoX::load(vb, &cfg).map_err(|e| self.mismatch(e))
     }
 
     /// Loads the model, dequantizing every tensor to `dtype` on `device`.
@@ -465,6 +521,46 @@ fn hf_name(gguf: &str, gemma: bool) -> Option<String> {
     Some(format!("model.layers.{layer}.{hf}.{kind}"))
 }
 
+/// GGUF's name for a GPT-NeoX tensor → HF's; `None` for tensors the HF model does not have.
+fn neox_hf_name(gguf: &str) -> Option<String> {
+    let fixed = match gguf {
+        "token_embd.weight" => Some("gpt_neox.embed_in.weight"),
+        "output_norm.weight" => Some("gpt_neox.final_layer_norm.weight"),
+        "output_norm.bias" => Some("gpt_neox.final_layer_norm.bias"),
+        "output.weight" => Some("embed_out.weight"),
+        _ => None,
+    };
+    if let Some(name) = fixed {
+        return Some(name.into());
+    }
+    let (layer, part) = gguf.strip_prefix("blk.")?.split_once('.')?;
+    let (module, kind) = part.rsplit_once('.')?;
+    let hf = match module {
+        "attn_norm" => "input_layernorm",
+        "attn_qkv" => "attention.query_key_value",
+        "attn_output" => "attention.dense",
+        "ffn_norm" => "post_attention_layernorm",
+        "ffn_up" => "mlp.dense_h_to_4h",
+        "ffn_down" => "mlp.dense_4h_to_h",
+        _ => return None,
+    };
+    Some(format!("gpt_neox.layers.{layer}.{hf}.{kind}"))
+}
+
+/// Undoes llama.cpp's regrouping of GPT-NeoX's fused projection `(3·d, ...)`: GGUF stores
+/// every head's query rows, then the keys, then the values; HF keeps each head's q, k and v
+/// together.
+fn interleave_qkv(w: &Tensor, heads: usize) -> Result<Tensor> {
+    let dims = w.dims();
+    let rows = dims[0];
+    let mut split = vec![3, heads, rows / (3 * heads.max(1))];
+    split.extend_from_slice(&dims[1..]);
+    Ok(w.reshape(split)?
+        .transpose(0, 1)?
+        .contiguous()?
+        .reshape(dims)?)
+}
+
 /// Undoes llama.cpp's conversion permutation of a q/k projection `(heads·head_dim, d)`: within
 /// each head GGUF stores the rows as interleaved pairs `(i, i + head_dim/2)`; HF keeps the two
 /// halves apart.
@@ -511,6 +607,18 @@ mod tests {
             "model.layers.3.post_feedforward_layernorm.weight"
         );
         assert_eq!(hf_name("blk.3.post_ffw_norm.weight", false), None);
+    }
+
+    #[test]
+    fn interleaving_inverts_llama_cpp_qkv_regrouping() {
+        // HF rows: head 0 (q0, k0, v0), head 1 (q1, k1, v1), one row each; GGUF keeps
+        // q0 q1 k0 k1 v0 v1.
+        let gguf = Tensor::new(&[[0f32], [1.], [10.], [11.], [20.], [21.]], &Device::Cpu).unwrap();
+        let hf = interleave_qkv(&gguf, 2).unwrap();
+        let rows: Vec<f32> = hf.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(rows, [0., 10., 20., 1., 11., 21.]);
+        let bias = interleave_qkv(&gguf.flatten_all().unwrap(), 2).unwrap();
+        assert_eq!(bias.to_vec1::<f32>().unwrap(), rows);
     }
 
     #[test]

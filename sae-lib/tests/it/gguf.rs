@@ -1,6 +1,7 @@
-//! Llama, Qwen2, Qwen3 and Gemma 2 models and tokenizers from llama.cpp GGUF files, against
-//! what transformers' own GGUF loader computes from the same files, and SentencePiece
-//! vocabularies against sentencepiece itself (`scripts/make_gguf_fixtures.py`).
+//! Llama, Qwen2, Qwen3, Gemma 2 and GPT-NeoX models and tokenizers from llama.cpp GGUF files,
+//! against what transformers computes from the same files or weights, SentencePiece
+//! vocabularies against sentencepiece itself (`scripts/make_gguf_fixtures.py`), and real
+//! vocabularies against their models' own tokenizers and llama.cpp's.
 
 use std::path::PathBuf;
 
@@ -246,7 +247,7 @@ fn gemma2_gguf_matches_transformers_gguf_loader() {
 /// llama.cpp's 46 test texts (50 for Qwen 3.5: blanks, tabs and line breaks, accents, emoji, digit runs, code,
 /// Cyrillic, contractions) the ids the model's own HF tokenizer gave them, and 28 more
 /// texts (combining marks, a dozen scripts, full-width forms, symbols, letter-like signs)
-/// the ids llama.cpp's own tokenizer gives them (`scripts/make_llama_cpp_tokenizer_ids.py`):
+/// the ids llama.cpp's own tokenizer gives them (`scripts/make_llama_cpp_references.py`):
 /// on llama.cpp's texts alone DeepSeek Coder's split cannot be told from "digits apart",
 /// nor Qwen 3.5's from Qwen2's.
 #[test]
@@ -300,6 +301,75 @@ fn real_gguf_vocabularies_match_their_hf_tokenizers() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Pythia as llama.cpp's converter writes it (`gptneox`: F16 matrices, the fused q/k/v rows
+/// regrouped as all queries, keys, then values, no 4.x buffers) computes what transformers
+/// computed from the fp16 checkpoint, at every hook, single and padded. llama.cpp reads the
+/// same file so too (`scripts/make_llama_cpp_references.py`).
+#[test]
+fn pythia_gguf_matches_transformers() {
+    let model = load(&fixture("pythia_gguf/model.gguf"));
+    assert!(
+        matches!(model, Model::GptNeoX(_)),
+        "a gptneox file is a GPT-NeoX"
+    );
+    crate::model::check_parity_of(&model, "pythia_gguf", "pythia");
+}
+
+/// A real Pythia GGUF's vocabulary (llama.cpp's GPT-NeoX file, no pre-tokenizer name) gives
+/// WikiText and the extra texts the ids Pythia's own tokenizer.json gives them. GGUF keeps no
+/// normalizer, and Pythia's composes characters (NFC) where llama.cpp does not, so texts NFC
+/// would change are left out: two of the extra texts (decomposed accents; the Kelvin and Ohm
+/// signs, which NFC turns into K and Ω).
+#[test]
+fn pythia_gguf_vocabulary_matches_pythia_tokenizer() {
+    let (Some(dir), Some(pythia)) = (
+        llama_cpp_vocabs(),
+        shared_data("gpt-neox-20b-tokenizer.json"),
+    ) else {
+        return;
+    };
+    let path = dir.join("ggml-vocab-gpt-neox.gguf");
+    let ours = load_tokenizer(&ModelSource::Gguf(path), &offline_hub()).unwrap();
+    let pythia = Tokenizer::from_file(&pythia).unwrap();
+    let wiki = std::fs::read_to_string(shared_data("wikitext-2/valid.txt").unwrap()).unwrap();
+    let extra: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("llama_cpp_tokenizer_ids.json")).unwrap(),
+    )
+    .unwrap();
+    let mut texts: Vec<String> = wiki
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(400)
+        .map(String::from)
+        .collect();
+    texts.extend(serde_json::from_value::<Vec<String>>(extra["texts"].clone()).unwrap());
+    let nfc = |t: &str| {
+        let mut n = tokenizers::NormalizedString::from(t);
+        n.nfc();
+        n.get().to_string()
+    };
+    let before = texts.len();
+    texts.retain(|t| nfc(t) == *t);
+    assert_eq!(before - texts.len(), 2, "texts NFC changes");
+    let mut failures = Vec::new();
+    for text in &texts {
+        let (got, want) = (
+            ours.encode(text, None).unwrap(),
+            pythia.encode(text, None).unwrap(),
+        );
+        if got != want {
+            failures.push(format!("{text:?}:\n  got  {got:?}\n  want {want:?}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {}:\n{}",
+        failures.len(),
+        texts.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Token ids that llama.cpp itself gives for texts its own test set leaves out.
+"""References from llama.cpp itself, an implementation independent of sae-lib's.
+
+1. Token ids for texts llama.cpp's own test set leaves out.
 
 llama.cpp's test files (scripts/fetch_llama_cpp_vocabs.sh) hold 46 texts per vocabulary,
 mostly English, code and spacing. Several pre-tokenizer splits agree with simpler ones on all
@@ -11,9 +13,16 @@ trailing blanks, digit runs. Each vocabulary's ids come from llama.cpp's own tok
 (llama-cpp-python, vocabulary only, no special-token parsing, no BOS), an implementation
 independent of sae-lib's, and are written to tests/fixtures/llama_cpp_tokenizer_ids.json.
 
-    python3 -m venv /tmp/lcpp && /tmp/lcpp/bin/pip install llama-cpp-python==0.3.36
+2. A check that llama.cpp reads tests/fixtures/pythia_gguf/model.gguf (written by
+make_gguf_fixtures.py as llama.cpp's converter writes GPT-NeoX) as the model transformers ran
+for pythia/expected.safetensors: its logits on the same tokens agree within what llama.cpp's
+tanh-approximated GELU and F16 matrix products allow. Nothing is written for this one; the
+Rust test compares sae-lib's reading of the file with expected.safetensors directly.
+
+    python3 -m venv /tmp/lcpp && /tmp/lcpp/bin/pip install llama-cpp-python==0.3.36 \
+        safetensors==0.8.0
     bash sae-lib/scripts/fetch_llama_cpp_vocabs.sh
-    /tmp/lcpp/bin/python sae-lib/scripts/make_llama_cpp_tokenizer_ids.py [VOCAB_DIR]
+    /tmp/lcpp/bin/python sae-lib/scripts/make_llama_cpp_references.py [VOCAB_DIR]
 
 llama-cpp-python 0.3.36 builds llama.cpp from its source package (CPU, about 15 minutes on
 two cores); it vendors the same llama.cpp as the test files.
@@ -23,12 +32,15 @@ import json
 import os
 import sys
 
+import numpy as np
 from llama_cpp import Llama
+from safetensors.numpy import load_file
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VOCAB_DIR = (sys.argv[1] if len(sys.argv) > 1
              else os.path.join(HERE, "../../.cache/models/llama-cpp-vocab"))
-OUT = os.path.join(HERE, "../tests/fixtures/llama_cpp_tokenizer_ids.json")
+FIXTURES = os.path.join(HERE, "../tests/fixtures")
+OUT = os.path.join(FIXTURES, "llama_cpp_tokenizer_ids.json")
 
 NAMES = ["llama-spm", "phi-3", "llama-bpe", "qwen2", "qwen35", "gpt-2", "mpt", "starcoder",
          "refact", "command-r", "falcon", "deepseek-llm", "deepseek-coder"]
@@ -73,6 +85,21 @@ TEXTS = [
 ]
 
 
+def check_pythia_gguf():
+    exp = load_file(os.path.join(FIXTURES, "pythia/expected.safetensors"))
+    ids = exp["single.input_ids"][0].tolist()
+    want = exp["single.logits"][0]
+    llm = Llama(model_path=os.path.join(FIXTURES, "pythia_gguf/model.gguf"), n_ctx=64,
+                logits_all=True, verbose=False)
+    llm.eval(ids)
+    got = np.asarray(llm.scores[:len(ids)])
+    diff = np.abs(got - want).max()
+    scale = np.abs(want).max()
+    print(f"pythia_gguf: llama.cpp's logits vs transformers': max abs diff {diff:.2e} "
+          f"(logits up to {scale:.2f})")
+    assert diff < 1e-2 * scale, "llama.cpp reads the Pythia GGUF otherwise than transformers"
+
+
 def main():
     out = {"texts": TEXTS, "ids": {}}
     for name in NAMES:
@@ -85,6 +112,7 @@ def main():
         json.dump(out, f, ensure_ascii=False)
         f.write("\n")
     print("wrote", OUT)
+    check_pythia_gguf()
 
 
 if __name__ == "__main__":
