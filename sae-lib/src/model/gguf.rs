@@ -227,6 +227,26 @@ impl GgufFile {
         Ok(q.dequantize(&Device::Cpu)?)
     }
 
+    /// Every tensor `hf_name` has an HF name for, under that name, after `fix` (given the
+    /// GGUF name) undoes what llama.cpp's converter changed.
+    fn hf_tensors(
+        &mut self,
+        hf_name: impl Fn(&str) -> Option<String>,
+        fix: impl Fn(&str, Tensor) -> candle_core::Result<Tensor>,
+    ) -> Result<HashMap<String, Tensor>> {
+        let names: Vec<String> = self.content.tensor_infos.keys().cloned().collect();
+        let mut tensors = HashMap::new();
+        for gguf_name in names {
+            let Some(hf) = hf_name(&gguf_name) else {
+                continue;
+            };
+            let t = self.read_tensor(&gguf_name)?;
+            let t = fix(&gguf_name, t).map_err(|e| self.mismatch(e.into()))?;
+            tensors.insert(hf, t);
+        }
+        Ok(tensors)
+    }
+
     /// A shape error from building the model: the tensors disagree with the metadata.
     fn mismatch(&self, e: Error) -> Error {
         match e {
@@ -283,18 +303,13 @@ impl GgufFile {
     /// Loads a Gemma 2, its RMSNorm scales back from llama.cpp's `1 + w` to HF's `w`.
     pub fn load_gemma2(&mut self, device: &Device, dtype: DType) -> Result<Gemma2> {
         let cfg = self.gemma2_config()?;
-        let names: Vec<String> = self.content.tensor_infos.keys().cloned().collect();
-        let mut tensors = HashMap::new();
-        for gguf_name in names {
-            let Some(hf) = hf_name(&gguf_name, true) else {
-                continue;
-            };
-            let mut t = self.read_tensor(&gguf_name)?;
-            if gguf_name.ends_with("norm.weight") {
-                t = (t - 1.0)?;
-            }
-            tensors.insert(hf, t);
-        }
+        let tensors = self.hf_tensors(
+            |name| hf_name(name, true),
+            |name, t| match name.ends_with("norm.weight") {
+                true => t - 1.0,
+                false => Ok(t),
+            },
+        )?;
         let vb = VarBuilder::from_tensors(tensors, dtype, device);
         Gemma2::load(vb, &cfg).map_err(|e| self.mismatch(e))
     }
@@ -336,18 +351,12 @@ impl GgufFile {
     /// Loads a GPT-NeoX, its fused q/k/v rows put back in HF's order.
     pub fn load_gpt_neox(&mut self, device: &Device, dtype: DType) -> Result<GptNeoX> {
         let cfg = self.gpt_neox_config()?;
-        let names: Vec<String> = self.content.tensor_infos.keys().cloned().collect();
-        let mut tensors = HashMap::new();
-        for gguf_name in names {
-            let Some(hf) = neox_hf_name(&gguf_name) else {
-                continue;
-            };
-            let mut t = self.read_tensor(&gguf_name)?;
-            if gguf_name.contains(".attn_qkv.") {
-                t = interleave_qkv(&t, cfg.num_attention_heads).map_err(|e| self.mismatch(e))?;
-            }
-            tensors.insert(hf, t);
-        }
+        let heads = cfg.num_attention_heads;
+        let tensors =
+            self.hf_tensors(neox_hf_name, |name, t| match name.contains(".attn_qkv.") {
+                true => interleave_qkv(&t, heads),
+                false => Ok(t),
+            })?;
         let vb = VarBuilder::from_tensors(tensors, dtype, device);
         GptNeoX::load(vb, &cfg).map_err(|e| self.mismatch(e))
     }
@@ -489,76 +498,80 @@ struct Shape {
 /// GGUF's name for a tensor → HF's, for the Llama family or (`gemma`) Gemma 2, whose two
 /// extra norms take the names a Llama's use; `None` for tensors the HF model does not have.
 fn hf_name(gguf: &str, gemma: bool) -> Option<String> {
-    let fixed = match gguf {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(name) = fixed {
-        return Some(name.into());
-    }
-    let rest = gguf.strip_prefix("blk.")?;
-    let (layer, part) = rest.split_once('.')?;
-    let (module, kind) = part.rsplit_once('.')?;
-    let hf = match module {
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" if gemma => "pre_feedforward_layernorm",
-        "post_attention_norm" if gemma => "post_attention_layernorm",
-        "post_ffw_norm" if gemma => "post_feedforward_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "attn_q_norm" => "self_attn.q_norm",
-        "attn_k_norm" => "self_attn.k_norm",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf}.{kind}"))
+    let fixed = [
+        ("token_embd.weight", "model.embed_tokens.weight"),
+        ("output_norm.weight", "model.norm.weight"),
+        ("output.weight", "lm_head.weight"),
+    ];
+    map_name(gguf, &fixed, "model.layers", |module| {
+        Some(match module {
+            "attn_norm" => "input_layernorm",
+            "ffn_norm" if gemma => "pre_feedforward_layernorm",
+            "post_attention_norm" if gemma => "post_attention_layernorm",
+            "post_ffw_norm" if gemma => "post_feedforward_layernorm",
+            "ffn_norm" => "post_attention_layernorm",
+            "attn_q" => "self_attn.q_proj",
+            "attn_k" => "self_attn.k_proj",
+            "attn_v" => "self_attn.v_proj",
+            "attn_output" => "self_attn.o_proj",
+            "attn_q_norm" => "self_attn.q_norm",
+            "attn_k_norm" => "self_attn.k_norm",
+            "ffn_gate" => "mlp.gate_proj",
+            "ffn_up" => "mlp.up_proj",
+            "ffn_down" => "mlp.down_proj",
+            _ => return None,
+        })
+    })
 }
 
 /// GGUF's name for a GPT-NeoX tensor → HF's; `None` for tensors the HF model does not have.
 fn neox_hf_name(gguf: &str) -> Option<String> {
-    let fixed = match gguf {
-        "token_embd.weight" => Some("gpt_neox.embed_in.weight"),
-        "output_norm.weight" => Some("gpt_neox.final_layer_norm.weight"),
-        "output_norm.bias" => Some("gpt_neox.final_layer_norm.bias"),
-        "output.weight" => Some("embed_out.weight"),
-        _ => None,
-    };
-    if let Some(name) = fixed {
-        return Some(name.into());
+    let fixed = [
+        ("token_embd.weight", "gpt_neox.embed_in.weight"),
+        ("output_norm.weight", "gpt_neox.final_layer_norm.weight"),
+        ("output_norm.bias", "gpt_neox.final_layer_norm.bias"),
+        ("output.weight", "embed_out.weight"),
+    ];
+    map_name(gguf, &fixed, "gpt_neox.layers", |module| {
+        Some(match module {
+            "attn_norm" => "input_layernorm",
+            "attn_qkv" => "attention.query_key_value",
+            "attn_output" => "attention.dense",
+            "ffn_norm" => "post_attention_layernorm",
+            "ffn_up" => "mlp.dense_h_to_4h",
+            "ffn_down" => "mlp.dense_4h_to_h",
+            _ => return None,
+        })
+    })
+}
+
+/// A GGUF name through an architecture's tables: whole names (`fixed`), or a layer's module
+/// (`blk.{i}.{module}.{kind}` → `{layers}.{i}.{hf module}.{kind}`).
+fn map_name(
+    gguf: &str,
+    fixed: &[(&str, &str)],
+    layers: &str,
+    module: impl Fn(&str) -> Option<&'static str>,
+) -> Option<String> {
+    if let Some((_, hf)) = fixed.iter().find(|(name, _)| *name == gguf) {
+        return Some(hf.to_string());
     }
     let (layer, part) = gguf.strip_prefix("blk.")?.split_once('.')?;
-    let (module, kind) = part.rsplit_once('.')?;
-    let hf = match module {
-        "attn_norm" => "input_layernorm",
-        "attn_qkv" => "attention.query_key_value",
-        "attn_output" => "attention.dense",
-        "ffn_norm" => "post_attention_layernorm",
-        "ffn_up" => "mlp.dense_h_to_4h",
-        "ffn_down" => "mlp.dense_4h_to_h",
-        _ => return None,
-    };
-    Some(format!("gpt_neox.layers.{layer}.{hf}.{kind}"))
+    let (name, kind) = part.rsplit_once('.')?;
+    Some(format!("{layers}.{layer}.{}.{kind}", module(name)?))
 }
 
 /// Undoes llama.cpp's regrouping of GPT-NeoX's fused projection `(3·d, ...)`: GGUF stores
 /// every head's query rows, then the keys, then the values; HF keeps each head's q, k and v
 /// together.
-fn interleave_qkv(w: &Tensor, heads: usize) -> Result<Tensor> {
+fn interleave_qkv(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
     let dims = w.dims();
-    let rows = dims[0];
-    let mut split = vec![3, heads, rows / (3 * heads.max(1))];
+    let mut split = vec![3, heads, dims[0] / (3 * heads.max(1))];
     split.extend_from_slice(&dims[1..]);
-    Ok(w.reshape(split)?
+    w.reshape(split)?
         .transpose(0, 1)?
         .contiguous()?
-        .reshape(dims)?)
+        .reshape(dims)
 }
 
 /// Undoes llama.cpp's conversion permutation of a q/k projection `(heads·head_dim, d)`: within
