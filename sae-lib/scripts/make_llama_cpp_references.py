@@ -13,7 +13,12 @@ trailing blanks, digit runs. Each vocabulary's ids come from llama.cpp's own tok
 (llama-cpp-python, vocabulary only, no special-token parsing, no BOS), an implementation
 independent of sae-lib's, and are written to tests/fixtures/llama_cpp_tokenizer_ids.json.
 
-2. A check that llama.cpp reads tests/fixtures/pythia_gguf/model.gguf (written by
+2. Token ids for splits llama.cpp's test set has no vocabulary for (Mistral's `tekken`): the
+Llama 3 vocabulary relabelled with that pre-tokenizer name, over llama.cpp's Llama 3 texts and
+the texts above. llama.cpp approximates Tekken's regex (its letter classes leave out combining
+marks), so the Rust test names the text where that shows.
+
+3. A check that llama.cpp reads tests/fixtures/pythia_gguf/model.gguf (written by
 make_gguf_fixtures.py as llama.cpp's converter writes GPT-NeoX) as the model transformers ran
 for pythia/expected.safetensors: its logits on the same tokens agree within what llama.cpp's
 tanh-approximated GELU and F16 matrix products allow. Nothing is written for this one; the
@@ -32,6 +37,9 @@ import json
 import os
 import sys
 
+import tempfile
+
+import gguf
 import numpy as np
 from llama_cpp import Llama
 from safetensors.numpy import load_file
@@ -85,6 +93,52 @@ TEXTS = [
 ]
 
 
+RELABELLED = {"tekken": "llama-bpe"}
+
+
+def relabelled(src, pre, out):
+    """`src`'s vocabulary with `pre` as its pre-tokenizer name, and the few hyperparameters
+    llama.cpp asks for even when it reads only the vocabulary."""
+    r = gguf.GGUFReader(src)
+    field = lambda k: r.fields[k].contents()
+    w = gguf.GGUFWriter(out, "llama")
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(field("tokenizer.ggml.tokens"))
+    w.add_token_types(field("tokenizer.ggml.token_type"))
+    w.add_token_merges(field("tokenizer.ggml.merges"))
+    w.add_bos_token_id(field("tokenizer.ggml.bos_token_id"))
+    w.add_block_count(1)
+    w.add_context_length(64)
+    w.add_embedding_length(8)
+    w.add_feed_forward_length(8)
+    w.add_head_count(1)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_texts(name):
+    """llama.cpp's own test texts for the vocabulary `name` (its .inp file)."""
+    with open(os.path.join(VOCAB_DIR, f"ggml-vocab-{name}.gguf.inp"), encoding="utf-8") as f:
+        return f.read().split("\n__ggml_vocab_test__\n")[:-1]
+
+
+def relabelled_ids():
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for pre, vocab in RELABELLED.items():
+            path = os.path.join(tmp, f"{pre}.gguf")
+            relabelled(os.path.join(VOCAB_DIR, f"ggml-vocab-{vocab}.gguf"), pre, path)
+            llm = Llama(model_path=path, vocab_only=True, verbose=False)
+            texts = test_texts(vocab) + TEXTS
+            out[pre] = {"vocab": vocab, "ids": [
+                llm.tokenize(t.encode("utf-8"), add_bos=False, special=False) for t in texts]}
+            print(pre, "on", vocab, sum(map(len, out[pre]["ids"])), "tokens")
+    return out
+
+
 def check_pythia_gguf():
     exp = load_file(os.path.join(FIXTURES, "pythia/expected.safetensors"))
     ids = exp["single.input_ids"][0].tolist()
@@ -108,6 +162,7 @@ def main():
         out["ids"][name] = [llm.tokenize(t.encode("utf-8"), add_bos=False, special=False)
                             for t in TEXTS]
         print(name, sum(map(len, out["ids"][name])), "tokens")
+    out["relabelled"] = relabelled_ids()
     with open(OUT, "w", encoding="utf-8") as f:
         json.dump(out, f, ensure_ascii=False)
         f.write("\n")

@@ -193,7 +193,8 @@ impl GgufVocab {
 
 /// How a byte-level vocabulary splits text before its merges, as llama.cpp's
 /// `llama-vocab.cpp` states it: regexes applied one after another, then bytes mapped to
-/// GPT-2's printable characters.
+/// GPT-2's printable characters. Where llama.cpp adapts a model's regex to its own engine
+/// (Llama 3's, Tekken's), the tokenizer.json original stands here.
 #[derive(Clone, Copy)]
 struct Split {
     regexes: &'static [&'static str],
@@ -227,6 +228,17 @@ const LLAMA3_REGEX: &str = concat!(
 );
 const LLAMA3: Split = Split {
     regexes: &[LLAMA3_REGEX],
+    ignore_merges: true,
+};
+/// Mistral's Tekken (Mistral Nemo, Mistral Small 3), from its tokenizer.json: a letter run
+/// split where lower case follows upper (`HTTPServer` → `HTTPS`, `erver`), every digit
+/// apart, no contractions; whole-token pieces taken as they are.
+const TEKKEN: Split = Split {
+    regexes: &[concat!(
+        r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+",
+        r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*",
+        r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    )],
     ignore_merges: true,
 };
 /// Qwen2's (Qwen3's too): Llama 3's with every digit apart.
@@ -311,6 +323,7 @@ const PRE_TOKENIZERS: &[(&str, Split)] = &[
     ("qwen35", QWEN35),
     ("deepseek-llm", DEEPSEEK_LLM),
     ("deepseek-coder", DEEPSEEK_CODER),
+    ("tekken", TEKKEN),
 ];
 
 #[cfg(test)]
