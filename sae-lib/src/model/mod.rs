@@ -6,6 +6,7 @@ pub mod batch;
 mod decoder;
 pub mod gemma2;
 pub mod gguf;
+mod gguf_convert;
 mod gguf_vocab;
 pub mod gpt_neox;
 mod hf_config;
