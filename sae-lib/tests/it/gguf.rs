@@ -71,6 +71,23 @@ fn llama_cpp_vocabs() -> Option<PathBuf> {
     }
 }
 
+/// Token ids from llama.cpp's own tokenizer (`scripts/make_llama_cpp_references.py`).
+fn llama_cpp_ids() -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture("llama_cpp_tokenizer_ids.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// llama.cpp's test texts for the vocabulary file `vocab` (its `.inp`).
+fn test_texts(vocab: &std::path::Path) -> Vec<String> {
+    let inputs = std::fs::read_to_string(vocab.with_extension("gguf.inp")).unwrap();
+    let mut texts: Vec<String> = inputs
+        .split("\n__ggml_vocab_test__\n")
+        .map(String::from)
+        .collect();
+    texts.pop(); // the file ends with a separator
+    texts
+}
+
 fn load(path: &std::path::Path) -> Model {
     load_model(
         &ModelSource::parse(path.to_str().unwrap()),
@@ -255,27 +272,16 @@ fn real_gguf_vocabularies_match_their_hf_tokenizers() {
     let Some(dir) = llama_cpp_vocabs() else {
         return;
     };
-    let extra: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("llama_cpp_tokenizer_ids.json")).unwrap(),
-    )
-    .unwrap();
-    let extra_texts: Vec<&str> = extra["texts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_str().unwrap())
-        .collect();
+    let extra = llama_cpp_ids();
+    let extra_texts: Vec<String> = serde_json::from_value(extra["texts"].clone()).unwrap();
     let mut failures = Vec::new();
     for name in LLAMA_CPP_VOCABS {
         let path = dir.join(format!("ggml-vocab-{name}.gguf"));
         let tokenizer = load_tokenizer(&ModelSource::Gguf(path.clone()), &offline_hub()).unwrap();
         // The .out files have no BOS; ours puts one first where the file asks for it.
         let bos = tokenizer.encode("", None).unwrap().len();
-        let read = |ext: &str| std::fs::read_to_string(path.with_extension(ext)).unwrap();
-        let inputs = read("gguf.inp");
-        let outputs = read("gguf.out");
-        let texts: Vec<&str> = inputs.split("\n__ggml_vocab_test__\n").collect();
-        let texts = &texts[..texts.len() - 1]; // the file ends with a separator
+        let texts = test_texts(&path);
+        let outputs = std::fs::read_to_string(path.with_extension("gguf.out")).unwrap();
         let mut want: Vec<Vec<u32>> = outputs
             .lines()
             .map(|line| {
@@ -314,10 +320,7 @@ fn tekken_split_matches_llama_cpp_on_a_relabelled_vocabulary() {
     let Some(dir) = llama_cpp_vocabs() else {
         return;
     };
-    let extra: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("llama_cpp_tokenizer_ids.json")).unwrap(),
-    )
-    .unwrap();
+    let extra = llama_cpp_ids();
     let entry = &extra["relabelled"]["tekken"];
     let vocab = dir.join(format!(
         "ggml-vocab-{}.gguf",
@@ -333,23 +336,15 @@ fn tekken_split_matches_llama_cpp_on_a_relabelled_vocabulary() {
     gguf_file::write(&mut std::fs::File::create(&path).unwrap(), &pairs, &[]).unwrap();
     let tokenizer = load_tokenizer(&ModelSource::Gguf(path), &offline_hub()).unwrap();
 
-    let inputs = std::fs::read_to_string(vocab.with_extension("gguf.inp")).unwrap();
-    let mut texts: Vec<&str> = inputs.split("\n__ggml_vocab_test__\n").collect();
-    texts.pop(); // the file ends with a separator
-    texts.extend(
-        extra["texts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_str().unwrap()),
-    );
+    let mut texts = test_texts(&vocab);
+    texts.extend(serde_json::from_value::<Vec<String>>(extra["texts"].clone()).unwrap());
     let want: Vec<Vec<u32>> = serde_json::from_value(entry["ids"].clone()).unwrap();
     assert_eq!(texts.len(), want.len());
     let differ: Vec<&str> = texts
         .iter()
         .zip(&want)
         .filter(|(text, want)| tokenizer.encode(text, None).unwrap() != **want)
-        .map(|(text, _)| *text)
+        .map(|(text, _)| text.as_str())
         .collect();
     assert_eq!(differ, ["नमस्ते दुनिया, आप कैसे हैं?"], "of {} texts", texts.len());
 }
@@ -385,10 +380,7 @@ fn pythia_gguf_vocabulary_matches_pythia_tokenizer() {
     let ours = load_tokenizer(&ModelSource::Gguf(path), &offline_hub()).unwrap();
     let pythia = Tokenizer::from_file(&pythia).unwrap();
     let wiki = std::fs::read_to_string(shared_data("wikitext-2/valid.txt").unwrap()).unwrap();
-    let extra: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("llama_cpp_tokenizer_ids.json")).unwrap(),
-    )
-    .unwrap();
+    let extra = llama_cpp_ids();
     let mut texts: Vec<String> = wiki
         .lines()
         .filter(|l| !l.trim().is_empty())
