@@ -13,8 +13,8 @@ trailing blanks, digit runs. Each vocabulary's ids come from llama.cpp's own tok
 (llama-cpp-python, vocabulary only, no special-token parsing, no BOS), an implementation
 independent of sae-lib's, and are written to tests/fixtures/llama_cpp_tokenizer_ids.json.
 
-2. Token ids for splits llama.cpp's test set has no vocabulary for (Mistral's `tekken`): the
-Llama 3 vocabulary relabelled with that pre-tokenizer name, over llama.cpp's Llama 3 texts and
+2. Token ids for splits llama.cpp's test set has no vocabulary for (Mistral's `tekken`,
+ByteDance's `seed-coder`): the Llama 3 vocabulary relabelled with each pre-tokenizer name, over llama.cpp's Llama 3 texts and
 the texts above. llama.cpp approximates Tekken's regex (its letter classes leave out combining
 marks), so the Rust test names the text where that shows.
 
@@ -93,7 +93,7 @@ TEXTS = [
 ]
 
 
-RELABELLED = {"tekken": "llama-bpe"}
+RELABELLED = {"tekken": "llama-bpe", "seed-coder": "llama-bpe"}
 
 
 def relabelled(src, pre, out):

@@ -241,6 +241,11 @@ const TEKKEN: Split = Split {
     )],
     ignore_merges: true,
 };
+/// ByteDance's Seed-Coder: Qwen2's, but a punctuation run stops before a line break.
+const SEED_CODER: Split = split(&[concat!(
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}",
+    r"| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+",
+)]);
 /// Qwen2's (Qwen3's too): Llama 3's with every digit apart.
 const QWEN2: Split = split(&[concat!(
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}",
@@ -324,6 +329,12 @@ const PRE_TOKENIZERS: &[(&str, Split)] = &[
     ("deepseek-llm", DEEPSEEK_LLM),
     ("deepseek-coder", DEEPSEEK_CODER),
     ("tekken", TEKKEN),
+    ("seed-coder", SEED_CODER),
+    ("midm-2.0", LLAMA3),
+    ("a.x-4.0", GPT2),
+    ("mellum", GPT2),
+    ("mellum2", DIGITS_APART),
+    ("kormo", QWEN2),
 ];
 
 #[cfg(test)]

@@ -309,44 +309,51 @@ fn real_gguf_vocabularies_match_their_hf_tokenizers() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// Splits llama.cpp has no test vocabulary for (Mistral's Tekken), on a real vocabulary
-/// relabelled with their name (Llama 3's), give the ids llama.cpp gives llama.cpp's Llama 3
-/// texts and the extra texts. The rebuilt split is the model's own tokenizer.json regex,
-/// where llama.cpp approximates it: its letter classes leave out combining marks, so on the
-/// Hindi text (vowel signs before a comma) the two differ, and there the HF regex holds.
+/// Splits llama.cpp has no test vocabulary for (Mistral's Tekken, ByteDance's Seed-Coder), on
+/// a real vocabulary relabelled with their names (Llama 3's), give the ids llama.cpp gives
+/// llama.cpp's Llama 3 texts and the extra texts. The rebuilt splits are the models' own
+/// tokenizer.json regexes, where llama.cpp approximates Tekken's: its letter classes leave
+/// out combining marks, so on the Hindi text (vowel signs before a comma) the two differ,
+/// and there the HF regex holds.
 #[test]
-fn tekken_split_matches_llama_cpp_on_a_relabelled_vocabulary() {
+fn splits_without_test_vocabularies_match_llama_cpp_on_a_relabelled_one() {
     use candle_core::quantized::gguf_file::{self, Value};
     let Some(dir) = llama_cpp_vocabs() else {
         return;
     };
     let extra = llama_cpp_ids();
-    let entry = &extra["relabelled"]["tekken"];
-    let vocab = dir.join(format!(
-        "ggml-vocab-{}.gguf",
-        entry["vocab"].as_str().unwrap()
-    ));
-    let mut file = std::fs::File::open(&vocab).unwrap();
-    let mut metadata = gguf_file::Content::read(&mut file).unwrap().metadata;
-    metadata.insert("tokenizer.ggml.pre".into(), Value::String("tekken".into()));
-    metadata.insert("tokenizer.ggml.add_bos_token".into(), Value::Bool(false));
     let tmp = tempfile::tempdir().unwrap();
-    let path = tmp.path().join("tekken.gguf");
-    let pairs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    gguf_file::write(&mut std::fs::File::create(&path).unwrap(), &pairs, &[]).unwrap();
-    let tokenizer = load_tokenizer(&ModelSource::Gguf(path), &offline_hub()).unwrap();
+    let expected_differences = [
+        ("tekken", vec!["नमस्ते दुनिया, आप कैसे हैं?"]),
+        ("seed-coder", vec![]),
+    ];
+    for (pre, expected) in expected_differences {
+        let entry = &extra["relabelled"][pre];
+        let vocab = dir.join(format!(
+            "ggml-vocab-{}.gguf",
+            entry["vocab"].as_str().unwrap()
+        ));
+        let mut file = std::fs::File::open(&vocab).unwrap();
+        let mut metadata = gguf_file::Content::read(&mut file).unwrap().metadata;
+        metadata.insert("tokenizer.ggml.pre".into(), Value::String(pre.into()));
+        metadata.insert("tokenizer.ggml.add_bos_token".into(), Value::Bool(false));
+        let path = tmp.path().join(format!("{pre}.gguf"));
+        let pairs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        gguf_file::write(&mut std::fs::File::create(&path).unwrap(), &pairs, &[]).unwrap();
+        let tokenizer = load_tokenizer(&ModelSource::Gguf(path), &offline_hub()).unwrap();
 
-    let mut texts = test_texts(&vocab);
-    texts.extend(serde_json::from_value::<Vec<String>>(extra["texts"].clone()).unwrap());
-    let want: Vec<Vec<u32>> = serde_json::from_value(entry["ids"].clone()).unwrap();
-    assert_eq!(texts.len(), want.len());
-    let differ: Vec<&str> = texts
-        .iter()
-        .zip(&want)
-        .filter(|(text, want)| tokenizer.encode(text, None).unwrap() != **want)
-        .map(|(text, _)| text.as_str())
-        .collect();
-    assert_eq!(differ, ["नमस्ते दुनिया, आप कैसे हैं?"], "of {} texts", texts.len());
+        let mut texts = test_texts(&vocab);
+        texts.extend(serde_json::from_value::<Vec<String>>(extra["texts"].clone()).unwrap());
+        let want: Vec<Vec<u32>> = serde_json::from_value(entry["ids"].clone()).unwrap();
+        assert_eq!(texts.len(), want.len(), "{pre}");
+        let differ: Vec<&str> = texts
+            .iter()
+            .zip(&want)
+            .filter(|(text, want)| tokenizer.encode(text, None).unwrap() != **want)
+            .map(|(text, _)| text.as_str())
+            .collect();
+        assert_eq!(differ, expected, "{pre}: of {} texts", texts.len());
+    }
 }
 
 /// Pythia as llama.cpp's converter writes it (`gptneox`: F16 matrices, the fused q/k/v rows
