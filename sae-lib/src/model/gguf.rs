@@ -48,9 +48,24 @@ impl GgufFile {
                 Error::io("opening", path, e)
             }
         })?;
-        let content = Content::read(&mut file).map_err(|e| Error::Weights {
-            path: path.into(),
-            message: format!("not a readable GGUF file ({e}); it may be truncated"),
+        let content = Content::read(&mut file).map_err(|e| {
+            // The first line: candle appends a backtrace under RUST_BACKTRACE.
+            let e = e.to_string();
+            let cause = e.lines().next().unwrap_or_default();
+            let unknown = cause.strip_prefix("unknown dtype for tensor ");
+            let message = match unknown.and_then(|id| id.trim().parse().ok()) {
+                Some(id) => format!(
+                    "holds tensors of GGML type {} ({id}), which candle cannot read; take a \
+                     file quantized to F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 or a K-quant \
+                     (Q2_K to Q6_K), or re-quantize this one with llama.cpp's llama-quantize",
+                    ggml_type_name(id)
+                ),
+                None => format!("not a readable GGUF file ({cause}); it may be truncated"),
+            };
+            Error::Weights {
+                path: path.into(),
+                message,
+            }
         })?;
         Ok(Self {
             content,
@@ -480,6 +495,30 @@ impl GgufFile {
                 ))
             })?;
         Ok(Tokenizer::new(inner))
+    }
+}
+
+/// ggml's name for a tensor type candle does not read (`ggml.h`'s `ggml_type`).
+fn ggml_type_name(id: u32) -> &'static str {
+    match id {
+        16 => "IQ2_XXS",
+        17 => "IQ2_XS",
+        18 => "IQ3_XXS",
+        19 => "IQ1_S",
+        20 => "IQ4_NL",
+        21 => "IQ3_S",
+        22 => "IQ2_S",
+        23 => "IQ4_XS",
+        24 => "I8",
+        25 => "I16",
+        26 => "I32",
+        27 => "I64",
+        28 => "F64",
+        29 => "IQ1_M",
+        34 => "TQ1_0",
+        35 => "TQ2_0",
+        39 => "MXFP4",
+        _ => "unknown",
     }
 }
 

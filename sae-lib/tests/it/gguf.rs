@@ -462,6 +462,21 @@ fn bad_gguf_files_give_clear_errors() {
     // Not GGUF at all.
     std::fs::write(&cut, b"hello").unwrap();
     assert!(err(&cut).contains("not a readable GGUF file"));
+    // A quantization candle cannot read (IQ4_NL, ggml type 20): the embedding's type (u32)
+    // follows its name, its number of dimensions (u32) and its two dimensions (u64).
+    let name = b"token_embd.weight";
+    let at = bytes.windows(name.len()).position(|w| w == name).unwrap() + name.len() + 20;
+    assert_eq!(bytes[at..at + 4], 8u32.to_le_bytes(), "Q8_0");
+    let mut iq = bytes.clone();
+    iq[at..at + 4].copy_from_slice(&20u32.to_le_bytes());
+    std::fs::write(&cut, iq).unwrap();
+    let msg = err(&cut);
+    assert!(
+        msg.contains("GGML type IQ4_NL (20)")
+            && msg.contains("llama-quantize")
+            && !msg.contains("truncated"),
+        "{msg}"
+    );
     // A pre-tokenizer whose split is not rebuilt here is refused, not guessed: the value of
     // `tokenizer.ggml.pre` follows its key, a type (u32) and a length (u64).
     let key = b"tokenizer.ggml.pre";
