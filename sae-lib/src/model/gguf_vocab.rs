@@ -1,8 +1,9 @@
 //! The tokenizer a GGUF file keeps in its metadata (`tokenizer.ggml.*`), rebuilt as a HF
 //! `tokenizer.json`. Two kinds are read:
 //!
-//! - byte-level BPE (`gpt2`: SmolLM2, Llama 3, Qwen), whose merges are in the file and whose
-//!   pre-tokenizer llama.cpp names (`tokenizer.ggml.pre`);
+//! - byte-level BPE (`gpt2`: SmolLM2, Llama 3, Qwen, DeepSeek, Mistral Nemo, Pythia), whose
+//!   merges are in the file and whose pre-tokenizer llama.cpp names (`tokenizer.ggml.pre`;
+//!   none in older files, Pythia's among them, which split as GPT-2 does);
 //! - SentencePiece BPE (`llama`: Llama 2, Mistral, TinyLlama, Phi-3, Gemma), which stores no
 //!   merges: they are rebuilt from the tokens' scores, as SentencePiece merged best-first.
 
