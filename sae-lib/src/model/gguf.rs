@@ -381,33 +381,35 @@ impl GgufFile {
     pub fn load_llama(&mut self, device: &Device, dtype: DType) -> Result<Llama> {
         let cfg = self.llama_config()?;
         let permuted = cfg.family == llama::Family::Llama;
-        let names: Vec<String> = self.content.tensor_infos.keys().cloned().collect();
-        let mut tensors = HashMap::new();
-        let mut rope_divisors = None;
-        for gguf_name in names {
-            let hf = hf_name(&gguf_name, false);
-            if hf.is_none() && gguf_name != "rope_freqs.weight" {
-                continue;
-            }
-            let mut t = self.read_tensor(&gguf_name)?;
-            // llama.cpp's form of Llama 3's rotary scaling: a divisor per frequency.
-            let Some(hf_name) = hf else {
-                rope_divisors = Some(t.flatten_all()?.to_vec1::<f32>()?);
-                continue;
-            };
-            if permuted && gguf_name.ends_with("attn_q.bias") {
-                // It would need unpermuting too, and HF's Llama would need `attention_bias`.
-                return Err(self.bad(format!(
-                    "`{gguf_name}`: query/key biases in a `llama` GGUF are not supported"
-                )));
-            }
-            if permuted && gguf_name.ends_with("attn_q.weight") {
-                t = unpermute_rotary_rows(&t, cfg.num_attention_heads)?;
-            } else if permuted && gguf_name.ends_with("attn_k.weight") {
-                t = unpermute_rotary_rows(&t, cfg.kv_heads())?;
-            }
-            tensors.insert(hf_name, t);
+        let q_bias = self
+            .content
+            .tensor_infos
+            .keys()
+            .find(|n| n.ends_with("attn_q.bias"));
+        if let Some(name) = q_bias.filter(|_| permuted) {
+            // It would need unpermuting too, and HF's Llama would need `attention_bias`.
+            return Err(self.bad(format!(
+                "`{name}`: query/key biases in a `llama` GGUF are not supported"
+            )));
         }
+        // llama.cpp's form of Llama 3's rotary scaling: a divisor per frequency.
+        let rope_divisors = match self.content.tensor_infos.contains_key("rope_freqs.weight") {
+            true => Some(
+                self.read_tensor("rope_freqs.weight")?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            ),
+            false => None,
+        };
+        let (heads, kv_heads) = (cfg.num_attention_heads, cfg.kv_heads());
+        let tensors = self.hf_tensors(
+            |name| hf_name(name, false),
+            |name, t| match permuted {
+                true if name.ends_with("attn_q.weight") => unpermute_rotary_rows(&t, heads),
+                true if name.ends_with("attn_k.weight") => unpermute_rotary_rows(&t, kv_heads),
+                _ => Ok(t),
+            },
+        )?;
         let vb = VarBuilder::from_tensors(tensors, dtype, device);
         let mut model = Llama::load(vb, &cfg).map_err(|e| self.mismatch(e))?;
         if let Some(divisors) = rope_divisors {

@@ -1,9 +1,7 @@
 //! What llama.cpp's converter changes in a checkpoint, undone: GGUF's tensor names mapped
 //! back to HF's, and the row orders it rewrites (a Llama's q/k rows, GPT-NeoX's fused q/k/v).
 
-use candle_core::Tensor;
-
-use crate::Result;
+use candle_core::{Result, Tensor};
 
 /// GGUF's name for a tensor → HF's, for the Llama family or (`gemma`) Gemma 2, whose two
 /// extra norms take the names a Llama's use; `None` for tensors the HF model does not have.
@@ -74,7 +72,7 @@ fn map_name(
 /// Undoes llama.cpp's regrouping of GPT-NeoX's fused projection `(3·d, ...)`: GGUF stores
 /// every head's query rows, then the keys, then the values; HF keeps each head's q, k and v
 /// together.
-pub(super) fn interleave_qkv(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+pub(super) fn interleave_qkv(w: &Tensor, heads: usize) -> Result<Tensor> {
     let dims = w.dims();
     let mut split = vec![3, heads, dims[0] / (3 * heads.max(1))];
     split.extend_from_slice(&dims[1..]);
@@ -90,10 +88,10 @@ pub(super) fn interleave_qkv(w: &Tensor, heads: usize) -> candle_core::Result<Te
 pub(super) fn unpermute_rotary_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
     let (rows, cols) = w.dims2()?;
     let half = rows / heads / 2;
-    Ok(w.reshape((heads, half, 2, cols))?
+    w.reshape((heads, half, 2, cols))?
         .transpose(1, 2)?
         .contiguous()?
-        .reshape((rows, cols))?)
+        .reshape((rows, cols))
 }
 
 #[cfg(test)]
