@@ -257,6 +257,8 @@ const QWEN35: Split = split(&[concat!(
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}",
     r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
 )]);
+/// DeepSeek's CJK and Hangul runs (its ranges run on from U+0800 to the CJK block).
+const CJK_HANGUL: &str = r"[一-龥ࠀ-一가-퟿]+";
 /// DeepSeek LLM's: line breaks apart, then runs of Latin, Greek, Cyrillic, Armenian, Georgian
 /// and Cherokee letters (its list of ranges), ASCII and full-width punctuation, trailing
 /// blanks, CJK and Hangul runs, digit runs.
@@ -281,18 +283,12 @@ const DEEPSEEK_LLM: Split = split(&[
     ),
     r"\s?[!-/:-~！-／：-～‘-‟　-。]+",
     r"\s+$",
-    r"[一-龥ࠀ-一가-퟿]+",
+    CJK_HANGUL,
     r"\p{N}+",
 ]);
 /// DeepSeek Coder's: line breaks, letter runs and punctuation runs apart (each with one
 /// leading blank), CJK and Hangul runs, every digit apart.
-const DEEPSEEK_CODER: Split = split(&[
-    r"[\r\n]",
-    r"\s?\p{L}+",
-    r"\s?\p{P}+",
-    r"[一-龥ࠀ-一가-퟿]+",
-    r"\p{N}",
-]);
+const DEEPSEEK_CODER: Split = split(&[r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", CJK_HANGUL, r"\p{N}"]);
 
 /// llama.cpp's pre-tokenizer names (`tokenizer.ggml.pre`) and the split each stands for, as
 /// llama.cpp's own tokenizer applies them. `default` is a file from before llama.cpp named
@@ -305,6 +301,8 @@ const PRE_TOKENIZERS: &[(&str, Split)] = &[
     ("phi-2", GPT2),
     ("olmo", GPT2),
     ("exaone4", GPT2),
+    ("a.x-4.0", GPT2),
+    ("mellum", GPT2),
     ("smollm", DIGITS_APART),
     ("starcoder", DIGITS_APART),
     ("refact", DIGITS_APART),
@@ -312,6 +310,7 @@ const PRE_TOKENIZERS: &[(&str, Split)] = &[
     ("codeshell", DIGITS_APART),
     ("exaone", DIGITS_APART),
     ("minerva-7b", DIGITS_APART),
+    ("mellum2", DIGITS_APART),
     ("falcon", FALCON),
     ("llama3", LLAMA3),
     ("llama-v3", LLAMA3),
@@ -320,22 +319,19 @@ const PRE_TOKENIZERS: &[(&str, Split)] = &[
     ("falcon-h1", LLAMA3),
     ("pixtral", LLAMA3),
     ("lfm2", LLAMA3),
+    ("midm-2.0", LLAMA3),
     ("smaug-bpe", split(&[LLAMA3_REGEX])),
     ("dbrx", split(&[LLAMA3_REGEX])),
     ("qwen2", QWEN2),
     ("deepseek-r1-qwen", QWEN2),
     ("stablelm2", QWEN2),
     ("megrez", QWEN2),
+    ("kormo", QWEN2),
     ("qwen35", QWEN35),
     ("deepseek-llm", DEEPSEEK_LLM),
     ("deepseek-coder", DEEPSEEK_CODER),
     ("tekken", TEKKEN),
     ("seed-coder", SEED_CODER),
-    ("midm-2.0", LLAMA3),
-    ("a.x-4.0", GPT2),
-    ("mellum", GPT2),
-    ("mellum2", DIGITS_APART),
-    ("kormo", QWEN2),
 ];
 
 #[cfg(test)]
