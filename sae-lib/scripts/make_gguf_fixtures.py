@@ -26,7 +26,11 @@
    Both vocabularies are trained here by sentencepiece on tests/fixtures/corpus.txt, and the
    expected ids are sentencepiece's own, so the test checks the rebuilt tokenizer against the
    real one. Gemma's hooks and logits are transformers' GGUF loader's.
-4. With the SmolLM2 GGUF (scripts/fetch_smollm2.sh fetches it): tests/fixtures/smollm2/
+4. tests/fixtures/pythia_gguf/model.gguf: the `pythia` fixture as llama.cpp's converter
+   writes GPT-NeoX (see write_pythia_gguf). transformers' GGUF loader does not read
+   `gptneox`, so its reference is pythia/expected.safetensors, transformers' run of the same
+   fp16 weights; make_llama_cpp_references.py checks llama.cpp's reading of the file.
+5. With the SmolLM2 GGUF (scripts/fetch_smollm2.sh fetches it): tests/fixtures/smollm2/
    holds transformers' token ids for a few texts and, for one WikiText passage, hook
    outputs at layers 0, 15 and 29 and a slice of the logits. The weights are not committed.
 
@@ -39,6 +43,7 @@ import sys
 
 import numpy as np
 import torch
+import gguf
 from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.quants import quantize
 from safetensors.torch import load_file, save_file
@@ -128,7 +133,6 @@ def write_pythia_gguf():
     queries, then keys, then values), the causal-mask, masked_bias and inv_freq buffers left
     out. Its outputs must be pythia/expected.safetensors (transformers' run of the same
     weights); make_llama_cpp_references.py checks that llama.cpp reads it so too."""
-    import gguf
     src = os.path.join(mf.FIXTURES, "pythia", "safetensors")
     cfg = json.load(open(os.path.join(src, "config.json")))
     sd = load_file(os.path.join(src, "model.safetensors"))
